@@ -1,0 +1,303 @@
+// Package bundle holds Gatehouse's policy model, its canonical encoding, and the
+// signed envelope that carries it from a pull request to the gateway.
+//
+// The model is the single contract between the front ends (plain HCL in
+// hclconfig, Terraform in provider) and the runtime (celpolicy, gateway). Both
+// front ends must produce byte-identical payloads for the same policy, so every
+// list here is either sorted by name (top-level objects) or kept in declaration
+// order where order is part of the source (rules inside a policy), and every
+// optional field is omitted when empty rather than written as a zero value.
+//
+// This package is a leaf: it imports nothing else from Gatehouse.
+package bundle
+
+// SchemaVersion is the payload schema this build writes and the only one it
+// accepts. A gateway refuses a bundle with any other value rather than guessing
+// at fields it does not understand.
+const SchemaVersion = 1
+
+// Payload is the signed content of a bundle.
+type Payload struct {
+	// SchemaVersion is always SchemaVersion for bundles this build writes.
+	SchemaVersion int `json:"schema_version"`
+	// Revision orders bundles: a gateway only ever moves to a higher revision,
+	// which is what makes rollback of a signed-but-superseded bundle impossible.
+	Revision uint64 `json:"revision"`
+	// CreatedAt is RFC 3339 UTC, seconds precision. It honours SOURCE_DATE_EPOCH
+	// so that builds are reproducible.
+	CreatedAt string `json:"created_at"`
+	// Compiler names the gatehouse build that compiled the payload.
+	Compiler string `json:"compiler"`
+	// Model is the policy itself.
+	Model Model `json:"model"`
+}
+
+// Model is every policy object of a bundle. Top-level lists are sorted by name.
+type Model struct {
+	IdentityProviders  []IdentityProvider  `json:"identity_providers,omitempty"`
+	Identities         []Identity          `json:"identities,omitempty"`
+	Postgres           []Postgres          `json:"postgres,omitempty"`
+	SSHHosts           []SSHHost           `json:"ssh_hosts,omitempty"`
+	KubernetesClusters []KubernetesCluster `json:"kubernetes_clusters,omitempty"`
+	Policies           []Policy            `json:"policies,omitempty"`
+	Masks              []Mask              `json:"masks,omitempty"`
+	Tests              []Test              `json:"tests,omitempty"`
+}
+
+// IdentityProvider is a trusted OIDC issuer.
+type IdentityProvider struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Issuer is the exact `iss` value; discovery is done against it.
+	Issuer string `json:"issuer"`
+	// Audiences lists the accepted `aud` values. At least one is required:
+	// a token minted for another service must not open a session here.
+	Audiences []string `json:"audiences"`
+	// GroupsClaim names the claim that carries group names. Default "groups".
+	GroupsClaim string `json:"groups_claim,omitempty"`
+	// JWKSURL overrides the jwks_uri from discovery.
+	JWKSURL string `json:"jwks_url,omitempty"`
+	// JWKS is a static JSON Web Key Set. When set, discovery is not used.
+	JWKS string `json:"jwks,omitempty"`
+	// Algorithms pins the accepted signature algorithms. Empty means the
+	// gateway default (RS256, ES256).
+	Algorithms []string `json:"algorithms,omitempty"`
+}
+
+// Identity is a named service principal.
+type Identity struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Provider names the IdentityProvider that vouches for it.
+	Provider string `json:"provider"`
+	// Subject matches the token's `sub` exactly. Exactly one of Subject and
+	// Match is set.
+	Subject string `json:"subject,omitempty"`
+	// Match is a CEL predicate over the verified token (`identity`).
+	Match string `json:"match,omitempty"`
+	// Groups are added to the groups the token carries.
+	Groups []string `json:"groups,omitempty"`
+}
+
+// Resource kinds. They are also the HCL block names.
+const (
+	KindPostgres   = "postgres"
+	KindSSHHost    = "ssh_host"
+	KindKubernetes = "kubernetes_cluster"
+)
+
+// TLS configures how the gateway connects to an upstream.
+type TLS struct {
+	// Mode is one of disable, require, verify-ca, verify-full.
+	Mode string `json:"mode,omitempty"`
+	// CAFile is a path on the gateway host. Not a secret.
+	CAFile string `json:"ca_file,omitempty"`
+	// ServerName overrides the name verified in the certificate.
+	ServerName string `json:"server_name,omitempty"`
+}
+
+// Postgres is a PostgreSQL database reached through the gateway. Callers
+// select it by using its Name as the database name.
+type Postgres struct {
+	Name        string            `json:"name"`
+	Description string            `json:"description,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	// Address is host:port of the upstream server.
+	Address string `json:"address"`
+	// Database is the upstream database name.
+	Database string `json:"database"`
+	// Username is the upstream role the gateway logs in as.
+	Username string `json:"username"`
+	// Password is a secret reference (env:, file:, k8s:), never a value.
+	Password string `json:"password,omitempty"`
+	TLS      *TLS   `json:"tls,omitempty"`
+	// DenyUnresolvedColumns refuses result columns whose origin cannot be
+	// resolved to a table column while masks apply to this resource.
+	DenyUnresolvedColumns bool `json:"deny_unresolved_columns,omitempty"`
+}
+
+// SSHHost is an OpenSSH server reached through the gateway. Callers select
+// it by using its Name as the SSH user name.
+type SSHHost struct {
+	Name        string            `json:"name"`
+	Description string            `json:"description,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Address     string            `json:"address"`
+	// User is the upstream login.
+	User string `json:"user"`
+	// HostKey pins the upstream host key, in authorized_keys format.
+	HostKey string `json:"host_key"`
+	// PrivateKey is a secret reference to the upstream login key.
+	PrivateKey string `json:"private_key,omitempty"`
+	// Password is a secret reference to the upstream password.
+	Password string `json:"password,omitempty"`
+}
+
+// KubernetesCluster is a Kubernetes API server reached through the gateway.
+type KubernetesCluster struct {
+	Name        string            `json:"name"`
+	Description string            `json:"description,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	// Server is the API server URL. Optional when Kubeconfig names one.
+	Server string `json:"server,omitempty"`
+	// Kubeconfig is a secret reference to a kubeconfig file.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// Token is a secret reference to a bearer token.
+	Token string `json:"token,omitempty"`
+	// CAFile is a path on the gateway host.
+	CAFile string `json:"ca_file,omitempty"`
+	// Impersonate makes the gateway impersonate the caller's identity and
+	// groups upstream.
+	Impersonate bool `json:"impersonate,omitempty"`
+}
+
+// Policy covers a set of resources and subjects with rules.
+type Policy struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Resources names the resources the policy covers. They must all be of
+	// one kind, so that `request` has one type in every rule.
+	Resources []string `json:"resources"`
+	// Identities and Groups select callers. When both are empty the policy
+	// covers every authenticated caller.
+	Identities []string `json:"identities,omitempty"`
+	Groups     []string `json:"groups,omitempty"`
+	// Rules are kept in declaration order.
+	Rules []Rule `json:"rules"`
+}
+
+// Rule effects.
+const (
+	EffectAllow  = "allow"
+	EffectDeny   = "deny"
+	EffectReview = "review"
+)
+
+// Rule is one allow, deny or review decision with its condition.
+type Rule struct {
+	Name   string `json:"name"`
+	Effect string `json:"effect"`
+	// When is a CEL boolean expression. Empty means always.
+	When string `json:"when,omitempty"`
+	// Reason is shown to the caller and recorded. Required: a decision that
+	// cannot be explained is not one.
+	Reason string `json:"reason"`
+	// On restricts the rule to these request kinds (see RequestKinds). Empty
+	// means every request kind of the policy's resources.
+	On []string `json:"on,omitempty"`
+	// Approval is required for, and only allowed on, review rules.
+	Approval *Approval `json:"approval,omitempty"`
+}
+
+// Approval says who must approve a held request and how long they have.
+type Approval struct {
+	Groups []string `json:"groups"`
+	// Count is how many distinct approvers are needed. Default 1.
+	Count int `json:"count,omitempty"`
+	// Timeout is a Go duration ("15m"). Default "15m".
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// Mask methods.
+const (
+	MaskRedact  = "redact"
+	MaskPartial = "partial"
+	MaskHash    = "hash"
+	MaskNull    = "null"
+)
+
+// Mask hides column values in results.
+type Mask struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Resources names the PostgreSQL resources the mask applies to.
+	Resources []string `json:"resources"`
+	// Columns are schema.table.column names (a two-part table.column is
+	// normalised to the public schema), matched against the column origin of
+	// a result, not its alias.
+	Columns []string `json:"columns,omitempty"`
+	// Detectors mask any value that looks like the named kind of data.
+	Detectors []string `json:"detectors,omitempty"`
+	// Method is redact, partial, hash or null.
+	Method string `json:"method"`
+	// HashKey is a secret reference to the HMAC key of the hash method.
+	HashKey string `json:"hash_key,omitempty"`
+	// Unless is a CEL predicate; when it is true the mask does not apply.
+	Unless string `json:"unless,omitempty"`
+}
+
+// Test is a policy test: a caller, a resource and a request, with the
+// decision the policy must reach.
+type Test struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Identity names a bundle identity; its provider and subject are used
+	// unless Subject overrides it, and resolution must land on it.
+	Identity string `json:"identity,omitempty"`
+	// Provider names the identity provider of an ad-hoc caller.
+	Provider string `json:"provider,omitempty"`
+	Subject  string `json:"subject,omitempty"`
+	// Groups are groups the caller's token carries.
+	Groups []string `json:"groups,omitempty"`
+	// Claims are extra token claims, as a JSON object.
+	Claims   string `json:"claims,omitempty"`
+	Resource string `json:"resource"`
+	// SQL is a PostgreSQL query request. Exactly one of SQL and Request.
+	SQL string `json:"sql,omitempty"`
+	// Request is the request as a JSON object (see RequestKinds).
+	Request string `json:"request,omitempty"`
+	// Now is the evaluation time, RFC 3339. Default: the time of the run.
+	Now string `json:"now,omitempty"`
+	// Expect is the expected effect.
+	Expect string `json:"expect"`
+	// ExpectRules, when set, is the exact set of rules ("policy/rule")
+	// that must match.
+	ExpectRules []string `json:"expect_rules,omitempty"`
+	// ExpectMasks, when non-nil, is the exact set of masked targets
+	// (a column, or "detector:NAME") and their methods.
+	ExpectMasks map[string]string `json:"expect_masks,omitempty"`
+}
+
+// RequestKinds lists the request kinds of each resource kind. A rule's `on`
+// must name kinds of its policy's resource kind.
+var RequestKinds = map[string][]string{
+	KindPostgres:   {"connect", "query", "function_call"},
+	KindSSHHost:    {"connect", "exec", "shell", "subsystem", "forward"},
+	KindKubernetes: {"api"},
+}
+
+// MaskDetectors lists the value detectors masks may name.
+var MaskDetectors = []string{"card_number", "email", "iban", "phone", "us_ssn"}
+
+// Resource is the common view of the three resource kinds.
+type Resource struct {
+	Kind   string
+	Name   string
+	Labels map[string]string
+}
+
+// Resources returns every resource of the model, sorted by name.
+func (m *Model) Resources() []Resource {
+	var out []Resource
+	for _, r := range m.Postgres {
+		out = append(out, Resource{Kind: KindPostgres, Name: r.Name, Labels: r.Labels})
+	}
+	for _, r := range m.SSHHosts {
+		out = append(out, Resource{Kind: KindSSHHost, Name: r.Name, Labels: r.Labels})
+	}
+	for _, r := range m.KubernetesClusters {
+		out = append(out, Resource{Kind: KindKubernetes, Name: r.Name, Labels: r.Labels})
+	}
+	sortByName(out, func(r Resource) string { return r.Name })
+	return out
+}
+
+// Resource finds a resource by name.
+func (m *Model) Resource(name string) (Resource, bool) {
+	for _, r := range m.Resources() {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Resource{}, false
+}

@@ -1,0 +1,524 @@
+package bundle
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	nameRE       = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
+	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$`)
+	sqlIdentRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
+	tlsModes     = []string{"disable", "require", "verify-ca", "verify-full"}
+	effects      = []string{EffectAllow, EffectDeny, EffectReview}
+	maskMethods  = []string{MaskRedact, MaskPartial, MaskHash, MaskNull}
+	jwtAlgs      = []string{"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
+	sshKeyPrefix = []string{"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"}
+)
+
+// MaxApprovalTimeout bounds how long a review may hold a request.
+const MaxApprovalTimeout = 24 * time.Hour
+
+// DefaultApprovalTimeout is used when a review rule names no timeout.
+const DefaultApprovalTimeout = 15 * time.Minute
+
+// Validate checks everything about a model that does not need CEL: names,
+// references between objects, secret references, and enumerations. CEL is
+// type-checked by celpolicy. The returned problems are in model order.
+func (m *Model) Validate() Problems {
+	v := &validator{m: m}
+	v.run()
+	return v.ps
+}
+
+type validator struct {
+	m  *Model
+	ps Problems
+
+	providers  map[string]bool
+	identities map[string]bool
+	resources  map[string]string // name -> kind
+	rules      map[string]bool   // "policy/rule"
+}
+
+func (v *validator) add(code string, ref Ref, format string, args ...any) {
+	v.ps = append(v.ps, Problem{Code: code, Ref: ref, Message: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) run() {
+	m := v.m
+	v.providers = map[string]bool{}
+	v.identities = map[string]bool{}
+	v.resources = map[string]string{}
+	v.rules = map[string]bool{}
+
+	for _, p := range m.IdentityProviders {
+		v.declare(At("identity_provider", p.Name), v.providers)
+	}
+	for _, i := range m.Identities {
+		v.declare(At("identity", i.Name), v.identities)
+	}
+	seenRes := map[string]bool{}
+	for _, r := range m.Resources() {
+		if seenRes[r.Name] {
+			v.add(CodeDuplicateName, At(r.Kind, r.Name), "resource names must be unique across postgres, ssh_host and kubernetes_cluster, because callers select a resource by name alone; %q is used more than once", r.Name)
+			continue
+		}
+		seenRes[r.Name] = true
+		v.checkName(At(r.Kind, r.Name))
+		v.resources[r.Name] = r.Kind
+	}
+	for _, p := range m.Policies {
+		for _, r := range p.Rules {
+			v.rules[p.Name+"/"+r.Name] = true
+		}
+	}
+	v.unique("policy", names(m.Policies, func(p Policy) string { return p.Name }))
+	v.unique("mask", names(m.Masks, func(p Mask) string { return p.Name }))
+	v.unique("test", names(m.Tests, func(p Test) string { return p.Name }))
+
+	for _, p := range m.IdentityProviders {
+		v.identityProvider(p)
+	}
+	for _, i := range m.Identities {
+		v.identity(i)
+	}
+	for _, r := range m.Postgres {
+		v.postgres(r)
+	}
+	for _, r := range m.SSHHosts {
+		v.sshHost(r)
+	}
+	for _, r := range m.KubernetesClusters {
+		v.kubernetes(r)
+	}
+	for _, p := range m.Policies {
+		v.policy(p)
+	}
+	for _, mk := range m.Masks {
+		v.mask(mk)
+	}
+	for _, t := range m.Tests {
+		v.test(t)
+	}
+}
+
+func names[T any](xs []T, name func(T) string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = name(x)
+	}
+	return out
+}
+
+func (v *validator) declare(ref Ref, set map[string]bool) {
+	if set[ref.Name] {
+		v.add(CodeDuplicateName, ref, "%s %q is defined more than once", ref.Kind, ref.Name)
+		return
+	}
+	set[ref.Name] = true
+	v.checkName(ref)
+}
+
+func (v *validator) unique(kind string, ns []string) {
+	seen := map[string]bool{}
+	for _, n := range ns {
+		if seen[n] {
+			v.add(CodeDuplicateName, At(kind, n), "%s %q is defined more than once", kind, n)
+			continue
+		}
+		seen[n] = true
+		v.checkName(At(kind, n))
+	}
+}
+
+func (v *validator) checkName(ref Ref) {
+	if !nameRE.MatchString(ref.Name) {
+		v.add(CodeInvalidName, ref, "name %q is not valid: use 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", ref.Name)
+	}
+}
+
+func (v *validator) required(ref Ref, attr, value string) bool {
+	if strings.TrimSpace(value) == "" {
+		v.add(CodeMissingAttribute, ref.Attribute(attr), "%s is required", attr)
+		return false
+	}
+	return true
+}
+
+func (v *validator) oneOf(ref Ref, value string, allowed []string) {
+	if !slices.Contains(allowed, value) {
+		v.add(CodeInvalidValue, ref, "%q is not one of %s", value, quoteList(allowed))
+	}
+}
+
+func quoteList(xs []string) string {
+	q := make([]string, len(xs))
+	for i, x := range xs {
+		q[i] = strconv.Quote(x)
+	}
+	return strings.Join(q, ", ")
+}
+
+func (v *validator) secret(ref Ref, value string) {
+	if value == "" {
+		return
+	}
+	if _, err := ParseSecretRef(value); err != nil {
+		code := CodeInvalidSecretRef
+		if err == ErrInlineSecret {
+			code = CodeInlineSecret
+		}
+		v.add(code, ref, "%s must be a secret reference, not a secret value: %v. %s", ref.Attr, err, SecretRefHelp)
+	}
+}
+
+func (v *validator) labels(ref Ref, labels map[string]string) {
+	for k := range labels {
+		if !labelKeyRE.MatchString(k) {
+			v.add(CodeInvalidValue, ref.Attribute("labels"), "label key %q is not valid: use letters, digits, '-', '_', '.' or '/'", k)
+		}
+	}
+}
+
+func (v *validator) address(ref Ref, addr string) {
+	if !v.required(ref, "address", addr) {
+		return
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		v.add(CodeInvalidValue, ref.Attribute("address"), "address %q must be host:port", addr)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		v.add(CodeInvalidValue, ref.Attribute("address"), "address %q has no valid port (1-65535)", addr)
+	}
+}
+
+// isLoopbackURL reports whether u points at this machine. Plain http issuers
+// are allowed only there, for development and tests.
+func isLoopbackURL(u *url.URL) bool {
+	h := u.Hostname()
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (v *validator) identityProvider(p IdentityProvider) {
+	ref := At("identity_provider", p.Name)
+	if v.required(ref, "issuer", p.Issuer) {
+		u, err := url.Parse(p.Issuer)
+		switch {
+		case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+			v.add(CodeInvalidValue, ref.Attribute("issuer"), "issuer %q must be an https URL", p.Issuer)
+		case u.Scheme == "http" && !isLoopbackURL(u):
+			v.add(CodeInvalidValue, ref.Attribute("issuer"), "issuer %q must use https; plain http is only accepted for loopback development issuers", p.Issuer)
+		}
+	}
+	if len(p.Audiences) == 0 {
+		v.add(CodeMissingAttribute, ref.Attribute("audiences"), "audiences is required: list the aud values accepted, so that a token minted for another service cannot be replayed here")
+	}
+	for i, a := range p.Audiences {
+		if strings.TrimSpace(a) == "" {
+			v.add(CodeInvalidValue, ref.Attribute("audiences").Elem(i), "audience must not be empty")
+		}
+	}
+	if p.JWKSURL != "" {
+		if u, err := url.Parse(p.JWKSURL); err != nil || u.Host == "" || (u.Scheme != "https" && !(u.Scheme == "http" && isLoopbackURL(u))) {
+			v.add(CodeInvalidValue, ref.Attribute("jwks_url"), "jwks_url %q must be an https URL", p.JWKSURL)
+		}
+	}
+	if p.JWKS != "" {
+		var set struct {
+			Keys []json.RawMessage `json:"keys"`
+		}
+		if err := json.Unmarshal([]byte(p.JWKS), &set); err != nil || len(set.Keys) == 0 {
+			v.add(CodeInvalidValue, ref.Attribute("jwks"), "jwks must be a JSON Web Key Set: an object with a non-empty \"keys\" list")
+		}
+		if p.JWKSURL != "" {
+			v.add(CodeConflict, ref.Attribute("jwks"), "set jwks or jwks_url, not both")
+		}
+	}
+	for i, a := range p.Algorithms {
+		if !slices.Contains(jwtAlgs, a) {
+			v.add(CodeInvalidValue, ref.Attribute("algorithms").Elem(i), "algorithm %q is not accepted; use asymmetric algorithms only: %s", a, quoteList(jwtAlgs))
+		}
+	}
+}
+
+func (v *validator) identity(i Identity) {
+	ref := At("identity", i.Name)
+	if v.required(ref, "provider", i.Provider) && !v.providers[i.Provider] {
+		v.add(CodeUnknownReference, ref.Attribute("provider"), "identity_provider %q is not defined", i.Provider)
+	}
+	switch {
+	case i.Subject == "" && i.Match == "":
+		v.add(CodeMissingAttribute, ref, "set subject (the token's exact sub) or match (a CEL predicate over the token)")
+	case i.Subject != "" && i.Match != "":
+		v.add(CodeConflict, ref.Attribute("match"), "set subject or match, not both")
+	}
+	v.groups(ref.Attribute("groups"), i.Groups)
+}
+
+func (v *validator) groups(ref Ref, groups []string) {
+	for i, g := range groups {
+		if strings.TrimSpace(g) == "" {
+			v.add(CodeInvalidValue, ref.Elem(i), "group name must not be empty")
+		}
+	}
+}
+
+func (v *validator) postgres(r Postgres) {
+	ref := At(KindPostgres, r.Name)
+	v.address(ref, r.Address)
+	v.required(ref, "database", r.Database)
+	v.required(ref, "username", r.Username)
+	v.secret(ref.Attribute("password"), r.Password)
+	v.labels(ref, r.Labels)
+	if r.TLS != nil && r.TLS.Mode != "" {
+		v.oneOf(ref.Attribute("tls.mode"), r.TLS.Mode, tlsModes)
+	}
+}
+
+func (v *validator) sshHost(r SSHHost) {
+	ref := At(KindSSHHost, r.Name)
+	v.address(ref, r.Address)
+	v.required(ref, "user", r.User)
+	if v.required(ref, "host_key", r.HostKey) {
+		fields := strings.Fields(r.HostKey)
+		ok := len(fields) >= 2 && slices.Contains(sshKeyPrefix, fields[0])
+		if ok {
+			_, err := base64.StdEncoding.DecodeString(fields[1])
+			ok = err == nil
+		}
+		if !ok {
+			v.add(CodeInvalidValue, ref.Attribute("host_key"), "host_key must be a public key in authorized_keys form (\"ssh-ed25519 AAAA...\"), as printed by ssh-keyscan")
+		}
+	}
+	if r.PrivateKey == "" && r.Password == "" {
+		v.add(CodeMissingAttribute, ref, "set private_key or password (as a secret reference) so the gateway can log in upstream")
+	}
+	v.secret(ref.Attribute("private_key"), r.PrivateKey)
+	v.secret(ref.Attribute("password"), r.Password)
+	v.labels(ref, r.Labels)
+}
+
+func (v *validator) kubernetes(r KubernetesCluster) {
+	ref := At(KindKubernetes, r.Name)
+	if r.Server == "" && r.Kubeconfig == "" {
+		v.add(CodeMissingAttribute, ref, "set server (with token) or kubeconfig")
+	}
+	if r.Server != "" {
+		if u, err := url.Parse(r.Server); err != nil || u.Scheme != "https" || u.Host == "" {
+			v.add(CodeInvalidValue, ref.Attribute("server"), "server %q must be an https URL", r.Server)
+		}
+	}
+	if r.Kubeconfig != "" && r.Token != "" {
+		v.add(CodeConflict, ref.Attribute("token"), "set kubeconfig or token, not both")
+	}
+	v.secret(ref.Attribute("kubeconfig"), r.Kubeconfig)
+	v.secret(ref.Attribute("token"), r.Token)
+	v.labels(ref, r.Labels)
+}
+
+func (v *validator) policy(p Policy) {
+	ref := At("policy", p.Name)
+	if len(p.Resources) == 0 {
+		v.add(CodeMissingAttribute, ref.Attribute("resources"), "resources is required: name the resources this policy covers")
+	}
+	kind := ""
+	for i, name := range p.Resources {
+		k, ok := v.resources[name]
+		if !ok {
+			v.add(CodeUnknownReference, ref.Attribute("resources").Elem(i), "resource %q is not defined (no postgres, ssh_host or kubernetes_cluster of that name)", name)
+			continue
+		}
+		if kind == "" {
+			kind = k
+		} else if k != kind {
+			v.add(CodeMixedKinds, ref.Attribute("resources").Elem(i), "resource %q is a %s but this policy already covers %s resources; a policy covers one kind of resource so that its rules see one request type; split it into one policy per kind", name, k, kind)
+		}
+	}
+	for i, id := range p.Identities {
+		if !v.identities[id] {
+			v.add(CodeUnknownReference, ref.Attribute("identities").Elem(i), "identity %q is not defined", id)
+		}
+	}
+	v.groups(ref.Attribute("groups"), p.Groups)
+	if len(p.Rules) == 0 {
+		v.add(CodeMissingAttribute, ref, "a policy needs at least one rule")
+	}
+	seen := map[string]bool{}
+	for _, r := range p.Rules {
+		rref := ref.InRule(r.Name)
+		if seen[r.Name] {
+			v.add(CodeDuplicateName, rref, "rule %q is defined more than once in policy %q", r.Name, p.Name)
+		}
+		seen[r.Name] = true
+		if !nameRE.MatchString(r.Name) {
+			v.add(CodeInvalidName, rref, "rule name %q is not valid: use letters, digits, '-', '_' or '.'", r.Name)
+		}
+		v.oneOf(rref.Attribute("effect"), r.Effect, effects)
+		v.required(rref, "reason", r.Reason)
+		if kind != "" {
+			for i, on := range r.On {
+				if !slices.Contains(RequestKinds[kind], on) {
+					v.add(CodeInvalidValue, rref.Attribute("on").Elem(i), "%q is not a request kind of %s resources; use one of %s", on, kind, quoteList(RequestKinds[kind]))
+				}
+			}
+		}
+		switch {
+		case r.Effect == EffectReview && r.Approval == nil:
+			v.add(CodeMissingAttribute, rref.Attribute("approval"), "a review rule needs an approval block naming the approver groups")
+		case r.Effect != EffectReview && r.Approval != nil:
+			v.add(CodeConflict, rref.Attribute("approval"), "approval is only allowed on review rules")
+		case r.Approval != nil:
+			v.approval(rref, *r.Approval)
+		}
+	}
+}
+
+func (v *validator) approval(ref Ref, a Approval) {
+	if len(a.Groups) == 0 {
+		v.add(CodeMissingAttribute, ref.Attribute("approval.groups"), "approval.groups is required: name the groups whose members may approve")
+	}
+	v.groups(ref.Attribute("approval.groups"), a.Groups)
+	if a.Count < 0 || a.Count > 10 {
+		v.add(CodeInvalidValue, ref.Attribute("approval.count"), "approval.count must be between 1 and 10, got %d", a.Count)
+	}
+	if a.Timeout != "" {
+		d, err := time.ParseDuration(a.Timeout)
+		if err != nil || d <= 0 || d > MaxApprovalTimeout {
+			v.add(CodeInvalidValue, ref.Attribute("approval.timeout"), "approval.timeout %q must be a duration between 1s and 24h, such as \"15m\"", a.Timeout)
+		}
+	}
+}
+
+// ParseColumn splits a mask column into schema, table and column. A two-part
+// name is in the public schema.
+func ParseColumn(s string) (schema, table, column string, err error) {
+	parts := strings.Split(s, ".")
+	switch len(parts) {
+	case 2:
+		parts = append([]string{"public"}, parts...)
+	case 3:
+	default:
+		return "", "", "", fmt.Errorf("column %q must be schema.table.column or table.column", s)
+	}
+	for _, p := range parts {
+		if !sqlIdentRE.MatchString(p) {
+			return "", "", "", fmt.Errorf("column %q: %q is not a plain SQL identifier", s, p)
+		}
+	}
+	return parts[0], parts[1], parts[2], nil
+}
+
+func (v *validator) mask(mk Mask) {
+	ref := At("mask", mk.Name)
+	if len(mk.Resources) == 0 {
+		v.add(CodeMissingAttribute, ref.Attribute("resources"), "resources is required: name the postgres resources this mask applies to")
+	}
+	for i, name := range mk.Resources {
+		k, ok := v.resources[name]
+		switch {
+		case !ok:
+			v.add(CodeUnknownReference, ref.Attribute("resources").Elem(i), "resource %q is not defined", name)
+		case k != KindPostgres:
+			v.add(CodeInvalidValue, ref.Attribute("resources").Elem(i), "resource %q is a %s; masks apply to postgres resources", name, k)
+		}
+	}
+	if len(mk.Columns) == 0 && len(mk.Detectors) == 0 {
+		v.add(CodeMissingAttribute, ref, "set columns or detectors (or both): a mask must say what it hides")
+	}
+	for i, c := range mk.Columns {
+		if _, _, _, err := ParseColumn(c); err != nil {
+			v.add(CodeInvalidValue, ref.Attribute("columns").Elem(i), "%v", err)
+		}
+	}
+	for i, d := range mk.Detectors {
+		if !slices.Contains(MaskDetectors, d) {
+			v.add(CodeInvalidValue, ref.Attribute("detectors").Elem(i), "%q is not a detector; use one of %s", d, quoteList(MaskDetectors))
+		}
+	}
+	v.oneOf(ref.Attribute("method"), mk.Method, maskMethods)
+	switch {
+	case mk.Method == MaskHash && mk.HashKey == "":
+		v.add(CodeMissingAttribute, ref.Attribute("hash_key"), "the hash method needs hash_key, a secret reference to the HMAC key, so that hashes cannot be reversed by guessing")
+	case mk.Method != MaskHash && mk.HashKey != "":
+		v.add(CodeConflict, ref.Attribute("hash_key"), "hash_key is only used by the hash method")
+	}
+	v.secret(ref.Attribute("hash_key"), mk.HashKey)
+}
+
+func (v *validator) test(t Test) {
+	ref := At("test", t.Name)
+	if v.required(ref, "resource", t.Resource) {
+		if _, ok := v.resources[t.Resource]; !ok {
+			v.add(CodeUnknownReference, ref.Attribute("resource"), "resource %q is not defined", t.Resource)
+		}
+	}
+	switch {
+	case t.Identity != "" && !v.identities[t.Identity]:
+		v.add(CodeUnknownReference, ref.Attribute("identity"), "identity %q is not defined", t.Identity)
+	case t.Identity == "" && t.Provider == "":
+		v.add(CodeMissingAttribute, ref, "set identity (a defined identity) or provider and subject (an ad-hoc caller)")
+	}
+	if t.Provider != "" && !v.providers[t.Provider] {
+		v.add(CodeUnknownReference, ref.Attribute("provider"), "identity_provider %q is not defined", t.Provider)
+	}
+	if t.Identity == "" && t.Provider != "" && t.Subject == "" {
+		v.add(CodeMissingAttribute, ref.Attribute("subject"), "subject is required for an ad-hoc caller")
+	}
+	v.groups(ref.Attribute("groups"), t.Groups)
+	if t.Claims != "" && !isJSONObject(t.Claims) {
+		v.add(CodeInvalidValue, ref.Attribute("claims"), "claims must be a JSON object")
+	}
+	switch {
+	case t.SQL == "" && t.Request == "":
+		v.add(CodeMissingAttribute, ref, "set sql (a PostgreSQL query) or request (the request fields)")
+	case t.SQL != "" && t.Request != "":
+		v.add(CodeConflict, ref.Attribute("request"), "set sql or request, not both")
+	case t.SQL != "" && v.resources[t.Resource] != "" && v.resources[t.Resource] != KindPostgres:
+		v.add(CodeInvalidValue, ref.Attribute("sql"), "sql is only for postgres resources; %q is a %s, use request", t.Resource, v.resources[t.Resource])
+	case t.Request != "" && !isJSONObject(t.Request):
+		v.add(CodeInvalidValue, ref.Attribute("request"), "request must be a JSON object")
+	}
+	if t.Now != "" {
+		if _, err := time.Parse(time.RFC3339, t.Now); err != nil {
+			v.add(CodeInvalidValue, ref.Attribute("now"), "now %q must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.Now)
+		}
+	}
+	v.oneOf(ref.Attribute("expect"), t.Expect, effects)
+	for i, r := range t.ExpectRules {
+		if !v.rules[r] {
+			v.add(CodeUnknownReference, ref.Attribute("expect_rules").Elem(i), "rule %q is not defined; name rules as \"policy/rule\"", r)
+		}
+	}
+	for target, method := range t.ExpectMasks {
+		if d, ok := strings.CutPrefix(target, "detector:"); ok {
+			if !slices.Contains(MaskDetectors, d) {
+				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%q names no detector; use one of %s", d, quoteList(MaskDetectors))
+			}
+		} else if _, _, _, err := ParseColumn(target); err != nil {
+			v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%v", err)
+		}
+		if !slices.Contains(maskMethods, method) {
+			v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "method %q for %q is not one of %s", method, target, quoteList(maskMethods))
+		}
+	}
+}
+
+func isJSONObject(s string) bool {
+	var m map[string]any
+	return json.Unmarshal([]byte(s), &m) == nil && m != nil
+}

@@ -1,0 +1,423 @@
+package sqlfacts
+
+import (
+	"slices"
+	"strings"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// analyzer collects statements in the order they are found: each statement
+// as sent, followed by the statements found inside it.
+type analyzer struct {
+	// version is the parse tree version, needed to deparse nested nodes.
+	version int32
+	out     []Statement
+	depth   int
+	err     error
+}
+
+// scope is the CTE names visible at a point of a query, innermost first.
+// An unqualified table name that matches one is a reference to the CTE, not
+// to a table.
+type scope struct {
+	names  []string
+	parent *scope
+}
+
+func (s *scope) has(name string) bool {
+	for ; s != nil; s = s.parent {
+		if slices.Contains(s.names, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeFields lists, per parse node, the fields that hold the relation the
+// statement writes (inserts into, alters, drops, locks, ...). Every other
+// relation a statement mentions is read.
+var writeFields = map[string][]string{
+	"InsertStmt":         {"relation"},
+	"UpdateStmt":         {"relation"},
+	"DeleteStmt":         {"relation"},
+	"MergeStmt":          {"relation"},
+	"TruncateStmt":       {"relations"},
+	"IntoClause":         {"rel"},
+	"CreateStmt":         {"relation"},
+	"AlterTableStmt":     {"relation"},
+	"IndexStmt":          {"relation"},
+	"RenameStmt":         {"relation"},
+	"LockStmt":           {"relations"},
+	"VacuumRelation":     {"relation"},
+	"CreateTrigStmt":     {"relation"},
+	"RuleStmt":           {"relation"},
+	"CreatePolicyStmt":   {"table"},
+	"AlterPolicyStmt":    {"table"},
+	"GrantStmt":          {"objects"},
+	"ClusterStmt":        {"relation"},
+	"RefreshMatViewStmt": {"relation"},
+	"AlterObjectSchemaStmt": {
+		"relation",
+	},
+	"AlterOwnerStmt": {"relation"},
+	"ViewStmt":       {"view"},
+	"ReindexStmt":    {"relation"},
+	"CreateSeqStmt":  {"sequence"},
+	"AlterSeqStmt":   {"sequence"},
+	"CommentStmt":    {"object"},
+}
+
+// emit records the statement rooted at n and then walks it, which may emit
+// statements nested inside it.
+func (a *analyzer) emit(n *pg.Node, via, text, fingerprint string, sc *scope) {
+	if n == nil || n.Node == nil {
+		return
+	}
+	a.emitMessage(nodeMessage(n), via, text, fingerprint, sc)
+}
+
+func nodeMessage(n *pg.Node) protoreflect.Message {
+	// Node is a oneof wrapper; its single populated field is the real node.
+	m := n.ProtoReflect()
+	var inner protoreflect.Message
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.MessageKind {
+			inner = v.Message()
+		}
+		return false
+	})
+	return inner
+}
+
+func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint string, sc *scope) {
+	if m == nil {
+		return
+	}
+	st := Statement{Via: via, Text: text, Fingerprint: fingerprint}
+	describe(&st, m.Interface())
+	idx := len(a.out)
+	a.out = append(a.out, Statement{}) // reserve the slot: nested ones follow it
+	w := &walker{a: a, root: m.Interface(), via: st.Command, tables: map[[2]string]int{}, funcs: map[string]bool{}}
+	if e, ok := m.Interface().(*pg.ExplainStmt); ok && explainAnalyze(e) {
+		w.via = "EXPLAIN ANALYZE"
+	}
+	w.walk(m, Read, sc)
+	if fb, ok := m.Interface().(*pg.CreateFunctionStmt); ok {
+		a.functionBody(fb, st.Language, text, fingerprint, sc)
+	}
+	st.Tables = w.tableList
+	if st.Tables == nil {
+		st.Tables = []Table{}
+	}
+	st.Functions = make([]string, 0, len(w.funcs))
+	for f := range w.funcs {
+		st.Functions = append(st.Functions, f)
+	}
+	slices.Sort(st.Functions)
+	a.out[idx] = st
+}
+
+// functionBody parses the body of a LANGUAGE sql function given as a string,
+// so that what the function would run is visible. Bodies in other languages
+// are opaque and reported only through the CREATE FUNCTION statement itself.
+func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, language, text, fingerprint string, sc *scope) {
+	if language != "sql" || fn.SqlBody != nil {
+		return // BEGIN ATOMIC bodies are already part of the tree
+	}
+	body, ok := defElemStrings(fn.Options, "as")
+	if !ok || len(body) == 0 {
+		return
+	}
+	if a.depth >= maxBodyDepth {
+		a.err = &ParseError{Message: "SQL function bodies are nested too deeply to analyze"}
+		return
+	}
+	nested, err := analyze(body[0], "CREATE FUNCTION", a.depth+1)
+	if err != nil {
+		a.err = &ParseError{Message: "the body of the SQL function does not parse: " + err.Error()}
+		return
+	}
+	for _, s := range nested {
+		s.Fingerprint = fingerprint
+		if s.Via == "" {
+			s.Via = "CREATE FUNCTION"
+		}
+		a.out = append(a.out, s)
+	}
+}
+
+type walker struct {
+	a         *analyzer
+	root      any
+	via       string
+	tables    map[[2]string]int // schema,name -> index in tableList
+	tableList []Table
+	funcs     map[string]bool
+	// quiet > 0 while walking a nested statement that was already emitted.
+	quiet int
+}
+
+// deparse renders a nested statement as SQL, for display and recording.
+func (a *analyzer) deparse(x any) string {
+	var n *pg.Node
+	switch s := x.(type) {
+	case *pg.InsertStmt:
+		n = &pg.Node{Node: &pg.Node_InsertStmt{InsertStmt: s}}
+	case *pg.UpdateStmt:
+		n = &pg.Node{Node: &pg.Node_UpdateStmt{UpdateStmt: s}}
+	case *pg.DeleteStmt:
+		n = &pg.Node{Node: &pg.Node_DeleteStmt{DeleteStmt: s}}
+	case *pg.MergeStmt:
+		n = &pg.Node{Node: &pg.Node_MergeStmt{MergeStmt: s}}
+	default:
+		return ""
+	}
+	out, err := pg.Deparse(&pg.ParseResult{Version: a.version, Stmts: []*pg.RawStmt{{Stmt: n}}})
+	if err != nil {
+		return ""
+	}
+	return out
+}
+
+func (w *walker) table(schema, name, access string, sc *scope) {
+	if name == "" {
+		return
+	}
+	if schema == "" {
+		if sc.has(name) {
+			return // a CTE, not a table
+		}
+		schema = "public"
+	}
+	key := [2]string{schema, name}
+	if i, ok := w.tables[key]; ok {
+		if access == Write {
+			w.tableList[i].Access = Write
+		}
+		return
+	}
+	w.tables[key] = len(w.tableList)
+	w.tableList = append(w.tableList, Table{Schema: schema, Name: name, Access: access})
+}
+
+func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
+	switch x := m.Interface().(type) {
+	case *pg.RangeVar:
+		w.table(x.Schemaname, x.Relname, access, sc)
+		return
+	case *pg.FuncCall:
+		if len(x.Funcname) > 0 {
+			if s := x.Funcname[len(x.Funcname)-1].GetString_(); s != nil {
+				w.funcs[s.Sval] = true
+			}
+		}
+	case *pg.DropStmt:
+		w.dropTargets(x)
+	case *pg.InsertStmt, *pg.UpdateStmt, *pg.DeleteStmt, *pg.MergeStmt:
+		if m.Interface() != w.root && w.quiet == 0 {
+			// A statement that modifies data inside another (a CTE, EXPLAIN
+			// ANALYZE, PREPARE, a rule or function body) runs too: report it
+			// as an entry of its own. Its tables are also counted for the
+			// enclosing statement, by walking it quietly: the entry just
+			// emitted has already reported whatever is nested inside it.
+			text := w.a.deparse(m.Interface())
+			fp := ""
+			if text != "" {
+				fp, _ = pg.Fingerprint(text)
+			}
+			w.a.emitMessage(m, w.via, text, fp, sc)
+			w.quiet++
+			defer func() { w.quiet-- }()
+		}
+	case *pg.CopyStmt:
+		if x.Relation != nil {
+			acc := Read
+			if x.IsFrom {
+				acc = Write
+			}
+			w.table(x.Relation.Schemaname, x.Relation.Relname, acc, sc)
+		}
+	}
+
+	name := string(m.Descriptor().Name())
+	writes := writeFields[name]
+
+	// A WITH clause makes its CTE names visible to the statement it belongs
+	// to. Within the WITH itself, a CTE sees the ones before it, or all of
+	// them when the WITH is RECURSIVE. Getting this right matters: in
+	// "WITH payments AS (SELECT * FROM payments) ...", the inner name is the
+	// real table and must be reported.
+	var with *pg.WithClause
+	if fd := m.Descriptor().Fields().ByName("with_clause"); fd != nil && m.Has(fd) {
+		with, _ = m.Get(fd).Message().Interface().(*pg.WithClause)
+	}
+	inner := sc
+	if with != nil {
+		names := make([]string, 0, len(with.Ctes))
+		for _, c := range with.Ctes {
+			if cte := c.GetCommonTableExpr(); cte != nil {
+				names = append(names, cte.Ctename)
+			}
+		}
+		saved := w.via
+		w.via = "WITH"
+		for i, c := range with.Ctes {
+			cte := c.GetCommonTableExpr()
+			if cte == nil || cte.Ctequery == nil {
+				continue
+			}
+			visible := names[:i]
+			if with.Recursive {
+				visible = names
+			}
+			w.walk(cte.Ctequery.ProtoReflect(), Read, &scope{names: visible, parent: sc})
+		}
+		w.via = saved
+		inner = &scope{names: names, parent: sc}
+	}
+
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
+			return true
+		}
+		fname := string(fd.Name())
+		if with != nil && fname == "with_clause" {
+			return true
+		}
+		if _, isCopy := m.Interface().(*pg.CopyStmt); isCopy && fname == "relation" {
+			return true // handled above, by direction
+		}
+		acc := access
+		if slices.Contains(writes, fname) {
+			acc = Write
+		}
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				w.walk(l.Get(i).Message(), acc, inner)
+			}
+		case fd.IsMap():
+			// The parse tree has no map fields.
+		default:
+			w.walk(v.Message(), acc, inner)
+		}
+		return true
+	})
+}
+
+// dropTargets reports the relations a DROP removes. DROP lists them as name
+// lists, not as RangeVar nodes.
+func (w *walker) dropTargets(d *pg.DropStmt) {
+	switch d.RemoveType {
+	case pg.ObjectType_OBJECT_TABLE, pg.ObjectType_OBJECT_VIEW, pg.ObjectType_OBJECT_MATVIEW,
+		pg.ObjectType_OBJECT_FOREIGN_TABLE, pg.ObjectType_OBJECT_INDEX, pg.ObjectType_OBJECT_SEQUENCE:
+	default:
+		return
+	}
+	for _, o := range d.Objects {
+		l := o.GetList()
+		if l == nil {
+			continue
+		}
+		var parts []string
+		for _, it := range l.Items {
+			if s := it.GetString_(); s != nil {
+				parts = append(parts, s.Sval)
+			}
+		}
+		switch len(parts) {
+		case 1:
+			w.table("public", parts[0], Write, nil)
+		case 2:
+			w.table(parts[0], parts[1], Write, nil)
+		case 3: // catalog.schema.name
+			w.table(parts[1], parts[2], Write, nil)
+		}
+	}
+}
+
+func defElemStrings(opts []*pg.Node, name string) ([]string, bool) {
+	for _, o := range opts {
+		d := o.GetDefElem()
+		if d == nil || d.Defname != name || d.Arg == nil {
+			continue
+		}
+		if s := d.Arg.GetString_(); s != nil {
+			return []string{s.Sval}, true
+		}
+		if l := d.Arg.GetList(); l != nil {
+			var out []string
+			for _, it := range l.Items {
+				if s := it.GetString_(); s != nil {
+					out = append(out, s.Sval)
+				}
+			}
+			return out, true
+		}
+	}
+	return nil, false
+}
+
+func explainAnalyze(e *pg.ExplainStmt) bool {
+	for _, o := range e.Options {
+		d := o.GetDefElem()
+		if d == nil || d.Defname != "analyze" {
+			continue
+		}
+		if d.Arg == nil {
+			return true
+		}
+		// ANALYZE false / off / 0 turns it off; anything else is on.
+		if b := d.Arg.GetBoolean(); b != nil {
+			return b.Boolval
+		}
+		if s := d.Arg.GetString_(); s != nil {
+			v := strings.ToLower(s.Sval)
+			return v != "false" && v != "off" && v != "0" && v != "no"
+		}
+		if i := d.Arg.GetInteger(); i != nil {
+			return i.Ival != 0
+		}
+		return true
+	}
+	return false
+}
+
+// hasColumnRef reports whether an expression refers to any column. It is how
+// has_where tells a real filter from WHERE true.
+func hasColumnRef(n *pg.Node) bool {
+	if n == nil {
+		return false
+	}
+	found := false
+	var visit func(m protoreflect.Message)
+	visit = func(m protoreflect.Message) {
+		if found {
+			return
+		}
+		switch m.Interface().(type) {
+		case *pg.ColumnRef, *pg.CurrentOfExpr:
+			found = true
+			return
+		}
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			if fd.Kind() != protoreflect.MessageKind {
+				return true
+			}
+			if fd.IsList() {
+				l := v.List()
+				for i := 0; i < l.Len() && !found; i++ {
+					visit(l.Get(i).Message())
+				}
+			} else {
+				visit(v.Message())
+			}
+			return !found
+		})
+	}
+	visit(n.ProtoReflect())
+	return found
+}
