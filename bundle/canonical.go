@@ -105,8 +105,10 @@ func (m *Model) Normalize() {
 	for i := range m.Tests {
 		t := &m.Tests[i]
 		t.Groups = sortedSet(t.Groups)
-		t.ExpectRules = sortedSet(t.ExpectRules)
-		if len(t.ExpectMasks) > 0 {
+		if t.ExpectRules != nil {
+			t.ExpectRules = append([]string{}, sortedSet(t.ExpectRules)...)
+		}
+		if t.ExpectMasks != nil {
 			norm := make(map[string]string, len(t.ExpectMasks))
 			for k, v := range t.ExpectMasks {
 				if s, tb, col, err := ParseColumn(k); err == nil {

@@ -198,6 +198,15 @@ func ReadUnverified(data []byte) (*Payload, *Envelope, error) {
 	return p, &env, nil
 }
 
+// PayloadBytes decodes the envelope's payload.
+func (e *Envelope) PayloadBytes() ([]byte, error) {
+	b, err := b64.DecodeString(e.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: payload is not valid base64: %v", ErrMalformed, err)
+	}
+	return b, nil
+}
+
 // IsBundle reports whether data looks like a bundle envelope (as opposed to a
 // policy directory or something else), without verifying it.
 func IsBundle(data []byte) bool {

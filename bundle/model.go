@@ -250,12 +250,14 @@ type Test struct {
 	Now string `json:"now,omitempty"`
 	// Expect is the expected effect.
 	Expect string `json:"expect"`
-	// ExpectRules, when set, is the exact set of rules ("policy/rule")
-	// that must match.
-	ExpectRules []string `json:"expect_rules,omitempty"`
+	// ExpectRules, when non-nil, is the exact set of rules ("policy/rule")
+	// that must match. An empty list asserts that no rule matches. It is
+	// always encoded (null when unset) so that unset and empty stay apart.
+	ExpectRules []string `json:"expect_rules"`
 	// ExpectMasks, when non-nil, is the exact set of masked targets
-	// (a column, or "detector:NAME") and their methods.
-	ExpectMasks map[string]string `json:"expect_masks,omitempty"`
+	// (a column, or "detector:NAME") and their methods. An empty map
+	// asserts that nothing is masked.
+	ExpectMasks map[string]string `json:"expect_masks"`
 }
 
 // RequestKinds lists the request kinds of each resource kind. A rule's `on`

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 var (
@@ -84,6 +85,9 @@ func (v *validator) run() {
 	v.unique("policy", names(m.Policies, func(p Policy) string { return p.Name }))
 	v.unique("mask", names(m.Masks, func(p Mask) string { return p.Name }))
 	v.unique("test", names(m.Tests, func(p Test) string { return p.Name }))
+	for _, t := range m.Tests {
+		v.checkTestName(t.Name)
+	}
 
 	for _, p := range m.IdentityProviders {
 		v.identityProvider(p)
@@ -136,7 +140,23 @@ func (v *validator) unique(kind string, ns []string) {
 			continue
 		}
 		seen[n] = true
-		v.checkName(At(kind, n))
+		if kind != "test" {
+			v.checkName(At(kind, n))
+		}
+	}
+}
+
+// checkTestName allows test names to be sentences: they are never referred
+// to, only reported.
+func (v *validator) checkTestName(n string) {
+	ok := strings.TrimSpace(n) != "" && len(n) <= 200
+	for _, r := range n {
+		if unicode.IsControl(r) {
+			ok = false
+		}
+	}
+	if !ok {
+		v.add(CodeInvalidName, At("test", n), "test name %q must be 1 to 200 printable characters", n)
 	}
 }
 

@@ -1,0 +1,373 @@
+package celpolicy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common"
+	celast "cel.dev/cel-go/common/ast"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+)
+
+// Policy is a compiled model, ready to decide requests. It is immutable and
+// safe for concurrent use; a new bundle means a new Policy, swapped in whole.
+type Policy struct {
+	model    *bundle.Model
+	revision uint64
+	envs     *envs
+
+	resources  map[string]*resourceEntry
+	providers  map[string]*bundle.IdentityProvider // by name
+	byIssuer   map[string][]*bundle.IdentityProvider
+	identities map[string][]*compiledIdentity // by provider name
+	identity   map[string]*compiledIdentity   // by identity name
+	rules      map[string]*compiledRule       // by "policy/rule"
+	ruleCount  int
+	// literals are the string constants of all CEL expressions; Diff
+	// builds probe requests from them.
+	literals map[string]bool
+}
+
+type compiledIdentity struct {
+	id    *bundle.Identity
+	match cel.Program // nil when matched by subject
+}
+
+type compiledPolicy struct {
+	name       string
+	identities map[string]bool
+	groups     map[string]bool
+	everyone   bool
+}
+
+// covers reports whether the policy applies to the caller.
+func (p *compiledPolicy) covers(id *Identity) bool {
+	if p.everyone || p.identities[id.Name] {
+		return true
+	}
+	for _, g := range id.Groups {
+		if p.groups[g] {
+			return true
+		}
+	}
+	return false
+}
+
+type compiledRule struct {
+	ref    string // "policy/rule"
+	policy *compiledPolicy
+	rule   *bundle.Rule
+	prg    cel.Program // nil: always matches
+}
+
+type compiledMask struct {
+	mask *bundle.Mask
+	// columns are fully qualified, whatever spelling the model used.
+	columns []string
+	unless  cel.Program // nil: always applies
+}
+
+type resourceEntry struct {
+	value Resource
+	// rules by request kind: only the rules of policies that cover this
+	// resource and apply to that kind. This index is what keeps a decision's
+	// cost independent of the number of unrelated resources and rules.
+	rules map[string][]*compiledRule
+	masks []*compiledMask
+}
+
+// Option configures Compile.
+type Option func(*Policy)
+
+// WithRevision stamps decisions with the bundle revision.
+func WithRevision(rev uint64) Option { return func(p *Policy) { p.revision = rev } }
+
+// FromPayload compiles a verified bundle payload.
+func FromPayload(p *bundle.Payload) (*Policy, error) {
+	return Compile(&p.Model, WithRevision(p.Revision))
+}
+
+// Compile validates a model and compiles all of its CEL. On failure the error
+// is a bundle.Problems listing every problem found, each with a Ref (and for
+// CEL a Span inside the expression), so front ends can point at the source.
+// The model must not be modified afterwards.
+func Compile(m *bundle.Model, opts ...Option) (*Policy, error) {
+	if ps := m.Validate(); len(ps) > 0 {
+		return nil, ps
+	}
+	envs, err := sharedEnvs()
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{
+		model:      m,
+		envs:       envs,
+		resources:  map[string]*resourceEntry{},
+		providers:  map[string]*bundle.IdentityProvider{},
+		byIssuer:   map[string][]*bundle.IdentityProvider{},
+		identities: map[string][]*compiledIdentity{},
+		identity:   map[string]*compiledIdentity{},
+		rules:      map[string]*compiledRule{},
+		literals:   map[string]bool{},
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	c := &compiler{p: p}
+	c.run()
+	if len(c.ps) > 0 {
+		return nil, c.ps
+	}
+	return p, nil
+}
+
+// Check validates and compiles a model and returns its problems, if any.
+func Check(m *bundle.Model) bundle.Problems {
+	_, err := Compile(m)
+	var ps bundle.Problems
+	if errors.As(err, &ps) {
+		return ps
+	}
+	if err != nil {
+		return bundle.Problems{{Code: bundle.CodeInvalidValue, Message: err.Error()}}
+	}
+	return nil
+}
+
+// sharedEnvs builds the CEL environments once; they are immutable.
+var sharedEnvs = sync.OnceValues(newEnvs)
+
+type compiler struct {
+	p  *Policy
+	ps bundle.Problems
+}
+
+func (c *compiler) run() {
+	p, m := c.p, c.p.model
+	for i := range m.IdentityProviders {
+		ip := &m.IdentityProviders[i]
+		p.providers[ip.Name] = ip
+		p.byIssuer[ip.Issuer] = append(p.byIssuer[ip.Issuer], ip)
+	}
+	for i := range m.Identities {
+		id := &m.Identities[i]
+		ci := &compiledIdentity{id: id}
+		if id.Match != "" {
+			ci.match = c.compile(p.envs.identity, id.Match, bundle.At("identity", id.Name).Attribute("match"))
+		}
+		p.identities[id.Provider] = append(p.identities[id.Provider], ci)
+		p.identity[id.Name] = ci
+	}
+	for _, r := range m.Resources() {
+		p.resources[r.Name] = &resourceEntry{
+			value: Resource{Name: r.Name, Kind: r.Kind, Labels: r.Labels},
+			rules: map[string][]*compiledRule{},
+		}
+	}
+	for i := range m.Policies {
+		pol := &m.Policies[i]
+		cp := &compiledPolicy{name: pol.Name, identities: set(pol.Identities), groups: set(pol.Groups)}
+		cp.everyone = len(pol.Identities) == 0 && len(pol.Groups) == 0
+		kind := p.resources[pol.Resources[0]].value.Kind
+		env := p.envs.byKind[kind]
+		for j := range pol.Rules {
+			r := &pol.Rules[j]
+			cr := &compiledRule{ref: pol.Name + "/" + r.Name, policy: cp, rule: r}
+			if strings.TrimSpace(r.When) != "" {
+				cr.prg = c.compile(env, r.When, bundle.At("policy", pol.Name).InRule(r.Name).Attribute("when"))
+			}
+			p.rules[cr.ref] = cr
+			p.ruleCount++
+			kinds := r.On
+			if len(kinds) == 0 {
+				kinds = bundle.RequestKinds[kind]
+			}
+			for _, res := range pol.Resources {
+				e := p.resources[res]
+				for _, k := range kinds {
+					e.rules[k] = append(e.rules[k], cr)
+				}
+			}
+		}
+	}
+	for i := range m.Masks {
+		mk := &m.Masks[i]
+		cm := &compiledMask{mask: mk}
+		for _, col := range mk.Columns {
+			if s, t, c, err := bundle.ParseColumn(col); err == nil {
+				cm.columns = append(cm.columns, s+"."+t+"."+c)
+			}
+		}
+		if strings.TrimSpace(mk.Unless) != "" {
+			cm.unless = c.compile(p.envs.byKind[bundle.KindPostgres], mk.Unless, bundle.At("mask", mk.Name).Attribute("unless"))
+		}
+		for _, res := range mk.Resources {
+			p.resources[res].masks = append(p.resources[res].masks, cm)
+		}
+	}
+}
+
+func set(xs []string) map[string]bool {
+	m := make(map[string]bool, len(xs))
+	for _, x := range xs {
+		m[x] = true
+	}
+	return m
+}
+
+// compile parses, type-checks and cost-checks one boolean expression.
+func (c *compiler) compile(env *cel.Env, src string, ref bundle.Ref) cel.Program {
+	ast, iss := env.Parse(src)
+	if iss != nil && iss.Err() != nil {
+		c.celIssues(src, ref, bundle.CodeCELSyntax, iss.Errors())
+		return nil
+	}
+	checked, iss := env.Check(ast)
+	if iss != nil && iss.Err() != nil {
+		c.celIssues(src, ref, bundle.CodeCELType, iss.Errors())
+		return nil
+	}
+	if !checked.OutputType().IsExactType(cel.BoolType) {
+		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELType, Ref: ref,
+			Message: fmt.Sprintf("expression must be a bool, but it is %s", checked.OutputType()),
+			Span:    &bundle.Span{Offset: 0, Length: len(src)}})
+		return nil
+	}
+	celast.PreOrderVisit(checked.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		if e.Kind() == celast.LiteralKind {
+			if s, ok := e.AsLiteral().Value().(string); ok {
+				c.p.literals[s] = true
+			}
+		}
+	}))
+	est, err := env.EstimateCost(checked, estimator{})
+	if err != nil {
+		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELCost, Ref: ref, Message: fmt.Sprintf("cannot estimate the cost of the expression: %v", err)})
+		return nil
+	}
+	if est.Max > StaticCostLimit {
+		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELCost, Ref: ref,
+			Message: fmt.Sprintf("expression is too expensive: its worst-case cost is %d, over the limit of %d; avoid nesting comprehensions over statements, tables and groups", est.Max, StaticCostLimit),
+			Span:    &bundle.Span{Offset: 0, Length: len(src)}})
+		return nil
+	}
+	prg, err := env.Program(checked, cel.CostLimit(RuntimeCostLimit), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELType, Ref: ref, Message: err.Error()})
+		return nil
+	}
+	return prg
+}
+
+// celIssues converts cel-go errors into problems with a byte span inside the
+// expression. cel-go reports locations in characters; the span is in bytes,
+// pointing at the offending token.
+func (c *compiler) celIssues(src string, ref bundle.Ref, code string, errs []*common.Error) {
+	source := common.NewTextSource(src)
+	for _, e := range errs {
+		p := bundle.Problem{Code: code, Ref: ref, Message: e.Message}
+		if off, ok := source.LocationOffset(e.Location); ok && off >= 0 {
+			p.Span = tokenSpan(src, runeToByte(src, int(off)))
+		}
+		c.ps = append(c.ps, p)
+	}
+}
+
+func runeToByte(s string, runes int) int {
+	i := 0
+	for n := 0; n < runes && i < len(s); n++ {
+		_, size := utf8.DecodeRuneInString(s[i:])
+		i += size
+	}
+	return i
+}
+
+// tokenSpan widens an error offset to the token it points at. For a field
+// selection cel-go points at the '.', while the user's mistake is the name
+// after it, so the span moves onto that name.
+func tokenSpan(src string, off int) *bundle.Span {
+	if off >= len(src) {
+		return &bundle.Span{Offset: len(src), Length: 0}
+	}
+	if src[off] == '.' {
+		j := off + 1
+		for j < len(src) && (src[j] == ' ' || src[j] == '\t' || src[j] == '\n' || src[j] == '\r') {
+			j++
+		}
+		if j < len(src) && isIdentStart(rune(src[j])) {
+			off = j
+		}
+	}
+	end := off
+	for end < len(src) {
+		r, size := utf8.DecodeRuneInString(src[end:])
+		if !isIdentPart(r) {
+			break
+		}
+		end += size
+	}
+	if end == off {
+		_, size := utf8.DecodeRuneInString(src[off:])
+		end = off + size
+	}
+	return &bundle.Span{Offset: off, Length: end - off}
+}
+
+func isIdentStart(r rune) bool { return r == '_' || unicode.IsLetter(r) }
+func isIdentPart(r rune) bool  { return r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r) }
+
+// Model returns the compiled model.
+func (p *Policy) Model() *bundle.Model { return p.model }
+
+// Revision returns the bundle revision decisions are stamped with.
+func (p *Policy) Revision() uint64 { return p.revision }
+
+// RuleCount is the number of rules compiled.
+func (p *Policy) RuleCount() int { return p.ruleCount }
+
+// Rule returns a rule by "policy/rule".
+func (p *Policy) Rule(ref string) (*bundle.Rule, bool) {
+	r, ok := p.rules[ref]
+	if !ok {
+		return nil, false
+	}
+	return r.rule, true
+}
+
+// ResourceKind returns the kind of a named resource.
+func (p *Policy) ResourceKind(name string) (string, bool) {
+	e, ok := p.resources[name]
+	if !ok {
+		return "", false
+	}
+	return e.value.Kind, true
+}
+
+// approvalTimeout returns a review rule's timeout with the default applied.
+func approvalTimeout(a *bundle.Approval) time.Duration {
+	if a == nil || a.Timeout == "" {
+		return bundle.DefaultApprovalTimeout
+	}
+	d, err := time.ParseDuration(a.Timeout)
+	if err != nil {
+		return bundle.DefaultApprovalTimeout
+	}
+	return d
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}

