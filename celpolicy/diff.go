@@ -223,6 +223,14 @@ type probe struct {
 
 var lowerIdent = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
+// quoteIdent spells a name so that PostgreSQL reads it back unchanged.
+func quoteIdent(s string) string {
+	if lowerIdent.MatchString(s) {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
 // probeRequests builds the requests to decide for one resource: every test
 // request of either policy for it, and requests built from what the rules
 // mention.
@@ -257,11 +265,11 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 	switch kind {
 	case bundle.KindPostgres:
 		add("connect", Connect())
+		// Tables the tests and masks name come first: they are real. Then
+		// every schema they use crossed with every identifier the rules
+		// mention, which is how a rule about an unseen table is probed.
 		schemas := map[string]bool{"public": true}
-		names := map[string]bool{}
-		for _, l := range idents {
-			names[l] = true
-		}
+		real := map[string]bool{}
 		for _, t := range tests {
 			if t.SQL == "" {
 				continue
@@ -270,7 +278,7 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 			for _, s := range Query(t.SQL).Statements {
 				for _, tb := range s.Tables {
 					schemas[tb.Schema] = true
-					names[tb.Name] = true
+					real[quoteIdent(tb.Schema)+"."+quoteIdent(tb.Name)] = true
 				}
 			}
 		}
@@ -279,14 +287,21 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 				for _, c := range m.Columns {
 					if s, t, _, err := bundle.ParseColumn(c); err == nil {
 						schemas[s] = true
-						names[t] = true
+						real[quoteIdent(s)+"."+quoteIdent(t)] = true
 					}
 				}
 			}
 		}
+		tables := sortedKeys(real)
 		for _, s := range sortedKeys(schemas) {
-			for _, n := range sortedKeys(names) {
-				t := s + "." + n
+			for _, n := range idents {
+				if t := quoteIdent(s) + "." + n; !real[t] {
+					tables = append(tables, t)
+				}
+			}
+		}
+		for _, t := range tables {
+			{
 				for _, q := range []string{
 					"SELECT * FROM " + t + " WHERE id = 1",
 					"INSERT INTO " + t + " DEFAULT VALUES",
@@ -460,15 +475,21 @@ func flatten(prefix string, v any, out map[string]string) {
 			}
 			return
 		}
-		b, _ := json.Marshal(x)
-		out[prefix] = string(b)
+		out[prefix] = jsonText(x)
 	default:
 		if prefix == "name" || strings.HasSuffix(prefix, "].name") {
 			return
 		}
-		b, _ := json.Marshal(x)
-		out[prefix] = string(b)
+		out[prefix] = jsonText(x)
 	}
+}
+
+func jsonText(v any) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // WriteText prints the report for people.

@@ -65,7 +65,7 @@ policy "analytics-read-only" {
   # A connection has no statements, so all() holds and the job may connect.
   rule "read" {
     effect = "allow"
-    when   = "request.statements.all(s, s.command in ['SELECT', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
+    when   = "request.statements.all(s, s.command in ['SELECT', 'EXPLAIN', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
     reason = "analytics may run read-only queries"
   }
 }
