@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 func sortByName[T any](xs []T, name func(T) string) {
@@ -83,8 +85,13 @@ func (m *Model) Normalize() {
 				if a.Count == 1 {
 					a.Count = 0
 				}
-				if a.Timeout == DefaultApprovalTimeout.String() || a.Timeout == "15m" {
-					a.Timeout = ""
+				// One spelling per duration: "30m" and "1800s" are the same
+				// policy and must give the same bytes.
+				if d, err := time.ParseDuration(a.Timeout); err == nil {
+					a.Timeout = d.String()
+					if d == DefaultApprovalTimeout {
+						a.Timeout = ""
+					}
 				}
 			}
 		}
@@ -109,12 +116,16 @@ func (m *Model) Normalize() {
 			t.ExpectRules = append([]string{}, sortedSet(t.ExpectRules)...)
 		}
 		if t.ExpectMasks != nil {
+			// Validate refuses two spellings of one column, so at most
+			// one key maps to each normalised key; iterating in key order
+			// keeps this deterministic regardless.
 			norm := make(map[string]string, len(t.ExpectMasks))
-			for k, v := range t.ExpectMasks {
+			for _, k := range sortedMapKeys(t.ExpectMasks) {
+				nk := k
 				if s, tb, col, err := ParseColumn(k); err == nil {
-					k = s + "." + tb + "." + col
+					nk = s + "." + tb + "." + col
 				}
-				norm[k] = v
+				norm[nk] = t.ExpectMasks[k]
 			}
 			t.ExpectMasks = norm
 		}
@@ -133,8 +144,11 @@ func canonicalJSON(s string) string {
 	var v any
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil {
+	if err := dec.Decode(&v); err != nil || dec.More() {
 		return s
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return s // trailing data: leave it for Validate to report
 	}
 	b, err := marshalCanonical(v)
 	if err != nil {
@@ -206,6 +220,15 @@ type SchemaError struct{ Got int }
 
 func (e *SchemaError) Error() string {
 	return fmt.Sprintf("bundle: unsupported schema_version %d (this gatehouse understands %d); upgrade the gateway before rolling out this bundle", e.Got, SchemaVersion)
+}
+
+func sortedMapKeys(m map[string]string) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
 }
 
 func firstDiff(a, b []byte) int {

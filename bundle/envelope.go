@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -59,10 +60,10 @@ var b64 = base64.StdEncoding.Strict()
 // Sign wraps canonical payload bytes in a signed envelope and returns the
 // bundle file's bytes.
 func Sign(payload []byte, priv ed25519.PrivateKey) ([]byte, error) {
-	pub, ok := priv.Public().(ed25519.PublicKey)
-	if !ok {
-		return nil, errors.New("bundle: sign: not an ed25519 key")
+	if len(priv) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("bundle: sign: an ed25519 private key is %d bytes, this one is %d", ed25519.PrivateKeySize, len(priv))
 	}
+	pub := priv.Public().(ed25519.PublicKey)
 	env := Envelope{
 		PayloadType: PayloadType,
 		Payload:     b64.EncodeToString(payload),
@@ -134,7 +135,7 @@ func Verify(data []byte, trusted Keyring, opts VerifyOptions) (*Verified, error)
 	sig := env.Signatures[0]
 	pub, ok := trusted[sig.KeyID]
 	if !ok {
-		return nil, fmt.Errorf("%w: key id %s is not among the %d trusted key(s)", ErrUnknownKey, sig.KeyID, len(trusted))
+		return nil, fmt.Errorf("%w: key id %s is not among the %d trusted key(s)", ErrUnknownKey, quoteKeyID(sig.KeyID), len(trusted))
 	}
 	rawSig, err := b64.DecodeString(sig.Sig)
 	if err != nil || len(rawSig) != ed25519.SignatureSize {
@@ -165,6 +166,18 @@ func Verify(data []byte, trusted Keyring, opts VerifyOptions) (*Verified, error)
 		return nil, fmt.Errorf("%w: bundle revision %d, active revision %d; a gateway only moves forward", ErrRollback, p.Revision, opts.ActiveRevision)
 	}
 	return &Verified{Payload: p, PayloadBytes: payload, KeyID: sig.KeyID, Digest: Digest(payload)}, nil
+}
+
+// quoteKeyID renders an untrusted key id for an error message: quoted, so
+// that control characters cannot forge log lines, and cut short.
+func quoteKeyID(id string) string {
+	if id != "" && len(id) <= 64 && strings.Trim(id, "0123456789abcdef") == "" {
+		return id // a well-formed key id reads best as is
+	}
+	if len(id) > 64 {
+		return strconv.Quote(id[:64]) + "..."
+	}
+	return strconv.Quote(id)
 }
 
 // Digest names payload bytes: "sha256:" and the hex digest.
@@ -262,7 +275,7 @@ func SourceDateEpoch() (time.Time, error) {
 		return time.Now().UTC(), nil
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || strings.TrimLeft(s, "0123456789") != "" {
 		return time.Time{}, fmt.Errorf("bundle: SOURCE_DATE_EPOCH=%q is not a non-negative integer number of seconds", s)
 	}
 	return time.Unix(n, 0).UTC(), nil

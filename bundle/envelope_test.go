@@ -489,7 +489,7 @@ func TestVerify(t *testing.T) {
 		},
 		"key id is empty": {
 			data: editEnvelope(t, good, func(e *Envelope) { e.Signatures[0].KeyID = "" }), keyring: trusted,
-			wantErr: ErrUnknownKey, wantMsg: "key id  is not among",
+			wantErr: ErrUnknownKey, wantMsg: `key id "" is not among`,
 		},
 		"payload is not base64": {
 			data: editEnvelope(t, good, func(e *Envelope) { e.Payload = "{" + e.Payload }), keyring: trusted,
@@ -576,10 +576,12 @@ func TestVerify(t *testing.T) {
 	// even though it carries the same bytes.
 	urlSafe := editEnvelope(t, good, func(e *Envelope) {
 		e.Payload = strings.NewReplacer("+", "-", "/", "_").Replace(e.Payload)
+		if !strings.ContainsAny(e.Payload, "-_") {
+			// This payload's encoding happens to use neither + nor /:
+			// put URL-safe characters in its first quantum.
+			e.Payload = "-_-_" + e.Payload[4:]
+		}
 	})
-	if bytes.Equal(urlSafe, good) {
-		t.Fatal("realistic payload base64 has neither + nor /; pick another model")
-	}
 	tc := tests["payload is not base64"]
 	tc.data = urlSafe
 	tests["payload is URL-safe base64"] = tc
@@ -777,6 +779,92 @@ func TestNewPayloadSourceDateEpoch(t *testing.T) {
 			if _, err := NewPayload(m, BuildOptions{Revision: 1, CreatedAt: time.Unix(1, 0)}); err != nil {
 				t.Errorf("with CreatedAt set: %v", err)
 			}
+		})
+	}
+}
+
+// TestVerifyErrorQuotesUntrustedKeyID: the key id of an untrusted signature is
+// attacker-controlled, and Verify's errors end up in gateway logs and
+// metrics. Like payloadType (which is printed with %q), it must not be able
+// to forge log lines or flood them.
+func TestVerifyErrorQuotesUntrustedKeyID(t *testing.T) {
+	good := signedBundle(t)
+	trusted := NewKeyring(pubOf(testKey(1)))
+	tests := map[string]string{
+		"newline":     "x\nlevel=info msg=\"bundle accepted\" revision=99",
+		"ANSI escape": "\x1b[2J\x1b[1;32mOK",
+		"1 MB":        strings.Repeat("a", 1<<20),
+	}
+	for name, keyid := range tests {
+		t.Run(name, func(t *testing.T) {
+			data := editEnvelope(t, good, func(e *Envelope) { e.Signatures[0].KeyID = keyid })
+			_, err := Verify(data, trusted, VerifyOptions{})
+			checkVerifyError(t, err, ErrUnknownKey, "is not among the 1 trusted key(s)")
+			msg := err.Error()
+			if strings.ContainsAny(msg, "\n\x1b") || len(msg) > 4096 {
+				t.Fatalf("regression: the ErrUnknownKey message embeds the untrusted signature's keyid verbatim "+
+					"(envelope.go: \"key id %%s is not among ...\"), so a bundle file can inject raw newlines/terminal escapes "+
+					"into gateway logs or make the error arbitrarily large (%d bytes here); quote it with %%q and/or truncate it. Message: %.200q", len(msg), msg)
+			}
+		})
+	}
+}
+
+// TestSignBadKey: Sign returns an error (it has an error path for keys that
+// are not ed25519) rather than panicking on a key of the wrong size, such as
+// a bare 32-byte seed or an unset key.
+func TestSignBadKey(t *testing.T) {
+	payload := encode(t, testPayload(t))
+	keys := map[string]ed25519.PrivateKey{
+		"nil":          nil,
+		"32-byte seed": testKey(1).Seed(),
+		"63 bytes":     testKey(1)[:63],
+	}
+	for name, k := range keys {
+		t.Run(name, func(t *testing.T) {
+			var (
+				data     []byte
+				err      error
+				panicked any
+			)
+			func() {
+				defer func() { panicked = recover() }()
+				data, err = Sign(payload, k)
+			}()
+			if panicked != nil {
+				t.Fatalf("regression: Sign panics on a %d-byte private key instead of returning an error: %v "+
+					"(priv.Public() slices priv[32:] / ed25519.Sign checks the length by panicking; the "+
+					"\"not an ed25519 key\" check in Sign can never fire)", len(k), panicked)
+			}
+			if err == nil {
+				t.Fatalf("Sign accepted a %d-byte key and wrote %d bytes", len(k), len(data))
+			}
+		})
+	}
+}
+
+func TestEnvelopePayloadBytes(t *testing.T) {
+	payload := encode(t, testPayload(t))
+	_, env, err := ReadUnverified(sign(t, payload, testKey(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := env.PayloadBytes()
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("PayloadBytes() = %d bytes, %v", len(got), err)
+	}
+	for name, bad := range map[string]string{
+		"not base64":      "{}",
+		"URL-safe":        "-_-_",
+		"missing padding": "e30",
+		"nonzero padding": "e31=",
+	} {
+		t.Run(name, func(t *testing.T) {
+			b, err := (&Envelope{Payload: bad}).PayloadBytes()
+			if err == nil {
+				t.Fatalf("PayloadBytes(%q) = %q", bad, b)
+			}
+			checkVerifyError(t, err, ErrMalformed, "payload is not valid base64")
 		})
 	}
 }

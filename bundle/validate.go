@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 var (
@@ -147,11 +148,13 @@ func (v *validator) unique(kind string, ns []string) {
 }
 
 // checkTestName allows test names to be sentences: they are never referred
-// to, only reported.
+// to, only reported. Characters that change how a report reads (controls,
+// bidirectional overrides, invisible format characters, line separators)
+// are refused.
 func (v *validator) checkTestName(n string) {
-	ok := strings.TrimSpace(n) != "" && len(n) <= 200
+	ok := strings.TrimSpace(n) != "" && utf8.ValidString(n) && utf8.RuneCountInString(n) <= 200
 	for _, r := range n {
-		if unicode.IsControl(r) {
+		if !unicode.IsPrint(r) && r != ' ' {
 			ok = false
 		}
 	}
@@ -202,7 +205,7 @@ func (v *validator) secret(ref Ref, value string) {
 }
 
 func (v *validator) labels(ref Ref, labels map[string]string) {
-	for k := range labels {
+	for _, k := range sortedMapKeys(labels) {
 		if !labelKeyRE.MatchString(k) {
 			v.add(CodeInvalidValue, ref.Attribute("labels"), "label key %q is not valid: use letters, digits, '-', '_', '.' or '/'", k)
 		}
@@ -524,7 +527,17 @@ func (v *validator) test(t Test) {
 			v.add(CodeUnknownReference, ref.Attribute("expect_rules").Elem(i), "rule %q is not defined; name rules as \"policy/rule\"", r)
 		}
 	}
-	for target, method := range t.ExpectMasks {
+	spelled := map[string]string{} // normalised target -> first spelling
+	for _, target := range sortedMapKeys(t.ExpectMasks) {
+		method := t.ExpectMasks[target]
+		norm := target
+		if s, tb, c, err := ParseColumn(target); err == nil {
+			norm = s + "." + tb + "." + c
+		}
+		if first, dup := spelled[norm]; dup {
+			v.add(CodeDuplicateName, ref.Attribute("expect_masks"), "%q and %q name the same column; keep one", first, target)
+		}
+		spelled[norm] = target
 		if d, ok := strings.CutPrefix(target, "detector:"); ok {
 			if !slices.Contains(MaskDetectors, d) {
 				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%q names no detector; use one of %s", d, quoteList(MaskDetectors))

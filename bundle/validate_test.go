@@ -217,9 +217,32 @@ func TestValidate(t *testing.T) {
 			},
 			want: []problem{{CodeInvalidName, `mask "emails-"`}},
 		},
-		"test name with a slash": {
-			mutate: func(m *Model) { test(m, "deploy").Name = "deploy/prod" },
-			want:   []problem{{CodeInvalidName, `test "deploy/prod"`}},
+		"test name that is a sentence is fine": {
+			mutate: func(m *Model) {
+				test(m, "deploy").Name = "CI may patch prod/deployments, but not delete them (see #42)"
+			},
+		},
+		"test name with a newline": {
+			mutate:  func(m *Model) { test(m, "deploy").Name = "deploy\nprod" },
+			want:    []problem{{CodeInvalidName, `test "deploy\nprod"`}},
+			wantMsg: "must be 1 to 200 printable characters",
+		},
+		"blank test name": {
+			mutate: func(m *Model) { test(m, "deploy").Name = "  " },
+			want:   []problem{{CodeInvalidName, `test "  "`}},
+		},
+		"201-character test name": {
+			mutate: func(m *Model) { test(m, "deploy").Name = strings.Repeat("t", 201) },
+			want:   []problem{{CodeInvalidName, `test "` + strings.Repeat("t", 201) + `"`}},
+		},
+		"duplicate test name that is a sentence": {
+			mutate: func(m *Model) {
+				x := *test(m, "deploy")
+				test(m, "deploy").Name = "CI deploys"
+				x.Name = "CI deploys"
+				m.Tests = append(m.Tests, x)
+			},
+			want: []problem{{CodeDuplicateName, `test "CI deploys"`}},
 		},
 		"rule name with a space": {
 			mutate: func(m *Model) { rule(m, "orders-access", "no-ddl").Name = "no ddl" },
@@ -851,7 +874,7 @@ func TestValidateDeterministicLabels(t *testing.T) {
 	first := m.Validate().Error()
 	for i := 0; i < 50; i++ {
 		if got := m.Validate().Error(); got != first {
-			t.Skipf("BUG: Validate reports the problems of a map attribute (labels) in random order "+
+			t.Fatalf("regression: Validate reports the problems of a map attribute (labels) in random order "+
 				"(validator.labels ranges over the map), so the same model gives different output run to run:\n%s\n---\n%s", first, got)
 		}
 	}
@@ -863,7 +886,40 @@ func TestValidateDeterministicExpectMasks(t *testing.T) {
 	first := m.Validate().Error()
 	for i := 0; i < 50; i++ {
 		if got := m.Validate().Error(); got != first {
-			t.Skipf("BUG: Validate reports expect_masks problems in random order (validator.test ranges over the map):\n%s\n---\n%s", first, got)
+			t.Fatalf("regression: Validate reports expect_masks problems in random order (validator.test ranges over the map):\n%s\n---\n%s", first, got)
 		}
+	}
+}
+
+// TestValidateTestNamesPrintable: test names may be sentences, and the
+// problem says they "must be 1 to 200 printable characters".
+func TestValidateTestNamesPrintable(t *testing.T) {
+	t.Run("200 characters of non-ASCII text are accepted", func(t *testing.T) {
+		m := realisticModel()
+		name := strings.Repeat("é", 200) // 200 characters, 400 bytes
+		test(&m, "deploy").Name = name
+		if ps := m.Validate(); len(ps) != 0 {
+			t.Fatalf("regression: checkTestName counts bytes, not characters (len(n) <= 200), so a %d-character, %d-byte "+
+				"name is refused with a message promising 1 to 200 characters: %.120s", len([]rune(name)), len(name), ps.Error())
+		}
+	})
+	for name, bad := range map[string]string{
+		"right-to-left override": "allow \u202e wolley",
+		"zero-width space":       "deploy\u200b",
+		"line separator":         "deploy\u2028prod",
+	} {
+		t.Run(name+" is refused", func(t *testing.T) {
+			m := realisticModel()
+			test(&m, "deploy").Name = bad
+			ps := m.Validate()
+			if len(ps) == 0 {
+				t.Fatalf("regression: test name %q, which is not printable (unicode.IsPrint is false), is accepted: "+
+					"checkTestName only refuses unicode.IsControl (Cc) runes, so format (Cf) and separator (Zl/Zp) "+
+					"characters such as bidi overrides reach test reports", bad)
+			}
+			if got := summarize(ps); len(got) != 1 || got[0].Code != CodeInvalidName {
+				t.Errorf("got %v", got)
+			}
+		})
 	}
 }

@@ -87,7 +87,16 @@ func describe(st *Statement, n any) {
 	case *pg.AlterTableStmt:
 		st.Command = "ALTER " + objectName(x.Objtype)
 	case *pg.RenameStmt:
-		st.Command = "ALTER " + objectName(x.RenameType)
+		switch x.RenameType {
+		case pg.ObjectType_OBJECT_COLUMN, pg.ObjectType_OBJECT_TABCONSTRAINT, pg.ObjectType_OBJECT_TRIGGER,
+			pg.ObjectType_OBJECT_RULE, pg.ObjectType_OBJECT_POLICY, pg.ObjectType_OBJECT_ATTRIBUTE:
+			// ALTER TABLE t RENAME COLUMN a TO b is an ALTER TABLE.
+			st.Command = "ALTER " + objectName(x.RelationType)
+		case pg.ObjectType_OBJECT_DOMCONSTRAINT:
+			st.Command = "ALTER DOMAIN"
+		default:
+			st.Command = "ALTER " + objectName(x.RenameType)
+		}
 	case *pg.AlterObjectSchemaStmt:
 		st.Command = "ALTER " + objectName(x.ObjectType)
 	case *pg.AlterOwnerStmt:
@@ -220,6 +229,58 @@ func describe(st *Statement, n any) {
 		st.Command = "REINDEX"
 	case *pg.ClusterStmt:
 		st.Command = "CLUSTER"
+	case *pg.SecLabelStmt:
+		st.Command = "SECURITY LABEL"
+	case *pg.ConstraintsSetStmt:
+		st.Command = "SET CONSTRAINTS"
+	case *pg.CreateTableSpaceStmt:
+		st.Command = "CREATE TABLESPACE"
+	case *pg.DropTableSpaceStmt:
+		st.Command = "DROP TABLESPACE"
+	case *pg.AlterTableSpaceOptionsStmt:
+		st.Command = "ALTER TABLESPACE"
+	case *pg.DefineStmt:
+		st.Command = "CREATE " + objectName(x.Kind)
+	case *pg.CreateEnumStmt, *pg.CompositeTypeStmt, *pg.CreateRangeStmt:
+		st.Command = "CREATE TYPE"
+	case *pg.AlterEnumStmt:
+		st.Command = "ALTER TYPE"
+	case *pg.CreateEventTrigStmt:
+		st.Command = "CREATE EVENT TRIGGER"
+	case *pg.AlterEventTrigStmt:
+		st.Command = "ALTER EVENT TRIGGER"
+	case *pg.CreateForeignServerStmt:
+		st.Command = "CREATE SERVER"
+	case *pg.AlterForeignServerStmt:
+		st.Command = "ALTER SERVER"
+	case *pg.CreateFdwStmt:
+		st.Command = "CREATE FOREIGN DATA WRAPPER"
+	case *pg.AlterFdwStmt:
+		st.Command = "ALTER FOREIGN DATA WRAPPER"
+	case *pg.CreateOpClassStmt:
+		st.Command = "CREATE OPERATOR CLASS"
+	case *pg.CreateOpFamilyStmt:
+		st.Command = "CREATE OPERATOR FAMILY"
+	case *pg.AlterOpFamilyStmt:
+		st.Command = "ALTER OPERATOR FAMILY"
+	case *pg.CreatePLangStmt:
+		st.Command = "CREATE LANGUAGE"
+	case *pg.CreateAmStmt:
+		st.Command = "CREATE ACCESS METHOD"
+	case *pg.CreateStatsStmt:
+		st.Command = "CREATE STATISTICS"
+	case *pg.AlterStatsStmt:
+		st.Command = "ALTER STATISTICS"
+	case *pg.AlterDatabaseSetStmt, *pg.AlterDatabaseStmt, *pg.AlterDatabaseRefreshCollStmt:
+		st.Command = "ALTER DATABASE"
+	case *pg.AlterRoleSetStmt:
+		st.Command = "ALTER ROLE"
+	case *pg.AlterFunctionStmt:
+		st.Command = "ALTER " + objectName(x.Objtype)
+	case *pg.CreateDomainStmt:
+		st.Command = "CREATE DOMAIN"
+	case *pg.AlterDomainStmt:
+		st.Command = "ALTER DOMAIN"
 	default:
 		st.Command = commandFromType(n)
 	}

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
@@ -109,18 +110,23 @@ func analyze(sql, via string, depth int) ([]Statement, error) {
 	if len(sql) > MaxSQLBytes {
 		return nil, ErrTooLarge
 	}
-	if strings.IndexByte(sql, 0) >= 0 {
+	if i := strings.IndexByte(sql, 0); i >= 0 {
 		// libpg_query takes a C string; a NUL would silently cut the text
 		// and hide whatever follows it.
-		return nil, &ParseError{Message: "SQL text contains a NUL byte", Position: strings.IndexByte(sql, 0) + 1}
+		return nil, &ParseError{Message: "SQL text contains a NUL byte", Position: utf8.RuneCountInString(sql[:i]) + 1}
+	}
+	if len(sql) > depthCheckBytes {
+		depth, err := estimateNesting(sql)
+		if err != nil {
+			return nil, parseError(err)
+		}
+		if depth > MaxNesting {
+			return nil, &ParseError{Message: fmt.Sprintf("expressions nest more than %d levels deep; text this deep cannot be analyzed safely and is refused", MaxNesting)}
+		}
 	}
 	tree, err := pg.Parse(sql)
 	if err != nil {
-		var pe *parser.Error
-		if errors.As(err, &pe) {
-			return nil, &ParseError{Message: pe.Message, Position: pe.Cursorpos}
-		}
-		return nil, &ParseError{Message: err.Error()}
+		return nil, parseError(err)
 	}
 	a := &analyzer{depth: depth, version: tree.Version}
 	for _, raw := range tree.Stmts {
@@ -137,6 +143,14 @@ func analyze(sql, via string, depth int) ([]Statement, error) {
 		}
 	}
 	return a.out, nil
+}
+
+func parseError(err error) *ParseError {
+	var pe *parser.Error
+	if errors.As(err, &pe) {
+		return &ParseError{Message: pe.Message, Position: pe.Cursorpos}
+	}
+	return &ParseError{Message: err.Error()}
 }
 
 // stmtText slices one statement out of the source. pg_query locations are

@@ -66,7 +66,26 @@ var writeFields = map[string][]string{
 	"ReindexStmt":    {"relation"},
 	"CreateSeqStmt":  {"sequence"},
 	"AlterSeqStmt":   {"sequence"},
-	"CommentStmt":    {"object"},
+	// ALTER TABLE ... ATTACH/DETACH PARTITION changes the partition too.
+	"PartitionCmd": {"name"},
+}
+
+// wrapperFields hold a statement that runs as part of the one around it (or,
+// for PREPARE, DECLARE and CREATE RULE, later, when invoked). Each is
+// reported as an entry of its own, whatever its kind.
+var wrapperFields = map[string]string{
+	"ExplainStmt":       "query",
+	"CreateTableAsStmt": "query",
+	"PrepareStmt":       "query",
+	"DeclareCursorStmt": "query",
+	"CopyStmt":          "query",
+	"RuleStmt":          "actions",
+	"CreateSchemaStmt":  "schema_elts",
+}
+
+// skipFields hold names that look like relations but are not tables.
+var skipFields = map[string]string{
+	"CompositeTypeStmt": "typevar",
 }
 
 // emit records the statement rooted at n and then walks it, which may emit
@@ -75,7 +94,7 @@ func (a *analyzer) emit(n *pg.Node, via, text, fingerprint string, sc *scope) {
 	if n == nil || n.Node == nil {
 		return
 	}
-	a.emitMessage(nodeMessage(n), via, text, fingerprint, sc)
+	a.emitMessage(nodeMessage(n), via, text, fingerprint, sc, "")
 }
 
 func nodeMessage(n *pg.Node) protoreflect.Message {
@@ -91,7 +110,7 @@ func nodeMessage(n *pg.Node) protoreflect.Message {
 	return inner
 }
 
-func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint string, sc *scope) {
+func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint string, sc *scope, defSchema string) {
 	if m == nil {
 		return
 	}
@@ -99,13 +118,13 @@ func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint st
 	describe(&st, m.Interface())
 	idx := len(a.out)
 	a.out = append(a.out, Statement{}) // reserve the slot: nested ones follow it
-	w := &walker{a: a, root: m.Interface(), via: st.Command, tables: map[[2]string]int{}, funcs: map[string]bool{}}
+	w := &walker{a: a, root: m.Interface(), via: st.Command, defSchema: defSchema, tables: map[[2]string]int{}, funcs: map[string]bool{}}
 	if e, ok := m.Interface().(*pg.ExplainStmt); ok && explainAnalyze(e) {
 		w.via = "EXPLAIN ANALYZE"
 	}
 	w.walk(m, Read, sc)
 	if fb, ok := m.Interface().(*pg.CreateFunctionStmt); ok {
-		a.functionBody(fb, st.Language, text, fingerprint, sc)
+		a.functionBody(fb, st.Command, st.Language, fingerprint)
 	}
 	st.Tables = w.tableList
 	if st.Tables == nil {
@@ -122,7 +141,7 @@ func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint st
 // functionBody parses the body of a LANGUAGE sql function given as a string,
 // so that what the function would run is visible. Bodies in other languages
 // are opaque and reported only through the CREATE FUNCTION statement itself.
-func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, language, text, fingerprint string, sc *scope) {
+func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, command, language, fingerprint string) {
 	if language != "sql" || fn.SqlBody != nil {
 		return // BEGIN ATOMIC bodies are already part of the tree
 	}
@@ -134,7 +153,7 @@ func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, language, text, finge
 		a.err = &ParseError{Message: "SQL function bodies are nested too deeply to analyze"}
 		return
 	}
-	nested, err := analyze(body[0], "CREATE FUNCTION", a.depth+1)
+	nested, err := analyze(body[0], command, a.depth+1)
 	if err != nil {
 		a.err = &ParseError{Message: "the body of the SQL function does not parse: " + err.Error()}
 		return
@@ -142,7 +161,7 @@ func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, language, text, finge
 	for _, s := range nested {
 		s.Fingerprint = fingerprint
 		if s.Via == "" {
-			s.Via = "CREATE FUNCTION"
+			s.Via = command
 		}
 		a.out = append(a.out, s)
 	}
@@ -157,6 +176,12 @@ type walker struct {
 	funcs     map[string]bool
 	// quiet > 0 while walking a nested statement that was already emitted.
 	quiet int
+	// wrapped is set while walking straight into a wrapper field, whose
+	// statement is emitted whatever its kind.
+	wrapped bool
+	// defSchema is the schema of unqualified names (CREATE SCHEMA
+	// elements); empty means public.
+	defSchema string
 }
 
 // deparse renders a nested statement as SQL, for display and recording.
@@ -182,14 +207,28 @@ func (a *analyzer) deparse(x any) string {
 }
 
 func (w *walker) table(schema, name, access string, sc *scope) {
+	w.relation(schema, name, "", access, sc)
+}
+
+func (w *walker) relation(schema, name, persistence, access string, sc *scope) {
 	if name == "" {
 		return
 	}
 	if schema == "" {
-		if sc.has(name) {
+		// PostgreSQL never resolves a write target to a CTE: in
+		// "WITH users AS (...) DELETE FROM users" the real table is
+		// deleted from.
+		if access != Write && sc.has(name) {
 			return // a CTE, not a table
 		}
-		schema = "public"
+		switch {
+		case persistence == "t":
+			schema = "pg_temp"
+		case w.defSchema != "":
+			schema = w.defSchema
+		default:
+			schema = "public"
+		}
 	}
 	key := [2]string{schema, name}
 	if i, ok := w.tables[key]; ok {
@@ -203,9 +242,21 @@ func (w *walker) table(schema, name, access string, sc *scope) {
 }
 
 func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
+	wrapped := w.wrapped
+	w.wrapped = false
+	if wrapped && m.Interface() != w.root && w.quiet == 0 && isStatement(m) && !isDML(m) && !isPlainSelect(m) {
+		// A statement inside EXPLAIN, PREPARE, CREATE TABLE AS, COPY (...),
+		// DECLARE, CREATE RULE or CREATE SCHEMA is reported as its own
+		// entry; data-modifying ones are handled below, wherever they are.
+		// A plain SELECT only reads, and its tables and functions are
+		// already the enclosing statement's, so it needs no entry.
+		w.a.emitMessage(m, w.via, "", "", sc, w.defSchema)
+		w.quiet++
+		defer func() { w.quiet-- }()
+	}
 	switch x := m.Interface().(type) {
 	case *pg.RangeVar:
-		w.table(x.Schemaname, x.Relname, access, sc)
+		w.relation(x.Schemaname, x.Relname, x.Relpersistence, access, sc)
 		return
 	case *pg.FuncCall:
 		if len(x.Funcname) > 0 {
@@ -215,6 +266,12 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		}
 	case *pg.DropStmt:
 		w.dropTargets(x)
+	case *pg.CommentStmt:
+		w.commentTarget(x)
+	case *pg.CreateSchemaStmt:
+		saved := w.defSchema
+		w.defSchema = x.Schemaname
+		defer func() { w.defSchema = saved }()
 	case *pg.InsertStmt, *pg.UpdateStmt, *pg.DeleteStmt, *pg.MergeStmt:
 		if m.Interface() != w.root && w.quiet == 0 {
 			// A statement that modifies data inside another (a CTE, EXPLAIN
@@ -227,7 +284,7 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 			if text != "" {
 				fp, _ = pg.Fingerprint(text)
 			}
-			w.a.emitMessage(m, w.via, text, fp, sc)
+			w.a.emitMessage(m, w.via, text, fp, sc, w.defSchema)
 			w.quiet++
 			defer func() { w.quiet-- }()
 		}
@@ -243,6 +300,8 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 
 	name := string(m.Descriptor().Name())
 	writes := writeFields[name]
+	wrapper := wrapperFields[name]
+	skip := skipFields[name]
 
 	// A WITH clause makes its CTE names visible to the statement it belongs
 	// to. Within the WITH itself, a CTE sees the ones before it, or all of
@@ -289,6 +348,9 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		if _, isCopy := m.Interface().(*pg.CopyStmt); isCopy && fname == "relation" {
 			return true // handled above, by direction
 		}
+		if fname == skip {
+			return true
+		}
 		acc := access
 		if slices.Contains(writes, fname) {
 			acc = Write
@@ -297,45 +359,103 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
-				w.walk(l.Get(i).Message(), acc, inner)
+				w.walkChild(l.Get(i).Message(), acc, inner, fname == wrapper)
 			}
 		case fd.IsMap():
 			// The parse tree has no map fields.
 		default:
-			w.walk(v.Message(), acc, inner)
+			w.walkChild(v.Message(), acc, inner, fname == wrapper)
 		}
 		return true
 	})
 }
 
-// dropTargets reports the relations a DROP removes. DROP lists them as name
-// lists, not as RangeVar nodes.
+// walkChild walks a child node. A Node is only a wrapper around the real
+// node; it is unwrapped here so that a wrapper field's statement is seen as
+// the statement it is.
+func (w *walker) walkChild(m protoreflect.Message, access string, sc *scope, wrapped bool) {
+	if n, ok := m.Interface().(*pg.Node); ok {
+		if inner := nodeMessage(n); inner != nil {
+			m = inner
+		}
+	}
+	w.wrapped = wrapped
+	w.walk(m, access, sc)
+}
+
+func isStatement(m protoreflect.Message) bool {
+	return strings.HasSuffix(string(m.Descriptor().Name()), "Stmt")
+}
+
+func isPlainSelect(m protoreflect.Message) bool {
+	s, ok := m.Interface().(*pg.SelectStmt)
+	return ok && s.IntoClause == nil
+}
+
+func isDML(m protoreflect.Message) bool {
+	switch m.Interface().(type) {
+	case *pg.InsertStmt, *pg.UpdateStmt, *pg.DeleteStmt, *pg.MergeStmt:
+		return true
+	}
+	return false
+}
+
+// nameListTable turns a qualified name list into a table, keeping the last
+// `drop` parts off the end (a trigger's own name, a column).
+func (w *walker) nameListTable(n *pg.Node, drop int) {
+	l := n.GetList()
+	if l == nil {
+		return
+	}
+	var parts []string
+	for _, it := range l.Items {
+		if s := it.GetString_(); s != nil {
+			parts = append(parts, s.Sval)
+		}
+	}
+	if len(parts) <= drop {
+		return
+	}
+	parts = parts[:len(parts)-drop]
+	switch len(parts) {
+	case 1:
+		w.table("", parts[0], Write, nil)
+	case 2:
+		w.table(parts[0], parts[1], Write, nil)
+	default: // catalog.schema.name
+		w.table(parts[len(parts)-2], parts[len(parts)-1], Write, nil)
+	}
+}
+
+// commentTarget reports the relation a COMMENT ON changes.
+func (w *walker) commentTarget(c *pg.CommentStmt) {
+	if c.Object == nil {
+		return
+	}
+	switch c.Objtype {
+	case pg.ObjectType_OBJECT_TABLE, pg.ObjectType_OBJECT_VIEW, pg.ObjectType_OBJECT_MATVIEW,
+		pg.ObjectType_OBJECT_FOREIGN_TABLE, pg.ObjectType_OBJECT_INDEX, pg.ObjectType_OBJECT_SEQUENCE:
+		w.nameListTable(c.Object, 0)
+	case pg.ObjectType_OBJECT_COLUMN:
+		w.nameListTable(c.Object, 1)
+	}
+}
+
+// dropTargets reports the relations a DROP removes or changes. DROP lists
+// them as name lists, not as RangeVar nodes. DROP TRIGGER, RULE and POLICY
+// name the table they are on before their own name.
 func (w *walker) dropTargets(d *pg.DropStmt) {
+	drop := 0
 	switch d.RemoveType {
 	case pg.ObjectType_OBJECT_TABLE, pg.ObjectType_OBJECT_VIEW, pg.ObjectType_OBJECT_MATVIEW,
 		pg.ObjectType_OBJECT_FOREIGN_TABLE, pg.ObjectType_OBJECT_INDEX, pg.ObjectType_OBJECT_SEQUENCE:
+	case pg.ObjectType_OBJECT_TRIGGER, pg.ObjectType_OBJECT_RULE, pg.ObjectType_OBJECT_POLICY:
+		drop = 1
 	default:
 		return
 	}
 	for _, o := range d.Objects {
-		l := o.GetList()
-		if l == nil {
-			continue
-		}
-		var parts []string
-		for _, it := range l.Items {
-			if s := it.GetString_(); s != nil {
-				parts = append(parts, s.Sval)
-			}
-		}
-		switch len(parts) {
-		case 1:
-			w.table("public", parts[0], Write, nil)
-		case 2:
-			w.table(parts[0], parts[1], Write, nil)
-		case 3: // catalog.schema.name
-			w.table(parts[1], parts[2], Write, nil)
-		}
+		w.nameListTable(o, drop)
 	}
 }
 
@@ -361,29 +481,31 @@ func defElemStrings(opts []*pg.Node, name string) ([]string, bool) {
 	return nil, false
 }
 
+// explainAnalyze reports whether EXPLAIN runs its statement. As in
+// PostgreSQL, the last ANALYZE option wins.
 func explainAnalyze(e *pg.ExplainStmt) bool {
+	on := false
 	for _, o := range e.Options {
 		d := o.GetDefElem()
 		if d == nil || d.Defname != "analyze" {
 			continue
 		}
-		if d.Arg == nil {
-			return true
+		switch {
+		case d.Arg == nil:
+			on = true
+		case d.Arg.GetBoolean() != nil:
+			on = d.Arg.GetBoolean().Boolval
+		case d.Arg.GetString_() != nil:
+			// ANALYZE false / off / no / 0 turns it off; anything else is on.
+			v := strings.ToLower(d.Arg.GetString_().Sval)
+			on = v != "false" && v != "off" && v != "0" && v != "no"
+		case d.Arg.GetInteger() != nil:
+			on = d.Arg.GetInteger().Ival != 0
+		default:
+			on = true
 		}
-		// ANALYZE false / off / 0 turns it off; anything else is on.
-		if b := d.Arg.GetBoolean(); b != nil {
-			return b.Boolval
-		}
-		if s := d.Arg.GetString_(); s != nil {
-			v := strings.ToLower(s.Sval)
-			return v != "false" && v != "off" && v != "0" && v != "no"
-		}
-		if i := d.Arg.GetInteger(); i != nil {
-			return i.Ival != 0
-		}
-		return true
 	}
-	return false
+	return on
 }
 
 // hasColumnRef reports whether an expression refers to any column. It is how

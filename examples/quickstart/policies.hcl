@@ -38,6 +38,15 @@ policy "guardrails" {
     reason = "switching roles would escape the gateway's upstream role"
   }
 
+  # With standard_conforming_strings off, PostgreSQL reads backslashes in
+  # strings as escapes, and the same text would hold other statements than
+  # the ones the gateway parsed. Keep it on.
+  rule "no-parser-settings" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command in ['SET', 'RESET'] && s.setting in ['standard_conforming_strings', 'all'])"
+    reason = "changing how strings are parsed would let SQL hide statements"
+  }
+
   rule "no-server-side-files" {
     effect = "deny"
     when   = "request.statements.exists(s, s.functions.exists(f, f in ['lo_export', 'lo_import', 'pg_read_file', 'pg_read_binary_file', 'pg_ls_dir']))"

@@ -224,6 +224,13 @@ test "SET ROLE is denied" {
   expect   = "deny"
 }
 
+test "turning standard_conforming_strings off is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SET standard_conforming_strings = off"
+  expect   = "deny"
+}
+
 test "set_config role is denied" {
   identity = "billing-service"
   resource = "orders"
