@@ -100,15 +100,9 @@ func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
 }
 
 // LoadPrivateKey reads a private key file. It refuses a file that other users
-// can read, as ssh does, because anyone who can read it can sign policy.
+// can read, as ssh does, because anyone who can read it can sign policy. The
+// key is parsed first, so that passing a public key by mistake says so.
 func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("bundle: signing key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("bundle: signing key %s is readable by other users (mode %04o); run: chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: signing key: %w", err)
@@ -116,6 +110,13 @@ func LoadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	k, err := ParsePrivateKey(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w (file %s)", err, path)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("bundle: signing key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("bundle: signing key %s is readable by other users (mode %04o); run: chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 	return k, nil
 }

@@ -44,6 +44,11 @@ func FunctionCall(name string) *PostgresRequest {
 // {"kind": "connect"} a connection and {"kind": "function_call",
 // "function": "name"} a fast-path call.
 func ParseRequest(resourceKind string, data []byte) (Request, error) {
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		// null, a list or a bare value would decode to an empty request,
+		// and an empty query is one that every all() rule allows.
+		return nil, fmt.Errorf("%s request must be a JSON object", resourceKind)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	strict := func(v any) error {
@@ -70,7 +75,7 @@ func ParseRequest(resourceKind string, data []byte) (Request, error) {
 			return Connect(), nil
 		case r.Kind == "function_call" && r.Function != "" && r.SQL == "":
 			return FunctionCall(r.Function), nil
-		case (r.Kind == "" || r.Kind == "query") && r.Function == "":
+		case (r.Kind == "" || r.Kind == "query") && r.Function == "" && strings.TrimSpace(r.SQL) != "":
 			return Query(r.SQL), nil
 		}
 		return nil, fmt.Errorf(`postgres request: use {"sql": "..."}, {"kind": "connect"} or {"kind": "function_call", "function": "name"}`)

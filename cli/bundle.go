@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
@@ -57,6 +58,9 @@ reads half a bundle.`,
 			}
 			stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			priv, err := bundle.LoadPrivateKey(key)
+			if errors.Is(err, fs.ErrNotExist) {
+				return &exitError{code: exitUsage, err: err}
+			}
 			if err != nil {
 				return failed("%v", err)
 			}

@@ -33,6 +33,9 @@ func loadSource(path string, trust []string, stderr io.Writer) (*source, error) 
 		return nil, &exitError{code: exitUsage, err: err}
 	}
 	if fi.IsDir() {
+		if len(trust) > 0 {
+			fmt.Fprintf(stderr, "note: --trust applies to bundle files; %s is a policy directory, compiled from source\n", path)
+		}
 		res, diags := hclconfig.Load(path)
 		if diags.HasErrors() {
 			_ = hclconfig.WriteDiagnostics(stderr, res.Files, diags)
