@@ -3,6 +3,7 @@ package celpolicy
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -123,6 +124,7 @@ func Compile(m *bundle.Model, opts ...Option) (*Policy, error) {
 	}
 	c := &compiler{p: p}
 	c.run()
+	c.compileAll()
 	if len(c.ps) > 0 {
 		return nil, c.ps
 	}
@@ -146,8 +148,9 @@ func Check(m *bundle.Model) bundle.Problems {
 var sharedEnvs = sync.OnceValues(newEnvs)
 
 type compiler struct {
-	p  *Policy
-	ps bundle.Problems
+	p    *Policy
+	ps   bundle.Problems
+	jobs []job
 }
 
 func (c *compiler) run() {
@@ -161,7 +164,7 @@ func (c *compiler) run() {
 		id := &m.Identities[i]
 		ci := &compiledIdentity{id: id}
 		if id.Match != "" {
-			ci.match = c.compile(p.envs.identity, id.Match, bundle.At("identity", id.Name).Attribute("match"))
+			c.compile(p.envs.identity, id.Match, bundle.At("identity", id.Name).Attribute("match"), func(prg cel.Program) { ci.match = prg })
 		}
 		p.identities[id.Provider] = append(p.identities[id.Provider], ci)
 		p.identity[id.Name] = ci
@@ -182,7 +185,7 @@ func (c *compiler) run() {
 			r := &pol.Rules[j]
 			cr := &compiledRule{ref: pol.Name + "/" + r.Name, policy: cp, rule: r}
 			if strings.TrimSpace(r.When) != "" {
-				cr.prg = c.compile(env, r.When, bundle.At("policy", pol.Name).InRule(r.Name).Attribute("when"))
+				c.compile(env, r.When, bundle.At("policy", pol.Name).InRule(r.Name).Attribute("when"), func(prg cel.Program) { cr.prg = prg })
 			}
 			p.rules[cr.ref] = cr
 			p.ruleCount++
@@ -207,7 +210,7 @@ func (c *compiler) run() {
 			}
 		}
 		if strings.TrimSpace(mk.Unless) != "" {
-			cm.unless = c.compile(p.envs.byKind[bundle.KindPostgres], mk.Unless, bundle.At("mask", mk.Name).Attribute("unless"))
+			c.compile(p.envs.byKind[bundle.KindPostgres], mk.Unless, bundle.At("mask", mk.Name).Attribute("unless"), func(prg cel.Program) { cm.unless = prg })
 		}
 		for _, res := range mk.Resources {
 			p.resources[res].masks = append(p.resources[res].masks, cm)
@@ -223,62 +226,137 @@ func set(xs []string) map[string]bool {
 	return m
 }
 
-// compile parses, type-checks and cost-checks one boolean expression.
-func (c *compiler) compile(env *cel.Env, src string, ref bundle.Ref) cel.Program {
+// job is one expression to compile and where its program goes.
+type job struct {
+	env *cel.Env
+	src string
+	ref bundle.Ref
+	set func(cel.Program)
+}
+
+// compiled is the outcome of compiling one source text in one environment.
+type compiled struct {
+	prg      cel.Program
+	problems []bundle.Problem // Ref not yet set
+	literals []string
+}
+
+// compile queues an expression; run compiles the queue.
+func (c *compiler) compile(env *cel.Env, src string, ref bundle.Ref, set func(cel.Program)) {
+	c.jobs = append(c.jobs, job{env: env, src: src, ref: ref, set: set})
+}
+
+// compileAll compiles every queued expression. Identical texts in the same
+// environment are compiled once (bundles generated from Terraform modules
+// repeat conditions), and distinct ones in parallel: CEL parsing dominates
+// the build of a large bundle, and cel.Env is safe for concurrent use.
+// Results are applied in queue order, so problems come out deterministically.
+func (c *compiler) compileAll() {
+	type key struct {
+		env *cel.Env
+		src string
+	}
+	results := map[key]*compiled{}
+	var order []key
+	for _, j := range c.jobs {
+		k := key{j.env, j.src}
+		if _, ok := results[k]; !ok {
+			results[k] = nil
+			order = append(order, k)
+		}
+	}
+	out := make([]*compiled, len(order))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(runtime.GOMAXPROCS(0), max(len(order), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				out[i] = compileOne(order[i].env, order[i].src)
+			}
+		}()
+	}
+	for i := range order {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, k := range order {
+		results[k] = out[i]
+	}
+	for _, j := range c.jobs {
+		r := results[key{j.env, j.src}]
+		for _, pr := range r.problems {
+			pr.Ref = j.ref
+			c.ps = append(c.ps, pr)
+		}
+		for _, l := range r.literals {
+			c.p.literals[l] = true
+		}
+		if r.prg != nil {
+			j.set(r.prg)
+		}
+	}
+}
+
+// compileOne parses, type-checks and cost-checks one boolean expression.
+func compileOne(env *cel.Env, src string) *compiled {
 	ast, iss := env.Parse(src)
 	if iss != nil && iss.Err() != nil {
-		c.celIssues(src, ref, bundle.CodeCELSyntax, iss.Errors())
-		return nil
+		return &compiled{problems: celIssues(src, bundle.CodeCELSyntax, iss.Errors())}
 	}
 	checked, iss := env.Check(ast)
 	if iss != nil && iss.Err() != nil {
-		c.celIssues(src, ref, bundle.CodeCELType, iss.Errors())
-		return nil
+		return &compiled{problems: celIssues(src, bundle.CodeCELType, iss.Errors())}
 	}
 	if !checked.OutputType().IsExactType(cel.BoolType) {
-		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELType, Ref: ref,
+		return &compiled{problems: []bundle.Problem{{Code: bundle.CodeCELType,
 			Message: fmt.Sprintf("expression must be a bool, but it is %s", checked.OutputType()),
-			Span:    &bundle.Span{Offset: 0, Length: len(src)}})
-		return nil
+			Span:    &bundle.Span{Offset: 0, Length: len(src)}}}}
 	}
+	r := &compiled{}
 	celast.PreOrderVisit(checked.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		if e.Kind() == celast.LiteralKind {
 			if s, ok := e.AsLiteral().Value().(string); ok {
-				c.p.literals[s] = true
+				r.literals = append(r.literals, s)
 			}
 		}
 	}))
 	est, err := env.EstimateCost(checked, estimator{})
 	if err != nil {
-		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELCost, Ref: ref, Message: fmt.Sprintf("cannot estimate the cost of the expression: %v", err)})
-		return nil
+		r.problems = []bundle.Problem{{Code: bundle.CodeCELCost, Message: fmt.Sprintf("cannot estimate the cost of the expression: %v", err)}}
+		return r
 	}
 	if est.Max > StaticCostLimit {
-		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELCost, Ref: ref,
+		r.problems = []bundle.Problem{{Code: bundle.CodeCELCost,
 			Message: fmt.Sprintf("expression is too expensive: its worst-case cost is %d, over the limit of %d; avoid nesting comprehensions over statements, tables and groups", est.Max, StaticCostLimit),
-			Span:    &bundle.Span{Offset: 0, Length: len(src)}})
-		return nil
+			Span:    &bundle.Span{Offset: 0, Length: len(src)}}}
+		return r
 	}
 	prg, err := env.Program(checked, cel.CostLimit(RuntimeCostLimit), cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
-		c.ps = append(c.ps, bundle.Problem{Code: bundle.CodeCELType, Ref: ref, Message: err.Error()})
-		return nil
+		r.problems = []bundle.Problem{{Code: bundle.CodeCELType, Message: err.Error()}}
+		return r
 	}
-	return prg
+	r.prg = prg
+	return r
 }
 
 // celIssues converts cel-go errors into problems with a byte span inside the
 // expression. cel-go reports locations in characters; the span is in bytes,
 // pointing at the offending token.
-func (c *compiler) celIssues(src string, ref bundle.Ref, code string, errs []*common.Error) {
+func celIssues(src string, code string, errs []*common.Error) []bundle.Problem {
 	source := common.NewTextSource(src)
+	var out []bundle.Problem
 	for _, e := range errs {
-		p := bundle.Problem{Code: code, Ref: ref, Message: e.Message}
+		p := bundle.Problem{Code: code, Message: e.Message}
 		if off, ok := source.LocationOffset(e.Location); ok && off >= 0 {
 			p.Span = tokenSpan(src, runeToByte(src, int(off)))
 		}
-		c.ps = append(c.ps, p)
+		out = append(out, p)
 	}
+	return out
 }
 
 func runeToByte(s string, runes int) int {
