@@ -367,3 +367,16 @@ func TestIndexSkipsUnrelatedRules(t *testing.T) {
 		t.Errorf("host subsystem: %s %q, want the evaluation error", d.Effect, d.Reasons)
 	}
 }
+
+func TestCoverage(t *testing.T) {
+	p := MustCompile(t, testModel())
+	none := p.Coverage(nil)
+	if none.Rules != 7 || len(none.UntestedRules) != 7 || none.Masks != 3 || len(none.UntestedMasks) != 3 {
+		t.Fatalf("coverage of no tests: %+v", none)
+	}
+	d := p.Decide(&Input{Identity: appID, Resource: "db", Request: Query("SELECT 1; DROP TABLE x")})
+	c := p.Coverage([]TestResult{{Decision: d}})
+	if slices.Contains(c.UntestedRules, "guard/no-drop") || slices.Contains(c.UntestedRules, "app/read") || len(c.UntestedRules) != 5 {
+		t.Errorf("untested rules after one test: %v", c.UntestedRules)
+	}
+}

@@ -174,3 +174,38 @@ func (p *Policy) TestInput(t *bundle.Test) (*Input, error) {
 	}
 	return &Input{Identity: id, Resource: t.Resource, Request: req, Now: now, Session: Session{ID: "test:" + t.Name, StartedAt: now}}, nil
 }
+
+// Coverage lists the rules and masks that no test exercised: rules that
+// matched in no test's decision, and masks that applied in none. A rule no
+// test reaches is a rule whose behaviour nobody has pinned down.
+type Coverage struct {
+	Rules         int      `json:"rules"`
+	UntestedRules []string `json:"untested_rules"`
+	Masks         int      `json:"masks"`
+	UntestedMasks []string `json:"untested_masks"`
+}
+
+// Coverage computes test coverage from RunTests results.
+func (p *Policy) Coverage(results []TestResult) Coverage {
+	hitRules, hitMasks := map[string]bool{}, map[string]bool{}
+	for _, r := range results {
+		for _, m := range r.Decision.MatchedRules {
+			hitRules[m.Rule] = true
+		}
+		for _, m := range r.Decision.Masks {
+			hitMasks[m.Mask] = true
+		}
+	}
+	c := Coverage{Rules: len(p.rules), Masks: len(p.model.Masks), UntestedRules: []string{}, UntestedMasks: []string{}}
+	for _, ref := range sortedKeys(p.rules) {
+		if !hitRules[ref] {
+			c.UntestedRules = append(c.UntestedRules, ref)
+		}
+	}
+	for _, m := range p.model.Masks {
+		if !hitMasks[m.Name] {
+			c.UntestedMasks = append(c.UntestedMasks, m.Name)
+		}
+	}
+	return c
+}

@@ -21,7 +21,8 @@ func newCheckCmd() *cobra.Command {
 		Short: "Run the policy tests",
 		Long: `Compile the policy (a directory of *.hcl files, or a bundle), run every test block, and print
 each result with the decision and the rules that matched. A failure shows the expected and the
-actual decision, the matched rules and the reasons.
+actual decision, the matched rules and the reasons. The summary lists the rules that matched in
+no test and the masks that applied in none: behaviour nobody has pinned down.
 
 Formats: text (for people), json (for tools), junit (JUnit XML for CI test reports).
 Exit status 0 when every test passes, 1 when any fails or the policy does not compile.`,
@@ -46,6 +47,7 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 			case "json":
 				if err := writeJSON(out, map[string]any{
 					"source": args[0], "passed": len(results) - countFailed(results), "failed": countFailed(results), "tests": results,
+					"coverage": src.policy.Coverage(results),
 				}); err != nil {
 					return err
 				}
@@ -56,6 +58,15 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 			default:
 				writeTextResults(out, results, verbose)
 				fmt.Fprintf(out, "\n%d passed, %d failed (%s)\n", len(results)-countFailed(results), countFailed(results), elapsed.Round(time.Millisecond))
+				cov := src.policy.Coverage(results)
+				fmt.Fprintf(out, "coverage: %d of %d rules and %d of %d masks exercised by a test\n",
+					cov.Rules-len(cov.UntestedRules), cov.Rules, cov.Masks-len(cov.UntestedMasks), cov.Masks)
+				for _, r := range cov.UntestedRules {
+					fmt.Fprintf(out, "  untested rule: %s\n", r)
+				}
+				for _, m := range cov.UntestedMasks {
+					fmt.Fprintf(out, "  untested mask: %s\n", m)
+				}
 			}
 			if len(results) == 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s has no test blocks\n", args[0])

@@ -522,8 +522,12 @@ func TestCheckQuickstartPassesEveryTest(t *testing.T) {
 			t.Errorf("result line is not a PASS: %q", l)
 		}
 	}
-	if summary := lines[len(lines)-1]; !strings.HasPrefix(summary, fmt.Sprintf("%d passed, 0 failed (", n)) {
+	if summary := lines[len(results)+1]; !strings.HasPrefix(summary, fmt.Sprintf("%d passed, 0 failed (", n)) {
 		t.Errorf("summary = %q, want %d passed, 0 failed", summary, n)
+	}
+	// Every rule and mask of the quickstart is exercised by a test.
+	if cov := lines[len(lines)-1]; cov != "coverage: 16 of 16 rules and 2 of 2 masks exercised by a test" {
+		t.Errorf("coverage line = %q", cov)
 	}
 	if r.stderr != "" {
 		t.Errorf("stderr = %q, want empty", r.stderr)

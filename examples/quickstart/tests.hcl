@@ -273,6 +273,16 @@ test "unknown callers are denied by default" {
   expect_masks = {}
 }
 
+test "DBAs may open sessions on the bastion" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "bastion"
+  request      = { kind = "connect" }
+  expect       = "allow"
+  expect_rules = ["bastion-ops/connect"]
+}
+
 test "DBAs may run diagnostics on the bastion" {
   provider = "corp"
   subject  = "alice"
