@@ -101,6 +101,11 @@ func LoadFiles(files map[string][]byte) (*Result, hcl.Diagnostics) {
 				Detail: fmt.Sprintf("%s is %d bytes, over the %d byte limit", name, len(files[name]), MaxFileBytes)})
 			continue
 		}
+		if diag := checkNesting(files[name], name); diag != nil {
+			d.diags = append(d.diags, diag)
+			d.files[name] = &hcl.File{Bytes: files[name]}
+			continue
+		}
 		f, diags := hclsyntax.ParseConfig(files[name], name, hcl.InitialPos)
 		d.diags = append(d.diags, diags...)
 		if f == nil {
@@ -275,7 +280,13 @@ func (d *decoder) policy(ref bundle.Ref, b *hcl.Block, f *hcl.File) {
 				continue
 			}
 			aa, _ := d.body(rref, "approval.", ab.Body, approvalSchema)
-			r.Approval = &bundle.Approval{Groups: aa.strs("groups"), Count: aa.integer("count"), Timeout: aa.str("timeout")}
+			count, countOK := aa.integerOK("count")
+			r.Approval = &bundle.Approval{Groups: aa.strs("groups"), Count: count, Timeout: aa.str("timeout")}
+			if countOK && count == 0 {
+				// The model reads 0 as "the default, 1"; written out, 0
+				// approvals would be a review nobody has to give.
+				d.errorf(aa.attrs["count"].Expr.Range(), "Invalid value", "approval.count must be between 1 and 10, got 0")
+			}
 		}
 		p.Rules = append(p.Rules, r)
 	}
@@ -299,10 +310,11 @@ func (d *decoder) test(ref bundle.Ref, b *hcl.Block) {
 		Claims: a.json("claims"), Resource: a.str("resource"), SQL: a.str("sql"),
 		Request: a.json("request"), Now: a.str("now"), Expect: a.str("expect"),
 	}
-	if a.has("expect_rules") {
+	// Unset (or null) means "not checked"; [] and {} assert "none".
+	if a.present("expect_rules") {
 		t.ExpectRules = append([]string{}, a.strs("expect_rules")...)
 	}
-	if a.has("expect_masks") {
+	if a.present("expect_masks") {
 		t.ExpectMasks = a.strMap("expect_masks")
 		if t.ExpectMasks == nil {
 			t.ExpectMasks = map[string]string{}
@@ -321,7 +333,15 @@ type attrReader struct {
 	attrs  hcl.Attributes
 }
 
-func (a *attrReader) has(name string) bool { _, ok := a.attrs[name]; return ok }
+// present reports whether an attribute is set to something other than null.
+func (a *attrReader) present(name string) bool {
+	attr, ok := a.attrs[name]
+	if !ok {
+		return false
+	}
+	v, diags := attr.Expr.Value(nil)
+	return !diags.HasErrors() && !v.IsNull()
+}
 
 func (a *attrReader) value(name string, ty cty.Type) (cty.Value, bool) {
 	attr, ok := a.attrs[name]
@@ -420,18 +440,20 @@ func (a *attrReader) boolean(name string) bool {
 	return ok && v.True()
 }
 
-func (a *attrReader) integer(name string) int {
+// integerOK reads a whole number; ok is false when the attribute is unset
+// or not a whole number (which is reported).
+func (a *attrReader) integerOK(name string) (int, bool) {
 	v, ok := a.value(name, cty.Number)
 	if !ok {
-		return 0
+		return 0, false
 	}
 	bf := v.AsBigFloat()
 	i, acc := bf.Int64()
 	if acc != big.Exact || i < -1<<31 || i > 1<<31-1 {
 		a.d.errorf(a.attrs[name].Expr.Range(), "Invalid number", "%s must be a whole number", name)
-		return 0
+		return 0, false
 	}
-	return int(i)
+	return int(i), true
 }
 
 // json reads an object attribute (claims, request) as canonical JSON.

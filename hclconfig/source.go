@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
+	"github.com/apparentlymart/go-textseg/v15/textseg"
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 )
@@ -94,9 +95,9 @@ func (s *sourceMap) spanRange(a *hcl.Attribute, sp bundle.Span) (hcl.Range, bool
 	}
 	rawStart := offsets[start]
 	rawEnd := offsets[end]
-	if end > start {
-		// End just after the last byte of the span, not at the source of
-		// the next value byte (which may be past an escape or a newline).
+	if end > start && bytesContainNewline(f.Bytes[rng.Start.Byte+offsets[end-1]:rng.Start.Byte+rawEnd]) {
+		// The next value byte is on another line (a heredoc's
+		// indentation lies between): end right after the last byte.
 		rawEnd = offsets[end-1] + 1
 	}
 	return hcl.Range{
@@ -107,21 +108,60 @@ func (s *sourceMap) spanRange(a *hcl.Attribute, sp bundle.Span) (hcl.Range, bool
 }
 
 // advance moves a position forward by n bytes of src, counting lines and
-// (character) columns.
+// columns the way HCL does: a column is a grapheme cluster (a letter and its
+// combining accents, a flag emoji), and \r or \n starts a line.
 func advance(src []byte, from hcl.Pos, n int) hcl.Pos {
 	pos := from
 	end := min(from.Byte+n, len(src))
 	for pos.Byte < end {
-		r, size := utf8.DecodeRune(src[pos.Byte:])
-		pos.Byte += size
-		if r == '\n' {
+		adv, ch, _ := textseg.ScanGraphemeClusters(src[pos.Byte:end], true)
+		if adv == 0 {
+			break
+		}
+		pos.Byte += adv
+		switch ch[0] {
+		case '\r', '\n':
 			pos.Line++
 			pos.Column = 1
-		} else {
+		default:
 			pos.Column++
 		}
 	}
 	return pos
+}
+
+// normalized returns the NFC form of decoded (which is what HCL stores for
+// every string) and, for each of its bytes plus one past the end, the
+// source offset taken from offs. Normalisation works on segments (a base
+// character and its combining marks); every byte of a segment maps to the
+// source of the segment's first byte, which is exact wherever a token starts.
+func normalized(decoded string, offs []int) (string, []int) {
+	if norm.NFC.IsNormalString(decoded) {
+		return decoded, offs
+	}
+	var it norm.Iter
+	it.InitString(norm.NFC, decoded)
+	var out []byte
+	var mapped []int
+	for !it.Done() {
+		start := it.Pos()
+		seg := it.Next()
+		for range seg {
+			mapped = append(mapped, offs[start])
+		}
+		out = append(out, seg...)
+	}
+	mapped = append(mapped, offs[len(decoded)])
+	return string(out), mapped
+}
+
+func bytesContainNewline(b []byte) bool {
+	for _, c := range b {
+		if c == '\n' {
+			return true
+		}
+	}
+	return false
 }
 
 // valueOffsets returns, for each byte of value (plus one past the end), the
@@ -149,7 +189,8 @@ func quotedOffsets(raw []byte, value string) ([]int, bool) {
 		switch {
 		case c == '"':
 			offsets = append(offsets, i)
-			return offsets, string(out) == value
+			got, mapped := normalized(string(out), offsets)
+			return mapped, got == value
 		case c == '\\' && i+1 < len(raw):
 			var dec string
 			n := 2
@@ -219,16 +260,23 @@ func heredocOffsets(raw []byte, value string) ([]int, bool) {
 	for i, vl := range valLines {
 		rl := rawLines[i]
 		// Each value line is its source line, minus the indentation that
-		// <<- strips.
-		if !strings.HasSuffix(rl, vl) && !strings.HasSuffix(strings.TrimSuffix(rl, "\n"), strings.TrimSuffix(vl, "\n")) {
-			return nil, false
+		// <<- strips, normalised to NFC as HCL does.
+		ws := len(rl) - len(strings.TrimLeft(rl, " \t"))
+		found := false
+		for indent := 0; indent <= ws && !found; indent++ {
+			seg := rl[indent:]
+			offs := make([]int, len(seg)+1)
+			for j := range offs {
+				offs[j] = pos + indent + j
+			}
+			got, mapped := normalized(seg, offs)
+			if got == vl || strings.TrimSuffix(got, "\r\n")+"\n" == vl {
+				offsets = append(offsets, mapped[:len(vl)]...)
+				found = true
+			}
 		}
-		indent := len(strings.TrimSuffix(rl, "\n")) - len(strings.TrimSuffix(vl, "\n"))
-		if indent < 0 {
+		if !found {
 			return nil, false
-		}
-		for j := range len(vl) {
-			offsets = append(offsets, pos+indent+j)
 		}
 		pos += len(rl)
 	}
