@@ -3,6 +3,7 @@ package sqlfacts
 import (
 	"slices"
 	"strings"
+	"sync"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -100,14 +101,58 @@ func (a *analyzer) emit(n *pg.Node, via, text, fingerprint string, sc *scope) {
 func nodeMessage(n *pg.Node) protoreflect.Message {
 	// Node is a oneof wrapper; its single populated field is the real node.
 	m := n.ProtoReflect()
-	var inner protoreflect.Message
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() == protoreflect.MessageKind {
-			inner = v.Message()
+	fd := m.WhichOneof(nodeOneof)
+	if fd == nil || fd.Kind() != protoreflect.MessageKind {
+		return nil
+	}
+	return m.Get(fd).Message()
+}
+
+var nodeOneof = (&pg.Node{}).ProtoReflect().Descriptor().Oneofs().Get(0)
+
+// messageFields caches, per node type, its message-typed fields in
+// declaration order. The walk must not use Message.Range: protobuf
+// randomises that order per binary on purpose, and facts (the order of
+// tables, of nested statements) must not depend on which binary runs.
+var messageFields sync.Map // protoreflect.FullName -> []protoreflect.FieldDescriptor
+
+func fieldsOf(d protoreflect.MessageDescriptor) []protoreflect.FieldDescriptor {
+	if v, ok := messageFields.Load(d.FullName()); ok {
+		return v.([]protoreflect.FieldDescriptor)
+	}
+	var out []protoreflect.FieldDescriptor
+	fds := d.Fields()
+	for i := 0; i < fds.Len(); i++ {
+		fd := fds.Get(i)
+		if (fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind) && !fd.IsMap() {
+			out = append(out, fd)
 		}
-		return false
-	})
-	return inner
+	}
+	messageFields.Store(d.FullName(), out)
+	return out
+}
+
+// eachChild calls fn for every set message-typed field of m, in
+// declaration order, with each list element in turn.
+func eachChild(m protoreflect.Message, fn func(fd protoreflect.FieldDescriptor, child protoreflect.Message) bool) {
+	for _, fd := range fieldsOf(m.Descriptor()) {
+		if !m.Has(fd) {
+			continue
+		}
+		v := m.Get(fd)
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				if !fn(fd, l.Get(i).Message()) {
+					return
+				}
+			}
+			continue
+		}
+		if !fn(fd, v.Message()) {
+			return
+		}
+	}
 }
 
 func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint string, sc *scope, defSchema string) {
@@ -337,10 +382,7 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		inner = &scope{names: names, parent: sc}
 	}
 
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
-			return true
-		}
+	eachChild(m, func(fd protoreflect.FieldDescriptor, child protoreflect.Message) bool {
 		fname := string(fd.Name())
 		if with != nil && fname == "with_clause" {
 			return true
@@ -355,17 +397,7 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		if slices.Contains(writes, fname) {
 			acc = Write
 		}
-		switch {
-		case fd.IsList():
-			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				w.walkChild(l.Get(i).Message(), acc, inner, fname == wrapper)
-			}
-		case fd.IsMap():
-			// The parse tree has no map fields.
-		default:
-			w.walkChild(v.Message(), acc, inner, fname == wrapper)
-		}
+		w.walkChild(child, acc, inner, fname == wrapper)
 		return true
 	})
 }
@@ -525,18 +557,8 @@ func hasColumnRef(n *pg.Node) bool {
 			found = true
 			return
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			if fd.Kind() != protoreflect.MessageKind {
-				return true
-			}
-			if fd.IsList() {
-				l := v.List()
-				for i := 0; i < l.Len() && !found; i++ {
-					visit(l.Get(i).Message())
-				}
-			} else {
-				visit(v.Message())
-			}
+		eachChild(m, func(_ protoreflect.FieldDescriptor, child protoreflect.Message) bool {
+			visit(child)
 			return !found
 		})
 	}
