@@ -101,8 +101,8 @@ func (m *Model) Normalize() {
 		mk := &m.Masks[i]
 		mk.Resources = sortedSet(mk.Resources)
 		for j, c := range mk.Columns {
-			if s, t, col, err := ParseColumn(c); err == nil {
-				mk.Columns[j] = s + "." + t + "." + col
+			if canon, err := CanonicalColumn(c); err == nil {
+				mk.Columns[j] = canon
 			}
 		}
 		mk.Columns = sortedSet(mk.Columns)
@@ -122,8 +122,8 @@ func (m *Model) Normalize() {
 			norm := make(map[string]string, len(t.ExpectMasks))
 			for _, k := range sortedMapKeys(t.ExpectMasks) {
 				nk := k
-				if s, tb, col, err := ParseColumn(k); err == nil {
-					nk = s + "." + tb + "." + col
+				if canon, err := CanonicalColumn(k); err == nil {
+					nk = canon
 				}
 				norm[nk] = t.ExpectMasks[k]
 			}

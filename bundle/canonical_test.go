@@ -85,7 +85,7 @@ func TestNormalizeSortsObjectsAndSets(t *testing.T) {
 func TestNormalizeMaskColumns(t *testing.T) {
 	m := realisticModel()
 	k := mask(&m, "card-numbers")
-	k.Columns = []string{"orders.card_number", "billing.invoices.card_number", "public.orders.card_number", "Orders.Card"}
+	k.Columns = []string{"orders.card_number", "billing.invoices.card_number", "public.orders.card_number", "Orders.Card", `"Orders".email`}
 	test(&m, "etl-reads-orders").ExpectMasks = map[string]string{
 		"orders.card_number":    MaskPartial,
 		"billing.invoices.iban": MaskRedact,
@@ -93,7 +93,9 @@ func TestNormalizeMaskColumns(t *testing.T) {
 	}
 	m.Normalize()
 
-	wantCols := []string{"billing.invoices.card_number", "public.Orders.Card", "public.orders.card_number"}
+	// Unquoted names fold to lower case, as in SQL; quoted ones keep their
+	// case and stay quoted.
+	wantCols := []string{"billing.invoices.card_number", `public."Orders".email`, "public.orders.card", "public.orders.card_number"}
 	if got := mask(&m, "card-numbers").Columns; !slices.Equal(got, wantCols) {
 		t.Errorf("columns = %q, want %q", got, wantCols)
 	}

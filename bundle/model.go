@@ -55,6 +55,10 @@ type IdentityProvider struct {
 	Audiences []string `json:"audiences"`
 	// GroupsClaim names the claim that carries group names. Default "groups".
 	GroupsClaim string `json:"groups_claim,omitempty"`
+	// GroupsPrefix is put before every group this provider's tokens carry
+	// ("github:" makes a token's "dba" the group "github:dba"), so that when
+	// several issuers are trusted, one cannot grant another's groups.
+	GroupsPrefix string `json:"groups_prefix,omitempty"`
 	// JWKSURL overrides the jwks_uri from discovery.
 	JWKSURL string `json:"jwks_url,omitempty"`
 	// JWKS is a static JSON Web Key Set. When set, discovery is not used.
@@ -158,10 +162,13 @@ type Policy struct {
 	// Resources names the resources the policy covers. They must all be of
 	// one kind, so that `request` has one type in every rule.
 	Resources []string `json:"resources"`
-	// Identities and Groups select callers. When both are empty the policy
-	// covers every authenticated caller.
+	// Identities and Groups select callers.
 	Identities []string `json:"identities,omitempty"`
 	Groups     []string `json:"groups,omitempty"`
+	// Everyone makes the policy cover every authenticated caller. It must
+	// be said explicitly: an identities or groups list that comes out empty
+	// (a Terraform variable, say) must never widen a policy to everyone.
+	Everyone bool `json:"everyone,omitempty"`
 	// Rules are kept in declaration order.
 	Rules []Rule `json:"rules"`
 }

@@ -90,8 +90,13 @@ func (v *validator) run() {
 		v.checkTestName(t.Name)
 	}
 
+	issuers := map[string]string{}
 	for _, p := range m.IdentityProviders {
 		v.identityProvider(p)
+		if first, dup := issuers[p.Issuer]; dup && p.Issuer != "" && first != p.Name {
+			v.add(CodeDuplicateName, At("identity_provider", p.Name).Attribute("issuer"), "issuer %q is already the issuer of identity_provider %q; a token must map to exactly one provider", p.Issuer, first)
+		}
+		issuers[p.Issuer] = p.Name
 	}
 	for _, i := range m.Identities {
 		v.identity(i)
@@ -226,6 +231,19 @@ func (v *validator) address(ref Ref, addr string) {
 	}
 }
 
+// noCredentialsInURL refuses user:password@ in a URL: it would be a secret
+// written into the bundle.
+func (v *validator) noCredentialsInURL(ref Ref, raw string) {
+	if hasCredentials(raw) {
+		v.add(CodeInlineSecret, ref, "%s must not carry credentials (user:password@); give them as a secret reference instead. %s", ref.Attr, SecretRefHelp)
+	}
+}
+
+func hasCredentials(raw string) bool {
+	u, err := url.Parse(raw)
+	return raw != "" && err == nil && u.User != nil
+}
+
 // isLoopbackURL reports whether u points at this machine. Plain http issuers
 // are allowed only there, for development and tests.
 func isLoopbackURL(u *url.URL) bool {
@@ -239,6 +257,12 @@ func isLoopbackURL(u *url.URL) bool {
 
 func (v *validator) identityProvider(p IdentityProvider) {
 	ref := At("identity_provider", p.Name)
+	if hasCredentials(p.Issuer) || hasCredentials(p.JWKSURL) {
+		// Report only that, without the URL: it holds a secret.
+		v.noCredentialsInURL(ref.Attribute("issuer"), p.Issuer)
+		v.noCredentialsInURL(ref.Attribute("jwks_url"), p.JWKSURL)
+		return
+	}
 	if v.required(ref, "issuer", p.Issuer) {
 		u, err := url.Parse(p.Issuer)
 		switch {
@@ -343,8 +367,9 @@ func (v *validator) kubernetes(r KubernetesCluster) {
 	}
 	if r.Server != "" {
 		if u, err := url.Parse(r.Server); err != nil || u.Scheme != "https" || u.Host == "" {
-			v.add(CodeInvalidValue, ref.Attribute("server"), "server %q must be an https URL", r.Server)
+			v.add(CodeInvalidValue, ref.Attribute("server"), "server must be an https URL")
 		}
+		v.noCredentialsInURL(ref.Attribute("server"), r.Server)
 	}
 	if r.Kubeconfig != "" && r.Token != "" {
 		v.add(CodeConflict, ref.Attribute("token"), "set kubeconfig or token, not both")
@@ -378,6 +403,12 @@ func (v *validator) policy(p Policy) {
 		}
 	}
 	v.groups(ref.Attribute("groups"), p.Groups)
+	switch {
+	case !p.Everyone && len(p.Identities) == 0 && len(p.Groups) == 0:
+		v.add(CodeMissingAttribute, ref, "name the callers this policy covers (identities, groups), or set everyone = true; an empty list is never read as everyone, so that a list that comes out empty cannot open a policy to all callers")
+	case p.Everyone && (len(p.Identities) > 0 || len(p.Groups) > 0):
+		v.add(CodeConflict, ref.Attribute("everyone"), "everyone = true covers every caller; remove identities and groups, or everyone")
+	}
 	if len(p.Rules) == 0 {
 		v.add(CodeMissingAttribute, ref, "a policy needs at least one rule")
 	}
@@ -427,10 +458,15 @@ func (v *validator) approval(ref Ref, a Approval) {
 	}
 }
 
-// ParseColumn splits a mask column into schema, table and column. A two-part
-// name is in the public schema.
+// ParseColumn splits a mask column into schema, table and column names as
+// PostgreSQL stores them. As in SQL, an unquoted name is folded to lower
+// case and a "double-quoted" one is kept as written; a two-part name is in
+// the public schema.
 func ParseColumn(s string) (schema, table, column string, err error) {
-	parts := strings.Split(s, ".")
+	parts, err := splitIdents(s)
+	if err != nil {
+		return "", "", "", fmt.Errorf("column %q: %v", s, err)
+	}
 	switch len(parts) {
 	case 2:
 		parts = append([]string{"public"}, parts...)
@@ -438,12 +474,80 @@ func ParseColumn(s string) (schema, table, column string, err error) {
 	default:
 		return "", "", "", fmt.Errorf("column %q must be schema.table.column or table.column", s)
 	}
-	for _, p := range parts {
-		if !sqlIdentRE.MatchString(p) {
-			return "", "", "", fmt.Errorf("column %q: %q is not a plain SQL identifier", s, p)
-		}
-	}
 	return parts[0], parts[1], parts[2], nil
+}
+
+// CanonicalColumn spells a mask column one way: schema.table.column, each
+// name quoted only where SQL needs it (QuoteIdent). Masks, test
+// expectations and decisions all use this form, and the gateway spells a
+// result column's origin the same way before comparing.
+func CanonicalColumn(s string) (string, error) {
+	sc, t, c, err := ParseColumn(s)
+	if err != nil {
+		return "", err
+	}
+	return QuoteIdent(sc) + "." + QuoteIdent(t) + "." + QuoteIdent(c), nil
+}
+
+// QuoteIdent returns name as SQL would need it written: unchanged when it is
+// a plain lower-case identifier, otherwise double-quoted.
+func QuoteIdent(name string) string {
+	if plainIdentRE.MatchString(name) {
+		return name
+	}
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
+
+var plainIdentRE = regexp.MustCompile(`^[a-z_][a-z0-9_$]*$`)
+
+// splitIdents splits a dotted name whose parts are plain identifiers
+// (folded to lower case) or double-quoted ones ("" is a quote).
+func splitIdents(s string) ([]string, error) {
+	var parts []string
+	for i := 0; ; {
+		if i < len(s) && s[i] == '"' {
+			var b strings.Builder
+			j := i + 1
+			for {
+				if j >= len(s) {
+					return nil, fmt.Errorf("unterminated quoted name")
+				}
+				if s[j] == '"' {
+					if j+1 < len(s) && s[j+1] == '"' {
+						b.WriteByte('"')
+						j += 2
+						continue
+					}
+					break
+				}
+				b.WriteByte(s[j])
+				j++
+			}
+			if b.Len() == 0 {
+				return nil, fmt.Errorf("empty quoted name")
+			}
+			parts = append(parts, b.String())
+			i = j + 1
+		} else {
+			j := i
+			for j < len(s) && s[j] != '.' {
+				j++
+			}
+			p := s[i:j]
+			if !sqlIdentRE.MatchString(p) {
+				return nil, fmt.Errorf("%q is not a plain SQL identifier; double-quote names with other characters", p)
+			}
+			parts = append(parts, strings.ToLower(p))
+			i = j
+		}
+		if i == len(s) {
+			return parts, nil
+		}
+		if s[i] != '.' {
+			return nil, fmt.Errorf("expected '.' after a quoted name")
+		}
+		i++
+	}
 }
 
 func (v *validator) mask(mk Mask) {
@@ -531,8 +635,8 @@ func (v *validator) test(t Test) {
 	for _, target := range sortedMapKeys(t.ExpectMasks) {
 		method := t.ExpectMasks[target]
 		norm := target
-		if s, tb, c, err := ParseColumn(target); err == nil {
-			norm = s + "." + tb + "." + c
+		if c, err := CanonicalColumn(target); err == nil {
+			norm = c
 		}
 		if first, dup := spelled[norm]; dup {
 			v.add(CodeDuplicateName, ref.Attribute("expect_masks"), "%q and %q name the same column; keep one", first, target)

@@ -117,6 +117,22 @@ func TestValidate(t *testing.T) {
 		wantMsg string
 	}{
 		// Names.
+		"two providers with one issuer": {
+			mutate: func(m *Model) { idp(m, "corp-okta").Issuer = idp(m, "dev-local").Issuer },
+			want:   []problem{{CodeDuplicateName, `identity_provider "dev-local" issuer`}},
+		},
+		"credentials in a jwks_url": {
+			mutate: func(m *Model) { idp(m, "corp-okta").JWKSURL = "https://admin:S3cret@corp.okta.com/keys" },
+			want:   []problem{{CodeInlineSecret, `identity_provider "corp-okta" jwks_url`}},
+		},
+		"a policy without callers": {
+			mutate: func(m *Model) { p := policy(m, "ssh-ops"); p.Identities, p.Groups, p.Everyone = nil, nil, false },
+			want:   []problem{{CodeMissingAttribute, `policy "ssh-ops"`}},
+		},
+		"everyone with a group": {
+			mutate: func(m *Model) { p := policy(m, "ssh-ops"); p.Everyone = true; p.Groups = []string{"ops"} },
+			want:   []problem{{CodeConflict, `policy "ssh-ops" everyone`}},
+		},
 		"duplicate identity_provider": {
 			mutate: func(m *Model) { m.IdentityProviders = append(m.IdentityProviders, *idp(m, "corp-okta")) },
 			want:   []problem{{CodeDuplicateName, `identity_provider "corp-okta"`}},
@@ -173,6 +189,7 @@ func TestValidate(t *testing.T) {
 			mutate: func(m *Model) {
 				p := *idp(m, "corp-okta")
 				p.Name = "-okta"
+				p.Issuer = "https://other.okta.com/"
 				m.IdentityProviders = append(m.IdentityProviders, p)
 			},
 			want:    []problem{{CodeInvalidName, `identity_provider "-okta"`}},
@@ -608,10 +625,10 @@ func TestValidate(t *testing.T) {
 		},
 		"http issuer with loopback userinfo": {
 			mutate: func(m *Model) { idp(m, "corp-okta").Issuer = "http://127.0.0.1@evil.example/" },
-			want:   []problem{{CodeInvalidValue, `identity_provider "corp-okta" issuer`}},
+			want:   []problem{{CodeInlineSecret, `identity_provider "corp-okta" issuer`}},
 		},
-		"http://127.0.0.1:4444/ issuer is accepted": {
-			mutate: func(m *Model) { idp(m, "corp-okta").Issuer = "http://127.0.0.1:4444/" },
+		"http://127.0.0.1:4445/ issuer is accepted": {
+			mutate: func(m *Model) { idp(m, "corp-okta").Issuer = "http://127.0.0.1:4445/" },
 		},
 		"http://localhost:8080 issuer is accepted": {
 			mutate: func(m *Model) { idp(m, "corp-okta").Issuer = "http://localhost:8080" },

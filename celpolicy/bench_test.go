@@ -37,6 +37,8 @@ func benchModel(resources, policies, rulesPer int, perIdentity bool) *bundle.Mod
 		p := bundle.Policy{Name: fmt.Sprintf("p-%d", j), Resources: []string{fmt.Sprintf("db-%d", j%resources)}}
 		if perIdentity {
 			p.Identities = []string{fmt.Sprintf("svc-%d", (j/resources)%100)}
+		} else {
+			p.Everyone = true
 		}
 		for k := range rulesPer {
 			b := ruleBodies[(j+k)%len(ruleBodies)]

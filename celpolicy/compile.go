@@ -27,7 +27,6 @@ type Policy struct {
 
 	resources  map[string]*resourceEntry
 	providers  map[string]*bundle.IdentityProvider // by name
-	byIssuer   map[string][]*bundle.IdentityProvider
 	identities map[string][]*compiledIdentity // by provider name
 	identity   map[string]*compiledIdentity   // by identity name
 	rules      map[string]*compiledRule       // by "policy/rule"
@@ -113,7 +112,6 @@ func Compile(m *bundle.Model, opts ...Option) (*Policy, error) {
 		envs:       envs,
 		resources:  map[string]*resourceEntry{},
 		providers:  map[string]*bundle.IdentityProvider{},
-		byIssuer:   map[string][]*bundle.IdentityProvider{},
 		identities: map[string][]*compiledIdentity{},
 		identity:   map[string]*compiledIdentity{},
 		rules:      map[string]*compiledRule{},
@@ -158,7 +156,6 @@ func (c *compiler) run() {
 	for i := range m.IdentityProviders {
 		ip := &m.IdentityProviders[i]
 		p.providers[ip.Name] = ip
-		p.byIssuer[ip.Issuer] = append(p.byIssuer[ip.Issuer], ip)
 	}
 	for i := range m.Identities {
 		id := &m.Identities[i]
@@ -178,7 +175,7 @@ func (c *compiler) run() {
 	for i := range m.Policies {
 		pol := &m.Policies[i]
 		cp := &compiledPolicy{name: pol.Name, identities: set(pol.Identities), groups: set(pol.Groups)}
-		cp.everyone = len(pol.Identities) == 0 && len(pol.Groups) == 0
+		cp.everyone = pol.Everyone
 		kind := p.resources[pol.Resources[0]].value.Kind
 		env := p.envs.byKind[kind]
 		for j := range pol.Rules {
@@ -205,8 +202,8 @@ func (c *compiler) run() {
 		mk := &m.Masks[i]
 		cm := &compiledMask{mask: mk}
 		for _, col := range mk.Columns {
-			if s, t, c, err := bundle.ParseColumn(col); err == nil {
-				cm.columns = append(cm.columns, s+"."+t+"."+c)
+			if canon, err := bundle.CanonicalColumn(col); err == nil {
+				cm.columns = append(cm.columns, canon)
 			}
 		}
 		if strings.TrimSpace(mk.Unless) != "" {

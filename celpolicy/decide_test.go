@@ -33,7 +33,7 @@ func testModel() *bundle.Model {
 				{Name: "big-writes", Effect: "review", When: "request.statements.exists(s, s.tables.exists(t, t.name == 'ledger'))", Reason: "ledger writes need review",
 					Approval: &bundle.Approval{Groups: []string{"dba"}, Count: 2, Timeout: "5m"}},
 			}},
-			{Name: "guard", Resources: []string{"db"}, Rules: []bundle.Rule{
+			{Name: "guard", Resources: []string{"db"}, Everyone: true, Rules: []bundle.Rule{
 				{Name: "no-drop", Effect: "deny", When: "request.statements.exists(s, s.command.startsWith('DROP '))", Reason: "no drops"},
 				{Name: "claims", Effect: "deny", When: "identity.claims['tier'] == 'blocked'", Reason: "blocked tier"},
 			}},
@@ -351,7 +351,7 @@ func TestParseRequest(t *testing.T) {
 // requests to other resources or of other kinds.
 func TestIndexSkipsUnrelatedRules(t *testing.T) {
 	m := testModel()
-	m.Policies = append(m.Policies, bundle.Policy{Name: "broken", Resources: []string{"other"}, Rules: []bundle.Rule{
+	m.Policies = append(m.Policies, bundle.Policy{Name: "broken", Resources: []string{"other"}, Everyone: true, Rules: []bundle.Rule{
 		{Name: "boom", Effect: "allow", When: "identity.claims['missing'] == 1", Reason: "errors when evaluated"},
 	}})
 	m.Policies[2].Rules = append(m.Policies[2].Rules, bundle.Rule{Name: "boom", Effect: "allow", On: []string{"subsystem"}, When: "identity.claims['missing'] == 1", Reason: "errors when evaluated"})

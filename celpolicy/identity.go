@@ -34,7 +34,11 @@ func (p *Policy) ResolveIdentity(provider string, tok Token) (Identity, error) {
 	if claim == "" {
 		claim = "groups"
 	}
-	id := Identity{Issuer: tok.Issuer, Subject: tok.Subject, Claims: tok.Claims, Groups: claimGroups(tok.Claims[claim])}
+	groups := claimGroups(tok.Claims[claim])
+	for i := range groups {
+		groups[i] = ip.GroupsPrefix + groups[i]
+	}
+	id := Identity{Issuer: tok.Issuer, Subject: tok.Subject, Claims: tok.Claims, Groups: groups}
 	act := &activation{identity: &id}
 	var matched []*compiledIdentity
 	for _, ci := range p.identities[provider] {

@@ -74,8 +74,8 @@ func (p *Policy) RunTest(t *bundle.Test) (res TestResult) {
 		}
 		want := map[string]string{}
 		for k, v := range t.ExpectMasks {
-			if s, tb, c, err := bundle.ParseColumn(k); err == nil {
-				k = s + "." + tb + "." + c
+			if canon, err := bundle.CanonicalColumn(k); err == nil {
+				k = canon
 			}
 			want[k] = v
 		}

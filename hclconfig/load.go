@@ -207,7 +207,7 @@ func (d *decoder) identityProvider(ref bundle.Ref, b *hcl.Block) {
 	a, _ := d.body(ref, "", b.Body, identityProviderSchema)
 	d.model.IdentityProviders = append(d.model.IdentityProviders, bundle.IdentityProvider{
 		Name: ref.Name, Description: a.str("description"), Issuer: a.str("issuer"),
-		Audiences: a.strs("audiences"), GroupsClaim: a.str("groups_claim"),
+		Audiences: a.strs("audiences"), GroupsClaim: a.str("groups_claim"), GroupsPrefix: a.str("groups_prefix"),
 		JWKSURL: a.str("jwks_url"), JWKS: a.str("jwks"), Algorithms: a.strs("algorithms"),
 	})
 }
@@ -260,7 +260,7 @@ func (d *decoder) policy(ref bundle.Ref, b *hcl.Block, f *hcl.File) {
 	a, content := d.body(ref, "", b.Body, policySchema)
 	p := bundle.Policy{
 		Name: ref.Name, Description: a.str("description"), Resources: a.strs("resources"),
-		Identities: a.strs("identities"), Groups: a.strs("groups"),
+		Identities: a.strs("identities"), Groups: a.strs("groups"), Everyone: a.boolean("everyone"),
 	}
 	seen := map[string]hcl.Range{}
 	for _, rb := range content.Blocks {

@@ -140,6 +140,7 @@ identity "x" {
 		"unknown block inside a rule": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -164,6 +165,7 @@ identity "x" {
 		"misspelled rule attribute": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     efect  = "allow"
     reason = "x"
@@ -222,6 +224,7 @@ identity "x" {
 		"string for approval count": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "review"
     reason = "x"
@@ -237,6 +240,7 @@ identity "x" {
 		"fractional approval count": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "review"
     reason = "x"
@@ -252,6 +256,7 @@ identity "x" {
 		"null list element": {
 			src: `policy "p" {
   resources = ["orders", null]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -282,6 +287,7 @@ identity "x" {
 		"rule defined twice in a policy": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -297,7 +303,7 @@ identity "x" {
 }
 `,
 			want: []diagWant{hclErr("Duplicate rule", "t.hcl", "}\n  rule |\"r\"| {\n    effect = \"deny\"",
-				`rule "r" is already defined in policy "p" at t.hcl:3,3-11`)},
+				`rule "r" is already defined in policy "p" at t.hcl:4,3-11`)},
 		},
 		"two tls blocks": {
 			src: `postgres "db2" {
@@ -356,6 +362,7 @@ func TestModelDiagnostics(t *testing.T) {
 		"unknown resource in a policy points at the element": {
 			src: `policy "p" {
   resources = ["orders", "nope"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -371,6 +378,7 @@ func TestModelDiagnostics(t *testing.T) {
     "orders",
     "nope",
   ]
+  everyone = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -424,6 +432,7 @@ test "t2" {
 		"unknown rule in expect_rules": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -483,6 +492,7 @@ test "t" {
 		"policy mixing postgres and ssh_host": {
 			src: `policy "p" {
   resources = ["orders", "bastion"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     reason = "x"
@@ -495,6 +505,7 @@ test "t" {
 		"review rule without approval points at the rule": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "hold" {
     effect = "review"
     reason = "x"
@@ -507,6 +518,7 @@ test "t" {
 		"approval on an allow rule": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "ok" {
     effect = "allow"
     reason = "x"
@@ -521,6 +533,7 @@ test "t" {
 		"approval timeout out of range": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "hold" {
     effect = "review"
     reason = "x"
@@ -536,6 +549,7 @@ test "t" {
 		"missing reason points at the rule": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "silent" {
     effect = "deny"
   }
@@ -546,6 +560,7 @@ test "t" {
 		"request kind of another resource kind": {
 			src: `policy "p" {
   resources = ["orders"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     on     = ["query", "exec"]
@@ -574,7 +589,7 @@ test "t" {
 
 // celPolicy wraps a rule body in a policy over the postgres resource.
 func celPolicy(rule string) string {
-	return "policy \"p\" {\n  resources = [\"orders\"]\n\n" + rule + "}\n"
+	return "policy \"p\" {\n  resources = [\"orders\"]\n  everyone  = true\n\n" + rule + "}\n"
 }
 
 // TestCELDiagnostics checks that CEL errors point at the offending token
@@ -704,6 +719,7 @@ EOT
 		"request.statements in an ssh policy": {
 			src: `policy "p" {
   resources = ["bastion"]
+  everyone  = true
   rule "r" {
     effect = "allow"
     when   = "request.statements.size() == 0"
@@ -1097,8 +1113,8 @@ func TestWriteDiagnostics(t *testing.T) {
 		t.Errorf("WriteDiagnostics wrote\n%s\nwant\n%s", buf.String(), strings.Join(want, "\n"))
 	}
 	// celPolicy puts the when attribute on line 6, its string at column 14.
-	if !strings.HasPrefix(got[0], "policy.hcl:6:24: error: CEL type error: undefined field 'grups'") {
-		t.Errorf("first line %q, want policy.hcl:6:24", got[0])
+	if !strings.HasPrefix(got[0], "policy.hcl:7:24: error: CEL type error: undefined field 'grups'") {
+		t.Errorf("first line %q, want policy.hcl:7:24", got[0])
 	}
 	// The caret sits under the typo.
 	if i := strings.Index(got[2], "^"); got[1][i:i+5] != "grups" {

@@ -26,7 +26,7 @@ func attrs(names ...string) []hcl.AttributeSchema {
 
 var (
 	identityProviderSchema = &hcl.BodySchema{Attributes: attrs(
-		"description", "issuer", "audiences", "groups_claim", "jwks_url", "jwks", "algorithms")}
+		"description", "issuer", "audiences", "groups_claim", "groups_prefix", "jwks_url", "jwks", "algorithms")}
 	identitySchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "provider", "subject", "match", "groups")}
 	postgresSchema = &hcl.BodySchema{
@@ -39,7 +39,7 @@ var (
 	kubernetesSchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "labels", "server", "kubeconfig", "token", "ca_file", "impersonate")}
 	policySchema = &hcl.BodySchema{
-		Attributes: attrs("description", "resources", "identities", "groups"),
+		Attributes: attrs("description", "resources", "identities", "groups", "everyone"),
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "rule", LabelNames: []string{"name"}}},
 	}
 	ruleSchema = &hcl.BodySchema{

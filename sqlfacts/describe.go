@@ -223,6 +223,7 @@ func describe(st *Statement, n any) {
 		st.Command = "DISCARD"
 	case *pg.AlterSystemStmt:
 		st.Command = "ALTER SYSTEM"
+		st.Setting = setName(x.Setstmt)
 	case *pg.CommentStmt:
 		st.Command = "COMMENT"
 	case *pg.ReindexStmt:
@@ -271,10 +272,14 @@ func describe(st *Statement, n any) {
 		st.Command = "CREATE STATISTICS"
 	case *pg.AlterStatsStmt:
 		st.Command = "ALTER STATISTICS"
-	case *pg.AlterDatabaseSetStmt, *pg.AlterDatabaseStmt, *pg.AlterDatabaseRefreshCollStmt:
+	case *pg.AlterDatabaseSetStmt:
+		st.Command = "ALTER DATABASE"
+		st.Setting = setName(x.Setstmt)
+	case *pg.AlterDatabaseStmt, *pg.AlterDatabaseRefreshCollStmt:
 		st.Command = "ALTER DATABASE"
 	case *pg.AlterRoleSetStmt:
 		st.Command = "ALTER ROLE"
+		st.Setting = setName(x.Setstmt)
 	case *pg.AlterFunctionStmt:
 		st.Command = "ALTER " + objectName(x.Objtype)
 	case *pg.CreateDomainStmt:
@@ -284,6 +289,17 @@ func describe(st *Statement, n any) {
 	default:
 		st.Command = commandFromType(n)
 	}
+}
+
+// setName is the parameter an ALTER ... SET changes.
+func setName(s *pg.VariableSetStmt) string {
+	if s == nil {
+		return ""
+	}
+	if s.Kind == pg.VariableSetKind_VAR_RESET_ALL {
+		return "all"
+	}
+	return strings.ToLower(s.Name)
 }
 
 // commandFromType derives a command from a parse node's type name for the

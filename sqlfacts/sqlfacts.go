@@ -38,9 +38,11 @@ const (
 
 // Table is a table (or view, sequence, ...) a statement touches.
 type Table struct {
-	// Schema is as written, or "public" when the name is unqualified. Note
-	// that a changed search_path changes what an unqualified name means;
-	// policies that rely on schemas should also govern SET search_path.
+	// Schema is as written. An unqualified name is in "pg_catalog" when it
+	// names a catalog table or view (pg_catalog is searched first), else in
+	// "public"; a temporary table's is "pg_temp". A changed search_path
+	// changes what an unqualified name means, so policies that rely on
+	// schemas should also govern SET search_path.
 	Schema string `cel:"schema" json:"schema"`
 	Name   string `cel:"name" json:"name"`
 	// Access is "read" or "write". A table both read and written is "write".
@@ -61,13 +63,20 @@ type Statement struct {
 	// least one column. A WHERE that references no column (WHERE true,
 	// WHERE 1=1) filters nothing and counts as no WHERE.
 	HasWhere bool `cel:"has_where" json:"has_where"`
-	// Setting is the run-time parameter of SET, RESET and SHOW, lower case
-	// ("role", "session_authorization", "search_path", "transaction").
+	// Setting is the run-time parameter of SET, RESET and SHOW, and of
+	// ALTER ROLE / ALTER DATABASE / ALTER SYSTEM ... SET, lower case
+	// ("role", "session_authorization", "search_path", "transaction",
+	// "client_encoding" for SET NAMES).
 	Setting string `cel:"setting" json:"setting,omitempty"`
 	// CopyDirection is "to" or "from" for COPY.
 	CopyDirection string `cel:"copy_direction" json:"copy_direction,omitempty"`
 	// CopyTarget is "stdio", "file" or "program" for COPY.
 	CopyTarget string `cel:"copy_target" json:"copy_target,omitempty"`
+	// Locking is the strongest row lock a SELECT takes anywhere in the
+	// statement: "FOR UPDATE", "FOR NO KEY UPDATE", "FOR SHARE" or
+	// "FOR KEY SHARE". Locking rows blocks writers, so a read-only caller
+	// should not.
+	Locking string `cel:"locking" json:"locking,omitempty"`
 	// Language is the procedural language of DO and CREATE FUNCTION.
 	Language string `cel:"language" json:"language,omitempty"`
 	// Via is empty for a statement as sent. For a statement found inside

@@ -25,6 +25,7 @@ type facts struct {
 	Setting   string
 	Copy      string // "direction/target", e.g. "to/program"
 	Language  string
+	Locking   string
 }
 
 func (f facts) String() string {
@@ -43,6 +44,9 @@ func (f facts) String() string {
 	if f.Language != "" {
 		fmt.Fprintf(&b, " language=%s", f.Language)
 	}
+	if f.Locking != "" {
+		fmt.Fprintf(&b, " locking=%s", f.Locking)
+	}
 	return b.String()
 }
 
@@ -55,6 +59,7 @@ func project(stmts []sqlfacts.Statement) []facts {
 			HasWhere: s.HasWhere,
 			Setting:  s.Setting,
 			Language: s.Language,
+			Locking:  s.Locking,
 		}
 		for _, t := range s.Tables {
 			f.Tables = append(f.Tables, t.Schema+"."+t.Name+":"+t.Access)
@@ -391,7 +396,7 @@ var analyzeCases = map[string]analyzeCase{
 	},
 	"side-effecting function in a SELECT": {
 		sql:  "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'bob'",
-		want: []facts{{Command: "SELECT", Tables: w("public.pg_stat_activity:read"), Functions: w("pg_terminate_backend"), HasWhere: true}},
+		want: []facts{{Command: "SELECT", Tables: w("pg_catalog.pg_stat_activity:read"), Functions: w("pg_terminate_backend"), HasWhere: true}},
 	},
 	"functions are sorted and deduplicated": {
 		sql:  "SELECT upper(x), lower(x), upper(y) FROM g(1) AS x, LATERAL h(x) AS y",
@@ -671,6 +676,38 @@ var analyzeCases = map[string]analyzeCase{
 	"DROP TRIGGER reports the table it is on": {
 		sql:  "DROP TRIGGER trg ON t",
 		want: []facts{{Command: "DROP TRIGGER", Tables: w("public.t:write")}},
+	},
+	"unqualified catalog names are in pg_catalog": {
+		sql:  "UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'",
+		want: []facts{{Command: "UPDATE", Tables: w("pg_catalog.pg_settings:write"), HasWhere: true}},
+	},
+	"qualified catalog names keep their schema": {
+		sql:  "SELECT * FROM public.pg_authid",
+		want: []facts{{Command: "SELECT", Tables: w("public.pg_authid:read")}},
+	},
+	"SELECT FOR UPDATE reports its lock": {
+		sql:  "SELECT * FROM orders WHERE id = 1 FOR UPDATE",
+		want: []facts{{Command: "SELECT", Tables: w("public.orders:read"), HasWhere: true, Locking: "FOR UPDATE"}},
+	},
+	"the strongest lock in a subquery counts": {
+		sql:  "SELECT * FROM (SELECT * FROM orders FOR KEY SHARE) o, (SELECT * FROM t FOR NO KEY UPDATE) u",
+		want: []facts{{Command: "SELECT", Tables: w("public.orders:read", "public.t:read"), Locking: "FOR NO KEY UPDATE"}},
+	},
+	"ALTER ROLE SET reports the setting": {
+		sql:  "ALTER ROLE gatehouse SET standard_conforming_strings = off",
+		want: []facts{{Command: "ALTER ROLE", Setting: "standard_conforming_strings"}},
+	},
+	"ALTER DATABASE SET reports the setting": {
+		sql:  "ALTER DATABASE orders SET role = 'postgres'",
+		want: []facts{{Command: "ALTER DATABASE", Setting: "role"}},
+	},
+	"ALTER SYSTEM SET reports the setting": {
+		sql:  "ALTER SYSTEM SET client_encoding = 'SJIS'",
+		want: []facts{{Command: "ALTER SYSTEM", Setting: "client_encoding"}},
+	},
+	"SET NAMES is client_encoding": {
+		sql:  "SET NAMES 'SJIS'",
+		want: []facts{{Command: "SET", Setting: "client_encoding"}},
 	},
 	"ATTACH PARTITION writes the partition": {
 		sql:  "ALTER TABLE parent ATTACH PARTITION child FOR VALUES IN (1)",

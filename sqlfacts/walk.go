@@ -171,6 +171,7 @@ func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint st
 	if fb, ok := m.Interface().(*pg.CreateFunctionStmt); ok {
 		a.functionBody(fb, st.Command, st.Language, fingerprint)
 	}
+	st.Locking = lockNames[w.locking]
 	st.Tables = w.tableList
 	if st.Tables == nil {
 		st.Tables = []Table{}
@@ -227,6 +228,18 @@ type walker struct {
 	// defSchema is the schema of unqualified names (CREATE SCHEMA
 	// elements); empty means public.
 	defSchema string
+	// locking is the strongest row lock seen.
+	locking pg.LockClauseStrength
+}
+
+var lockRank = map[pg.LockClauseStrength]int{
+	pg.LockClauseStrength_LCS_FORKEYSHARE: 1, pg.LockClauseStrength_LCS_FORSHARE: 2,
+	pg.LockClauseStrength_LCS_FORNOKEYUPDATE: 3, pg.LockClauseStrength_LCS_FORUPDATE: 4,
+}
+
+var lockNames = map[pg.LockClauseStrength]string{
+	pg.LockClauseStrength_LCS_FORKEYSHARE: "FOR KEY SHARE", pg.LockClauseStrength_LCS_FORSHARE: "FOR SHARE",
+	pg.LockClauseStrength_LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE", pg.LockClauseStrength_LCS_FORUPDATE: "FOR UPDATE",
 }
 
 // deparse renders a nested statement as SQL, for display and recording.
@@ -269,6 +282,8 @@ func (w *walker) relation(schema, name, persistence, access string, sc *scope) {
 		switch {
 		case persistence == "t":
 			schema = "pg_temp"
+		case pgCatalogRelations[name]:
+			schema = "pg_catalog"
 		case w.defSchema != "":
 			schema = w.defSchema
 		default:
@@ -313,6 +328,10 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		w.dropTargets(x)
 	case *pg.CommentStmt:
 		w.commentTarget(x)
+	case *pg.LockingClause:
+		if lockRank[x.Strength] > lockRank[w.locking] {
+			w.locking = x.Strength
+		}
 	case *pg.CreateSchemaStmt:
 		saved := w.defSchema
 		w.defSchema = x.Schemaname

@@ -3,6 +3,7 @@
 policy "guardrails" {
   description = "What nobody may do on the orders database"
   resources   = ["orders"]
+  everyone    = true
 
   rule "no-drop-or-truncate" {
     effect = "deny"
