@@ -27,9 +27,9 @@ type Policy struct {
 
 	resources  map[string]*resourceEntry
 	providers  map[string]*bundle.IdentityProvider // by name
-	identities map[string][]*compiledIdentity // by provider name
-	identity   map[string]*compiledIdentity   // by identity name
-	rules      map[string]*compiledRule       // by "policy/rule"
+	identities map[string][]*compiledIdentity      // by provider name
+	identity   map[string]*compiledIdentity        // by identity name
+	rules      map[string]*compiledRule            // by "policy/rule"
 	ruleCount  int
 	// literals are the string constants of all CEL expressions; Diff
 	// builds probe requests from them.
