@@ -484,6 +484,19 @@ func flatten(prefix string, v any, out map[string]string) {
 	}
 }
 
+// writeBlock prints a field value: a multi-line string (a heredoc CEL
+// expression) line by line, anything else as its JSON.
+func writeBlock(w io.Writer, sign, v string) {
+	var str string
+	if json.Unmarshal([]byte(v), &str) == nil && strings.Contains(str, "\n") {
+		for _, line := range strings.Split(strings.TrimRight(str, "\n"), "\n") {
+			fmt.Fprintf(w, "        %s %s\n", sign, line)
+		}
+		return
+	}
+	fmt.Fprintf(w, "        %s %s\n", sign, v)
+}
+
 func jsonText(v any) string {
 	var b strings.Builder
 	enc := json.NewEncoder(&b)
@@ -512,8 +525,13 @@ func (d *DiffReport) WriteText(w io.Writer) {
 			case f.New == "":
 				fmt.Fprintf(w, "      %s: - %s\n", f.Field, f.Old)
 			default:
-				fmt.Fprintf(w, "      %s:\n        - %s\n        + %s\n", f.Field, f.Old, f.New)
+				fmt.Fprintf(w, "      %s:\n", f.Field)
+				writeBlock(w, "-", f.Old)
+				writeBlock(w, "+", f.New)
 			}
+		}
+		if o.Kind == "identity" && slices.ContainsFunc(o.Fields, func(f FieldChange) bool { return f.Field == "match" }) {
+			fmt.Fprintf(w, "      note: a changed match decides which tokens become %q; the access probes below do not cover that, so review it by hand\n", o.Name)
 		}
 	}
 	trunc := ""

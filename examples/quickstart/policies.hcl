@@ -33,19 +33,31 @@ policy "guardrails" {
     effect = "deny"
     when   = <<-CEL
       request.statements.exists(s,
-        (s.command in ['SET', 'RESET'] && s.setting in ['role', 'session_authorization']) ||
+        (s.command != 'SHOW' && s.setting in ['role', 'session_authorization']) ||
         'set_config' in s.functions)
     CEL
     reason = "switching roles would escape the gateway's upstream role"
   }
 
-  # With standard_conforming_strings off, PostgreSQL reads backslashes in
-  # strings as escapes, and the same text would hold other statements than
-  # the ones the gateway parsed. Keep it on.
+  # With standard_conforming_strings off, or a client encoding such as SJIS,
+  # PostgreSQL reads the same bytes as other statements than the ones the
+  # gateway parsed. SET, ALTER ROLE/DATABASE/SYSTEM ... SET are all routes.
   rule "no-parser-settings" {
     effect = "deny"
-    when   = "request.statements.exists(s, s.command in ['SET', 'RESET'] && s.setting in ['standard_conforming_strings', 'all'])"
-    reason = "changing how strings are parsed would let SQL hide statements"
+    when   = "request.statements.exists(s, s.command != 'SHOW' && s.setting in ['standard_conforming_strings', 'client_encoding', 'all'])"
+    reason = "changing how text is parsed would let SQL hide statements"
+  }
+
+  rule "no-catalog-writes" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.tables.exists(t, t.schema == 'pg_catalog' && t.access == 'write'))"
+    reason = "the system catalogs change only through PostgreSQL's own commands"
+  }
+
+  rule "no-server-configuration" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command in ['ALTER SYSTEM', 'LOAD'])"
+    reason = "server configuration and shared libraries are managed outside the gateway"
   }
 
   rule "no-server-side-files" {
@@ -73,9 +85,18 @@ policy "analytics-read-only" {
   identities  = ["analytics-job"]
 
   # A connection has no statements, so all() holds and the job may connect.
+  # Reading means SELECT (or SHOW, EXPLAIN) of tables, no row locks, and only
+  # functions known to have no side effects: a SELECT can call setval(),
+  # lo_unlink() or pg_terminate_backend() too.
   rule "read" {
     effect = "allow"
-    when   = "request.statements.all(s, s.command in ['SELECT', 'EXPLAIN', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
+    when   = <<-CEL
+      request.statements.all(s,
+        s.command in ['SELECT', 'EXPLAIN', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] &&
+        s.tables.all(t, t.access == 'read') &&
+        s.locking == '' &&
+        s.functions.all(f, f in ['count', 'sum', 'avg', 'min', 'max', 'now', 'date_trunc', 'lower', 'upper', 'round', 'length', 'concat']))
+    CEL
     reason = "analytics may run read-only queries"
   }
 }
@@ -87,7 +108,12 @@ policy "billing-service" {
 
   rule "read" {
     effect = "allow"
-    when   = "request.statements.all(s, s.command in ['SELECT', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] && s.tables.all(t, t.access == 'read'))"
+    when   = <<-CEL
+      request.statements.all(s,
+        s.command in ['SELECT', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] &&
+        s.tables.all(t, t.access == 'read') &&
+        s.functions.all(f, f in ['count', 'sum', 'avg', 'min', 'max', 'now', 'date_trunc', 'lower', 'upper', 'round', 'coalesce']))
+    CEL
     reason = "billing may read"
   }
 
@@ -96,7 +122,8 @@ policy "billing-service" {
     when   = <<-CEL
       request.statements.all(s,
         s.command in ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'BEGIN', 'COMMIT', 'ROLLBACK'] &&
-        s.tables.all(t, t.access == 'read' || t.schema == 'billing' || (t.schema == 'public' && t.name == 'payments')))
+        s.tables.all(t, t.access == 'read' || t.schema == 'billing' || (t.schema == 'public' && t.name == 'payments')) &&
+        s.functions.all(f, f in ['count', 'sum', 'now', 'round', 'coalesce']))
     CEL
     reason = "billing may write the billing schema and payments"
   }

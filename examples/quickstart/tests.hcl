@@ -45,6 +45,24 @@ test "analytics cannot hide a write in a CTE" {
   expect   = "deny"
 }
 
+test "analytics cannot move a sequence with a SELECT" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT setval('orders_id_seq', 1)"
+  expect   = "deny"
+}
+
+test "analytics cannot lock rows" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT * FROM orders WHERE id = 1 FOR UPDATE"
+  expect   = "deny"
+}
+
 test "a staging analytics token is not the analytics job" {
   provider = "corp"
   subject  = "analytics-7f9c"
@@ -228,6 +246,41 @@ test "turning standard_conforming_strings off is denied" {
   identity = "billing-service"
   resource = "orders"
   sql      = "SET standard_conforming_strings = off"
+  expect   = "deny"
+}
+
+test "writing the settings catalog is denied" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "orders"
+  sql          = "UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'"
+  expect       = "deny"
+  expect_rules = ["dba/administer", "guardrails/no-catalog-writes"]
+}
+
+test "persisting a parser setting for the role is denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "ALTER ROLE gatehouse SET standard_conforming_strings = off"
+  expect   = "deny"
+}
+
+test "changing the client encoding is denied" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SET NAMES 'SJIS'"
+  expect   = "deny"
+}
+
+test "ALTER SYSTEM is denied" {
+  provider = "corp"
+  subject  = "alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "ALTER SYSTEM SET log_statement = 'none'"
   expect   = "deny"
 }
 
