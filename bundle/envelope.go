@@ -158,9 +158,9 @@ func Verify(data []byte, trusted Keyring, opts VerifyOptions) (*Verified, error)
 	if err != nil {
 		var se *SchemaError
 		if errors.As(err, &se) {
-			return nil, fmt.Errorf("%w: %v", ErrSchemaVersion, err)
+			return nil, fmt.Errorf("%w: %w", ErrSchemaVersion, err)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if opts.ActiveRevision != 0 && p.Revision <= opts.ActiveRevision {
 		return nil, fmt.Errorf("%w: bundle revision %d, active revision %d; a gateway only moves forward", ErrRollback, p.Revision, opts.ActiveRevision)

@@ -45,8 +45,9 @@ func FunctionCall(name string) *PostgresRequest {
 // "function": "name"} a fast-path call.
 func ParseRequest(resourceKind string, data []byte) (Request, error) {
 	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
-		// null, a list or a bare value would decode to an empty request,
-		// and an empty query is one that every all() rule allows.
+		// null, a list or a bare value would decode to an empty request:
+		// refuse it, so that a mistyped test or eval does not quietly
+		// decide an empty query (which every all() rule allows).
 		return nil, fmt.Errorf("%s request must be a JSON object", resourceKind)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -86,6 +87,9 @@ func ParseRequest(resourceKind string, data []byte) (Request, error) {
 		}
 		if r.Kind == "" {
 			r.Kind = "exec"
+		}
+		if r.ForwardPort < 0 || r.ForwardPort > 65535 {
+			return nil, fmt.Errorf("ssh_host request: forward_port %d is not a port (0-65535)", r.ForwardPort)
 		}
 		return &r, nil
 	case bundle.KindKubernetes:

@@ -121,8 +121,8 @@ func (p *Policy) TestInput(t *bundle.Test) (*Input, error) {
 	}
 	claims := map[string]any{}
 	if t.Claims != "" {
-		if err := json.Unmarshal([]byte(t.Claims), &claims); err != nil {
-			return nil, fmt.Errorf("claims: %w", err)
+		if err := json.Unmarshal([]byte(t.Claims), &claims); err != nil || claims == nil {
+			return nil, fmt.Errorf("claims must be a JSON object, such as {\"env\": \"prod\"}")
 		}
 	}
 	claims["iss"] = ip.Issuer

@@ -62,7 +62,7 @@ reads half a bundle.`,
 				return &exitError{code: exitUsage, err: err}
 			}
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			start := time.Now()
 			res, diags := hclconfig.Load(args[0])
@@ -82,15 +82,15 @@ reads half a bundle.`,
 			}
 			payload, err := bundle.NewPayload(*res.Model, bundle.BuildOptions{Revision: revision, Compiler: compilerID()})
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			raw, err := bundle.EncodePayload(payload)
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			file, err := bundle.Sign(raw, priv)
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			if err := writeFileAtomic(out, file, 0o644); err != nil {
 				return failed("write bundle: %v", err)
@@ -141,13 +141,19 @@ Exit status 0 when all hold; 1 with the reason otherwise.`,
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
+			if fi, err := os.Stat(args[0]); err != nil || fi.IsDir() {
+				if err == nil {
+					err = fmt.Errorf("%s is a directory; verify takes a bundle file (build one with gatehouse bundle build)", args[0])
+				}
+				return &exitError{code: exitUsage, err: err}
+			}
 			data, err := os.ReadFile(args[0])
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			v, err := bundle.Verify(data, kr, bundle.VerifyOptions{ActiveRevision: minRevision})
 			if err != nil {
-				return failed("%s: %v", args[0], err)
+				return failed("%s: %w", args[0], err)
 			}
 			pol, err := celpolicy.FromPayload(v.Payload)
 			if err != nil {
@@ -171,6 +177,8 @@ func newBundleInspectCmd() *cobra.Command {
 		Short: "Show what a bundle contains",
 		Long: `Show a bundle's metadata and contents. Without --trust the signature is not checked, and the
 output says so; use 'gatehouse bundle verify' before trusting anything you see.`,
+		Example: `  gatehouse bundle inspect policy.bundle
+  gatehouse bundle inspect policy.bundle --trust keys/gatehouse.pub --json | jq .payload.revision`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, err := loadSource(args[0], trust, cmd.ErrOrStderr())

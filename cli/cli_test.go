@@ -1216,3 +1216,25 @@ func TestBundleBuildSigningKeyProblems(t *testing.T) {
 		t.Errorf("a bundle was written although the signing key was refused (stat: %v)", err)
 	}
 }
+
+// TestFmtRefusesDeepNesting: gatehouse fmt must not hand HCL's parser a file
+// nested deep enough to overflow the stack (a fatal error, not a panic).
+func TestFmtRefusesDeepNesting(t *testing.T) {
+	dir := t.TempDir()
+	src := "x = " + strings.Repeat("[", 200000) + strings.Repeat("]", 200000) + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "deep.hcl"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := mustRun(t, exitFailure, "fmt", "--check", dir)
+	assertContains(t, "stderr", r.stderr, "Nesting too deep")
+	if len(r.stderr) > 4096 {
+		t.Errorf("diagnostic is %d bytes: the snippet should be cut", len(r.stderr))
+	}
+}
+
+func TestVerifyOfADirectoryIsAUsageError(t *testing.T) {
+	pub := filepath.Join(t.TempDir(), "k")
+	mustRun(t, exitOK, "keygen", "--out", pub)
+	r := mustRun(t, exitUsage, "bundle", "verify", quickstart, "--trust", filepath.Join(pub, "gatehouse.pub"))
+	assertContains(t, "stderr", r.stderr, "is a directory")
+}

@@ -58,7 +58,7 @@ Exit status 0 whatever the decision (the decision is the output); 1 if it cannot
 			}
 			in, err := src.policy.TestInput(&t)
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			d := src.policy.Decide(in)
 			if format == "json" {

@@ -23,6 +23,8 @@ func newFmtCmd() *cobra.Command {
 		Long: `Rewrite every *.hcl file in DIR in canonical format (the same rules as terraform fmt: aligned
 equals signs, two-space indentation). With --check nothing is written: the files that would
 change are listed and the exit status is 1 if there are any, for CI.`,
+		Example: `  gatehouse fmt policies/          # rewrite in place
+  gatehouse fmt --check policies/  # in CI: list what needs formatting, exit 1 if anything does`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			entries, err := os.ReadDir(args[0])
@@ -31,7 +33,8 @@ change are listed and the exit status is 1 if there are any, for CI.`,
 			}
 			var names []string
 			for _, e := range entries {
-				if !e.IsDir() && strings.HasSuffix(e.Name(), ".hcl") {
+				// The same files the loader reads: *.hcl, not hidden.
+				if !e.IsDir() && strings.HasSuffix(e.Name(), ".hcl") && !strings.HasPrefix(e.Name(), ".") {
 					names = append(names, filepath.Join(args[0], e.Name()))
 				}
 			}
@@ -40,7 +43,12 @@ change are listed and the exit status is 1 if there are any, for CI.`,
 			for _, name := range names {
 				src, err := os.ReadFile(name)
 				if err != nil {
-					return failed("%v", err)
+					return failed("%w", err)
+				}
+				// HCL's parser has no depth limit: check nesting first.
+				if d := hclconfig.CheckNesting(src, name); d != nil {
+					_ = hclconfig.WriteDiagnostics(cmd.ErrOrStderr(), map[string]*hcl.File{name: {Bytes: src}}, hcl.Diagnostics{d})
+					return silentFailure(fmt.Errorf("%s nests too deeply", name))
 				}
 				// Refuse to format what does not parse: formatting broken
 				// input would make the breakage harder to see.
@@ -58,12 +66,17 @@ change are listed and the exit status is 1 if there are any, for CI.`,
 					fmt.Fprintln(cmd.OutOrStdout(), name)
 					continue
 				}
-				fi, err := os.Stat(name)
+				// Write through a symlink to its target, keeping the link.
+				target, err := filepath.EvalSymlinks(name)
 				if err != nil {
-					return failed("%v", err)
+					return failed("%w", err)
 				}
-				if err := writeFileAtomic(name, out, fi.Mode().Perm()); err != nil {
-					return failed("%v", err)
+				fi, err := os.Stat(target)
+				if err != nil {
+					return failed("%w", err)
+				}
+				if err := writeFileAtomic(target, out, fi.Mode().Perm()); err != nil {
+					return failed("%w", err)
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), name)
 			}

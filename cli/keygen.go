@@ -27,6 +27,8 @@ func newKeygenCmd() *cobra.Command {
 
 Existing files are never overwritten unless --force is given. To rotate keys, make a new pair,
 add the new .pub to the gateways' trusted keys, then sign with the new key.`,
+		Example: `  gatehouse keygen --out keys/
+  gatehouse keygen --out /etc/gatehouse/signing --force   # replace an existing pair`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -42,22 +44,22 @@ add the new .pub to the gateways' trusted keys, then sign with the new key.`,
 					if _, err := os.Stat(p); err == nil {
 						return failed("%s already exists; refusing to overwrite a key (use --force to replace it)", p)
 					} else if !errors.Is(err, fs.ErrNotExist) {
-						return failed("%v", err)
+						return failed("%w", err)
 					}
 				}
 			}
 			priv, err := bundle.GenerateKey()
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			privPEM, err := bundle.MarshalPrivateKey(priv)
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			pub := priv.Public().(ed25519.PublicKey)
 			pubPEM, err := bundle.MarshalPublicKey(pub)
 			if err != nil {
-				return failed("%v", err)
+				return failed("%w", err)
 			}
 			if err := writeFileAtomic(keyPath, privPEM, 0o600); err != nil {
 				return failed("write private key: %v", err)

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"runtime/debug"
 
@@ -29,19 +28,14 @@ func compilerID() string { return "gatehouse " + Version() }
 
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print the version",
+		Long:    "Print the version of this gatehouse, the Go version it was built with, and the platform.\nBundles record the version that compiled them (bundle inspect shows it).",
+		Example: "  gatehouse version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fmt.Fprintf(cmd.OutOrStdout(), "gatehouse %s (%s, %s/%s)\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil
 		},
 	}
-}
-
-// ServeProvider serves the Terraform provider over the plugin protocol. The
-// provider is not part of this build yet; Terraform shows this message.
-func ServeProvider() int {
-	fmt.Fprintln(os.Stderr, "gatehouse: this build does not include the Terraform provider yet; build a gatehouse that does, or use `gatehouse bundle build` with HCL policies")
-	return exitFailure
 }

@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // WriteDiagnostics prints diagnostics the way compilers do: a first line
@@ -30,12 +32,20 @@ func WriteDiagnostics(w io.Writer, files map[string]*hcl.File, diags hcl.Diagnos
 		}
 		s := d.Subject
 		fmt.Fprintf(bw, "%s:%d:%d: %s: %s\n", s.Filename, s.Start.Line, s.Start.Column, sev, msg)
+		// An inline secret's source line is the secret: point at it, but
+		// never print it (CI logs keep what they are given).
+		if p, ok := ProblemOf(d); ok && p.Code == bundle.CodeInlineSecret {
+			continue
+		}
 		if f := files[s.Filename]; f != nil {
 			writeSnippet(bw, f.Bytes, *s)
 		}
 	}
 	return bw.Flush()
 }
+
+// maxSnippet bounds how much of a source line a diagnostic prints.
+const maxSnippet = 160
 
 func writeSnippet(w io.Writer, src []byte, rng hcl.Range) {
 	if rng.Start.Byte < 0 || rng.Start.Byte > len(src) {
@@ -50,13 +60,24 @@ func writeSnippet(w io.Writer, src []byte, rng hcl.Range) {
 	for lineEnd < len(src) && src[lineEnd] != '\n' {
 		lineEnd++
 	}
-	line := string(src[lineStart:lineEnd])
+	// Show at most maxSnippet characters of the line, around the error.
+	lead := []rune(string(src[lineStart:min(rng.Start.Byte, len(src))]))
+	rest := []rune(string(src[min(rng.Start.Byte, len(src)):lineEnd]))
+	pre := ""
+	if len(lead) > maxSnippet/2 {
+		lead, pre = lead[len(lead)-maxSnippet/2:], "..."
+	}
+	post := ""
+	if len(rest) > maxSnippet/2 {
+		rest, post = rest[:maxSnippet/2], "..."
+	}
+	line := pre + string(lead) + string(rest) + post
 	prefix := fmt.Sprintf("%5d | ", rng.Start.Line)
 	fmt.Fprintf(w, "%s%s\n", prefix, strings.ReplaceAll(line, "\t", " "))
-	startCol := utf8.RuneCount(src[lineStart:min(rng.Start.Byte, len(src))])
+	startCol := utf8.RuneCountInString(pre) + len(lead)
 	width := 1
 	if rng.End.Line == rng.Start.Line && rng.End.Byte > rng.Start.Byte {
-		width = utf8.RuneCount(src[rng.Start.Byte:min(rng.End.Byte, len(src))])
+		width = min(utf8.RuneCount(src[rng.Start.Byte:min(rng.End.Byte, len(src))]), len(rest))
 	}
 	fmt.Fprintf(w, "%s%s%s\n", strings.Repeat(" ", len(prefix)-2)+"| ", strings.Repeat(" ", startCol), strings.Repeat("^", max(width, 1)))
 }

@@ -8,6 +8,7 @@ package hclconfig
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"os"
@@ -71,19 +72,33 @@ func Load(dir string) (*Result, hcl.Diagnostics) {
 	return LoadFiles(files)
 }
 
+// readLimited reads a policy file. Only regular files are read (a FIFO or
+// /dev/zero behind a symlink would block or never end), and never more than
+// MaxFileBytes, whatever the file grows to while it is read.
 func readLimited(path string) ([]byte, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	if fi.Size() > MaxFileBytes {
-		return nil, fmt.Errorf("%s is %d bytes, over the %d byte limit for a policy file", path, fi.Size(), MaxFileBytes)
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
 	}
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s disappeared while reading", path)
 	}
-	return data, err
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxFileBytes {
+		return nil, fmt.Errorf("%s is over the %d byte limit for a policy file", path, MaxFileBytes)
+	}
+	return data, nil
 }
 
 // LoadFiles loads policy sources given by file name. It is what Load uses,
@@ -101,7 +116,7 @@ func LoadFiles(files map[string][]byte) (*Result, hcl.Diagnostics) {
 				Detail: fmt.Sprintf("%s is %d bytes, over the %d byte limit", name, len(files[name]), MaxFileBytes)})
 			continue
 		}
-		if diag := checkNesting(files[name], name); diag != nil {
+		if diag := CheckNesting(files[name], name); diag != nil {
 			d.diags = append(d.diags, diag)
 			d.files[name] = &hcl.File{Bytes: files[name]}
 			continue

@@ -1152,3 +1152,25 @@ func TestWriteDiagnosticsHCLError(t *testing.T) {
 		t.Errorf("got\n%s\nwant\n%s", buf.String(), want)
 	}
 }
+
+// TestWriteDiagnosticsHidesInlineSecrets: the diagnostic for a secret
+// written inline points at it but never prints the source line, which is
+// the secret.
+func TestWriteDiagnosticsHidesInlineSecrets(t *testing.T) {
+	src := "postgres \"db\" {\n  address  = \"db:5432\"\n  database = \"db\"\n  username = \"gw\"\n  password = \"hunter2-SUPERSECRET\"\n}\n"
+	res, diags := LoadFiles(map[string][]byte{"s.hcl": []byte(src)})
+	if !diags.HasErrors() {
+		t.Fatal("an inline secret was accepted")
+	}
+	var b strings.Builder
+	if err := WriteDiagnostics(&b, res.Files, diags); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if strings.Contains(out, "hunter2") {
+		t.Errorf("diagnostics print the secret:\n%s", out)
+	}
+	if !strings.Contains(out, "s.hcl:5:14: error: Secret written inline") {
+		t.Errorf("diagnostics do not point at the secret:\n%s", out)
+	}
+}

@@ -15,9 +15,10 @@ import (
 // a handful of levels.
 const MaxNesting = 256
 
-// checkNesting lexes src (the lexer does not recurse) and reports the first
-// place where nesting exceeds MaxNesting.
-func checkNesting(src []byte, filename string) *hcl.Diagnostic {
+// CheckNesting lexes src (the lexer does not recurse) and reports the first
+// place where nesting exceeds MaxNesting. Anything that hands a file to
+// HCL's parser (the loader, gatehouse fmt) calls it first.
+func CheckNesting(src []byte, filename string) *hcl.Diagnostic {
 	toks, _ := hclsyntax.LexConfig(src, filename, hcl.InitialPos)
 	depth := 0
 	for _, t := range toks {
