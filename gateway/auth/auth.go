@@ -1,0 +1,261 @@
+// Package auth verifies callers' OIDC tokens against the identity providers
+// of the active bundle: signature (keys from discovery or a static JWKS,
+// refetched on an unknown key id, so issuers can rotate keys), issuer,
+// audience, expiry and not-before with a small clock skew, and an algorithm
+// allowlist that never includes "none" or an HMAC algorithm.
+package auth
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+)
+
+// DefaultAlgorithms are accepted when a provider names none.
+var DefaultAlgorithms = []string{"RS256", "ES256"}
+
+// DefaultSkew is the clock skew allowed on exp and nbf.
+const DefaultSkew = 30 * time.Second
+
+// MaxTokenBytes bounds a token before it is parsed.
+const MaxTokenBytes = 16 << 10
+
+// Verification failures. Each error wraps one, so that callers can count
+// them by kind; the message says what exactly was wrong.
+var (
+	ErrMalformed      = errors.New("token is not a well-formed signed JWT")
+	ErrUnknownIssuer  = errors.New("token issuer is not trusted")
+	ErrSignature      = errors.New("token signature does not verify")
+	ErrAudience       = errors.New("token audience is not accepted")
+	ErrExpired        = errors.New("token has expired")
+	ErrNotYetValid    = errors.New("token is not valid yet")
+	ErrMissingClaim   = errors.New("token lacks a required claim")
+	ErrProviderFailed = errors.New("identity provider could not be reached")
+)
+
+// Verified is a verified token.
+type Verified struct {
+	// Provider names the bundle identity provider that vouched for it.
+	Provider string
+	Token    celpolicy.Token
+	// Expiry is when the token stops being valid (its exp plus the skew);
+	// sessions are cut at that moment.
+	Expiry time.Time
+}
+
+// Option configures a Verifier.
+type Option func(*Verifier)
+
+// WithSkew sets the allowed clock skew.
+func WithSkew(d time.Duration) Option { return func(v *Verifier) { v.skew = d } }
+
+// WithClock sets the time source (tests).
+func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
+
+// WithHTTPClient sets the client used for discovery and JWKS.
+func WithHTTPClient(c *http.Client) Option { return func(v *Verifier) { v.client = c } }
+
+// Verifier verifies tokens for one bundle's identity providers. Build a new
+// one when the bundle changes; key sets are fetched lazily and cached.
+type Verifier struct {
+	byIssuer map[string]*provider
+	skew     time.Duration
+	now      func() time.Time
+	client   *http.Client
+}
+
+type provider struct {
+	cfg  bundle.IdentityProvider
+	algs []string
+
+	mu       sync.Mutex
+	verifier *oidc.IDTokenVerifier // nil until the key set is known
+	lastErr  time.Time
+}
+
+// New builds a verifier for the given providers. It does no network I/O:
+// discovery happens on the first token of each issuer, so one unreachable
+// issuer does not keep a bundle from loading.
+func New(providers []bundle.IdentityProvider, opts ...Option) *Verifier {
+	v := &Verifier{
+		byIssuer: map[string]*provider{},
+		skew:     DefaultSkew,
+		now:      time.Now,
+		client:   &http.Client{Timeout: 10 * time.Second},
+	}
+	for _, o := range opts {
+		o(v)
+	}
+	for _, p := range providers {
+		algs := p.Algorithms
+		if len(algs) == 0 {
+			algs = DefaultAlgorithms
+		}
+		v.byIssuer[p.Issuer] = &provider{cfg: p, algs: algs}
+	}
+	return v
+}
+
+// Verify checks a raw token. The error wraps one of the Err values.
+func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
+	raw = strings.TrimSpace(raw)
+	if len(raw) > MaxTokenBytes {
+		return nil, fmt.Errorf("%w: %d bytes is over the %d byte limit", ErrMalformed, len(raw), MaxTokenBytes)
+	}
+	// The issuer picks the keys, so it is read before the signature is
+	// checked; nothing else from the unverified payload is used.
+	iss, err := unverifiedIssuer(raw)
+	if err != nil {
+		return nil, err
+	}
+	p, ok := v.byIssuer[iss]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownIssuer, iss)
+	}
+	ver, err := p.verifierFor(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := ver.Verify(ctx, raw)
+	if err != nil {
+		// The issuer and the JWT shape were checked above, so what go-oidc
+		// refuses here is the signature or its algorithm.
+		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	var claims map[string]any
+	if err := tok.Claims(&claims); err != nil {
+		return nil, fmt.Errorf("%w: claims: %v", ErrMalformed, err)
+	}
+	if tok.Subject == "" {
+		return nil, fmt.Errorf("%w: sub", ErrMissingClaim)
+	}
+	if !audienceAccepted(tok.Audience, p.cfg.Audiences) {
+		return nil, fmt.Errorf("%w: token is for %q, provider %q accepts %q", ErrAudience, tok.Audience, p.cfg.Name, p.cfg.Audiences)
+	}
+	now := v.now()
+	if tok.Expiry.IsZero() {
+		return nil, fmt.Errorf("%w: exp", ErrMissingClaim)
+	}
+	if now.After(tok.Expiry.Add(v.skew)) {
+		return nil, fmt.Errorf("%w: at %s", ErrExpired, tok.Expiry.UTC().Format(time.RFC3339))
+	}
+	if nbf, ok := numericDate(claims["nbf"]); ok && now.Add(v.skew).Before(nbf) {
+		return nil, fmt.Errorf("%w: not before %s", ErrNotYetValid, nbf.UTC().Format(time.RFC3339))
+	}
+	return &Verified{
+		Provider: p.cfg.Name,
+		Token:    celpolicy.Token{Issuer: iss, Subject: tok.Subject, Claims: claims},
+		Expiry:   tok.Expiry.Add(v.skew),
+	}, nil
+}
+
+func unverifiedIssuer(raw string) (string, error) {
+	// Parse with every asymmetric algorithm: the provider's own allowlist
+	// is enforced by the verifier once the provider is known.
+	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{
+		jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512,
+		jose.PS256, jose.PS384, jose.PS512, jose.EdDSA,
+	})
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	var c struct {
+		Issuer string `json:"iss"`
+	}
+	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &c); err != nil {
+		return "", fmt.Errorf("%w: payload is not a JSON object", ErrMalformed)
+	}
+	if c.Issuer == "" {
+		return "", fmt.Errorf("%w: iss", ErrMissingClaim)
+	}
+	return c.Issuer, nil
+}
+
+// retryAfter spaces out discovery attempts against a failing issuer.
+const retryAfter = 5 * time.Second
+
+func (p *provider) verifierFor(ctx context.Context, v *Verifier) (*oidc.IDTokenVerifier, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.verifier != nil {
+		return p.verifier, nil
+	}
+	if !p.lastErr.IsZero() && v.now().Sub(p.lastErr) < retryAfter {
+		return nil, fmt.Errorf("%w: %s (retrying shortly)", ErrProviderFailed, p.cfg.Issuer)
+	}
+	ctx = oidc.ClientContext(ctx, v.client)
+	var keys oidc.KeySet
+	switch {
+	case p.cfg.JWKS != "":
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal([]byte(p.cfg.JWKS), &set); err != nil {
+			return nil, fmt.Errorf("%w: static jwks of %q: %v", ErrProviderFailed, p.cfg.Name, err)
+		}
+		var pubs []crypto.PublicKey
+		for _, k := range set.Keys {
+			pubs = append(pubs, k.Key)
+		}
+		keys = &oidc.StaticKeySet{PublicKeys: pubs}
+	case p.cfg.JWKSURL != "":
+		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), v.client), p.cfg.JWKSURL)
+	default:
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		prov, err := oidc.NewProvider(dctx, p.cfg.Issuer)
+		if err != nil {
+			p.lastErr = v.now()
+			return nil, fmt.Errorf("%w: discovery for %s: %v", ErrProviderFailed, p.cfg.Issuer, err)
+		}
+		var meta struct {
+			JWKSURL string `json:"jwks_uri"`
+		}
+		if err := prov.Claims(&meta); err != nil || meta.JWKSURL == "" {
+			p.lastErr = v.now()
+			return nil, fmt.Errorf("%w: discovery for %s has no jwks_uri", ErrProviderFailed, p.cfg.Issuer)
+		}
+		// The key set outlives this request: it refetches on an unknown
+		// key id, which is how an issuer's key rotation is picked up.
+		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), v.client), meta.JWKSURL)
+	}
+	p.verifier = oidc.NewVerifier(p.cfg.Issuer, keys, &oidc.Config{
+		SkipClientIDCheck:    true, // audiences are checked against the provider's list
+		SkipExpiryCheck:      true, // exp and nbf are checked with our skew
+		SupportedSigningAlgs: p.algs,
+		Now:                  v.now,
+	})
+	return p.verifier, nil
+}
+
+func audienceAccepted(got, accepted []string) bool {
+	for _, a := range got {
+		for _, b := range accepted {
+			if a == b {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func numericDate(v any) (time.Time, bool) {
+	switch n := v.(type) {
+	case float64:
+		return time.Unix(int64(n), 0), true
+	case json.Number:
+		f, err := n.Float64()
+		return time.Unix(int64(f), 0), err == nil
+	}
+	return time.Time{}, false
+}
