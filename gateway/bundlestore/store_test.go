@@ -1,0 +1,146 @@
+package bundlestore
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/hclconfig"
+)
+
+// build signs the quickstart policy at a revision.
+func build(t *testing.T, priv ed25519.PrivateKey, rev uint64) []byte {
+	t.Helper()
+	res, diags := hclconfig.Load("../../examples/quickstart")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	p, err := bundle.NewPayload(*res.Model, bundle.BuildOptions{Revision: rev, CreatedAt: time.Unix(1764000000, 0), Compiler: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := bundle.EncodePayload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := bundle.Sign(raw, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func key(t *testing.T) ed25519.PrivateKey {
+	t.Helper()
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestApply(t *testing.T) {
+	k := key(t)
+	s := New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), t.TempDir())
+	if s.Current() != nil {
+		t.Fatal("a new store has an active bundle")
+	}
+	a, err := s.Apply(build(t, k, 10), "test")
+	if err != nil || a.Revision != 10 || s.Current() != a {
+		t.Fatalf("Apply: %v, %+v", err, a)
+	}
+	if _, err := s.Apply(build(t, k, 10), "test"); !errors.Is(err, ErrUnchanged) {
+		t.Errorf("the same bundle again: %v", err)
+	}
+	// A rollback, a tampered bundle and a foreign key are refused, and
+	// the active bundle stays.
+	if _, err := s.Apply(build(t, k, 9), "test"); !errors.Is(err, bundle.ErrRollback) {
+		t.Errorf("rollback: %v", err)
+	}
+	tampered := build(t, k, 11)
+	tampered[len(tampered)/2] ^= 1
+	if _, err := s.Apply(tampered, "test"); err == nil {
+		t.Error("a tampered bundle was applied")
+	}
+	if _, err := s.Apply(build(t, key(t), 12), "test"); !errors.Is(err, bundle.ErrUnknownKey) {
+		t.Errorf("foreign key: %v", err)
+	}
+	if s.Current().Revision != 10 || s.Stats.ReloadFailures.Load() != 3 {
+		t.Errorf("after refusals: revision %d, failures %d", s.Current().Revision, s.Stats.ReloadFailures.Load())
+	}
+	if _, err := s.Apply(build(t, k, 11), "test"); err != nil || s.Current().Revision != 11 {
+		t.Errorf("a newer bundle: %v", err)
+	}
+}
+
+// TestPersistedSurvivesRestart: a restarted gateway comes up with the last
+// good bundle, and refuses a source older than it.
+func TestPersistedSurvivesRestart(t *testing.T) {
+	k := key(t)
+	kr := bundle.NewKeyring(k.Public().(ed25519.PublicKey))
+	dir := t.TempDir()
+	s := New(kr, dir)
+	if _, err := s.Apply(build(t, k, 20), "test"); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(s.PersistedPath())
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("persisted copy: %v %v", fi, err)
+	}
+	restarted := New(kr, dir)
+	a, err := restarted.LoadPersisted()
+	if err != nil || a.Revision != 20 {
+		t.Fatalf("LoadPersisted: %v %+v", err, a)
+	}
+	if _, err := restarted.Apply(build(t, k, 19), "source"); !errors.Is(err, bundle.ErrRollback) {
+		t.Errorf("an older source after restart: %v", err)
+	}
+}
+
+func TestWatchFile(t *testing.T) {
+	k := key(t)
+	s := New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), "")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.bundle")
+	write := func(data []byte) {
+		tmp := filepath.Join(dir, ".tmp")
+		if err := os.WriteFile(tmp, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(build(t, k, 1))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.WatchFile(ctx, path, 200*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+
+	waitRevision := func(want uint64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if a := s.Current(); a != nil && a.Revision == want {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("revision %d never became active (have %+v)", want, s.Current())
+	}
+	waitRevision(1)
+	write(build(t, k, 2))
+	waitRevision(2)
+	bad := build(t, k, 3)
+	bad[100] ^= 1
+	write(bad)
+	time.Sleep(500 * time.Millisecond)
+	waitRevision(2)
+	write(build(t, k, 4))
+	waitRevision(4)
+}
