@@ -1,0 +1,150 @@
+package postgres
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/masking"
+)
+
+// Text-like types whose binary format is their UTF-8 text, so a masked text
+// can stand in for them. Other binary-format columns that must be masked
+// become NULL.
+var textTypes = map[uint32]bool{
+	25:   true, // text
+	1043: true, // varchar
+	1042: true, // bpchar
+	19:   true, // name
+	114:  true, // json
+	705:  true, // unknown
+}
+
+// resultDesc is a result's layout with, per column, the mask to apply.
+type resultDesc struct {
+	cols []colMask
+	// detectors apply to every text value.
+	detectors []celpolicy.MaskAction
+	// blocked, when set, replaces the result with an error: the rows
+	// cannot be masked safely.
+	blocked string
+	keys    map[string][]byte
+}
+
+type colMask struct {
+	method string // "" when the column is not masked by name
+	mask   string
+	binary bool
+	text   bool
+}
+
+var strength = map[string]int{bundle.MaskPartial: 1, bundle.MaskHash: 2, bundle.MaskRedact: 3, bundle.MaskNull: 4}
+
+// describe resolves a RowDescription's columns to their origins and matches
+// them with the decision's masks. The origin is the table column a result
+// column comes from, whatever its alias: SELECT email AS e is still
+// customers.email.
+func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAction) *resultDesc {
+	d := &resultDesc{cols: make([]colMask, len(rd.Fields))}
+	if len(masks) == 0 {
+		return d
+	}
+	byTarget := map[string]celpolicy.MaskAction{}
+	for _, m := range masks {
+		if strings.HasPrefix(m.Target, "detector:") {
+			d.detectors = append(d.detectors, m)
+		} else {
+			byTarget[m.Target] = m
+		}
+	}
+	d.keys = s.maskKeys(masks)
+	var rels []uint32
+	for _, f := range rd.Fields {
+		if f.TableOID != 0 {
+			rels = append(rels, f.TableOID)
+		}
+	}
+	names := map[uint32]map[uint16]string{}
+	if len(byTarget) > 0 && len(rels) > 0 {
+		var err error
+		names, err = s.srv.catalog.columnNames(s.resource, rels)
+		if err != nil {
+			// Without origins the masks cannot be applied: fail closed.
+			d.blocked = fmt.Sprintf("result columns could not be resolved to mask them (%v); the result is withheld", err)
+			return d
+		}
+	}
+	res := findPostgres(s.srv.store.Current(), s.resource)
+	for i, f := range rd.Fields {
+		c := colMask{binary: f.Format == 1, text: f.Format == 0 || textTypes[f.DataTypeOID]}
+		if f.TableOID == 0 || names[f.TableOID][f.TableAttributeNumber] == "" {
+			if len(byTarget) > 0 && res != nil && res.DenyUnresolvedColumns {
+				d.blocked = fmt.Sprintf("result column %q is computed, so masks cannot follow it to its table column, and resource %q denies such columns while masks apply", f.Name, s.resource)
+				return d
+			}
+		} else if m, ok := byTarget[names[f.TableOID][f.TableAttributeNumber]]; ok {
+			c.method, c.mask = m.Method, m.Mask
+		}
+		d.cols[i] = c
+	}
+	return d
+}
+
+// maskKeys resolves the HMAC keys of hash masks. A key that cannot be
+// resolved is left out; hash then falls back to redact (fail closed).
+func (s *session) maskKeys(masks []celpolicy.MaskAction) map[string][]byte {
+	keys := map[string][]byte{}
+	active := s.srv.store.Current()
+	for _, m := range masks {
+		if m.Method != bundle.MaskHash {
+			continue
+		}
+		for _, mk := range active.Payload.Model.Masks {
+			if mk.Name == m.Mask && mk.HashKey != "" {
+				if v, err := s.srv.secrets.Resolve(mk.HashKey); err == nil {
+					keys[m.Mask] = []byte(v)
+				} else {
+					s.log.Error("mask hash key unavailable; redacting instead", "mask", m.Mask, "err", err)
+				}
+			}
+		}
+	}
+	return keys
+}
+
+// mask rewrites one row.
+func (d *resultDesc) mask(row *pgproto3.DataRow) *pgproto3.DataRow {
+	out := &pgproto3.DataRow{Values: make([][]byte, len(row.Values))}
+	for i, v := range row.Values {
+		out.Values[i] = v
+		if v == nil || i >= len(d.cols) {
+			continue
+		}
+		c := d.cols[i]
+		method, mask := c.method, c.mask
+		if c.text {
+			for _, det := range d.detectors {
+				if masking.Detect(strings.TrimPrefix(det.Target, "detector:"), v) && strength[det.Method] > strength[method] {
+					method, mask = det.Method, det.Mask
+				}
+			}
+		}
+		if method == "" {
+			continue
+		}
+		if method == bundle.MaskHash && d.keys[mask] == nil {
+			method = bundle.MaskRedact
+		}
+		if c.binary && !c.text {
+			// A masked value cannot be written in a binary format it does
+			// not have: send NULL.
+			out.Values[i] = nil
+			continue
+		}
+		out.Values[i] = masking.Apply(method, v, d.keys[mask])
+	}
+	return out
+}
