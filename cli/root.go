@@ -94,6 +94,7 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newEvalCmd(),
 		newFmtCmd(),
 		newVersionCmd(),
+		newGatewayCmd(),
 	)
 	return root
 }

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/hclconfig"
+)
+
+func newGatewayCmd() *cobra.Command {
+	var configPath string
+	var check bool
+	cmd := &cobra.Command{
+		Use:   "gateway --config gateway.hcl",
+		Short: "Run the gateway: the PostgreSQL enforcement point",
+		Long: `Run the gateway. It loads the signed bundle named in its config (verifying it against the trusted
+keys), watches it for new revisions, and serves PostgreSQL clients: each connects with an OIDC token
+as its password and a bundle resource's name as the database; every statement is decided against the
+active bundle, then forwarded with credentials only the gateway holds, refused with SQLSTATE 42501, or
+masked.
+
+A bad bundle never replaces a good one: it is refused, logged, and the last good bundle stays active
+(it is also kept in data_dir for restarts). SIGINT or SIGTERM ends the gateway and its sessions.
+
+The configuration file, every field explained:
+
+` + gateway.ConfigReference,
+		Example: `  gatehouse gateway --config /etc/gatehouse/gateway.hcl
+  gatehouse gateway --config gateway.hcl --check     # validate the config and exit
+  psql "host=gw.internal port=6432 dbname=orders user=billing sslmode=require password=$TOKEN"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return errors.New("--config is required (see gatehouse gateway --help for the file's fields)")
+			}
+			cfg, files, diags := gateway.LoadConfig(configPath)
+			if diags.HasErrors() {
+				_ = hclconfig.WriteDiagnostics(cmd.ErrOrStderr(), files, diags)
+				return failed("%s: %d error(s) in the gateway config", configPath, len(diags.Errs()))
+			}
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", configPath)
+				return nil
+			}
+			g, err := gateway.New(cfg, gateway.WithLogger(gateway.NewLogger(cfg.Log, cmd.ErrOrStderr())))
+			if err != nil {
+				return failed("%w", err)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if err := g.Run(ctx); err != nil {
+				return failed("%w", err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "the gateway configuration file (HCL)")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
+	return cmd
+}

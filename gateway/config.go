@@ -1,0 +1,296 @@
+// Package gateway assembles the runtime: it loads the gateway's own
+// configuration, keeps the signed policy bundle current, and runs the
+// PostgreSQL proxy and the admin listener.
+package gateway
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// Config is the gateway's configuration (gateway.hcl). It is not policy:
+// policy comes from the signed bundle. Every field is documented in
+// ConfigReference, which `gatehouse gateway --help` prints.
+type Config struct {
+	// DataDir holds the last good bundle (and, later, recordings and
+	// approvals). Created with mode 0700 when missing.
+	DataDir string
+	// Postgres is the PostgreSQL listener.
+	Postgres PostgresListener
+	// Bundle says where the signed bundle comes from and whom to trust.
+	Bundle BundleSource
+	// Admin is the admin HTTP listener; empty Listen disables it.
+	Admin AdminListener
+	// Log configures logging.
+	Log LogConfig
+	// ClockSkew is allowed on token exp and nbf. Default 30s.
+	ClockSkew time.Duration
+}
+
+// PostgresListener configures the PostgreSQL listener.
+type PostgresListener struct {
+	Listen            string
+	TLSCert, TLSKey   string
+	InsecurePlaintext bool
+}
+
+// BundleSource configures where the bundle comes from.
+type BundleSource struct {
+	File         string
+	TrustedKeys  []string
+	PollInterval time.Duration
+}
+
+// AdminListener configures the admin HTTP listener.
+type AdminListener struct{ Listen string }
+
+// LogConfig configures logging.
+type LogConfig struct{ Level, Format string }
+
+// ConfigReference documents every field of gateway.hcl.
+const ConfigReference = `# gateway.hcl: the gateway's own settings. Policy is not here: it comes from
+# the signed bundle named in the bundle block.
+
+data_dir = "/var/lib/gatehouse"      # required; keeps the last good bundle (created 0700)
+
+postgres {
+  listen             = "0.0.0.0:6432" # required; host:port for PostgreSQL clients
+  tls_cert           = "/etc/gatehouse/tls/server.crt"  # PEM certificate offered to clients
+  tls_key            = "/etc/gatehouse/tls/server.key"  # its PEM private key
+  insecure_plaintext = false          # true allows the token (the password) without TLS;
+                                      # only accepted when listen is a loopback address
+}
+
+bundle {
+  file          = "/var/lib/gatehouse/policy.bundle"  # required; watched and polled
+  trusted_keys  = ["/etc/gatehouse/gatehouse.pub"]    # required; PKIX PEM ed25519 public keys;
+                                                      # list two during a key rotation
+  poll_interval = "5s"                                 # default 5s; fsnotify is used as well
+}
+
+admin {
+  listen = "127.0.0.1:9090"          # optional; /healthz, /readyz, /v1/bundle
+}
+
+log {
+  level  = "info"                    # debug, info, warn, error
+  format = "text"                    # text or json
+}
+
+auth {
+  clock_skew = "30s"                 # allowed on token exp and nbf; at most 5m
+}
+`
+
+var (
+	configSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "data_dir", Required: true}},
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "postgres"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"},
+		},
+	}
+	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "insecure_plaintext"},
+	}}
+	bundleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "file", Required: true}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
+	}}
+	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}}}
+	logSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
+	authSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
+)
+
+// LoadConfig reads and checks a gateway.hcl file. Problems are diagnostics
+// with file:line:col.
+func LoadConfig(path string) (*Config, map[string]*hcl.File, hcl.Diagnostics) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read gateway config", Detail: err.Error()}}
+	}
+	return ParseConfig(src, path)
+}
+
+// ParseConfig parses gateway.hcl source.
+func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hcl.Diagnostics) {
+	f, diags := hclsyntax.ParseConfig(src, filename, hcl.InitialPos)
+	files := map[string]*hcl.File{filename: f}
+	if diags.HasErrors() {
+		return nil, files, diags
+	}
+	d := &decoder{}
+	cfg := &Config{Log: LogConfig{Level: "info", Format: "text"}, ClockSkew: 30 * time.Second, Bundle: BundleSource{PollInterval: 5 * time.Second}}
+	content, diags := f.Body.Content(configSchema)
+	d.diags = append(d.diags, diags...)
+	cfg.DataDir = d.str(content.Attributes["data_dir"])
+	seen := map[string]hcl.Range{}
+	var pgBlock *hcl.Block
+	for _, b := range content.Blocks {
+		if first, dup := seen[b.Type]; dup {
+			d.errorf(b.DefRange, "Duplicate block", "only one %s block is allowed (the first is at %s)", b.Type, first)
+			continue
+		}
+		seen[b.Type] = b.DefRange
+		switch b.Type {
+		case "postgres":
+			pgBlock = b
+			c := d.content(b.Body, postgresSchema)
+			cfg.Postgres = PostgresListener{
+				Listen: d.str(c["listen"]), TLSCert: d.str(c["tls_cert"]), TLSKey: d.str(c["tls_key"]),
+				InsecurePlaintext: d.boolean(c["insecure_plaintext"]),
+			}
+			d.checkListen(c["listen"], cfg.Postgres.Listen)
+			switch {
+			case (cfg.Postgres.TLSCert == "") != (cfg.Postgres.TLSKey == ""):
+				d.errorf(b.DefRange, "Incomplete TLS settings", "set both tls_cert and tls_key")
+			case cfg.Postgres.TLSCert == "" && !cfg.Postgres.InsecurePlaintext:
+				d.errorf(b.DefRange, "TLS required", "the password clients send is an access token: set tls_cert and tls_key, or, for loopback development only, insecure_plaintext = true")
+			}
+			if cfg.Postgres.InsecurePlaintext && !isLoopback(cfg.Postgres.Listen) {
+				d.errorf(c["insecure_plaintext"].Expr.Range(), "Plaintext outside loopback", "insecure_plaintext is only accepted when listen is a loopback address (127.0.0.1, [::1], localhost); tokens would cross the network in the clear")
+			}
+		case "bundle":
+			c := d.content(b.Body, bundleSchema)
+			cfg.Bundle.File = d.str(c["file"])
+			cfg.Bundle.TrustedKeys = d.strs(c["trusted_keys"])
+			if a := c["poll_interval"]; a != nil {
+				cfg.Bundle.PollInterval = d.duration(a, time.Second, time.Hour)
+			}
+			if a := c["trusted_keys"]; a != nil && len(cfg.Bundle.TrustedKeys) == 0 {
+				d.errorf(a.Expr.Range(), "No trusted keys", "list at least one public key file: the gateway loads only bundles signed by a trusted key")
+			}
+		case "admin":
+			c := d.content(b.Body, adminSchema)
+			cfg.Admin.Listen = d.str(c["listen"])
+			d.checkListen(c["listen"], cfg.Admin.Listen)
+		case "log":
+			c := d.content(b.Body, logSchema)
+			if a := c["level"]; a != nil {
+				cfg.Log.Level = d.oneOf(a, "debug", "info", "warn", "error")
+			}
+			if a := c["format"]; a != nil {
+				cfg.Log.Format = d.oneOf(a, "text", "json")
+			}
+		case "auth":
+			c := d.content(b.Body, authSchema)
+			if a := c["clock_skew"]; a != nil {
+				cfg.ClockSkew = d.duration(a, 0, 5*time.Minute)
+			}
+		}
+	}
+	if pgBlock == nil {
+		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing postgres block", Detail: "add a postgres block with the listen address (see gatehouse gateway --help)"})
+	}
+	if _, ok := seen["bundle"]; !ok {
+		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file and the trusted keys"})
+	}
+	if d.diags.HasErrors() {
+		return nil, files, d.diags
+	}
+	return cfg, files, nil
+}
+
+type decoder struct{ diags hcl.Diagnostics }
+
+func (d *decoder) errorf(rng hcl.Range, summary, format string, args ...any) {
+	r := rng
+	d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: fmt.Sprintf(format, args...), Subject: &r})
+}
+
+func (d *decoder) content(body hcl.Body, schema *hcl.BodySchema) hcl.Attributes {
+	c, diags := body.Content(schema)
+	d.diags = append(d.diags, diags...)
+	return c.Attributes
+}
+
+func (d *decoder) value(a *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
+	if a == nil {
+		return cty.NilVal, false
+	}
+	v, diags := a.Expr.Value(nil)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() || v.IsNull() {
+		return cty.NilVal, false
+	}
+	cv, err := convert.Convert(v, ty)
+	if err != nil {
+		d.errorf(a.Expr.Range(), "Incorrect attribute value type", "%s must be %s", a.Name, ty.FriendlyName())
+		return cty.NilVal, false
+	}
+	return cv, true
+}
+
+func (d *decoder) str(a *hcl.Attribute) string {
+	if v, ok := d.value(a, cty.String); ok {
+		return v.AsString()
+	}
+	return ""
+}
+
+func (d *decoder) strs(a *hcl.Attribute) []string {
+	v, ok := d.value(a, cty.List(cty.String))
+	if !ok {
+		return nil
+	}
+	var out []string
+	for it := v.ElementIterator(); it.Next(); {
+		_, e := it.Element()
+		if !e.IsNull() {
+			out = append(out, e.AsString())
+		}
+	}
+	return out
+}
+
+func (d *decoder) boolean(a *hcl.Attribute) bool {
+	v, ok := d.value(a, cty.Bool)
+	return ok && v.True()
+}
+
+func (d *decoder) duration(a *hcl.Attribute, lo, hi time.Duration) time.Duration {
+	s := d.str(a)
+	v, err := time.ParseDuration(s)
+	if err != nil || v < lo || v > hi {
+		d.errorf(a.Expr.Range(), "Invalid duration", "%s must be a duration between %s and %s, such as \"5s\"", a.Name, lo, hi)
+		return 0
+	}
+	return v
+}
+
+func (d *decoder) oneOf(a *hcl.Attribute, allowed ...string) string {
+	s := d.str(a)
+	for _, x := range allowed {
+		if s == x {
+			return s
+		}
+	}
+	d.errorf(a.Expr.Range(), "Invalid value", "%s must be one of %q", a.Name, allowed)
+	return allowed[0]
+}
+
+func (d *decoder) checkListen(a *hcl.Attribute, addr string) {
+	if a == nil || addr == "" {
+		return
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		d.errorf(a.Expr.Range(), "Invalid listen address", "%q must be host:port", addr)
+	}
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

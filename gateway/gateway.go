@@ -1,0 +1,176 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/gateway/auth"
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
+)
+
+// Gateway is an assembled gateway, ready to Run.
+type Gateway struct {
+	cfg   *Config
+	log   *slog.Logger
+	store *bundlestore.Store
+	pg    *postgres.Server
+	tls   *tls.Config
+
+	// Ready is closed once the listeners are up (tests wait on it).
+	Ready chan struct{}
+	// Addrs are the bound addresses, known once Ready is closed.
+	PostgresAddr, AdminAddr string
+}
+
+// Option configures a Gateway.
+type Option func(*Gateway)
+
+// WithLogger sets the logger (default: from the config's log block, to
+// stderr).
+func WithLogger(l *slog.Logger) Option { return func(g *Gateway) { g.log = l } }
+
+// NewLogger makes the logger a config asks for.
+func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// New assembles a gateway: it loads the trusted keys and the TLS
+// certificate, and prepares the data directory. It starts nothing.
+func New(cfg *Config, opts ...Option) (*Gateway, error) {
+	g := &Gateway{cfg: cfg, Ready: make(chan struct{})}
+	for _, o := range opts {
+		o(g)
+	}
+	if g.log == nil {
+		g.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("gateway: data_dir: %w", err)
+	}
+	kr, err := bundle.LoadKeyring(cfg.Bundle.TrustedKeys...)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: trusted_keys: %w", err)
+	}
+	if cfg.Postgres.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Postgres.TLSCert, cfg.Postgres.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: postgres TLS certificate: %w", err)
+		}
+		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log),
+		bundlestore.WithAuthOptions(auth.WithSkew(cfg.ClockSkew)))
+	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store, postgres.WithLogger(g.log))
+	return g, nil
+}
+
+// Store is the gateway's bundle store.
+func (g *Gateway) Store() *bundlestore.Store { return g.store }
+
+// Run runs the gateway until ctx ends.
+func (g *Gateway) Run(ctx context.Context) error {
+	// The persisted bundle first: it sets the revision floor, so a source
+	// rolled back while the gateway was down is refused.
+	if a, err := g.store.LoadPersisted(); err == nil {
+		g.log.Info("loaded the persisted bundle", "revision", a.Revision, "path", g.store.PersistedPath())
+	} else if !errors.Is(err, os.ErrNotExist) {
+		g.log.Error("persisted bundle refused", "path", g.store.PersistedPath(), "err", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		g.store.WatchFile(ctx, g.cfg.Bundle.File, g.cfg.Bundle.PollInterval)
+	}()
+	defer func() { cancel(); <-watchDone }()
+
+	pgLn, err := net.Listen("tcp", g.cfg.Postgres.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway: postgres listener: %w", err)
+	}
+	g.PostgresAddr = pgLn.Addr().String()
+	errs := make(chan error, 2)
+	go func() { errs <- g.pg.Serve(ctx, pgLn) }()
+	running := 1
+	if g.cfg.Admin.Listen != "" {
+		adLn, err := net.Listen("tcp", g.cfg.Admin.Listen)
+		if err != nil {
+			cancel()
+			<-errs
+			return fmt.Errorf("gateway: admin listener: %w", err)
+		}
+		g.AdminAddr = adLn.Addr().String()
+		srv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			<-ctx.Done()
+			shut, c := context.WithTimeout(context.Background(), 5*time.Second)
+			defer c()
+			_ = srv.Shutdown(shut)
+		}()
+		go func() {
+			if err := srv.Serve(adLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("gateway: admin: %w", err)
+				return
+			}
+			errs <- nil
+		}()
+		running++
+	}
+	g.log.Info("gateway listening", "postgres", g.PostgresAddr, "tls", g.tls != nil, "admin", g.AdminAddr, "bundle", g.cfg.Bundle.File)
+	close(g.Ready)
+	var first error
+	for i := 0; i < running; i++ {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+func (g *Gateway) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if g.store.Current() == nil {
+			http.Error(w, "no policy bundle loaded\n", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /v1/bundle", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		status := map[string]any{
+			"reloads": g.store.Stats.Reloads.Load(), "reload_failures": g.store.Stats.ReloadFailures.Load(),
+		}
+		if e := g.store.Stats.LastError.Load(); e != nil {
+			status["last_error"] = *e
+		}
+		if a := g.store.Current(); a != nil {
+			status["revision"], status["digest"], status["key_id"] = a.Revision, a.Digest, a.KeyID
+			status["loaded_at"], status["source"] = a.LoadedAt.UTC().Format(time.RFC3339), a.Source
+		}
+		_ = json.NewEncoder(w).Encode(status)
+	})
+	return mux
+}
