@@ -136,7 +136,7 @@ type env struct {
 	policyF func(issuer, addr string) string
 }
 
-func startEnv(t *testing.T) *env {
+func startEnv(t testing.TB) *env {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.WithStatementLog())
 	pgPass := "upstream-" + fmt.Sprint(time.Now().UnixNano())
@@ -194,7 +194,7 @@ func startEnv(t *testing.T) *env {
 }
 
 // publish compiles, signs and activates a policy at the next revision.
-func (e *env) publish(t *testing.T, src string) {
+func (e *env) publish(t testing.TB, src string) {
 	t.Helper()
 	data := e.sign(t, src, e.rev.Add(1))
 	if _, err := e.store.Apply(data, "test"); err != nil {
@@ -202,7 +202,7 @@ func (e *env) publish(t *testing.T, src string) {
 	}
 }
 
-func (e *env) sign(t *testing.T, src string, rev uint64) []byte {
+func (e *env) sign(t testing.TB, src string, rev uint64) []byte {
 	t.Helper()
 	res, diags := hclconfig.LoadFiles(map[string][]byte{"policy.hcl": []byte(src)})
 	if diags.HasErrors() {
@@ -233,7 +233,7 @@ func (e *env) connString(token string, extra ...string) string {
 	return s
 }
 
-func (e *env) connect(t *testing.T, subject string) *pgx.Conn {
+func (e *env) connect(t testing.TB, subject string) *pgx.Conn {
 	t.Helper()
 	c, err := pgx.Connect(context.Background(), e.connString(e.issuer.Token(t, subject, "gatehouse")))
 	if err != nil {
