@@ -50,4 +50,3 @@ func FuzzClientStream(f *testing.F) {
 		}
 	})
 }
-
