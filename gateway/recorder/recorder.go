@@ -1,0 +1,201 @@
+// Package recorder keeps a tamper-evident log of every session: one
+// append-only JSONL file per session in which each event carries the
+// SHA-256 of the line before it, and the last event, the seal, carries an
+// ed25519 signature by the gateway's recorder key over the chain's head.
+//
+// An event is durable (written and fsynced) before Record returns, and the
+// proxy forwards a statement only after its event is recorded: when the
+// recorder cannot write, the statement is refused. Trusted systems refuse to
+// act when they cannot record, and so does the gateway.
+//
+// Editing, deleting, reordering or truncating lines is detected by Verify,
+// which needs only the recorder's public key.
+package recorder
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+)
+
+// Event types.
+const (
+	TypeStart     = "session_start"
+	TypeStatement = "statement"
+	TypeMasked    = "masked"
+	TypeEnd       = "session_end"
+	TypeSeal      = "seal"
+)
+
+// Event is one line of a recording. Fields not used by a type are omitted.
+type Event struct {
+	Seq  int       `json:"seq"`
+	Time time.Time `json:"time"`
+	Type string    `json:"type"`
+	// Prev is the hex SHA-256 of the previous line ("" for the first).
+	Prev string `json:"prev"`
+
+	// session_start
+	Session        string   `json:"session,omitempty"`
+	Identity       string   `json:"identity,omitempty"`
+	Subject        string   `json:"subject,omitempty"`
+	Issuer         string   `json:"issuer,omitempty"`
+	Groups         []string `json:"groups,omitempty"`
+	Resource       string   `json:"resource,omitempty"`
+	BundleRevision uint64   `json:"bundle_revision,omitempty"`
+	BundleDigest   string   `json:"bundle_digest,omitempty"`
+	ClientAddr     string   `json:"client_addr,omitempty"`
+
+	// statement
+	SQL      string          `json:"sql,omitempty"`
+	Kind     string          `json:"kind,omitempty"`
+	Facts    json.RawMessage `json:"facts,omitempty"`
+	Decision json.RawMessage `json:"decision,omitempty"`
+	Effect   string          `json:"effect,omitempty"`
+	Rules    []string        `json:"rules,omitempty"`
+	// Outcome of a forwarded statement, recorded once it completes.
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	Rows       int64   `json:"rows,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	Ref        int     `json:"ref,omitempty"` // the statement event an outcome belongs to
+
+	// masked: which columns were masked, never their values.
+	Columns []string `json:"columns,omitempty"`
+
+	// session_end
+	Reason string `json:"reason,omitempty"`
+
+	// seal
+	KeyID     string `json:"key_id,omitempty"`
+	Signature string `json:"signature,omitempty"`
+}
+
+// Recorder writes recordings into a directory.
+type Recorder struct {
+	dir   string
+	key   ed25519.PrivateKey
+	keyID string
+	// Sync is the durability step; tests replace it to simulate a failing
+	// disk. It defaults to (*os.File).Sync.
+	Sync func(*os.File) error
+}
+
+// Open prepares a recorder writing into dir (created 0700).
+func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("recorder: %w", err)
+	}
+	return &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: (*os.File).Sync}, nil
+}
+
+// Dir is where recordings are written.
+func (r *Recorder) Dir() string { return r.dir }
+
+var sessionIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+
+// Session is one session's recording. It is safe for concurrent use.
+type Session struct {
+	r      *Recorder
+	mu     sync.Mutex
+	f      *os.File
+	seq    int
+	prev   string
+	sealed bool
+	Path   string
+}
+
+// Start creates a session's recording and writes its first event.
+func (r *Recorder) Start(id string, start Event) (*Session, error) {
+	if !sessionIDRE.MatchString(id) {
+		return nil, fmt.Errorf("recorder: session id %q is not a file name", id)
+	}
+	path := filepath.Join(r.dir, id+".jsonl")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("recorder: %w", err)
+	}
+	s := &Session{r: r, f: f, Path: path}
+	start.Type, start.Session = TypeStart, id
+	if _, err := s.Record(start); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// ErrSealed is returned for events after the seal.
+var ErrSealed = errors.New("recorder: the recording is sealed")
+
+// Record appends an event and makes it durable before returning its
+// sequence number. An error means the event is not recorded: the caller
+// must not act on what it describes.
+func (s *Session) Record(ev Event) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sealed {
+		return 0, ErrSealed
+	}
+	return s.appendLocked(ev)
+}
+
+func (s *Session) appendLocked(ev Event) (int, error) {
+	ev.Seq = s.seq + 1
+	ev.Prev = s.prev
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	line, err := json.Marshal(ev)
+	if err != nil {
+		return 0, fmt.Errorf("recorder: encode: %w", err)
+	}
+	if _, err := s.f.Write(append(line, '\n')); err != nil {
+		return 0, fmt.Errorf("recorder: write %s: %w", s.Path, err)
+	}
+	if err := s.r.Sync(s.f); err != nil {
+		return 0, fmt.Errorf("recorder: sync %s: %w", s.Path, err)
+	}
+	s.seq = ev.Seq
+	s.prev = hashLine(line)
+	return ev.Seq, nil
+}
+
+func hashLine(line []byte) string {
+	sum := sha256.Sum256(line)
+	return hex.EncodeToString(sum[:])
+}
+
+// sealMessage is what the seal's signature covers: the session's file name
+// (so a seal cannot be moved to another recording) and the chain's head.
+func sealMessage(session, head string) []byte {
+	return []byte("gatehouse-recording-seal\x00" + session + "\x00" + head)
+}
+
+// End records the session's end and seals the recording.
+func (s *Session) End(reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sealed {
+		return nil
+	}
+	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason})
+	if err == nil {
+		id := filepath.Base(s.Path[:len(s.Path)-len(".jsonl")])
+		sig := ed25519.Sign(s.r.key, sealMessage(id, s.prev))
+		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)})
+	}
+	s.sealed = true
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,160 @@
+package recorder
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+)
+
+func newRec(t *testing.T) (*Recorder, bundle.Keyring) {
+	t.Helper()
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(t.TempDir(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, bundle.NewKeyring(k.Public().(ed25519.PublicKey))
+}
+
+func record(t *testing.T, r *Recorder, id string, seal bool) string {
+	t.Helper()
+	s, err := r.Start(id, Event{Identity: "billing-service", Resource: "orders", BundleRevision: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SELECT 1", "SELECT email FROM customers", "DROP TABLE customers"} {
+		if _, err := s.Record(Event{Type: TypeStatement, SQL: q, Effect: "allow"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if seal {
+		if err := s.End("client closed"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s.Path
+}
+
+func lines(t *testing.T, path string) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.SplitAfter(b, []byte("\n"))[:bytes.Count(b, []byte("\n"))]
+}
+
+func write(t *testing.T, path string, ls [][]byte) {
+	t.Helper()
+	if err := os.WriteFile(path, bytes.Join(ls, nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerify(t *testing.T) {
+	r, kr := newRec(t)
+	path := record(t, r, "s1", true)
+	rep, err := Verify(path, kr)
+	if err != nil || !rep.OK() || rep.Events != 6 || rep.Verified != 6 {
+		t.Fatalf("intact recording: %+v %v", rep, err)
+	}
+	orig := lines(t, path)
+	tests := map[string]struct {
+		edit func([][]byte) [][]byte
+		kind string
+		line int
+	}{
+		"edited statement": {func(ls [][]byte) [][]byte {
+			ls[2] = bytes.Replace(ls[2], []byte("SELECT email"), []byte("SELECT name "), 1)
+			return ls
+		}, "edited", 3},
+		"deleted event": {func(ls [][]byte) [][]byte { return append(ls[:3:3], ls[4:]...) }, "deleted", 4},
+		"reordered events": {func(ls [][]byte) [][]byte {
+			ls[2], ls[3] = ls[3], ls[2]
+			return ls
+		}, "reordered", 3},
+		"truncated file": {func(ls [][]byte) [][]byte { return ls[:4] }, "", 0},
+		"edited seal": {func(ls [][]byte) [][]byte {
+			ls[5] = bytes.Replace(ls[5], []byte(`"signature":"`), []byte(`"signature":"00`), 1)
+			return ls
+		}, "bad_seal", 6},
+		"partial last line": {func(ls [][]byte) [][]byte {
+			ls[3] = ls[3][:len(ls[3])/2]
+			return ls[:4]
+		}, "truncated", 4},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			cp := make([][]byte, len(orig))
+			for i := range orig {
+				cp[i] = append([]byte(nil), orig[i]...)
+			}
+			write(t, path, tc.edit(cp))
+			rep, err := Verify(path, kr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.OK() {
+				t.Fatal("a changed recording verified")
+			}
+			if tc.kind == "" {
+				if rep.Sealed || len(rep.Problems) != 0 || rep.Verified != 4 {
+					t.Errorf("truncated at an event boundary: %+v", rep)
+				}
+				return
+			}
+			found := false
+			for _, p := range rep.Problems {
+				if p.Kind == tc.kind && p.Line == tc.line {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("problems %+v, want %s at line %d", rep.Problems, tc.kind, tc.line)
+			}
+		})
+	}
+}
+
+func TestUnsealedAndForeignKey(t *testing.T) {
+	r, kr := newRec(t)
+	rep, err := Verify(record(t, r, "open", false), kr)
+	if err != nil || rep.Sealed || len(rep.Problems) != 0 || rep.Verified != 4 {
+		t.Fatalf("unsealed: %+v %v", rep, err)
+	}
+	_, other := newRec(t)
+	rep, err = Verify(record(t, r, "sealed", true), other)
+	if err != nil || rep.OK() || rep.Problems[0].Kind != "bad_seal" || !strings.Contains(rep.Problems[0].Message, "not trusted") {
+		t.Fatalf("foreign key: %+v %v", rep, err)
+	}
+}
+
+func TestFailClosedOnWriteError(t *testing.T) {
+	r, _ := newRec(t)
+	s, err := r.Start("s", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Sync = func(*os.File) error { return errors.New("no space left on device") }
+	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); err == nil || !strings.Contains(err.Error(), "no space") {
+		t.Fatalf("a failed sync must be an error: %v", err)
+	}
+}
+
+func TestList(t *testing.T) {
+	r, _ := newRec(t)
+	record(t, r, "a", true)
+	record(t, r, "b", false)
+	ss, err := List(r.Dir())
+	if err != nil || len(ss) != 2 || !ss[0].Sealed || ss[1].Sealed || ss[0].Identity != "billing-service" {
+		t.Fatalf("List: %+v %v", ss, err)
+	}
+}
