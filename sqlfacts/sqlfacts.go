@@ -63,10 +63,11 @@ type Statement struct {
 	// least one column. A WHERE that references no column (WHERE true,
 	// WHERE 1=1) filters nothing and counts as no WHERE.
 	HasWhere bool `cel:"has_where" json:"has_where"`
-	// Setting is the run-time parameter of SET, RESET and SHOW, and of
-	// ALTER ROLE / ALTER DATABASE / ALTER SYSTEM ... SET, lower case
-	// ("role", "session_authorization", "search_path", "transaction",
-	// "client_encoding" for SET NAMES).
+	// Setting is the run-time parameter of SET, RESET and SHOW, of
+	// ALTER ROLE / ALTER DATABASE / ALTER SYSTEM ... SET, and of a
+	// set_config() call, lower case ("role", "session_authorization",
+	// "search_path", "transaction", "client_encoding" for SET NAMES); "*"
+	// for set_config with a name that is not a constant.
 	Setting string `cel:"setting" json:"setting,omitempty"`
 	// CopyDirection is "to" or "from" for COPY.
 	CopyDirection string `cel:"copy_direction" json:"copy_direction,omitempty"`
@@ -77,6 +78,11 @@ type Statement struct {
 	// "FOR KEY SHARE". Locking rows blocks writers, so a read-only caller
 	// should not.
 	Locking string `cel:"locking" json:"locking,omitempty"`
+	// SetOperation is true when the statement combines results with
+	// UNION, INTERSECT or EXCEPT anywhere. PostgreSQL then reports the
+	// leftmost branch as every column's origin, so masks by column cannot
+	// trust the origin.
+	SetOperation bool `cel:"set_operation" json:"set_operation,omitempty"`
 	// Language is the procedural language of DO and CREATE FUNCTION.
 	Language string `cel:"language" json:"language,omitempty"`
 	// Via is empty for a statement as sent. For a statement found inside

@@ -384,11 +384,11 @@ var analyzeCases = map[string]analyzeCase{
 	},
 	"set_config changes the role from a SELECT": {
 		sql:  "SELECT set_config('role', 'admin', false)",
-		want: []facts{{Command: "SELECT", Functions: w("set_config")}},
+		want: []facts{{Command: "SELECT", Functions: w("set_config"), Setting: "role"}},
 	},
 	"schema-qualified pg_catalog.set_config": {
 		sql:  "SELECT pg_catalog.set_config('role', 'admin', false)",
-		want: []facts{{Command: "SELECT", Functions: w("set_config")}},
+		want: []facts{{Command: "SELECT", Functions: w("set_config"), Setting: "role"}},
 	},
 	"lo_export writes a server file": {
 		sql:  "SELECT lo_export(16400, '/tmp/x')",
@@ -708,6 +708,14 @@ var analyzeCases = map[string]analyzeCase{
 	"SET NAMES is client_encoding": {
 		sql:  "SET NAMES 'SJIS'",
 		want: []facts{{Command: "SET", Setting: "client_encoding"}},
+	},
+	"set_config reports the setting it changes": {
+		sql:  "SELECT set_config('standard_conforming_strings', 'off', false)",
+		want: []facts{{Command: "SELECT", Functions: w("set_config"), Setting: "standard_conforming_strings"}},
+	},
+	"set_config with a computed name could change any setting": {
+		sql:  "SELECT set_config(current_user, 'x', false)",
+		want: []facts{{Command: "SELECT", Functions: w("set_config"), Setting: "*"}},
 	},
 	"ATTACH PARTITION writes the partition": {
 		sql:  "ALTER TABLE parent ATTACH PARTITION child FOR VALUES IN (1)",

@@ -172,6 +172,10 @@ func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint st
 		a.functionBody(fb, st.Command, st.Language, fingerprint)
 	}
 	st.Locking = lockNames[w.locking]
+	st.SetOperation = w.setOp
+	if st.Setting == "" {
+		st.Setting = w.setting
+	}
 	st.Tables = w.tableList
 	if st.Tables == nil {
 		st.Tables = []Table{}
@@ -230,6 +234,9 @@ type walker struct {
 	defSchema string
 	// locking is the strongest row lock seen.
 	locking pg.LockClauseStrength
+	// setting is the setting a set_config call changes.
+	setting string
+	setOp   bool
 }
 
 var lockRank = map[pg.LockClauseStrength]int{
@@ -322,12 +329,27 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		if len(x.Funcname) > 0 {
 			if s := x.Funcname[len(x.Funcname)-1].GetString_(); s != nil {
 				w.funcs[s.Sval] = true
+				if s.Sval == "set_config" && w.setting == "" {
+					// set_config('name', value, is_local) changes a
+					// setting like SET does; a name that is not a
+					// constant could be any setting.
+					w.setting = "*"
+					if len(x.Args) > 0 {
+						if c := x.Args[0].GetAConst(); c != nil && c.GetSval() != nil {
+							w.setting = strings.ToLower(c.GetSval().Sval)
+						}
+					}
+				}
 			}
 		}
 	case *pg.DropStmt:
 		w.dropTargets(x)
 	case *pg.CommentStmt:
 		w.commentTarget(x)
+	case *pg.SelectStmt:
+		if x.Op != pg.SetOperation_SETOP_NONE && x.Op != pg.SetOperation_SET_OPERATION_UNDEFINED {
+			w.setOp = true
+		}
 	case *pg.LockingClause:
 		if lockRank[x.Strength] > lockRank[w.locking] {
 			w.locking = x.Strength

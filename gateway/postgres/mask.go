@@ -47,7 +47,11 @@ var strength = map[string]int{bundle.MaskPartial: 1, bundle.MaskHash: 2, bundle.
 // them with the decision's masks. The origin is the table column a result
 // column comes from, whatever its alias: SELECT email AS e is still
 // customers.email.
-func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAction) *resultDesc {
+//
+// uncertain says the statement combines results (UNION, INTERSECT,
+// EXCEPT): PostgreSQL then reports the leftmost branch as every column's
+// origin, so no origin can be trusted.
+func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAction, uncertain bool) *resultDesc {
 	d := &resultDesc{cols: make([]colMask, len(rd.Fields))}
 	if len(masks) == 0 {
 		return d
@@ -80,9 +84,13 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 	res := findPostgres(s.srv.store.Current(), s.resource)
 	for i, f := range rd.Fields {
 		c := colMask{binary: f.Format == 1, text: f.Format == 0 || textTypes[f.DataTypeOID]}
-		if f.TableOID == 0 || names[f.TableOID][f.TableAttributeNumber] == "" {
+		if uncertain || f.TableOID == 0 || names[f.TableOID][f.TableAttributeNumber] == "" {
 			if len(byTarget) > 0 && res != nil && res.DenyUnresolvedColumns {
-				d.blocked = fmt.Sprintf("result column %q is computed, so masks cannot follow it to its table column, and resource %q denies such columns while masks apply", f.Name, s.resource)
+				why := "is computed"
+				if uncertain {
+					why = "comes from UNION, INTERSECT or EXCEPT"
+				}
+				d.blocked = fmt.Sprintf("result column %q %s, so masks cannot follow it to its table column, and resource %q denies such columns while masks apply", f.Name, why, s.resource)
 				return d
 			}
 		} else if m, ok := byTarget[names[f.TableOID][f.TableAttributeNumber]]; ok {

@@ -238,6 +238,12 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		fatal(be, "22023", fmt.Sprintf("gatehouse: client_encoding %q is not supported; the gateway requires UTF8", params["client_encoding"]))
 		return nil, errHandled
 	}
+	// Nothing about the bundle is said to a client that has not set up
+	// TLS: not even whether a database exists.
+	if !secure && !s.cfg.InsecurePlaintext {
+		fatal(be, "28000", "gatehouse: TLS is required (use sslmode=require or stronger): the password is an access token")
+		return nil, errHandled
+	}
 	database := params["database"]
 	if database == "" {
 		database = params["user"]
@@ -250,10 +256,6 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	res := findPostgres(active, database)
 	if res == nil {
 		fatal(be, "3D000", fmt.Sprintf("gatehouse: database %q is not a postgres resource of bundle revision %d", database, active.Revision))
-		return nil, errHandled
-	}
-	if !secure && !s.cfg.InsecurePlaintext {
-		fatal(be, "28000", "gatehouse: TLS is required (use sslmode=require or stronger): the password is an access token")
 		return nil, errHandled
 	}
 	be.Send(&pgproto3.AuthenticationCleartextPassword{})
@@ -288,9 +290,9 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	}
 	sess := &session{
 		srv: s, id: id, client: conn, be: be, secure: secure,
-		resource: res.Name, token: vtok, identity: identity,
+		resource: res.Name, token: vtok, rawToken: pw.Password, identity: identity,
 		started: time.Now(), revision: active.Revision,
-		stmts: map[string]*prepared{}, portals: map[string]*portal{},
+		names: newNames(),
 	}
 	sess.log = log.With("identity", identityName(identity), "resource", res.Name)
 	d := active.Policy.Decide(sess.input(celpolicy.Connect()))

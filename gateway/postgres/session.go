@@ -30,6 +30,16 @@ import (
 // place of this one's.
 const deniedSQL = `SELECT * FROM pg_catalog."gatehouse: statement denied by policy"`
 
+// writeTimeout bounds one write to a client: a client that stops reading
+// must not hold a session (or the gateway's shutdown) forever.
+const writeTimeout = 30 * time.Second
+
+// parserSettings change how the server reads SQL text. The gateway parses
+// with them fixed (UTF8, standard conforming strings), so a statement that
+// changes one in the session is refused whatever the policy says: after it,
+// the server could read other statements than the gateway decided.
+var parserSettings = map[string]bool{"standard_conforming_strings": true, "client_encoding": true, "*": true}
+
 // session is one proxied connection.
 type session struct {
 	srv      *Server
@@ -39,6 +49,7 @@ type session struct {
 	secure   bool
 	resource string
 	token    *auth.Verified
+	rawToken string
 	identity celpolicy.Identity
 	started  time.Time
 	log      *slog.Logger
@@ -49,24 +60,24 @@ type session struct {
 	cancelPID    uint32
 	cancelSecret []byte
 
+	names *names
+	q     *queue
+
 	// Owned by the request side.
-	revision uint64 // revision the session's connect permission was last checked against
-	stmts    map[string]*prepared
-	portals  map[string]*portal
+	revision uint64 // revision the session was last judged against
+	batch    uint64 // counts Syncs sent
 	requests int64
 	denied   int64
 
-	slots    chan *slot
-	writeMu  sync.Mutex // serialises writes to the client
+	copyIn   atomic.Bool // the upstream is receiving COPY data
+	writeMu  sync.Mutex  // serialises writes to the client
 	ending   atomic.Bool
 	closeOne sync.Once
 }
 
 // prepared is a statement prepared through the gateway.
 type prepared struct {
-	req      *celpolicy.PostgresRequest
-	decision celpolicy.Decision
-	revision uint64
+	req *celpolicy.PostgresRequest
 }
 
 type portal struct{ stmt *prepared }
@@ -85,24 +96,32 @@ const (
 )
 
 // slot is one request whose responses are still to come. Requests and
-// responses are matched in order, which is how masking knows which result it
-// is rewriting and how a denial replaces the right error.
+// responses are matched in order: that is how masking knows which result it
+// rewrites, how a denial replaces the right error, and how the record of
+// statement names follows what the upstream really did.
 type slot struct {
 	kind slotKind
 	// deny replaces the ErrorResponse this request gets (it was sent as
 	// deniedSQL).
 	deny *pgproto3.ErrorResponse
-	// hidden: the gateway injected this request; its responses are not
-	// forwarded.
+	// hidden: the gateway sent this request itself; its responses are
+	// not forwarded.
 	hidden bool
-	// masks to apply to this request's rows.
-	masks []celpolicy.MaskAction
-	// desc is the row layout of the rows being sent, resolved to column
-	// origins. For an execute it comes from the hidden describe before it.
-	desc   *resultDesc
-	feeds  *slot // a hidden describe feeds its row layout to this execute
-	reason string
+	// masks to apply to this request's rows, and the rows' layout;
+	// uncertain when the statement's column origins cannot be trusted.
+	masks     []celpolicy.MaskAction
+	desc      *resultDesc
+	uncertain bool
+	// mut is the change to a statement or portal this request makes if
+	// it succeeds.
+	mut *mutation
+	// ready receives a hidden Describe's layout (nil if the upstream
+	// skipped it) for the request side, which waits on it.
+	ready chan *resultDesc
+	once  sync.Once
 }
+
+func (sl *slot) resolve(d *resultDesc) { sl.once.Do(func() { sl.ready <- d }) }
 
 func (s *session) input(req celpolicy.Request) *celpolicy.Input {
 	return &celpolicy.Input{
@@ -115,50 +134,80 @@ func (s *session) input(req celpolicy.Request) *celpolicy.Input {
 }
 
 func (s *session) run(ctx context.Context) {
-	s.slots = make(chan *slot, 4096)
+	s.q = newQueue()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("session response relay failed", "panic", r)
+				s.end("XX000", "gatehouse: internal error; the session is ended")
+			}
+		}()
 		s.responses()
 	}()
 	stop := context.AfterFunc(ctx, func() { s.end("57P01", "gatehouse: the gateway is shutting down") })
-	defer stop()
+	defer func() {
+		stop()
+		s.closeAll()
+		<-done
+		s.srv.sessions.Delete(cancelKey(s.cancelPID, s.cancelSecret))
+		s.log.Info("session ended", "requests", s.requests, "denied", s.denied, "duration", time.Since(s.started).Round(time.Millisecond))
+	}()
 	err := s.requests0()
 	if err != nil && !s.ending.Load() && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Warn("session ended", "err", err)
 	}
-	s.closeAll()
-	<-done
-	s.srv.sessions.Delete(cancelKey(s.cancelPID, s.cancelSecret))
-	s.log.Info("session ended", "requests", s.requests, "denied", s.denied, "duration", time.Since(s.started).Round(time.Millisecond))
 }
 
 func (s *session) closeAll() {
 	s.closeOne.Do(func() {
 		s.client.Close()
 		s.up.Conn.Close()
-		close(s.slots)
+		s.q.close()
+		s.names.close()
 	})
 }
 
-// end sends a FATAL error to the caller and closes the session.
+// send writes one message to the client, flushing when asked.
+func (s *session) send(msg pgproto3.BackendMessage, flush bool) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_ = s.client.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.be.Send(msg)
+	if flush {
+		return s.be.Flush()
+	}
+	return nil
+}
+
+// end sends a FATAL error to the caller and closes the session. A client
+// that does not read cannot stall it: the pending write is cut short first.
 func (s *session) end(code, msg string) {
 	if !s.ending.CompareAndSwap(false, true) {
 		return
 	}
+	_ = s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	s.writeMu.Lock()
 	s.be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
 	_ = s.be.Flush()
 	s.writeMu.Unlock()
 	s.log.Warn("session ended by the gateway", "code", code, "reason", msg)
-	s.client.Close()
-	s.up.Conn.Close()
+	s.closeAll()
 }
 
-func (s *session) push(sl *slot) { s.slots <- sl }
+// desync ends a session whose responses no longer match its requests. It
+// should never happen; if it does, nothing after it can be trusted.
+func (s *session) desync(what string) {
+	s.log.Error("response stream out of step with requests", "detail", what)
+	s.end("XX000", "gatehouse: the session's responses no longer match its requests ("+what+"); the session is ended")
+}
+
+func (s *session) push(sl *slot) bool { return s.q.push(sl) }
 
 // check runs before every statement: the token must still be valid, and
-// after a bundle change the session must still be allowed to exist.
+// after a bundle change the session must still be allowed to exist, judged
+// entirely by the new bundle: its identity providers, identities and rules.
 func (s *session) check() bool {
 	if time.Now().After(s.token.Expiry) {
 		s.end("28000", "gatehouse: token expired; reconnect with a fresh token")
@@ -168,14 +217,19 @@ func (s *session) check() bool {
 	if active.Revision == s.revision {
 		return true
 	}
-	// A new bundle: the caller is judged by it from this statement on,
-	// starting with whether it may be connected at all.
-	id, err := active.Policy.ResolveIdentity(s.token.Provider, s.token.Token)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	vtok, err := active.Verifier.Verify(ctx, s.rawToken)
+	cancel()
+	if err != nil {
+		s.end("28000", fmt.Sprintf("gatehouse: session ended: bundle revision %d no longer accepts this token: %v", active.Revision, err))
+		return false
+	}
+	id, err := active.Policy.ResolveIdentity(vtok.Provider, vtok.Token)
 	if err != nil {
 		s.end("28000", fmt.Sprintf("gatehouse: session ended: bundle revision %d no longer accepts this caller: %v", active.Revision, err))
 		return false
 	}
-	s.identity = id
+	s.token, s.identity = vtok, id
 	if findPostgres(active, s.resource) == nil {
 		s.end("42501", fmt.Sprintf("gatehouse: session ended: bundle revision %d no longer has resource %q", active.Revision, s.resource))
 		return false
@@ -191,10 +245,18 @@ func (s *session) check() bool {
 }
 
 // decide decides a request with the active bundle and applies the checks
-// the gateway makes on top of policy.
-func (s *session) decide(req *celpolicy.PostgresRequest) celpolicy.Decision {
+// the gateway makes whatever the policy says. count says whether this is a
+// request the caller makes (a Query, an Execute) or a preparation.
+func (s *session) decide(req *celpolicy.PostgresRequest, count bool) celpolicy.Decision {
 	active := s.srv.store.Current()
 	d := active.Policy.Decide(s.input(req))
+	for _, st := range req.Statements {
+		if st.Command != "SHOW" && parserSettings[st.Setting] {
+			d = celpolicy.Decision{Effect: bundle.EffectDeny, BundleRevision: d.BundleRevision, MatchedRules: []celpolicy.MatchedRule{},
+				Reasons: []string{fmt.Sprintf("changing %s is refused by the gateway: its SQL parsing depends on it", st.Setting)}}
+			break
+		}
+	}
 	if d.Effect == bundle.EffectAllow && len(d.Masks) > 0 {
 		// Rows of COPY ... TO are not row messages the gateway can
 		// rewrite: with masks in force, refuse rather than leak.
@@ -213,18 +275,18 @@ func (s *session) decide(req *celpolicy.PostgresRequest) celpolicy.Decision {
 		d.Effect = bundle.EffectDeny
 		d.Reasons = append([]string{"this statement needs approval, which this gateway does not offer yet"}, d.Reasons...)
 	}
-	s.requests++
-	if d.Effect == bundle.EffectAllow {
-		s.srv.Stats.Allowed.Add(1)
-	} else {
-		s.denied++
-		s.srv.Stats.Denied.Add(1)
+	if count || d.Effect != bundle.EffectAllow {
+		s.requests++
+		if d.Effect == bundle.EffectAllow {
+			s.srv.Stats.Allowed.Add(1)
+		} else {
+			s.denied++
+			s.srv.Stats.Denied.Add(1)
+		}
 	}
 	return d
 }
 
-// denial is the error a denied statement gets: SQLSTATE 42501, naming the
-// rules and reasons, so the caller knows what to change.
 func (s *session) denial(d celpolicy.Decision, req *celpolicy.PostgresRequest) *pgproto3.ErrorResponse {
 	var rules []string
 	for _, m := range d.MatchedRules {
@@ -260,18 +322,28 @@ func (s *session) requests0() error {
 		if s.ending.Load() {
 			return nil
 		}
+		if s.copyIn.Load() {
+			// While the upstream receives COPY data it ignores Sync and
+			// Flush (they get no response) and refuses anything else.
+			switch msg.(type) {
+			case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail, *pgproto3.Sync, *pgproto3.Flush:
+			default:
+				s.end("08P01", fmt.Sprintf("gatehouse: unexpected message %T during COPY", msg))
+				return nil
+			}
+		}
 		switch m := msg.(type) {
 		case *pgproto3.Query:
 			if !s.check() {
 				return nil
 			}
 			req := celpolicy.Query(m.String)
-			d := s.decide(req)
+			d := s.decide(req, true)
 			if d.Effect != bundle.EffectAllow {
 				s.push(&slot{kind: slotQuery, deny: s.denial(d, req)})
 				s.fe.Send(&pgproto3.Query{String: deniedSQL})
 			} else {
-				s.push(&slot{kind: slotQuery, masks: d.Masks})
+				s.push(&slot{kind: slotQuery, masks: d.Masks, uncertain: setOperation(req)})
 				s.fe.Send(m)
 			}
 			if err := s.fe.Flush(); err != nil {
@@ -282,19 +354,24 @@ func (s *session) requests0() error {
 				return nil
 			}
 			req := celpolicy.Query(m.Query)
-			d := s.decide(req)
-			st := &prepared{req: req, decision: d, revision: s.srv.store.Current().Revision}
-			s.stmts[m.Name] = st
+			d := s.decide(req, false)
+			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: &prepared{req: req}}
+			s.names.propose(mut)
 			if d.Effect != bundle.EffectAllow {
-				s.push(&slot{kind: slotParse, deny: s.denial(d, req)})
+				s.push(&slot{kind: slotParse, mut: mut, deny: s.denial(d, req)})
 				s.fe.Send(&pgproto3.Parse{Name: m.Name, Query: deniedSQL})
 			} else {
-				s.push(&slot{kind: slotParse})
+				s.push(&slot{kind: slotParse, mut: mut})
 				s.fe.Send(m)
 			}
 		case *pgproto3.Bind:
-			s.portals[m.DestinationPortal] = &portal{stmt: s.stmts[m.PreparedStatement]}
-			s.push(&slot{kind: slotBind})
+			stmt, _, ok := s.names.resolve("S:"+m.PreparedStatement, s.batch)
+			if !ok {
+				return nil
+			}
+			mut := &mutation{key: "P:" + m.DestinationPortal, batch: s.batch, portal: &portal{stmt: stmt}}
+			s.names.propose(mut)
+			s.push(&slot{kind: slotBind, mut: mut})
 			s.fe.Send(m)
 		case *pgproto3.Describe:
 			s.push(&slot{kind: slotDescribe})
@@ -303,17 +380,23 @@ func (s *session) requests0() error {
 			if !s.check() {
 				return nil
 			}
-			s.execute(m)
-		case *pgproto3.Close:
-			if m.ObjectType == 'S' {
-				delete(s.stmts, m.Name)
-			} else {
-				delete(s.portals, m.Name)
+			if err := s.execute(m); err != nil {
+				return err
 			}
-			s.push(&slot{kind: slotClose})
+		case *pgproto3.Close:
+			key := "P:" + m.Name
+			if m.ObjectType == 'S' {
+				key = "S:" + m.Name
+			}
+			mut := &mutation{key: key, batch: s.batch}
+			s.names.propose(mut)
+			s.push(&slot{kind: slotClose, mut: mut})
 			s.fe.Send(m)
 		case *pgproto3.Sync:
-			s.push(&slot{kind: slotSync})
+			if !s.copyIn.Load() {
+				s.push(&slot{kind: slotSync})
+				s.batch++
+			}
 			s.fe.Send(m)
 			if err := s.fe.Flush(); err != nil {
 				return err
@@ -339,6 +422,7 @@ func (s *session) requests0() error {
 				}
 			}
 		case *pgproto3.CopyDone, *pgproto3.CopyFail:
+			s.copyIn.Store(false)
 			s.fe.Send(m)
 			if err := s.fe.Flush(); err != nil {
 				return err
@@ -354,46 +438,72 @@ func (s *session) requests0() error {
 	}
 }
 
-// execute decides an Execute. A statement is decided when it is prepared;
-// it is decided again here when the bundle changed since, so that new rules
-// apply to statements prepared before them.
-func (s *session) execute(m *pgproto3.Execute) {
-	p := s.portals[m.Portal]
-	cur := s.srv.store.Current().Revision
-	var d celpolicy.Decision
-	var req *celpolicy.PostgresRequest
-	switch {
-	case p == nil || p.stmt == nil:
-		// A portal the gateway did not see bound: nothing is known of
-		// it, so it must not run.
-		req = &celpolicy.PostgresRequest{Kind: "query", Invalid: "portal " + m.Portal + " was not bound through the gateway"}
-		d = s.decide(req)
-	case p.stmt.revision != cur || p.stmt.decision.Effect != bundle.EffectAllow:
-		req = p.stmt.req
-		d = s.decide(req)
-		p.stmt.decision, p.stmt.revision = d, cur
-	default:
-		req = p.stmt.req
-		d = p.stmt.decision
-		s.requests++
-		s.srv.Stats.Allowed.Add(1)
+// execute decides an Execute by the statement its portal will really run,
+// as the upstream will have it, with the bundle active now: rules that use
+// the time or the session's counters are judged at each execution.
+func (s *session) execute(m *pgproto3.Execute) error {
+	_, p, ok := s.names.resolve("P:"+m.Portal, s.batch)
+	if !ok {
+		return net.ErrClosed
 	}
+	var req *celpolicy.PostgresRequest
+	if p == nil || p.stmt == nil {
+		// A portal the gateway did not see bound (or a cursor made with
+		// SQL DECLARE): nothing is known of it, so it must not run.
+		req = &celpolicy.PostgresRequest{Kind: "query", Invalid: "portal " + strconvQuote(m.Portal) + " was not bound through the gateway"}
+	} else {
+		req = p.stmt.req
+	}
+	d := s.decide(req, true)
 	if d.Effect != bundle.EffectAllow {
-		// Fail this batch upstream (the unnamed statement is replaced
-		// by one that fails to parse) so the upstream skips to Sync.
+		// Fail this batch upstream so the upstream skips to Sync.
 		s.push(&slot{kind: slotParse, deny: s.denial(d, req)})
 		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
-		return
+		return nil
 	}
-	ex := &slot{kind: slotExecute, masks: d.Masks}
-	if len(d.Masks) > 0 {
-		// To mask rows the gateway must know their columns' origins;
-		// it asks for the portal's description itself.
-		s.push(&slot{kind: slotDescribe, hidden: true, feeds: ex})
-		s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
+	if len(d.Masks) == 0 {
+		s.push(&slot{kind: slotExecute})
+		s.fe.Send(m)
+		return nil
 	}
-	s.push(ex)
-	s.fe.Send(m)
+	// To mask rows the gateway must know their columns' origins, and to
+	// withhold a result it cannot mask it must know before the statement
+	// runs. So it describes the portal first and waits for the answer.
+	hd := &slot{kind: slotDescribe, hidden: true, masks: d.Masks, uncertain: setOperation(req), ready: make(chan *resultDesc, 1)}
+	s.push(hd)
+	s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
+	// A protocol Flush: the upstream holds its responses until Sync or
+	// Flush, and the answer is needed now.
+	s.fe.Send(&pgproto3.Flush{})
+	if err := s.fe.Flush(); err != nil {
+		return err
+	}
+	desc := <-hd.ready
+	switch {
+	case desc == nil:
+		// The upstream is skipping to Sync after an earlier error (or
+		// the session is ending): this Execute will not run either.
+		s.push(&slot{kind: slotExecute, masks: d.Masks})
+		s.fe.Send(m)
+	case desc.blocked != "":
+		s.push(&slot{kind: slotParse, deny: &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: "gatehouse: " + desc.blocked}})
+		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
+	default:
+		s.push(&slot{kind: slotExecute, masks: d.Masks, desc: desc})
+		s.fe.Send(m)
+	}
+	return nil
+}
+
+func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
+
+func setOperation(req *celpolicy.PostgresRequest) bool {
+	for _, st := range req.Statements {
+		if st.SetOperation {
+			return true
+		}
+	}
+	return false
 }
 
 // functionCall decides a fast-path call by the function's name.
@@ -405,7 +515,7 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 	} else {
 		req = celpolicy.FunctionCall(name)
 	}
-	d := s.decide(req)
+	d := s.decide(req, true)
 	if d.Effect != bundle.EffectAllow {
 		s.push(&slot{kind: slotFunctionCall, deny: s.denial(d, req)})
 		s.fe.Send(&pgproto3.Query{String: deniedSQL})
@@ -415,27 +525,12 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 	s.fe.Send(m)
 }
 
-// responses forwards the upstream's messages to the caller, matching them
-// to the requests in order: it masks rows, swaps the gateway's denial in
-// for the placeholder error, and hides the responses to its own requests.
+// responses forwards the upstream's messages to the caller, matching each
+// to its request: it masks rows, swaps the gateway's denial in for the
+// placeholder error, hides the responses to its own requests, and records
+// statement and portal changes as the upstream confirms them. A response
+// that does not fit its request ends the session.
 func (s *session) responses() {
-	defer func() {
-		// Unblock the request side if it is waiting to push.
-		go func() {
-			for range s.slots {
-			}
-		}()
-	}()
-	var head *slot
-	next := func() *slot {
-		if head == nil {
-			if sl, ok := <-s.slots; ok {
-				head = sl
-			}
-		}
-		return head
-	}
-	pop := func() { head = nil }
 	for {
 		msg, err := s.fe.Receive()
 		if err != nil {
@@ -444,105 +539,185 @@ func (s *session) responses() {
 			}
 			return
 		}
-		var out pgproto3.BackendMessage = msg
-		switch m := msg.(type) {
-		case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
-			next()
-			pop()
-		case *pgproto3.ParameterDescription:
-			if sl := next(); sl != nil && sl.hidden {
-				out = nil
-			}
-		case *pgproto3.RowDescription:
-			sl := next()
-			switch {
-			case sl == nil:
-			case sl.kind == slotDescribe:
-				if sl.feeds != nil {
-					sl.feeds.desc = s.describe(m, sl.feeds.masks)
-				}
-				if sl.hidden {
-					out = nil
-				}
-				pop()
-			case sl.kind == slotQuery && len(sl.masks) > 0:
-				sl.desc = s.describe(m, sl.masks)
-				if sl.desc.blocked != "" {
-					out = nil
-				}
-			}
-		case *pgproto3.NoData:
-			if sl := next(); sl != nil && sl.kind == slotDescribe {
-				if sl.hidden {
-					out = nil
-				}
-				pop()
-			}
-		case *pgproto3.DataRow:
-			if sl := next(); sl != nil && sl.desc != nil {
-				if sl.desc.blocked != "" {
-					out = nil
-				} else if len(sl.masks) > 0 {
-					out = sl.desc.mask(m)
-				}
-			}
-		case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
-			if sl := next(); sl != nil {
-				if sl.desc != nil && sl.desc.blocked != "" {
-					out = &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: "gatehouse: " + sl.desc.blocked}
-				}
-				if sl.kind == slotExecute {
-					pop()
-				} else {
-					sl.desc = nil // a multi-statement query: the next result has its own
-				}
-			}
-		case *pgproto3.ErrorResponse:
-			sl := next()
-			if sl != nil && sl.deny != nil {
-				out = sl.deny
-			}
-			if sl != nil && sl.kind != slotQuery && sl.kind != slotFunctionCall && sl.kind != slotSync {
-				// Extended protocol: the upstream now ignores everything
-				// up to Sync, so those requests get no responses.
-				pop()
-				for {
-					sl := next()
-					if sl == nil || sl.kind == slotSync {
-						break
-					}
-					pop()
-				}
-			}
-		case *pgproto3.ReadyForQuery:
-			next()
-			pop()
-			s.txStatus = m.TxStatus
-		case *pgproto3.ParameterStatus:
-			if bad := unsafeParameter(m); bad != "" {
-				s.end("XX000", "gatehouse: session ended: "+bad)
-				return
-			}
+		out, flush, ok := s.response(msg)
+		if !ok {
+			return
 		}
 		if out == nil {
 			continue
 		}
-		s.writeMu.Lock()
-		s.be.Send(out)
-		var ferr error
-		if _, rfq := msg.(*pgproto3.ReadyForQuery); rfq || s.fe.ReadBufferLen() == 0 {
-			ferr = s.be.Flush()
-		}
-		s.writeMu.Unlock()
-		if ferr != nil {
+		if err := s.send(out, flush || s.fe.ReadBufferLen() == 0); err != nil {
 			s.closeAll()
 			return
 		}
 	}
 }
 
-// unsafeParameter reports a server setting change that would make the
-// gateway's parse of later statements differ from the server's.
+// response handles one upstream message: what to send the caller (nil for
+// nothing), whether to flush, and false when the session must end.
+func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool, bool) {
+	var out pgproto3.BackendMessage = msg
+	h := s.q.head(false)
+	kind := func(kinds ...slotKind) bool {
+		if h == nil {
+			return false
+		}
+		for _, k := range kinds {
+			if h.kind == k {
+				return true
+			}
+		}
+		return false
+	}
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete, *pgproto3.BindComplete, *pgproto3.CloseComplete:
+		want := map[string]slotKind{"*pgproto3.ParseComplete": slotParse, "*pgproto3.BindComplete": slotBind, "*pgproto3.CloseComplete": slotClose}[fmt.Sprintf("%T", msg)]
+		if !kind(want) {
+			s.desync(fmt.Sprintf("%T without its request", msg))
+			return nil, false, false
+		}
+		s.q.pop()
+		s.names.settle(h.mut, true)
+	case *pgproto3.ParameterDescription:
+		if !kind(slotDescribe) {
+			s.desync("ParameterDescription without a Describe")
+			return nil, false, false
+		}
+		if h.hidden {
+			out = nil
+		}
+	case *pgproto3.RowDescription:
+		switch {
+		case kind(slotDescribe):
+			s.q.pop()
+			if h.hidden {
+				h.resolve(s.describe(m, h.masks, h.uncertain))
+				out = nil
+			}
+		case kind(slotQuery):
+			if len(h.masks) > 0 {
+				h.desc = s.describe(m, h.masks, h.uncertain)
+				if h.desc.blocked != "" {
+					// The statement has already run: the gateway cannot
+					// withhold the rows and keep the upstream's state
+					// true, so it ends the session, which aborts the
+					// upstream transaction.
+					s.end("42501", "gatehouse: "+h.desc.blocked+"; the session is ended so that the statement's transaction is rolled back")
+					return nil, false, false
+				}
+			}
+		default:
+			s.desync("RowDescription without its request")
+			return nil, false, false
+		}
+	case *pgproto3.NoData:
+		if !kind(slotDescribe) {
+			s.desync("NoData without a Describe")
+			return nil, false, false
+		}
+		s.q.pop()
+		if h.hidden {
+			h.resolve(&resultDesc{})
+			out = nil
+		}
+	case *pgproto3.DataRow:
+		if !kind(slotQuery, slotExecute) {
+			s.desync("DataRow without a query")
+			return nil, false, false
+		}
+		if len(h.masks) > 0 {
+			if h.desc == nil {
+				s.desync("rows to mask without their layout")
+				return nil, false, false
+			}
+			out = h.desc.mask(m)
+		}
+	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+		switch {
+		case kind(slotExecute):
+			s.q.pop()
+		case kind(slotQuery):
+			h.desc = nil // a multi-statement query: the next result has its own
+		default:
+			s.desync(fmt.Sprintf("%T without a query", msg))
+			return nil, false, false
+		}
+	case *pgproto3.CopyInResponse:
+		if !kind(slotQuery, slotExecute) {
+			s.desync("CopyInResponse without a query")
+			return nil, false, false
+		}
+		s.copyIn.Store(true)
+	case *pgproto3.CopyOutResponse, *pgproto3.CopyData, *pgproto3.CopyDone:
+		if !kind(slotQuery, slotExecute) {
+			s.desync(fmt.Sprintf("%T without a query", msg))
+			return nil, false, false
+		}
+	case *pgproto3.CopyBothResponse:
+		s.desync("CopyBothResponse")
+		return nil, false, false
+	case *pgproto3.FunctionCallResponse:
+		if !kind(slotFunctionCall) {
+			s.desync("FunctionCallResponse without a call")
+			return nil, false, false
+		}
+	case *pgproto3.ErrorResponse:
+		if m.Severity == "FATAL" || m.Severity == "PANIC" {
+			// The upstream is ending the session: pass it on as is.
+			return out, true, true
+		}
+		switch {
+		case h == nil:
+		case kind(slotQuery, slotFunctionCall):
+			if h.deny != nil {
+				out = h.deny
+			}
+			s.copyIn.Store(false)
+		case s.q.isSkipping():
+		default:
+			// Extended protocol: the failed request gets no more
+			// responses, and the upstream skips every request up to
+			// Sync. The error goes to the caller now, as the upstream
+			// sends it, not when Sync comes.
+			s.q.pop()
+			s.names.settle(h.mut, false)
+			if h.ready != nil {
+				h.resolve(nil)
+			}
+			if h.deny != nil {
+				out = h.deny
+			}
+			s.q.skip()
+		}
+	case *pgproto3.ReadyForQuery:
+		s.copyIn.Store(false)
+		if s.q.isSkipping() {
+			s.q.endSkip(s.names)
+		} else {
+			if !kind(slotSync, slotQuery, slotFunctionCall) {
+				s.desync("ReadyForQuery without a Sync or query")
+				return nil, false, false
+			}
+			s.q.pop()
+		}
+		s.txStatus = m.TxStatus
+		if m.TxStatus == 'I' {
+			s.names.endTransaction()
+		}
+		return out, true, true
+	case *pgproto3.ParameterStatus:
+		if bad := unsafeParameter(m); bad != "" {
+			s.end("XX000", "gatehouse: session ended: "+bad)
+			return nil, false, false
+		}
+	case *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
+	default:
+		s.desync(fmt.Sprintf("unexpected %T", msg))
+		return nil, false, false
+	}
+	return out, false, true
+}
+
 func unsafeParameter(m *pgproto3.ParameterStatus) string {
 	switch m.Name {
 	case "client_encoding":
