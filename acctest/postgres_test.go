@@ -207,18 +207,25 @@ func (l *lockedBuffer) String() string {
 }
 
 type stack struct {
-	pg      *pgtest.Server
-	hydra   *hydratest.Hydra
-	pgPass  string
-	caFile  string
-	pgAddr  string // the gateway's PostgreSQL listener
-	logs    *lockedBuffer
-	gateway *exec.Cmd
+	dataDir   string
+	adminAddr string
+	pg        *pgtest.Server
+	hydra     *hydratest.Hydra
+	pgPass    string
+	caFile    string
+	pgAddr    string // the gateway's PostgreSQL listener
+	logs      *lockedBuffer
+	gateway   *exec.Cmd
+	killed    bool // the test killed the gateway on purpose
 }
 
 // startStack runs PostgreSQL, Hydra and `gatehouse gateway` with a bundle
 // built by `gatehouse bundle build`.
-func startStack(t *testing.T) *stack {
+func startStack(t *testing.T) *stack { return startStackIn(t, "") }
+
+// startStackIn is startStack with the gateway's data_dir at dataDir (a
+// fresh one when empty).
+func startStackIn(t *testing.T, dataDir string) *stack {
 	t.Helper()
 	s := &stack{pg: pgtest.Start(t, pgtest.WithStatementLog()), hydra: hydratest.Start(t), pgPass: "acc-" + rand.Text()}
 	s.pg.CreateRole(t, "gatehouse", s.pgPass)
@@ -249,7 +256,12 @@ func startStack(t *testing.T) *stack {
 	var cert, key string
 	s.caFile, cert, key = tlsFiles(t, dir)
 	adminAddr := freePort(t)
+	s.adminAddr = adminAddr
 	s.pgAddr = freePort(t)
+	if dataDir == "" {
+		dataDir = filepath.Join(dir, "data")
+	}
+	s.dataDir = dataDir
 	cfg := fmt.Sprintf(`data_dir = %q
 
 postgres {
@@ -271,7 +283,7 @@ admin {
 log {
   level = "debug"
 }
-`, filepath.Join(dir, "data"), s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr)
+`, dataDir, s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr)
 	cfgFile := filepath.Join(dir, "gateway.hcl")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -291,7 +303,7 @@ log {
 		_ = s.gateway.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-exited:
-			if err != nil {
+			if err != nil && !s.killed {
 				t.Errorf("gateway exited with %v", err)
 			}
 		case <-time.After(10 * time.Second):

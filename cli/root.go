@@ -95,6 +95,9 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newFmtCmd(),
 		newVersionCmd(),
 		newGatewayCmd(),
+		newSessionsCmd(),
+		newReplayCmd(),
+		newAuditCmd(),
 	)
 	return root
 }

@@ -11,12 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 )
 
 // Gateway is an assembled gateway, ready to Run.
@@ -25,6 +27,7 @@ type Gateway struct {
 	log   *slog.Logger
 	store *bundlestore.Store
 	pg    *postgres.Server
+	rec   *recorder.Recorder
 	tls   *tls.Config
 
 	// Ready is closed once the listeners are up (tests wait on it).
@@ -77,9 +80,27 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	}
 	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log),
 		bundlestore.WithAuthOptions(auth.WithSkew(cfg.ClockSkew)))
-	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store, postgres.WithLogger(g.log))
+	// Every session is recorded, signed with the gateway's recorder key
+	// (created on first start; its .pub verifies recordings offline).
+	recKey, err := recorder.LoadOrCreateKey(RecorderKeyPath(cfg.DataDir))
+	if err != nil {
+		return nil, fmt.Errorf("gateway: recorder key: %w", err)
+	}
+	g.rec, err = recorder.Open(RecordingsDir(cfg.DataDir), recKey)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store,
+		postgres.WithLogger(g.log), postgres.WithRecorder(g.rec))
 	return g, nil
 }
+
+// RecordingsDir is where a data directory keeps session recordings.
+func RecordingsDir(dataDir string) string { return filepath.Join(dataDir, "recordings") }
+
+// RecorderKeyPath is the recorder's signing key in a data directory; its
+// public key is beside it as recorder.pub.
+func RecorderKeyPath(dataDir string) string { return filepath.Join(dataDir, "recorder.key") }
 
 // Store is the gateway's bundle store.
 func (g *Gateway) Store() *bundlestore.Store { return g.store }

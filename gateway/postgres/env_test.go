@@ -16,6 +16,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
 	"github.com/gatehouse-dev/gatehouse/internal/oidctest"
@@ -133,6 +134,8 @@ type env struct {
 	rev     atomic.Uint64
 	logs    *syncWriter
 	pgPass  string
+	rec     *recorder.Recorder
+	recKeys bundle.Keyring
 	policyF func(issuer, addr string) string
 }
 
@@ -175,7 +178,16 @@ func startEnv(t testing.TB) *env {
 		}
 		return "", false
 	}}
-	e.srv = New(Config{InsecurePlaintext: true}, e.store, WithLogger(log), WithSecrets(res))
+	recKey, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.rec, err = recorder.Open(t.TempDir(), recKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.recKeys = bundle.NewKeyring(recKey.Public().(ed25519.PublicKey))
+	e.srv = New(Config{InsecurePlaintext: true}, e.store, WithLogger(log), WithSecrets(res), WithRecorder(e.rec))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

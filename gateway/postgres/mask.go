@@ -37,6 +37,7 @@ type resultDesc struct {
 type colMask struct {
 	method string // "" when the column is not masked by name
 	mask   string
+	target string
 	binary bool
 	text   bool
 }
@@ -94,7 +95,7 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 				return d
 			}
 		} else if m, ok := byTarget[names[f.TableOID][f.TableAttributeNumber]]; ok {
-			c.method, c.mask = m.Method, m.Mask
+			c.method, c.mask, c.target = m.Method, m.Mask, m.Target
 		}
 		d.cols[i] = c
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 )
 
@@ -56,6 +57,7 @@ type Server struct {
 	log     *slog.Logger
 	catalog *catalogs
 
+	rec      *recorder.Recorder
 	sessions sync.Map // cancel key -> *session
 	nextID   atomic.Uint64
 	wg       sync.WaitGroup
@@ -65,11 +67,22 @@ type Server struct {
 
 // Stats are counters for metrics.
 type Stats struct {
-	Sessions      atomic.Int64
-	AuthFailures  atomic.Int64
-	Allowed       atomic.Int64
-	Denied        atomic.Int64
-	ActiveSession atomic.Int64
+	Sessions       atomic.Int64
+	AuthFailures   atomic.Int64
+	Allowed        atomic.Int64
+	Denied         atomic.Int64
+	ActiveSession  atomic.Int64
+	RecorderErrors atomic.Int64
+	// RecordNanos sums the time spent making events durable, and
+	// Records counts them.
+	RecordNanos atomic.Int64
+	Records     atomic.Int64
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
 }
 
 // Option configures a Server.
@@ -77,6 +90,9 @@ type Option func(*Server)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithRecorder records every session. Without it nothing is recorded.
+func WithRecorder(r *recorder.Recorder) Option { return func(s *Server) { s.rec = r } }
 
 // WithSecrets sets the secret resolver.
 func WithSecrets(r secrets.Resolver) Option { return func(s *Server) { s.secrets = r } }
@@ -302,8 +318,25 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		fatal(be, "42501", fmt.Sprintf("gatehouse: connection to %q denied by bundle revision %d: %s", res.Name, active.Revision, strings.Join(d.Reasons, "; ")))
 		return nil, errHandled
 	}
+	if s.rec != nil {
+		// The session is recorded before anything reaches the database;
+		// a gateway that cannot record refuses to proxy.
+		sess.recID = fmt.Sprintf("%s-%d-%x", time.Now().UTC().Format("20060102T150405Z"), id, randomBytes(4))
+		sess.rec, err = s.rec.Start(sess.recID, recorder.Event{
+			Identity: identityName(identity), Subject: identity.Subject, Issuer: identity.Issuer, Groups: identity.Groups,
+			Resource: res.Name, BundleRevision: active.Revision, BundleDigest: active.Digest, ClientAddr: conn.RemoteAddr().String(),
+		})
+		if err != nil {
+			s.Stats.RecorderErrors.Add(1)
+			sess.log.Error("session not recorded; refused", "err", err)
+			fatal(be, "58030", "gatehouse: the session cannot be recorded, so it is refused (the gateway's log has the cause)")
+			return nil, errHandled
+		}
+		sess.log = sess.log.With("recording", sess.recID)
+	}
 	up, err := s.connectUpstream(ctx, res, identity)
 	if err != nil {
+		sess.endRecording("upstream connection failed")
 		sess.log.Error("upstream connection failed", "err", err)
 		fatal(be, "08006", fmt.Sprintf("gatehouse: cannot reach the %q database upstream; the error is in the gateway's log (session %d)", res.Name, id))
 		return nil, errHandled

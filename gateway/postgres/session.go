@@ -3,12 +3,14 @@ package postgres
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +22,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/auth"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 )
 
 // deniedSQL is what the gateway sends upstream in place of a denied
@@ -63,6 +66,11 @@ type session struct {
 	names *names
 	q     *queue
 
+	// rec is the session's recording (nil when the gateway records
+	// nothing); recID names it.
+	rec   *recorder.Session
+	recID string
+
 	// Owned by the request side.
 	revision uint64 // revision the session was last judged against
 	batch    uint64 // counts Syncs sent
@@ -78,6 +86,7 @@ type session struct {
 // prepared is a statement prepared through the gateway.
 type prepared struct {
 	req *celpolicy.PostgresRequest
+	sql string
 }
 
 type portal struct{ stmt *prepared }
@@ -119,6 +128,10 @@ type slot struct {
 	// skipped it) for the request side, which waits on it.
 	ready chan *resultDesc
 	once  sync.Once
+	// recRef is the recorded statement event this request's outcome
+	// belongs to; start is when it was sent.
+	recRef int
+	start  time.Time
 }
 
 func (sl *slot) resolve(d *resultDesc) { sl.once.Do(func() { sl.ready <- d }) }
@@ -127,9 +140,89 @@ func (s *session) input(req celpolicy.Request) *celpolicy.Input {
 	return &celpolicy.Input{
 		Identity: s.identity, Resource: s.resource, Request: req, Now: time.Now(),
 		Session: celpolicy.Session{
-			ID: fmt.Sprint(s.id), StartedAt: s.started,
+			ID: s.sessionID(), StartedAt: s.started,
 			Counters: celpolicy.Counters{Requests: s.requests, Denied: s.denied},
 		},
+	}
+}
+
+func (s *session) sessionID() string {
+	if s.recID != "" {
+		return s.recID
+	}
+	return fmt.Sprint(s.id)
+}
+
+// recordStatement makes a statement's event durable before the statement
+// is forwarded. The event holds the SQL text, its facts and the decision;
+// never the token, a credential, or any result value.
+func (s *session) recordStatement(kind, sql string, req *celpolicy.PostgresRequest, d celpolicy.Decision) (int, error) {
+	if s.rec == nil {
+		return 0, nil
+	}
+	facts, _ := json.Marshal(req.Statements)
+	dec, _ := json.Marshal(d)
+	return s.record(recorder.Event{Type: recorder.TypeStatement, Kind: kind, SQL: sql, Facts: facts, Decision: dec, Effect: d.Effect, Rules: d.Rules()})
+}
+
+func (s *session) record(ev recorder.Event) (int, error) {
+	if s.rec == nil {
+		return 0, nil
+	}
+	start := time.Now()
+	seq, err := s.rec.Record(ev)
+	s.srv.Stats.RecordNanos.Add(int64(time.Since(start)))
+	s.srv.Stats.Records.Add(1)
+	if err != nil {
+		s.srv.Stats.RecorderErrors.Add(1)
+		s.log.Error("recording failed; the statement is refused", "err", err)
+	}
+	return seq, err
+}
+
+// unrecorded is the error a statement gets when its event cannot be made
+// durable: the gateway does not act on what it cannot record.
+func unrecorded() *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "58030",
+		Message: "gatehouse: the statement is refused because the session recording cannot be written (the gateway's log has the cause)"}
+}
+
+// recordOutcome records how a forwarded statement ended. It runs after the
+// fact, so a failure can only be logged and counted.
+func (s *session) recordOutcome(h *slot, rows int64, errMsg string) {
+	if s.rec == nil || h == nil || h.recRef == 0 {
+		return
+	}
+	_, _ = s.record(recorder.Event{Type: "result", Ref: h.recRef, Rows: rows, Error: errMsg,
+		DurationMS: float64(time.Since(h.start).Microseconds()) / 1000})
+}
+
+// recordMasked records which columns a result had masked, never values.
+func (s *session) recordMasked(ref int, d *resultDesc) {
+	if s.rec == nil || d == nil {
+		return
+	}
+	var cols []string
+	for _, c := range d.cols {
+		if c.method != "" {
+			cols = append(cols, c.target+"="+c.method)
+		}
+	}
+	for _, det := range d.detectors {
+		cols = append(cols, det.Target+"="+det.Method)
+	}
+	if len(cols) > 0 {
+		_, _ = s.record(recorder.Event{Type: recorder.TypeMasked, Ref: ref, Columns: cols})
+	}
+}
+
+func (s *session) endRecording(reason string) {
+	if s.rec == nil {
+		return
+	}
+	if err := s.rec.End(reason); err != nil {
+		s.srv.Stats.RecorderErrors.Add(1)
+		s.log.Error("recording not sealed", "err", err)
 	}
 }
 
@@ -151,6 +244,11 @@ func (s *session) run(ctx context.Context) {
 		stop()
 		s.closeAll()
 		<-done
+		reason := "client disconnected"
+		if s.ending.Load() {
+			reason = "ended by the gateway"
+		}
+		s.endRecording(reason)
 		s.srv.sessions.Delete(cancelKey(s.cancelPID, s.cancelSecret))
 		s.log.Info("session ended", "requests", s.requests, "denied", s.denied, "duration", time.Since(s.started).Round(time.Millisecond))
 	}()
@@ -339,11 +437,16 @@ func (s *session) requests0() error {
 			}
 			req := celpolicy.Query(m.String)
 			d := s.decide(req, true)
-			if d.Effect != bundle.EffectAllow {
+			ref, rerr := s.recordStatement("query", m.String, req, d)
+			switch {
+			case rerr != nil:
+				s.push(&slot{kind: slotQuery, deny: unrecorded()})
+				s.fe.Send(&pgproto3.Query{String: deniedSQL})
+			case d.Effect != bundle.EffectAllow:
 				s.push(&slot{kind: slotQuery, deny: s.denial(d, req)})
 				s.fe.Send(&pgproto3.Query{String: deniedSQL})
-			} else {
-				s.push(&slot{kind: slotQuery, masks: d.Masks, uncertain: setOperation(req)})
+			default:
+				s.push(&slot{kind: slotQuery, masks: d.Masks, uncertain: setOperation(req), recRef: ref, start: time.Now()})
 				s.fe.Send(m)
 			}
 			if err := s.fe.Flush(); err != nil {
@@ -355,10 +458,14 @@ func (s *session) requests0() error {
 			}
 			req := celpolicy.Query(m.Query)
 			d := s.decide(req, false)
-			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: &prepared{req: req}}
+			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: &prepared{req: req, sql: m.Query}}
 			s.names.propose(mut)
 			if d.Effect != bundle.EffectAllow {
-				s.push(&slot{kind: slotParse, mut: mut, deny: s.denial(d, req)})
+				deny := s.denial(d, req)
+				if _, rerr := s.recordStatement("parse", m.Query, req, d); rerr != nil {
+					deny = unrecorded()
+				}
+				s.push(&slot{kind: slotParse, mut: mut, deny: deny})
 				s.fe.Send(&pgproto3.Parse{Name: m.Name, Query: deniedSQL})
 			} else {
 				s.push(&slot{kind: slotParse, mut: mut})
@@ -447,22 +554,28 @@ func (s *session) execute(m *pgproto3.Execute) error {
 		return net.ErrClosed
 	}
 	var req *celpolicy.PostgresRequest
+	sql := ""
 	if p == nil || p.stmt == nil {
 		// A portal the gateway did not see bound (or a cursor made with
 		// SQL DECLARE): nothing is known of it, so it must not run.
 		req = &celpolicy.PostgresRequest{Kind: "query", Invalid: "portal " + strconvQuote(m.Portal) + " was not bound through the gateway"}
 	} else {
-		req = p.stmt.req
+		req, sql = p.stmt.req, p.stmt.sql
 	}
 	d := s.decide(req, true)
-	if d.Effect != bundle.EffectAllow {
+	ref, rerr := s.recordStatement("execute", sql, req, d)
+	if rerr != nil || d.Effect != bundle.EffectAllow {
 		// Fail this batch upstream so the upstream skips to Sync.
-		s.push(&slot{kind: slotParse, deny: s.denial(d, req)})
+		deny := unrecorded()
+		if rerr == nil {
+			deny = s.denial(d, req)
+		}
+		s.push(&slot{kind: slotParse, deny: deny})
 		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
 		return nil
 	}
 	if len(d.Masks) == 0 {
-		s.push(&slot{kind: slotExecute})
+		s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 		return nil
 	}
@@ -483,19 +596,33 @@ func (s *session) execute(m *pgproto3.Execute) error {
 	case desc == nil:
 		// The upstream is skipping to Sync after an earlier error (or
 		// the session is ending): this Execute will not run either.
-		s.push(&slot{kind: slotExecute, masks: d.Masks})
+		s.push(&slot{kind: slotExecute, masks: d.Masks, recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 	case desc.blocked != "":
 		s.push(&slot{kind: slotParse, deny: &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: "gatehouse: " + desc.blocked}})
 		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
 	default:
-		s.push(&slot{kind: slotExecute, masks: d.Masks, desc: desc})
+		s.recordMasked(ref, desc)
+		s.push(&slot{kind: slotExecute, masks: d.Masks, desc: desc, recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 	}
 	return nil
 }
 
 func strconvQuote(s string) string { return fmt.Sprintf("%q", s) }
+
+// rowsOf reads the row count from a command tag ("SELECT 3", "INSERT 0 1").
+func rowsOf(tag []byte) int64 {
+	f := strings.Fields(string(tag))
+	if len(f) < 2 {
+		return 0
+	}
+	n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
 
 func setOperation(req *celpolicy.PostgresRequest) bool {
 	for _, st := range req.Statements {
@@ -516,12 +643,17 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 		req = celpolicy.FunctionCall(name)
 	}
 	d := s.decide(req, true)
-	if d.Effect != bundle.EffectAllow {
-		s.push(&slot{kind: slotFunctionCall, deny: s.denial(d, req)})
+	ref, rerr := s.recordStatement("function_call", name, req, d)
+	if rerr != nil || d.Effect != bundle.EffectAllow {
+		deny := unrecorded()
+		if rerr == nil {
+			deny = s.denial(d, req)
+		}
+		s.push(&slot{kind: slotFunctionCall, deny: deny})
 		s.fe.Send(&pgproto3.Query{String: deniedSQL})
 		return
 	}
-	s.push(&slot{kind: slotFunctionCall})
+	s.push(&slot{kind: slotFunctionCall, recRef: ref, start: time.Now()})
 	s.fe.Send(m)
 }
 
@@ -597,6 +729,9 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 		case kind(slotQuery):
 			if len(h.masks) > 0 {
 				h.desc = s.describe(m, h.masks, h.uncertain)
+				if h.desc.blocked == "" {
+					s.recordMasked(h.recRef, h.desc)
+				}
 				if h.desc.blocked != "" {
 					// The statement has already run: the gateway cannot
 					// withhold the rows and keep the upstream's state
@@ -633,6 +768,9 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 			out = h.desc.mask(m)
 		}
 	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+		if cc, ok := msg.(*pgproto3.CommandComplete); ok && h != nil {
+			s.recordOutcome(h, rowsOf(cc.CommandTag), "")
+		}
 		switch {
 		case kind(slotExecute):
 			s.q.pop()
@@ -665,6 +803,9 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 		if m.Severity == "FATAL" || m.Severity == "PANIC" {
 			// The upstream is ending the session: pass it on as is.
 			return out, true, true
+		}
+		if h != nil && h.deny == nil {
+			s.recordOutcome(h, 0, m.Code+": "+m.Message)
 		}
 		switch {
 		case h == nil:

@@ -22,8 +22,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 )
@@ -95,7 +98,48 @@ func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	return &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: (*os.File).Sync}, nil
+	return &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: fdatasync}, nil
+}
+
+// fdatasync makes a file's data (and the size it needs) durable, which is
+// all an appended event needs.
+func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
+
+// LoadOrCreateKey reads the recorder's signing key from path, creating it
+// (0600, with the public key beside it as path.pub) on first use.
+func LoadOrCreateKey(path string) (ed25519.PrivateKey, error) {
+	if k, err := bundle.LoadPrivateKey(path); err == nil {
+		return k, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	priv, err := bundle.MarshalPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, priv, 0o600); err != nil {
+		return nil, fmt.Errorf("recorder: write key: %w", err)
+	}
+	if err := os.WriteFile(PublicKeyPath(path), pub, 0o644); err != nil {
+		return nil, fmt.Errorf("recorder: write public key: %w", err)
+	}
+	return k, nil
+}
+
+// PublicKeyPath is where LoadOrCreateKey keeps the public key.
+func PublicKeyPath(keyPath string) string {
+	return strings.TrimSuffix(keyPath, ".key") + ".pub"
 }
 
 // Dir is where recordings are written.

@@ -1,0 +1,282 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+)
+
+// dataDirFlag is the gateway data directory the recording commands read.
+func dataDirFlag(cmd *cobra.Command, dir *string) {
+	def := os.Getenv("GATEHOUSE_DATA_DIR")
+	if def == "" {
+		def = "/var/lib/gatehouse"
+	}
+	cmd.Flags().StringVar(dir, "data-dir", def, "the gateway's data_dir (default $GATEHOUSE_DATA_DIR or /var/lib/gatehouse)")
+}
+
+// sessionPath turns a session id or a file path into a recording's path.
+func sessionPath(dataDir, arg string) string {
+	if strings.HasSuffix(arg, ".jsonl") || strings.ContainsRune(arg, os.PathSeparator) {
+		return arg
+	}
+	return filepath.Join(gateway.RecordingsDir(dataDir), arg+".jsonl")
+}
+
+func newSessionsCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "sessions", Short: "List recorded gateway sessions"}
+	var dataDir, identity, resource, since string
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
+		Short: "List recorded sessions, oldest first",
+		Long: `List the sessions recorded in the gateway's data directory: when each started, who (the identity,
+or the token subject), which resource, how many events, and whether the recording is sealed. A
+recording is sealed when its session ended normally; an unsealed one belongs to a session still
+open, or to a gateway that stopped abruptly. Use 'gatehouse audit verify' to check integrity.`,
+		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ss, err := recorder.List(gateway.RecordingsDir(dataDir))
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			var from time.Time
+			if since != "" {
+				if d, err := time.ParseDuration(since); err == nil {
+					from = time.Now().Add(-d)
+				} else if t, err := time.Parse(time.RFC3339, since); err == nil {
+					from = t
+				} else {
+					return fmt.Errorf("--since %q is neither a duration (24h) nor an RFC 3339 time", since)
+				}
+			}
+			var out []recorder.Summary
+			for _, s := range ss {
+				if (identity == "" || s.Identity == identity) && (resource == "" || s.Resource == resource) && !s.Started.Before(from) {
+					out = append(out, s)
+				}
+			}
+			if asJSON {
+				if out == nil {
+					out = []recorder.Summary{}
+				}
+				return writeJSON(cmd.OutOrStdout(), out)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6s  %s\n", "SESSION", "STARTED", "IDENTITY", "RESOURCE", "EVENTS", "SEALED")
+			for _, s := range out {
+				sealed := "yes"
+				if !s.Sealed {
+					sealed = "no"
+				}
+				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", s.Session, s.Started.UTC().Format("2006-01-02 15:04:05"), s.Identity, s.Resource, s.Events, sealed)
+			}
+			return nil
+		},
+	}
+	dataDirFlag(list, &dataDir)
+	list.Flags().StringVar(&identity, "identity", "", "only sessions of this identity")
+	list.Flags().StringVar(&resource, "resource", "", "only sessions to this resource")
+	list.Flags().StringVar(&since, "since", "", "only sessions started in this last duration (24h) or after this RFC 3339 time")
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func newReplayCmd() *cobra.Command {
+	var dataDir, key string
+	cmd := &cobra.Command{
+		Use:   "replay SESSION",
+		Short: "Show a recorded session as a readable timeline",
+		Long: `Show a recorded session: who connected to what under which bundle revision, then every statement
+with the decision, the rules that decided it, the columns masked, and how it ended (rows, time,
+error). SESSION is a session id from 'gatehouse sessions list' or a recording's path. The
+recording's integrity is verified and shown at the end.`,
+		Example: `  gatehouse replay 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := sessionPath(dataDir, args[0])
+			evs, err := recorder.ReadEvents(path)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			w := cmd.OutOrStdout()
+			writeTimeline(w, evs)
+			kr, kerr := recorderKeys(dataDir, key)
+			if kerr != nil {
+				fmt.Fprintf(w, "\nintegrity not checked: %v\n", kerr)
+				return nil
+			}
+			rep, err := recorder.Verify(path, kr)
+			if err != nil {
+				return failed("%w", err)
+			}
+			fmt.Fprintln(w)
+			writeReport(w, rep)
+			if len(rep.Problems) > 0 {
+				return silentFailure(errors.New("recording altered"))
+			}
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	cmd.Flags().StringVar(&key, "key", "", "the recorder's public key (default DATA_DIR/recorder.pub)")
+	return cmd
+}
+
+func recorderKeys(dataDir, key string) (bundle.Keyring, error) {
+	if key == "" {
+		key = recorder.PublicKeyPath(gateway.RecorderKeyPath(dataDir))
+	}
+	return bundle.LoadKeyring(key)
+}
+
+func writeTimeline(w io.Writer, evs []recorder.Event) {
+	for _, ev := range evs {
+		ts := ev.Time.UTC().Format("15:04:05.000")
+		switch ev.Type {
+		case recorder.TypeStart:
+			who := ev.Identity
+			fmt.Fprintf(w, "session %s\n  %s (subject %q, issuer %s, groups [%s]) on %q\n  bundle revision %d (%s), from %s\n\n",
+				ev.Session, who, ev.Subject, ev.Issuer, strings.Join(ev.Groups, ", "), ev.Resource, ev.BundleRevision, ev.BundleDigest, ev.ClientAddr)
+			fmt.Fprintf(w, "%s  start\n", ts)
+		case recorder.TypeStatement:
+			var d celpolicy.Decision
+			_ = json.Unmarshal(ev.Decision, &d)
+			sql := strings.Join(strings.Fields(ev.SQL), " ")
+			if len(sql) > 200 {
+				sql = sql[:200] + "..."
+			}
+			fmt.Fprintf(w, "%s  %-6s %s", ts, strings.ToUpper(ev.Effect), sql)
+			if len(ev.Rules) > 0 {
+				fmt.Fprintf(w, "   [%s]", strings.Join(ev.Rules, ", "))
+			}
+			fmt.Fprintln(w)
+			if ev.Effect != bundle.EffectAllow && len(d.Reasons) > 0 {
+				fmt.Fprintf(w, "%14s reason: %s\n", "", strings.Join(d.Reasons, "; "))
+			}
+		case recorder.TypeMasked:
+			fmt.Fprintf(w, "%14s masked: %s\n", "", strings.Join(ev.Columns, ", "))
+		case "result":
+			if ev.Error != "" {
+				fmt.Fprintf(w, "%14s -> error %s (%.1f ms)\n", "", ev.Error, ev.DurationMS)
+			} else {
+				fmt.Fprintf(w, "%14s -> %d row(s) in %.1f ms\n", "", ev.Rows, ev.DurationMS)
+			}
+		case recorder.TypeEnd:
+			fmt.Fprintf(w, "%s  end    %s\n", ts, ev.Reason)
+		case recorder.TypeSeal:
+			fmt.Fprintf(w, "%14s sealed by recorder key %s\n", "", shortID(ev.KeyID))
+		}
+	}
+}
+
+func writeReport(w io.Writer, rep *recorder.Report) {
+	switch {
+	case len(rep.Problems) > 0:
+		fmt.Fprintf(w, "ALTERED  %s: %d event(s), the first %d intact\n", rep.Path, rep.Events, rep.Verified)
+		for _, p := range rep.Problems {
+			fmt.Fprintf(w, "         event %d: %s: %s\n", p.Line, p.Kind, p.Message)
+		}
+	case !rep.Sealed:
+		fmt.Fprintf(w, "UNSEALED %s: %d event(s) intact, no seal (the session is open, or the gateway stopped abruptly)\n", rep.Path, rep.Verified)
+	default:
+		fmt.Fprintf(w, "OK       %s: %d event(s), sealed and verified\n", rep.Path, rep.Events)
+	}
+}
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Verify session recordings"}
+	var dataDir, key string
+	var strict, asJSON bool
+	verify := &cobra.Command{
+		Use:   "verify [DIR|SESSION]",
+		Short: "Check recordings for edits, deletions, reordering and truncation",
+		Long: `Verify session recordings offline with the recorder's public key. Each event carries the SHA-256
+of the one before it, and a session's end is sealed with the gateway's ed25519 signature, so an
+edited, deleted or reordered event, a cut-off file, or a forged seal is found, and reported with
+the event where it shows.
+
+A recording without a seal is reported as UNSEALED: its session is still open, or the gateway
+stopped abruptly (its events up to the last intact one are verified). That is not tampering, so it
+exits 0 unless --strict.
+
+With no argument, every recording in DATA_DIR/recordings is verified. Exit status 1 when any
+recording was altered (or, with --strict, is unsealed).`,
+		Example: `  gatehouse audit verify --data-dir /var/lib/gatehouse
+  gatehouse audit verify /backups/recordings --key recorder.pub --strict`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kr, err := recorderKeys(dataDir, key)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			target := gateway.RecordingsDir(dataDir)
+			if len(args) == 1 {
+				target = args[0]
+			}
+			var paths []string
+			if fi, err := os.Stat(target); err == nil && fi.IsDir() {
+				entries, err := os.ReadDir(target)
+				if err != nil {
+					return failed("%w", err)
+				}
+				for _, e := range entries {
+					if strings.HasSuffix(e.Name(), ".jsonl") {
+						paths = append(paths, filepath.Join(target, e.Name()))
+					}
+				}
+			} else {
+				paths = []string{sessionPath(dataDir, target)}
+			}
+			bad := 0
+			var reps []*recorder.Report
+			for _, p := range paths {
+				rep, err := recorder.Verify(p, kr)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				reps = append(reps, rep)
+				if len(rep.Problems) > 0 || (strict && !rep.Sealed) {
+					bad++
+				}
+			}
+			if asJSON {
+				if reps == nil {
+					reps = []*recorder.Report{}
+				}
+				if err := writeJSON(cmd.OutOrStdout(), reps); err != nil {
+					return err
+				}
+			} else {
+				for _, r := range reps {
+					writeReport(cmd.OutOrStdout(), r)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d recording(s) checked, %d with problems\n", len(reps), bad)
+			}
+			if bad > 0 {
+				return silentFailure(fmt.Errorf("%d recording(s) failed verification", bad))
+			}
+			return nil
+		},
+	}
+	dataDirFlag(verify, &dataDir)
+	verify.Flags().StringVar(&key, "key", "", "the recorder's public key (default DATA_DIR/recorder.pub)")
+	verify.Flags().BoolVar(&strict, "strict", false, "treat unsealed recordings as failures")
+	verify.Flags().BoolVar(&asJSON, "json", false, "print JSON reports")
+	cmd.AddCommand(verify)
+	return cmd
+}

@@ -1,0 +1,136 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+)
+
+// waitRecordings waits until n recordings are sealed.
+func waitSealed(t *testing.T, e *env, n int) []recorder.Summary {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		ss, err := recorder.List(e.rec.Dir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sealed := 0
+		for _, s := range ss {
+			if s.Sealed {
+				sealed++
+			}
+		}
+		if sealed >= n {
+			return ss
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d recordings sealed: %+v", sealed, n, ss)
+		}
+	}
+}
+
+// TestRecording: a session's recording holds its start, every statement
+// with facts and decision, outcomes and masked columns, and a verifying
+// seal; never the token, the upstream password or a masked value.
+func TestRecording(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	token := e.issuer.Token(t, "analytics-job", "gatehouse")
+	c, err := pgx.Connect(ctx, e.connString(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var email string
+	if err := c.QueryRow(ctx, "SELECT email FROM customers WHERE id = 1").Scan(&email); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "DROP TABLE customers"); pgCode(err) != "42501" {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SELECT count(*) FROM orders", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	ss := waitSealed(t, e, 1)
+	rep, err := recorder.Verify(ss[0].Path, e.recKeys)
+	if err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+	evs, err := recorder.ReadEvents(ss[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	var sawDrop, sawMasked, sawRows bool
+	for _, ev := range evs {
+		types = append(types, ev.Type)
+		if ev.Type == recorder.TypeStatement && strings.Contains(ev.SQL, "DROP TABLE") && ev.Effect == "deny" {
+			sawDrop = true
+		}
+		if ev.Type == recorder.TypeMasked && strings.Join(ev.Columns, ",") == "public.customers.email=partial" {
+			sawMasked = true
+		}
+		if ev.Type == "result" && ev.Rows == 1 {
+			sawRows = true
+		}
+	}
+	if evs[0].Identity != "analytics-job" || evs[0].Resource != "orders" || evs[0].BundleDigest == "" || !sawDrop || !sawMasked || !sawRows {
+		t.Errorf("events: %v\nstart %+v", types, evs[0])
+	}
+	raw, err := os.ReadFile(ss[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, secret := range map[string]string{"token": token, "upstream password": e.pgPass, "unmasked email": "jane.doe@example.com", "card number": "4111 1111 1111 1111"} {
+		if strings.Contains(string(raw), secret) {
+			t.Errorf("the recording holds the %s", name)
+		}
+	}
+	var first map[string]any
+	_ = json.Unmarshal(raw[:strings.IndexByte(string(raw), '\n')], &first)
+	if first["client_addr"] == "" {
+		t.Error("no client address")
+	}
+}
+
+// TestRecorderFailureRefusesStatements: when events cannot be made durable,
+// statements are refused with 58030 and none reaches the database.
+func TestRecorderFailureRefusesStatements(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	c := e.connect(t, "billing-service")
+	if _, err := c.Exec(ctx, "INSERT INTO billing.invoices (order_id, amount) VALUES (1, 11)"); err != nil {
+		t.Fatal(err)
+	}
+	e.rec.Sync = func(*os.File) error { return errors.New("no space left on device") }
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		_, err := c.Exec(ctx, "INSERT INTO billing.invoices (order_id, amount) VALUES (1, 12)", mode)
+		if pgCode(err) != "58030" {
+			t.Fatalf("mode %v: %v", mode, err)
+		}
+	}
+	var n int
+	if err := e.pg.Conn(t, "orders").QueryRow(ctx, "SELECT count(*) FROM billing.invoices WHERE amount = 12").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("a statement that was not recorded reached the database: %d %v", n, err)
+	}
+	if strings.Contains(e.pg.QueryLog(t), "VALUES (1, 12)") {
+		t.Error("the unrecorded statement is in the server's log")
+	}
+	// New sessions are refused too.
+	if _, err := pgx.Connect(ctx, e.connString(e.issuer.Token(t, "billing-service", "gatehouse"))); pgCode(err) != "58030" {
+		t.Errorf("a session that cannot be recorded: %v", err)
+	}
+	if e.srv.Stats.RecorderErrors.Load() < 3 {
+		t.Errorf("recorder errors counted: %d", e.srv.Stats.RecorderErrors.Load())
+	}
+	_ = filepath.Join
+}
