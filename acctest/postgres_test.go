@@ -14,12 +14,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -422,6 +424,52 @@ func TestPostgresWithHydra(t *testing.T) {
 		var n int
 		if err := c.QueryRow(context.Background(), "SELECT count(*) FROM orders").Scan(&n); err != nil || n != 1 {
 			t.Fatalf("after a denial: %v %d", err, n)
+		}
+	})
+
+	t.Run("metrics count what happened", func(t *testing.T) {
+		resp, err := http.Get("http://" + s.adminAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		metrics := map[string]float64{}
+		for _, line := range strings.Split(string(body), "\n") {
+			name, value, ok := strings.Cut(line, " ")
+			if !ok || strings.HasPrefix(line, "#") {
+				continue
+			}
+			v, err := strconv.ParseFloat(value, 64)
+			if err != nil {
+				t.Fatalf("metrics line %q: %v", line, err)
+			}
+			metrics[name] = v
+		}
+		// At least: the masked read, the insert, and the DROP and the
+		// pgx insert denied; one token rejected; four sessions (psql x3,
+		// pgx); the bundle active.
+		for name, atLeast := range map[string]float64{
+			`gatehouse_statements_total{decision="allow"}`: 2,
+			`gatehouse_statements_total{decision="deny"}`:  2,
+			`gatehouse_auth_failures_total`:                1,
+			`gatehouse_sessions_total`:                     4,
+			`gatehouse_bundle_revision`:                    1,
+			`gatehouse_bundle_reloads_total`:               1,
+			`gatehouse_recorder_write_seconds_count`:       4,
+		} {
+			if got, ok := metrics[name]; !ok || got < atLeast {
+				t.Errorf("%s = %v (present %v), want >= %v", name, got, ok, atLeast)
+			}
+		}
+		if got := metrics[`gatehouse_recorder_write_seconds_bucket{le="+Inf"}`]; got != metrics["gatehouse_recorder_write_seconds_count"] {
+			t.Errorf("histogram +Inf bucket %v != count %v", got, metrics["gatehouse_recorder_write_seconds_count"])
+		}
+		if metrics["gatehouse_recorder_errors_total"] != 0 || metrics["gatehouse_bundle_reload_failures_total"] != 0 {
+			t.Errorf("unexpected failures: %v", metrics)
 		}
 	})
 

@@ -76,7 +76,8 @@ bundle {
 }
 
 admin {
-  listen = "127.0.0.1:9090"          # optional; /healthz, /readyz, /v1/bundle
+  listen = "127.0.0.1:9090"          # optional; /healthz, /readyz, /metrics, /v1/bundle;
+                                     # unauthenticated: keep it on loopback or a private network
 }
 
 log {

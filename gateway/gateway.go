@@ -179,6 +179,7 @@ func (g *Gateway) adminHandler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	mux.Handle("GET /metrics", g.metricsHandler())
 	mux.HandleFunc("GET /v1/bundle", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		status := map[string]any{

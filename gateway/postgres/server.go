@@ -73,10 +73,34 @@ type Stats struct {
 	Denied         atomic.Int64
 	ActiveSession  atomic.Int64
 	RecorderErrors atomic.Int64
-	// RecordNanos sums the time spent making events durable, and
-	// Records counts them.
-	RecordNanos atomic.Int64
-	Records     atomic.Int64
+	// RecordNanos sums the time spent making events durable, Records
+	// counts them, and RecordBuckets[i] counts those that took at most
+	// RecordBounds[i] (the last bucket is everything slower).
+	RecordNanos   atomic.Int64
+	Records       atomic.Int64
+	RecordBuckets [len(RecordBounds) + 1]atomic.Int64
+}
+
+// RecordBounds are the upper bounds of the recorder latency histogram. An
+// fdatasync on a local disk takes a few hundred microseconds; the top
+// buckets are for a struggling disk.
+var RecordBounds = [...]time.Duration{
+	50 * time.Microsecond, 100 * time.Microsecond, 250 * time.Microsecond,
+	500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond,
+	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond,
+	50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	time.Second,
+}
+
+// observeRecord adds one recorder write to the latency counters.
+func (st *Stats) observeRecord(d time.Duration) {
+	st.RecordNanos.Add(int64(d))
+	st.Records.Add(1)
+	i := 0
+	for i < len(RecordBounds) && d > RecordBounds[i] {
+		i++
+	}
+	st.RecordBuckets[i].Add(1)
 }
 
 func randomBytes(n int) []byte {

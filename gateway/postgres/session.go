@@ -171,8 +171,7 @@ func (s *session) record(ev recorder.Event) (int, error) {
 	}
 	start := time.Now()
 	seq, err := s.rec.Record(ev)
-	s.srv.Stats.RecordNanos.Add(int64(time.Since(start)))
-	s.srv.Stats.Records.Add(1)
+	s.srv.Stats.observeRecord(time.Since(start))
 	if err != nil {
 		s.srv.Stats.RecorderErrors.Add(1)
 		s.log.Error("recording failed; the statement is refused", "err", err)
