@@ -1,0 +1,94 @@
+package acctest
+
+import (
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDevDemo runs `gatehouse dev --exit`, the code path of `make demo`:
+// the real binary, the system's PostgreSQL and psql, the scripted session,
+// the database check, and the replay and verification of the recordings.
+// The command fails itself when any step goes other than scripted; the test
+// also reads the output for what a newcomer must see, and checks that the
+// environment is gone afterwards.
+func TestDevDemo(t *testing.T) {
+	if _, err := exec.LookPath("psql"); err != nil {
+		t.Fatalf("psql is required: %v (apt package postgresql-client-15)", err)
+	}
+	out, code := ghRun(t, "dev", "--exit", "--listen", "127.0.0.1:0")
+	if code != 0 {
+		t.Fatalf("gatehouse dev --exit: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{
+		"DEVELOPMENT ONLY",
+		"j***@example.com | [REDACTED]",
+		"permission denied by rule guardrails/no-drop-or-truncate",
+		"permission denied by rule guardrails/no-unfiltered-writes",
+		"DELETE 1",
+		"SELECT count(*) FROM customers                -> 3  ok",
+		"DENY   /* tidy up */ DROP TABLE customers;",
+		"sealed by recorder key",
+		"All 7 statements went as scripted; 2 sessions recorded, sealed and verified.",
+		`psql "host=127.0.0.1 port=`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the demo's output lacks %q", want)
+		}
+	}
+	for _, never := range []string{"jane.doe@example.com", "4111 1111", "\033["} {
+		if strings.Contains(out, never) {
+			t.Errorf("the demo's output shows %q", never)
+		}
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", out)
+	}
+	dir := regexp.MustCompile(`removed (/\S+)\.`).FindStringSubmatch(out)
+	if dir == nil {
+		t.Fatalf("no clean-up line in the output")
+	}
+	if _, err := os.Stat(dir[1]); !os.IsNotExist(err) {
+		t.Errorf("%s still exists after exit: %v", dir[1], err)
+	}
+}
+
+// TestDevCleansUpOnSignal: without --exit the environment runs until
+// SIGINT, then stops everything and removes its directory.
+func TestDevCleansUpOnSignal(t *testing.T) {
+	cmd := exec.Command(gatehouseBin, "dev", "--no-script", "--listen", "127.0.0.1:0")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), "Running until Ctrl-C"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("not ready:\n%s", out.String())
+		}
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("did not stop on SIGINT:\n%s", out.String())
+	}
+	dir := regexp.MustCompile(`removed (/\S+)\.`).FindStringSubmatch(out.String())
+	if dir == nil {
+		t.Fatalf("no clean-up line:\n%s", out.String())
+	}
+	if _, err := os.Stat(dir[1]); !os.IsNotExist(err) {
+		t.Errorf("%s still exists: %v", dir[1], err)
+	}
+}

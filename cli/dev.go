@@ -1,0 +1,219 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/gatehouse-dev/gatehouse/devenv"
+	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+)
+
+func newDevCmd() *cobra.Command {
+	var listen, logFile string
+	var seeds []string
+	var exit, noScript, verbose bool
+	cmd := &cobra.Command{
+		Use:   "dev [DIR]",
+		Short: "Run a throwaway gateway, database and DEVELOPMENT issuer on this machine, and show them working",
+		Long: `Start everything a gateway needs on this machine, on loopback, in a temp dir:
+
+  - a private PostgreSQL (the system's binaries), seeded with sample rows;
+  - a DEVELOPMENT-ONLY OIDC issuer that signs a token for anyone on this machine who asks
+    (its URLs say DEV-ONLY-NOT-FOR-PRODUCTION, and it never listens beyond loopback);
+  - the real gateway, enforcing the policy as a bundle signed with a key made for this run.
+
+The policy is DIR, or without DIR the quickstart built into the binary (examples/quickstart).
+Every identity provider in it is pointed at the development issuer and every postgres resource at
+the private database (verify-full TLS, with a password only the gateway reads). Tokens for each
+identity are written to the temp dir: its subject, or for a match-based identity the subject and
+claims of the first policy test that names it.
+
+On the quickstart it then runs a scripted psql session: an allowed SELECT with masked columns, a
+denied DROP, a denied DELETE without WHERE; it checks on the database that nothing denied ran,
+and replays and verifies the recordings. Then it prints how to connect your own psql, and runs
+until Ctrl-C (or exits at once with --exit). Everything is removed on exit.
+
+Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15).`,
+		Example: `  gatehouse dev                         # the quickstart, the scripted session, then wait
+  gatehouse dev --exit                  # the scripted session only (what make demo's CI check runs)
+  gatehouse dev policies/ --seed orders=schema.sql`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			w := cmd.OutOrStdout()
+			opts := devenv.Options{Listen: listen, Progress: w, Seeds: map[string]string{}}
+			if len(args) == 1 {
+				opts.PolicyDir = args[0]
+			}
+			for _, s := range seeds {
+				resource, file, ok := strings.Cut(s, "=")
+				if !ok || resource == "" || file == "" {
+					return fmt.Errorf("--seed %q: want RESOURCE=FILE", s)
+				}
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				opts.Seeds[resource] = string(data)
+			}
+			if verbose {
+				opts.Log, opts.LogLevel = cmd.ErrOrStderr(), slog.LevelDebug
+			} else if logFile != "" {
+				f, err := os.Create(logFile)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer f.Close()
+				opts.Log = f
+			}
+
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			p := newPainter(w)
+			fmt.Fprintf(w, "%s\n%s\n\nStarting:\n",
+				p.paint("1;33", "gatehouse dev: a throwaway environment for trying policies. DEVELOPMENT ONLY:"),
+				p.paint("1;33", "its issuer signs a token for anyone on this machine who asks."))
+			start := time.Now()
+			env, err := devenv.Start(ctx, opts)
+			if err != nil {
+				return failed("%w", err)
+			}
+			defer func() {
+				if err := env.Close(); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "gatehouse dev: clean-up: %v\n", err)
+				} else {
+					fmt.Fprintf(w, "\nStopped the gateway, the issuer and PostgreSQL; removed %s.\n", env.Dir)
+				}
+			}()
+			fmt.Fprintf(w, "  ready in %s\n", time.Since(start).Round(time.Millisecond))
+			for _, s := range env.Skipped {
+				fmt.Fprintf(w, "  not served: %s\n", s)
+			}
+
+			if opts.PolicyDir == "" && !noScript {
+				if err := runDemoScript(ctx, env, w, p); err != nil {
+					return err
+				}
+			}
+			writeConnectHelp(w, env, p)
+			if exit {
+				return nil
+			}
+			fmt.Fprintf(w, "\nRunning until Ctrl-C.\n")
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "", "the gateway's PostgreSQL address, on loopback (default "+devenv.DefaultListen+", or a free port when that is taken)")
+	f.StringArrayVar(&seeds, "seed", nil, "RESOURCE=FILE: SQL run on the resource's database at start, as its upstream role (repeatable)")
+	f.BoolVar(&exit, "exit", false, "exit after the scripted session instead of waiting for Ctrl-C")
+	f.BoolVar(&noScript, "no-script", false, "skip the scripted psql session")
+	f.BoolVarP(&verbose, "verbose", "v", false, "print the gateway's debug log to stderr")
+	f.StringVar(&logFile, "log-file", "", "write the gateway's log to this file (default: gateway.log in the temp dir)")
+	return cmd
+}
+
+// runDemoScript is the scripted session, the database check, and the replay
+// and verification of what was recorded.
+func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter) error {
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== A scripted psql session through the gateway =="))
+	results, err := env.RunScript(ctx, devenv.QuickstartScript, w, p.color)
+	if err != nil {
+		return failed("%w", err)
+	}
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== What reached the database (asked directly, around the gateway) =="))
+	checkErr := env.RunChecks(ctx, devenv.QuickstartChecks, w)
+
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== The recordings =="))
+	sessions, err := env.WaitSealed(ctx, 10*time.Second)
+	if err != nil {
+		return failed("%w", err)
+	}
+	kr, err := recorderKeys(env.DataDir, "")
+	if err != nil {
+		return failed("%w", err)
+	}
+	bad := 0
+	for i, s := range sessions {
+		path := filepath.Join(gateway.RecordingsDir(env.DataDir), s.Session+".jsonl")
+		if i == 0 {
+			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s\n\n", s.Session, env.DataDir)
+			evs, err := recorder.ReadEvents(path)
+			if err != nil {
+				return failed("%w", err)
+			}
+			writeTimeline(w, evs)
+			fmt.Fprintf(w, "\n$ gatehouse audit verify --data-dir %s\n", env.DataDir)
+		}
+		rep, err := recorder.Verify(path, kr)
+		if err != nil {
+			return failed("%w", err)
+		}
+		writeReport(w, rep)
+		if !rep.OK() {
+			bad++
+		}
+	}
+
+	if err := devenv.Failed(results); err != nil {
+		return failed("the scripted session did not go as expected:\n%w", err)
+	}
+	if checkErr != nil {
+		return failed("the database does not look as the script expects:\n%w", checkErr)
+	}
+	if bad > 0 {
+		return failed("%d recording(s) did not verify", bad)
+	}
+	if len(sessions) != len(devenv.QuickstartScript) {
+		return failed("%d recording(s), want one per scripted session (%d)", len(sessions), len(devenv.QuickstartScript))
+	}
+	fmt.Fprintf(w, "\nAll %d statements went as scripted; %d sessions recorded, sealed and verified.\n", len(results), len(sessions))
+	return nil
+}
+
+func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== Try it yourself =="))
+	fmt.Fprintf(w, "Tokens (valid %s) for the policy's identities are in %s/tokens:\n\n", devenv.TokenTTL, env.Dir)
+	for _, c := range env.Callers {
+		for _, db := range env.Databases {
+			fmt.Fprintf(w, "  PGPASSWORD=$(cat %s) psql \"%s\"\n", c.TokenFile, env.ConnString(db, c.Identity))
+		}
+	}
+	fmt.Fprintf(w, "\nA fresh token, with any subject and claims (DEVELOPMENT ONLY):\n")
+	for _, p := range env.Model.IdentityProviders {
+		fmt.Fprintf(w, "  curl -s '%s?sub=SUBJECT&CLAIM=VALUE'\n", env.Issuer.TokenURL(p.Name))
+	}
+	fmt.Fprintf(w, "\nSee what happened:\n")
+	fmt.Fprintf(w, "  gatehouse sessions list --data-dir %s\n", env.DataDir)
+	fmt.Fprintf(w, "  gatehouse audit verify --data-dir %s\n", env.DataDir)
+	fmt.Fprintf(w, "  curl -s http://%s/metrics | grep ^gatehouse_\n", env.Gateway.AdminAddr)
+	if env.LogFile != "" {
+		fmt.Fprintf(w, "  tail -f %s\n", env.LogFile)
+	}
+}
+
+// painter colours headings when writing to a terminal and NO_COLOR is unset.
+type painter struct{ color bool }
+
+func newPainter(w io.Writer) painter {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return painter{}
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return painter{color: err == nil}
+}
+
+func (p painter) paint(code, s string) string { return devenv.Paint(p.color, code, s) }
