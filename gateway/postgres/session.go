@@ -165,6 +165,7 @@ func (s *session) recordStatement(kind, sql string, req *celpolicy.PostgresReque
 	return s.record(recorder.Event{Type: recorder.TypeStatement, Kind: kind, SQL: sql, Facts: facts, Decision: dec, Effect: d.Effect, Rules: d.Rules()})
 }
 
+// record makes an event durable (write and fdatasync) and times it.
 func (s *session) record(ev recorder.Event) (int, error) {
 	if s.rec == nil {
 		return 0, nil
@@ -177,6 +178,20 @@ func (s *session) record(ev recorder.Event) (int, error) {
 		s.log.Error("recording failed; the statement is refused", "err", err)
 	}
 	return seq, err
+}
+
+// note appends an event about what already happened (a result, the masks
+// applied) without an fdatasync of its own: the next statement's record, or
+// the session's end, makes it durable. A failure is logged and counted;
+// the next durable record then fails too and refuses its statement.
+func (s *session) note(ev recorder.Event) {
+	if s.rec == nil {
+		return
+	}
+	if _, err := s.rec.Append(ev); err != nil {
+		s.srv.Stats.RecorderErrors.Add(1)
+		s.log.Error("recording failed", "event", ev.Type, "err", err)
+	}
 }
 
 // unrecorded is the error a statement gets when its event cannot be made
@@ -192,7 +207,7 @@ func (s *session) recordOutcome(h *slot, rows int64, errMsg string) {
 	if s.rec == nil || h == nil || h.recRef == 0 {
 		return
 	}
-	_, _ = s.record(recorder.Event{Type: "result", Ref: h.recRef, Rows: rows, Error: errMsg,
+	s.note(recorder.Event{Type: "result", Ref: h.recRef, Rows: rows, Error: errMsg,
 		DurationMS: float64(time.Since(h.start).Microseconds()) / 1000})
 }
 
@@ -211,7 +226,7 @@ func (s *session) recordMasked(ref int, d *resultDesc) {
 		cols = append(cols, det.Target+"="+det.Method)
 	}
 	if len(cols) > 0 {
-		_, _ = s.record(recorder.Event{Type: recorder.TypeMasked, Ref: ref, Columns: cols})
+		s.note(recorder.Event{Type: recorder.TypeMasked, Ref: ref, Columns: cols})
 	}
 }
 
@@ -270,7 +285,11 @@ func (s *session) closeAll() {
 func (s *session) send(msg pgproto3.BackendMessage, flush bool) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	_ = s.client.SetWriteDeadline(time.Now().Add(writeTimeout))
+	timeout := writeTimeout
+	if s.ending.Load() {
+		timeout = time.Second // end() is waiting to send the last word
+	}
+	_ = s.client.SetWriteDeadline(time.Now().Add(timeout))
 	s.be.Send(msg)
 	if flush {
 		return s.be.Flush()
@@ -284,8 +303,20 @@ func (s *session) end(code, msg string) {
 	if !s.ending.CompareAndSwap(false, true) {
 		return
 	}
-	_ = s.client.SetWriteDeadline(time.Now().Add(time.Second))
-	s.writeMu.Lock()
+	// A write in progress holds writeMu and may have set its own deadline
+	// just after ours: keep cutting it short until the lock is ours, and
+	// give up on the FATAL message after a second.
+	deadline := time.Now().Add(time.Second)
+	for !s.writeMu.TryLock() {
+		_ = s.client.SetWriteDeadline(deadline)
+		if time.Now().After(deadline) {
+			s.log.Warn("session ended by the gateway; the client is not reading", "code", code, "reason", msg)
+			s.closeAll()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = s.client.SetWriteDeadline(deadline)
 	s.be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
 	_ = s.be.Flush()
 	s.writeMu.Unlock()

@@ -189,10 +189,24 @@ func (s *Session) Record(ev Event) (int, error) {
 	if s.sealed {
 		return 0, ErrSealed
 	}
-	return s.appendLocked(ev)
+	return s.appendLocked(ev, true)
 }
 
-func (s *Session) appendLocked(ev Event) (int, error) {
+// Append appends an event without waiting for the disk: the next Record or
+// End makes it durable along with its own event (one file, appended in
+// order, so a crash can only lose a tail). It is for events about what has
+// already happened, a statement's result or the masks applied to it, which
+// must not hold up the data path with an fdatasync of their own.
+func (s *Session) Append(ev Event) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sealed {
+		return 0, ErrSealed
+	}
+	return s.appendLocked(ev, false)
+}
+
+func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
 	ev.Seq = s.seq + 1
 	ev.Prev = s.prev
 	if ev.Time.IsZero() {
@@ -205,8 +219,10 @@ func (s *Session) appendLocked(ev Event) (int, error) {
 	if _, err := s.f.Write(append(line, '\n')); err != nil {
 		return 0, fmt.Errorf("recorder: write %s: %w", s.Path, err)
 	}
-	if err := s.r.Sync(s.f); err != nil {
-		return 0, fmt.Errorf("recorder: sync %s: %w", s.Path, err)
+	if durable {
+		if err := s.r.Sync(s.f); err != nil {
+			return 0, fmt.Errorf("recorder: sync %s: %w", s.Path, err)
+		}
 	}
 	s.seq = ev.Seq
 	s.prev = hashLine(line)
@@ -231,11 +247,11 @@ func (s *Session) End(reason string) error {
 	if s.sealed {
 		return nil
 	}
-	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason})
+	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason}, true)
 	if err == nil {
 		id := filepath.Base(s.Path[:len(s.Path)-len(".jsonl")])
 		sig := ed25519.Sign(s.r.key, sealMessage(id, s.prev))
-		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)})
+		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
 	}
 	s.sealed = true
 	if cerr := s.f.Close(); err == nil {

@@ -158,3 +158,42 @@ func TestList(t *testing.T) {
 		t.Fatalf("List: %+v %v", ss, err)
 	}
 }
+
+// Append writes without an fdatasync of its own; the next Record or End
+// syncs, covering it, and the chain holds across both kinds.
+func TestAppendIsMadeDurableByTheNextRecord(t *testing.T) {
+	r, kr := newRec(t)
+	syncs := 0
+	r.Sync = func(f *os.File) error { syncs++; return fdatasync(f) }
+	s, err := r.Start("s", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT email FROM customers"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := syncs
+	if _, err := s.Append(Event{Type: TypeMasked, Ref: ref, Columns: []string{"public.customers.email=partial"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(Event{Type: "result", Ref: ref, Rows: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if syncs != before {
+		t.Errorf("Append synced (%d fdatasyncs)", syncs-before)
+	}
+	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); err != nil || syncs != before+1 {
+		t.Fatalf("Record: %v, %d fdatasyncs", err, syncs-before)
+	}
+	if err := s.End("done"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(Event{Type: "result"}); !errors.Is(err, ErrSealed) {
+		t.Errorf("Append after the seal: %v", err)
+	}
+	rep, err := Verify(s.Path, kr)
+	if err != nil || !rep.OK() || rep.Events != 7 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
