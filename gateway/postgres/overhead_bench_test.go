@@ -1,0 +1,533 @@
+package postgres
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/auth"
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/hclconfig"
+)
+
+// The statement measured: the billing service reads a customer's email and
+// card number, so the quickstart's two masks both apply (email partial,
+// card redacted: billing is not in the pci group).
+const (
+	overheadSQL      = "SELECT email, card_number FROM customers WHERE id = 1"
+	overheadParamSQL = "SELECT email, card_number FROM customers WHERE id = $1"
+)
+
+// customersOID is the relation OID the canned upstream gives customers;
+// the catalog cache maps it to the quickstart's column names.
+const customersOID = 16390
+
+// BenchmarkStatementOverhead measures what the gateway adds to one
+// statement, on the quickstart bundle (examples/quickstart, signed and
+// activated through a real bundlestore) with the billing service's identity
+// resolved by the bundle, and a real recorder writing the session's JSONL
+// file into a temp dir. The temp dir follows TMPDIR: for fdatasync numbers
+// that mean anything, point TMPDIR at the disk the gateway records to (a
+// tmpfs makes fdatasync free).
+//
+// The simple protocol, one Query message:
+//
+//   - parse: celpolicy.Query, the SQL-to-facts step of the Query case of
+//     session.requests0.
+//   - decide: session.decide, the active bundle's Decide plus the checks the
+//     gateway makes whatever the policy says.
+//   - record, record-nosync: session.recordStatement, the statement event
+//     made durable before the statement is forwarded; -nosync replaces the
+//     recorder's fdatasync (Recorder.Sync, the recorder's own test hook)
+//     with nothing, leaving encoding, hashing and write(2).
+//   - request, request-nosync: session.requests0 itself handling one Query
+//     message (check, parse, decide, record, queue, forward), up to the
+//     moment the statement leaves for the upstream. This is the latency the
+//     gateway adds before the database sees the statement.
+//   - round-trip, round-trip-nosync: session.run, the whole session, both
+//     of its sides, between a client and an upstream over in-memory pipes.
+//     It adds the response side: resolving the result's columns (from the
+//     catalog cache, as every statement after a revision's first does),
+//     recording the masked columns, masking the row, and recording the
+//     outcome; each record is made durable before the response that needs
+//     it is forwarded.
+//
+// The extended protocol, a prepared statement executed again (Bind,
+// Execute, Sync, as pgx sends for a cached statement). The session parses
+// a statement once, at Parse, and keeps its facts with the statement
+// (prepared.req); an Execute decides and records those facts again:
+//
+//   - prepare: session.requests0 handling Parse and Sync, and
+//     session.response settling them with ParseComplete and
+//     ReadyForQuery. Paid once per prepared statement; an allowed Parse is
+//     not recorded.
+//   - execute, execute-nosync: what session.execute does before it
+//     describes the portal: resolve the portal, decide, record.
+//   - round-trip, round-trip-nosync: session.run with Bind, Execute, Sync.
+//     Because masks apply, execute describes the portal upstream before
+//     the Execute and waits for the answer: with a real database that wait
+//     is a network round trip per execution.
+//
+// Every benchmark that records reports records/op and record-ns/op from the
+// gateway's own recorder counters (Stats.Records, Stats.RecordNanos), so a total can
+// be split into time spent making events durable and the rest. The
+// round-trip benchmarks' B/op includes the client's and the canned
+// upstream's encoding and decoding, which the gateway does not pay.
+func BenchmarkStatementOverhead(b *testing.B) {
+	r := newOverheadRig(b)
+
+	b.Run("simple", func(b *testing.B) {
+		b.Run("parse", func(b *testing.B) {
+			b.ReportAllocs()
+			var req *celpolicy.PostgresRequest
+			for b.Loop() {
+				req = celpolicy.Query(overheadSQL)
+			}
+			if req.Invalid != "" || len(req.Statements) != 1 {
+				b.Fatalf("the statement did not parse: %+v", req)
+			}
+		})
+		b.Run("decide", func(b *testing.B) {
+			s := r.session(b, true)
+			req := celpolicy.Query(overheadSQL)
+			b.ReportAllocs()
+			var d celpolicy.Decision
+			for b.Loop() {
+				d = s.decide(req, true)
+			}
+			mustAllowMasked(b, d)
+		})
+		for _, sync := range []bool{true, false} {
+			b.Run("record"+nosync(sync), func(b *testing.B) {
+				s := r.session(b, sync)
+				req := celpolicy.Query(overheadSQL)
+				d := s.decide(req, true)
+				mustAllowMasked(b, d)
+				report := watchRecords(s.srv)
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := s.recordStatement("query", overheadSQL, req, d); err != nil {
+						b.Fatal(err)
+					}
+				}
+				report(b)
+			})
+		}
+		for _, sync := range []bool{true, false} {
+			b.Run("request"+nosync(sync), func(b *testing.B) {
+				s := r.session(b, sync)
+				in := attachFeed(s)
+				msg := encodeMessages(b, &pgproto3.Query{String: overheadSQL})
+				report := watchRecords(s.srv)
+				b.ReportAllocs()
+				for b.Loop() {
+					in.buf = msg
+					// requests0 handles the message, then returns at the
+					// feed's end as it does when a client disconnects.
+					if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
+						b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+					}
+					// The slot would wait for the upstream's answer; the
+					// response side is not running, so drop it.
+					if sl := s.q.pop(); sl == nil || sl.kind != slotQuery || len(sl.masks) == 0 {
+						b.Fatalf("the query was not forwarded with its masks: %+v", sl)
+					}
+				}
+				report(b)
+			})
+		}
+		for _, sync := range []bool{true, false} {
+			b.Run("round-trip"+nosync(sync), func(b *testing.B) {
+				s := r.session(b, sync)
+				client := runSession(b, s)
+				query := &pgproto3.Query{String: overheadSQL}
+				var row []string
+				exchange(b, client, &row, query)
+				mustBeMasked(b, row)
+				report := watchRecords(s.srv)
+				b.ReportAllocs()
+				for b.Loop() {
+					exchange(b, client, nil, query)
+				}
+				report(b)
+			})
+		}
+	})
+
+	b.Run("extended", func(b *testing.B) {
+		b.Run("prepare", func(b *testing.B) {
+			s := r.session(b, true)
+			in := attachFeed(s)
+			// The unnamed statement, which a Parse may replace.
+			msg := encodeMessages(b, &pgproto3.Parse{Query: overheadParamSQL}, &pgproto3.Sync{})
+			answers := []pgproto3.BackendMessage{&pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}}
+			b.ReportAllocs()
+			for b.Loop() {
+				in.buf = msg
+				if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
+					b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+				}
+				for _, m := range answers {
+					if _, _, ok := s.response(m); !ok {
+						b.Fatalf("%T did not settle", m)
+					}
+				}
+			}
+			if st, _, _ := s.names.resolve("S:", s.batch); st == nil || st.sql != overheadParamSQL {
+				b.Fatal("the statement is not prepared")
+			}
+		})
+		for _, sync := range []bool{true, false} {
+			b.Run("execute"+nosync(sync), func(b *testing.B) {
+				s := r.session(b, sync)
+				in := attachFeed(s)
+				// Prepare and bind as a client does, and settle both as
+				// the upstream's completions do.
+				in.buf = encodeMessages(b,
+					&pgproto3.Parse{Name: "stmt1", Query: overheadParamSQL},
+					&pgproto3.Bind{PreparedStatement: "stmt1", Parameters: [][]byte{[]byte("1")}})
+				if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
+					b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+				}
+				for _, m := range []pgproto3.BackendMessage{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}} {
+					if _, _, ok := s.response(m); !ok {
+						b.Fatalf("%T did not settle", m)
+					}
+				}
+				report := watchRecords(s.srv)
+				b.ReportAllocs()
+				for b.Loop() {
+					// Mirrors session.execute up to the hidden Describe.
+					_, p, ok := s.names.resolve("P:", s.batch)
+					if !ok || p == nil || p.stmt == nil {
+						b.Fatal("the portal is not bound")
+					}
+					d := s.decide(p.stmt.req, true)
+					if _, err := s.recordStatement("execute", p.stmt.sql, p.stmt.req, d); err != nil {
+						b.Fatal(err)
+					}
+					if d.Effect != bundle.EffectAllow {
+						b.Fatalf("the execution is refused: %v", d.Reasons)
+					}
+				}
+				report(b)
+			})
+		}
+		for _, sync := range []bool{true, false} {
+			b.Run("round-trip"+nosync(sync), func(b *testing.B) {
+				s := r.session(b, sync)
+				client := runSession(b, s)
+				exchange(b, client, nil,
+					&pgproto3.Parse{Name: "stmt1", Query: overheadParamSQL},
+					&pgproto3.Describe{ObjectType: 'S', Name: "stmt1"},
+					&pgproto3.Sync{})
+				run := []pgproto3.FrontendMessage{
+					&pgproto3.Bind{PreparedStatement: "stmt1", Parameters: [][]byte{[]byte("1")}},
+					&pgproto3.Execute{},
+					&pgproto3.Sync{},
+				}
+				var row []string
+				exchange(b, client, &row, run...)
+				mustBeMasked(b, row)
+				report := watchRecords(s.srv)
+				b.ReportAllocs()
+				for b.Loop() {
+					exchange(b, client, nil, run...)
+				}
+				report(b)
+			})
+		}
+	})
+}
+
+func nosync(sync bool) string {
+	if sync {
+		return ""
+	}
+	return "-nosync"
+}
+
+// overheadRig is the quickstart bundle, active in a store, and a recorder
+// key: what every session of the benchmark shares, as a gateway's sessions
+// do.
+type overheadRig struct {
+	store  *bundlestore.Store
+	recKey ed25519.PrivateKey
+	log    *slog.Logger
+}
+
+// newOverheadRig signs examples/quickstart and activates it through
+// bundlestore.Apply, the path a gateway loads a bundle by.
+func newOverheadRig(b *testing.B) *overheadRig {
+	b.Helper()
+	res, diags := hclconfig.Load("../../examples/quickstart")
+	if diags.HasErrors() {
+		b.Fatalf("quickstart: %v", diags)
+	}
+	p, err := bundle.NewPayload(*res.Model, bundle.BuildOptions{Revision: 1, CreatedAt: time.Unix(1764000000, 0), Compiler: "benchmark"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw, err := bundle.EncodePayload(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	signKey, err := bundle.GenerateKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, err := bundle.Sign(raw, signKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	store := bundlestore.New(bundle.NewKeyring(signKey.Public().(ed25519.PublicKey)), "", bundlestore.WithLogger(log))
+	if _, err := store.Apply(data, "examples/quickstart"); err != nil {
+		b.Fatal(err)
+	}
+	recKey, err := bundle.GenerateKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &overheadRig{store: store, recKey: recKey, log: log}
+}
+
+// session builds the billing service's session on orders the way
+// Server.startup does once the token is verified: the bundle resolves the
+// identity, and the recording is started before any statement. It has a
+// Server of its own, so that its counters are its own. With sync false the
+// recorder writes but does not fdatasync.
+func (r *overheadRig) session(b *testing.B, sync bool) *session {
+	b.Helper()
+	active := r.store.Current()
+	srv := New(Config{InsecurePlaintext: true}, r.store, WithLogger(r.log))
+	// The catalog cache as the first statement of this revision leaves it:
+	// every later statement resolves its result columns from it without
+	// asking the upstream. Keys are canonical, as columnNames makes them.
+	col := func(name string) string {
+		return bundle.QuoteIdent("public") + "." + bundle.QuoteIdent("customers") + "." + bundle.QuoteIdent(name)
+	}
+	srv.catalog.by["orders"] = &catalog{revision: active.Revision, funcs: map[uint32]string{},
+		columns: map[uint32]map[uint16]string{customersOID: {1: col("id"), 2: col("name"), 3: col("email"), 4: col("card_number")}}}
+	rec, err := recorder.Open(b.TempDir(), r.recKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !sync {
+		rec.Sync = func(*os.File) error { return nil }
+	}
+	tok := celpolicy.Token{Issuer: "https://id.example.com", Subject: "billing-service", Claims: map[string]any{"sub": "billing-service", "aud": "gatehouse"}}
+	identity, err := active.Policy.ResolveIdentity("corp", tok)
+	if err != nil || identity.Name != "billing-service" {
+		b.Fatalf("identity: %+v %v", identity, err)
+	}
+	s := &session{
+		srv: srv, id: 1, resource: "orders", identity: identity,
+		token:   &auth.Verified{Provider: "corp", Token: tok, Expiry: time.Now().Add(24 * time.Hour)},
+		started: time.Now(), revision: active.Revision, names: newNames(), q: newQueue(), log: r.log,
+	}
+	s.recID = fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	s.rec, err = rec.Start(s.recID, recorder.Event{
+		Identity: identityName(identity), Subject: identity.Subject, Issuer: identity.Issuer, Groups: identity.Groups,
+		Resource: s.resource, BundleRevision: active.Revision, BundleDigest: active.Digest, ClientAddr: "bench",
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.endRecording("benchmark done") })
+	return s
+}
+
+// feed is a client that sends the bytes it holds and then disconnects
+// (io.EOF); refilled, it sends again.
+type feed struct{ buf []byte }
+
+func (f *feed) Read(p []byte) (int, error) {
+	if len(f.buf) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, f.buf)
+	f.buf = f.buf[n:]
+	return n, nil
+}
+
+// attachFeed connects the session's request side to a feed, and its
+// upstream to nowhere: what requests0 forwards is encoded and discarded.
+func attachFeed(s *session) *feed {
+	in := &feed{}
+	s.be = pgproto3.NewBackend(in, io.Discard)
+	s.fe = pgproto3.NewFrontend(&feed{}, io.Discard)
+	return in
+}
+
+func encodeMessages(b *testing.B, msgs ...pgproto3.FrontendMessage) []byte {
+	b.Helper()
+	var buf []byte
+	for _, m := range msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return buf
+}
+
+// runSession runs s as Server.handle does once startup is done (session.run),
+// between a client and a canned upstream over in-memory pipes, and returns
+// the client. The session, and the upstream with it, end when the client
+// disconnects at cleanup.
+func runSession(b *testing.B, s *session) *pgproto3.Frontend {
+	b.Helper()
+	clientConn, gwConn := net.Pipe()
+	upConn, dbConn := net.Pipe()
+	s.client, s.be = gwConn, pgproto3.NewBackend(gwConn, gwConn)
+	s.fe = pgproto3.NewFrontend(upConn, upConn)
+	s.up = &pgconn.HijackedConn{Conn: upConn, Frontend: s.fe, TxStatus: 'I'}
+	s.txStatus = 'I'
+	upDone := make(chan struct{})
+	go func() {
+		defer close(upDone)
+		cannedUpstream(dbConn)
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.run(context.Background())
+	}()
+	b.Cleanup(func() {
+		clientConn.Close()
+		<-done
+		<-upDone
+	})
+	return pgproto3.NewFrontend(clientConn, clientConn)
+}
+
+// cannedUpstream answers like PostgreSQL would for the statement measured,
+// with fixed responses: the benchmark measures the gateway, so the database
+// must take no time. It answers when PostgreSQL does (at Sync, Flush or
+// after a Query) and stops when the session closes its connection.
+func cannedUpstream(conn net.Conn) {
+	defer conn.Close()
+	be := pgproto3.NewBackend(conn, conn)
+	field := func(name string, attnum uint16) pgproto3.FieldDescription {
+		return pgproto3.FieldDescription{Name: []byte(name), TableOID: customersOID, TableAttributeNumber: attnum,
+			DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1}
+	}
+	rows := &pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{field("email", 3), field("card_number", 4)}}
+	row := &pgproto3.DataRow{Values: [][]byte{[]byte("jane.doe@example.com"), []byte("4111 1111 1111 1111")}}
+	done := &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}
+	ready := &pgproto3.ReadyForQuery{TxStatus: 'I'}
+	for {
+		msg, err := be.Receive()
+		if err != nil {
+			return
+		}
+		switch m := msg.(type) {
+		case *pgproto3.Query:
+			be.Send(rows)
+			be.Send(row)
+			be.Send(done)
+			be.Send(ready)
+		case *pgproto3.Parse:
+			be.Send(&pgproto3.ParseComplete{})
+		case *pgproto3.Bind:
+			be.Send(&pgproto3.BindComplete{})
+		case *pgproto3.Describe:
+			if m.ObjectType == 'S' {
+				be.Send(&pgproto3.ParameterDescription{ParameterOIDs: []uint32{23}})
+			}
+			be.Send(rows)
+		case *pgproto3.Execute:
+			be.Send(row)
+			be.Send(done)
+		case *pgproto3.Sync:
+			be.Send(ready)
+		case *pgproto3.Flush:
+		default:
+			return
+		}
+		switch msg.(type) {
+		case *pgproto3.Query, *pgproto3.Sync, *pgproto3.Flush:
+			if err := be.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// exchange sends msgs in one write and reads the responses up to
+// ReadyForQuery. When row is not nil it receives a copy of the last row's
+// values (the received bytes are valid only until the next receive). An
+// error fails the benchmark: a refused statement takes another path than
+// the one measured.
+func exchange(b *testing.B, fe *pgproto3.Frontend, row *[]string, msgs ...pgproto3.FrontendMessage) {
+	b.Helper()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	if err := fe.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			b.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			b.Fatalf("the gateway refused the statement: %s: %s", m.Code, m.Message)
+		case *pgproto3.DataRow:
+			if row != nil {
+				*row = (*row)[:0]
+				for _, v := range m.Values {
+					*row = append(*row, string(v))
+				}
+			}
+		case *pgproto3.ReadyForQuery:
+			return
+		}
+	}
+}
+
+// mustAllowMasked fails unless d allows the statement with both masks: the
+// path measured is the masked one.
+func mustAllowMasked(b *testing.B, d celpolicy.Decision) {
+	b.Helper()
+	if d.Effect != bundle.EffectAllow || len(d.Masks) != 2 {
+		b.Fatalf("decision: %s %v masks %v", d.Effect, d.Reasons, d.Masks)
+	}
+}
+
+// mustBeMasked fails unless the client got the row masked.
+func mustBeMasked(b *testing.B, row []string) {
+	b.Helper()
+	if want := []string{"j***@example.com", "[REDACTED]"}; !slices.Equal(row, want) {
+		b.Fatalf("the client got %q, want %q", row, want)
+	}
+}
+
+// watchRecords zeroes the server's recorder counters and returns a
+// function that reports them per operation: how many events each
+// operation made durable, and how long the session waited for that.
+func watchRecords(srv *Server) func(*testing.B) {
+	srv.Stats.Records.Store(0)
+	srv.Stats.RecordNanos.Store(0)
+	return func(b *testing.B) {
+		b.ReportMetric(float64(srv.Stats.Records.Load())/float64(b.N), "records/op")
+		b.ReportMetric(float64(srv.Stats.RecordNanos.Load())/float64(b.N), "record-ns/op")
+	}
+}
