@@ -120,7 +120,7 @@ func Start(opts ...Option) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("PostgreSQL server binaries not found: %w; install the apt package postgresql-15 (apt-get install postgresql-15)", err)
 	}
-	cred, err := serverCredential()
+	cred, err := ServerCredential()
 	if err != nil {
 		return nil, err
 	}
@@ -351,10 +351,10 @@ func pgVersion(binDir string) float64 {
 	return v
 }
 
-// serverCredential returns the user to run the server binaries as: the
-// postgres user when we are root (PostgreSQL refuses root), nobody else
-// otherwise.
-func serverCredential() (*syscall.Credential, error) {
+// ServerCredential returns the user to run PostgreSQL's programs (and
+// pgbouncer, which also refuses root) as: the postgres user when we are
+// root, nil (ourselves) otherwise.
+func ServerCredential() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
