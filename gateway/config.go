@@ -58,7 +58,8 @@ type LogConfig struct{ Level, Format string }
 const ConfigReference = `# gateway.hcl: the gateway's own settings. Policy is not here: it comes from
 # the signed bundle named in the bundle block.
 
-data_dir = "/var/lib/gatehouse"      # required; keeps the last good bundle (created 0700)
+data_dir = "/var/lib/gatehouse"      # required (created 0700): the last good bundle, session
+                                     # recordings (recordings/) and the recorder key (recorder.key)
 
 postgres {
   listen             = "0.0.0.0:6432" # required; host:port for PostgreSQL clients

@@ -164,6 +164,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 			cancel()
 		}
 	}
+	// Serve has waited for every session to end and seal its recording.
+	if err := g.rec.Close(); err != nil {
+		g.log.Error("closing the recorder", "err", err)
+		if first == nil {
+			first = fmt.Errorf("gateway: recorder: %w", err)
+		}
+	}
 	return first
 }
 

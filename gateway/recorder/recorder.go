@@ -3,10 +3,11 @@
 // SHA-256 of the line before it, and the last event, the seal, carries an
 // ed25519 signature by the gateway's recorder key over the chain's head.
 //
-// An event is durable (written and fsynced) before Record returns, and the
-// proxy forwards a statement only after its event is recorded: when the
-// recorder cannot write, the statement is refused. Trusted systems refuse to
-// act when they cannot record, and so does the gateway.
+// An event is durable before Record returns, and the proxy forwards a
+// statement only after its event is recorded: when the recorder cannot
+// write, the statement is refused. Trusted systems refuse to act when they
+// cannot record, and so does the gateway. Concurrent sessions share their
+// fdatasyncs through a journal and a group commit (journal.go).
 //
 // Editing, deleting, reordering or truncating lines is detected by Verify,
 // which needs only the recorder's public key.
@@ -89,17 +90,31 @@ type Recorder struct {
 	key   ed25519.PrivateKey
 	keyID string
 	// Sync is the durability step; tests replace it to simulate a failing
-	// disk. It defaults to (*os.File).Sync.
+	// disk. It defaults to fdatasync.
 	Sync func(*os.File) error
+
+	j *journal
 }
 
-// Open prepares a recorder writing into dir (created 0700).
+// Open prepares a recorder writing into dir (created 0700). A journal left
+// by a recorder that did not close (a crash) is replayed into the
+// recordings first.
 func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	return &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: fdatasync}, nil
+	r := &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: fdatasync}
+	j, err := openJournal(r)
+	if err != nil {
+		return nil, err
+	}
+	r.j = j
+	return r, nil
 }
+
+// Close syncs every open recording and empties the journal. Events
+// recorded after Close fail.
+func (r *Recorder) Close() error { return r.j.close() }
 
 // fdatasync makes a file's data (and the size it needs) durable, which is
 // all an appended event needs.
@@ -150,8 +165,10 @@ var sessionIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 // Session is one session's recording. It is safe for concurrent use.
 type Session struct {
 	r      *Recorder
+	id     string
 	mu     sync.Mutex
 	f      *os.File
+	size   int64 // bytes of whole events written
 	seq    int
 	prev   string
 	sealed bool
@@ -168,9 +185,14 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	s := &Session{r: r, f: f, Path: path}
+	s := &Session{r: r, id: id, f: f, Path: path}
+	if err := r.j.add(s); err != nil {
+		f.Close()
+		return nil, err
+	}
 	start.Type, start.Session = TypeStart, id
 	if _, err := s.Record(start); err != nil {
+		r.j.forget(s)
 		f.Close()
 		return nil, err
 	}
@@ -216,16 +238,18 @@ func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("recorder: encode: %w", err)
 	}
-	if _, err := s.f.Write(append(line, '\n')); err != nil {
-		return 0, fmt.Errorf("recorder: write %s: %w", s.Path, err)
-	}
-	if durable {
-		if err := s.r.Sync(s.f); err != nil {
-			return 0, fmt.Errorf("recorder: sync %s: %w", s.Path, err)
-		}
+	line = append(line, '\n')
+	ticket, err := s.r.j.write(s, line)
+	if err != nil {
+		return 0, err
 	}
 	s.seq = ev.Seq
-	s.prev = hashLine(line)
+	s.prev = hashLine(line[:len(line)-1])
+	if durable {
+		if err := s.r.j.commit(ticket); err != nil {
+			return 0, err
+		}
+	}
 	return ev.Seq, nil
 }
 
@@ -240,20 +264,26 @@ func sealMessage(session, head string) []byte {
 	return []byte("gatehouse-recording-seal\x00" + session + "\x00" + head)
 }
 
-// End records the session's end and seals the recording.
+// End records the session's end and seals the recording, which is then
+// synced on its own: a sealed recording needs no journal.
 func (s *Session) End(reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sealed {
 		return nil
 	}
-	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason}, true)
+	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason}, false)
 	if err == nil {
-		id := filepath.Base(s.Path[:len(s.Path)-len(".jsonl")])
-		sig := ed25519.Sign(s.r.key, sealMessage(id, s.prev))
+		sig := ed25519.Sign(s.r.key, sealMessage(s.id, s.prev))
 		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
 	}
+	if err == nil {
+		if serr := s.r.Sync(s.f); serr != nil {
+			err = s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, serr))
+		}
+	}
 	s.sealed = true
+	s.r.j.forget(s)
 	if cerr := s.f.Close(); err == nil {
 		err = cerr
 	}

@@ -21,6 +21,7 @@ func newRec(t *testing.T) (*Recorder, bundle.Keyring) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = r.Close() })
 	return r, bundle.NewKeyring(k.Public().(ed25519.PublicKey))
 }
 

@@ -1,0 +1,199 @@
+package recorder
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Concurrent sessions share fdatasyncs: with a slow disk, many events are
+// made durable by one sync, and every recording still verifies.
+func TestGroupCommitSharesSyncs(t *testing.T) {
+	r, kr := newRec(t)
+	var syncs atomic.Int64
+	r.Sync = func(f *os.File) error {
+		syncs.Add(1)
+		time.Sleep(2 * time.Millisecond) // a disk that makes batching visible
+		return fdatasync(f)
+	}
+	const sessions, events = 8, 25
+	var wg sync.WaitGroup
+	paths := make([]string, sessions)
+	for i := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := r.Start(fmt.Sprintf("s%d", i), Event{Identity: "svc"})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			paths[i] = s.Path
+			for k := range events {
+				if _, err := s.Record(Event{Type: TypeStatement, SQL: fmt.Sprintf("SELECT %d", k)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if err := s.End("done"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	durable := sessions * (1 + events + 1) // start, statements, seal
+	// Each End also syncs its own recording once.
+	if got := syncs.Load() - sessions; got >= int64(durable)/2 {
+		t.Errorf("%d journal syncs for %d durable events: no sharing", got, durable)
+	} else {
+		t.Logf("%d journal syncs for %d durable events", got, durable)
+	}
+	for _, p := range paths {
+		if rep, err := Verify(p, kr); err != nil || !rep.OK() || rep.Events != 1+events+2 {
+			t.Fatalf("%s: %+v %v", p, rep, err)
+		}
+	}
+}
+
+// A crash that loses a recording's unsynced tail (power loss) is repaired
+// from the journal when the recorder is opened again: torn last line cut,
+// missing events appended, chain intact (unsealed, as the session never
+// ended).
+func TestJournalRecoversLostTail(t *testing.T) {
+	r, kr := newRec(t)
+	s, err := r.Start("crashed", Event{Identity: "svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 5 {
+		if _, err := s.Record(Event{Type: TypeStatement, SQL: fmt.Sprintf("SELECT %d", k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, _ := os.ReadFile(s.Path)
+	ls := lines(t, s.Path)
+	// The disk kept the first two events and half of the third.
+	lost := append(append(append([]byte{}, ls[0]...), ls[1]...), ls[2][:len(ls[2])/2]...)
+	if err := os.WriteFile(s.Path, lost, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// And the journal's own last entry was torn too: that event had not
+	// been acknowledged, so it is not restored.
+	jp := filepath.Join(r.dir, JournalName)
+	jd, _ := os.ReadFile(jp)
+	if err := os.WriteFile(jp, append(jd, []byte("crashed\t{\"seq\":7,")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r2, err := Open(r.dir, r.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r2.Close() })
+	got, _ := os.ReadFile(s.Path)
+	if string(got) != string(full) {
+		t.Fatalf("recovered recording differs:\n%s\nwant\n%s", got, full)
+	}
+	rep, err := Verify(s.Path, kr)
+	if err != nil || len(rep.Problems) != 0 || rep.Sealed || rep.Events != 6 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if fi, _ := os.Stat(jp); fi.Size() != 0 {
+		t.Errorf("journal not emptied after recovery: %d bytes", fi.Size())
+	}
+}
+
+// Recovery never splices events onto a recording they do not follow.
+func TestJournalRecoveryRefusesGaps(t *testing.T) {
+	r, _ := newRec(t)
+	s, err := r.Start("gap", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jp := filepath.Join(r.dir, JournalName)
+	jd, _ := os.ReadFile(jp)
+	// Drop the journal's first entry: the recording would start at seq 2.
+	_, rest, _ := cutLine(jd)
+	if err := os.WriteFile(jp, rest, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(r.dir, r.key); err == nil {
+		t.Fatal("a gap was spliced over")
+	}
+}
+
+func cutLine(b []byte) ([]byte, []byte, bool) {
+	for i, c := range b {
+		if c == '\n' {
+			return b[:i+1], b[i+1:], true
+		}
+	}
+	return b, nil, false
+}
+
+// After a failed fdatasync nothing is called durable again: every later
+// event fails, even once the disk answers, until the recorder is reopened.
+func TestFailedSyncPoisons(t *testing.T) {
+	r, _ := newRec(t)
+	s, err := r.Start("p", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Sync = func(*os.File) error { return errors.New("input/output error") }
+	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("failed sync: %v", err)
+	}
+	r.Sync = fdatasync
+	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 2"}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("after a failed sync: %v", err)
+	}
+	if _, err := r.Start("q", Event{}); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("a new session after a failed sync: %v", err)
+	}
+}
+
+// The journal is emptied at checkpoints, so it stays small however long
+// the sessions run; and Close leaves it empty with every recording intact.
+func TestJournalCheckpoint(t *testing.T) {
+	old := JournalCheckpointBytes
+	JournalCheckpointBytes = 4 << 10
+	t.Cleanup(func() { JournalCheckpointBytes = old })
+	r, kr := newRec(t)
+	s, err := r.Start("long", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jp := filepath.Join(r.dir, JournalName)
+	for k := range 300 {
+		if _, err := s.Record(Event{Type: TypeStatement, SQL: fmt.Sprintf("SELECT %d FROM generate_series(1, 100)", k)}); err != nil {
+			t.Fatal(err)
+		}
+		if fi, _ := os.Stat(jp); fi.Size() > 2*JournalCheckpointBytes {
+			t.Fatalf("journal at %d bytes after %d events", fi.Size(), k)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(jp); fi.Size() != 0 {
+		t.Errorf("journal holds %d bytes after Close", fi.Size())
+	}
+	if _, err := s.Record(Event{Type: TypeStatement}); err == nil {
+		t.Error("an event after Close was accepted")
+	}
+	rep, err := Verify(s.Path, kr)
+	if err != nil || len(rep.Problems) != 0 || rep.Events != 301 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
