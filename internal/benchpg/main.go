@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,7 +117,18 @@ func main() {
 	scale := flag.Int("scale", 10, "pgbench scale factor (10 = 1M accounts)")
 	clientsFlag := flag.String("clients", "1,8,32", "client counts")
 	out := flag.String("out", "", "also write the report (markdown) to this file")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (the gateway runs in it) to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fail("%v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail("%v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	clients, err := parseInts(*clientsFlag)
 	if err != nil {
 		fail("-clients: %v", err)
@@ -127,6 +139,7 @@ func main() {
 		}
 	}
 	if err := run(*duration, *scale, clients, *out); err != nil {
+		pprof.StopCPUProfile()
 		fail("%v", err)
 	}
 }
