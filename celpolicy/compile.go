@@ -446,3 +446,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(ks)
 	return ks
 }
+
+// CheckExpression compiles one expression on its own: a rule condition or
+// mask predicate for a resource kind, or with kind "" an identity's match.
+// Its problems carry a Span but no Ref. Front ends that see one object at a
+// time (the Terraform provider at plan time) use it; Compile checks the
+// whole model.
+func CheckExpression(kind, src string) []bundle.Problem {
+	envs, err := sharedEnvs()
+	if err != nil {
+		return []bundle.Problem{{Code: bundle.CodeCELType, Message: err.Error()}}
+	}
+	env := envs.identity
+	if kind != "" {
+		if env = envs.byKind[kind]; env == nil {
+			return []bundle.Problem{{Code: bundle.CodeInvalidValue, Message: fmt.Sprintf("unknown resource kind %q", kind)}}
+		}
+	}
+	return compileOne(env, src).problems
+}

@@ -92,7 +92,7 @@ reads half a bundle.`,
 			if err != nil {
 				return failed("%w", err)
 			}
-			if err := writeFileAtomic(out, file, 0o644); err != nil {
+			if err := bundle.WriteFileAtomic(out, file, 0o644); err != nil {
 				return failed("write bundle: %v", err)
 			}
 			fmt.Fprintf(stdout, "wrote %s: revision %d, %s, signed by key %s\n", out, payload.Revision, bundle.Digest(raw), shortID(bundle.KeyID(priv.Public().(ed25519.PublicKey))))

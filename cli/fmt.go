@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclwrite"
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
 )
 
@@ -75,7 +76,7 @@ change are listed and the exit status is 1 if there are any, for CI.`,
 				if err != nil {
 					return failed("%w", err)
 				}
-				if err := writeFileAtomic(target, out, fi.Mode().Perm()); err != nil {
+				if err := bundle.WriteFileAtomic(target, out, fi.Mode().Perm()); err != nil {
 					return failed("%w", err)
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), name)

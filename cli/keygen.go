@@ -61,10 +61,10 @@ add the new .pub to the gateways' trusted keys, then sign with the new key.`,
 			if err != nil {
 				return failed("%w", err)
 			}
-			if err := writeFileAtomic(keyPath, privPEM, 0o600); err != nil {
+			if err := bundle.WriteFileAtomic(keyPath, privPEM, 0o600); err != nil {
 				return failed("write private key: %v", err)
 			}
-			if err := writeFileAtomic(pubPath, pubPEM, 0o644); err != nil {
+			if err := bundle.WriteFileAtomic(pubPath, pubPEM, 0o644); err != nil {
 				return failed("write public key: %v", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (private, mode 0600)\nwrote %s (public)\nkey id %s\n",
@@ -75,32 +75,4 @@ add the new .pub to the gateways' trusted keys, then sign with the new key.`,
 	cmd.Flags().StringVar(&out, "out", "", "directory to write gatehouse.key and gatehouse.pub into (created if missing)")
 	cmd.Flags().BoolVar(&force, "force", false, "overwrite existing key files")
 	return cmd
-}
-
-// writeFileAtomic writes data to a temporary file in the same directory and
-// renames it into place, so that readers (a gateway watching a bundle file)
-// never see a half-written file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

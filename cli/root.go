@@ -99,6 +99,7 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newReplayCmd(),
 		newAuditCmd(),
 		newDevCmd(),
+		newProviderCmd(),
 	)
 	return root
 }
