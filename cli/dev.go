@@ -70,7 +70,7 @@ Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15
 			if verbose {
 				opts.Log, opts.LogLevel = cmd.ErrOrStderr(), slog.LevelDebug
 			} else if logFile != "" {
-				f, err := os.Create(logFile)
+				f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}
 				}
@@ -155,6 +155,9 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 				return failed("%w", err)
 			}
 			writeTimeline(w, evs)
+			if missing := missingEvents(evs); missing != "" {
+				return failed("the first session's recording lacks %s", missing)
+			}
 			fmt.Fprintf(w, "\n$ gatehouse audit verify --data-dir %s\n", env.DataDir)
 		}
 		rep, err := recorder.Verify(path, kr)
@@ -181,6 +184,31 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	}
 	fmt.Fprintf(w, "\nAll %d statements went as scripted; %d sessions recorded, sealed and verified.\n", len(results), len(sessions))
 	return nil
+}
+
+// missingEvents checks that the scripted billing session's recording holds
+// what the script did: denials, masks applied, and results.
+func missingEvents(evs []recorder.Event) string {
+	var denied, masked, results int
+	for _, ev := range evs {
+		switch {
+		case ev.Type == recorder.TypeStatement && ev.Effect == "deny":
+			denied++
+		case ev.Type == recorder.TypeMasked:
+			masked++
+		case ev.Type == "result":
+			results++
+		}
+	}
+	switch {
+	case denied != 2:
+		return fmt.Sprintf("the two denied statements (it has %d)", denied)
+	case masked != 2:
+		return fmt.Sprintf("the two masked results (it has %d)", masked)
+	case results != 3:
+		return fmt.Sprintf("the three statements' results (it has %d)", results)
+	}
+	return ""
 }
 
 func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {

@@ -180,12 +180,23 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			fmt.Fprintf(w, "%s  end    %s\n", ts, ev.Reason)
 		case recorder.TypeSeal:
 			fmt.Fprintf(w, "%14s sealed by recorder key %s\n", "", shortID(ev.KeyID))
+		case recorder.TypeGap:
+			fmt.Fprintf(w, "%s  GAP    %d event(s) could not be written: %s\n", ts, ev.Lost, ev.Reason)
 		}
 	}
 }
 
 func writeReport(w io.Writer, rep *recorder.Report) {
+	incomplete := len(rep.Problems) > 0
+	for _, p := range rep.Problems {
+		incomplete = incomplete && p.Kind == "incomplete"
+	}
 	switch {
+	case incomplete:
+		fmt.Fprintf(w, "INCOMPLETE %s: %d event(s) intact, but the gateway could not write some\n", rep.Path, rep.Events)
+		for _, p := range rep.Problems {
+			fmt.Fprintf(w, "         event %d: %s\n", p.Line, p.Message)
+		}
 	case len(rep.Problems) > 0:
 		fmt.Fprintf(w, "ALTERED  %s: %d event(s), the first %d intact\n", rep.Path, rep.Events, rep.Verified)
 		for _, p := range rep.Problems {

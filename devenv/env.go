@@ -417,7 +417,7 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 		e.logFile = f
 		logw = f
 	}
-	g, err := gateway.New(cfg, gateway.WithLogger(gateway.NewLogger(cfg.Log, logw)))
+	g, err := gateway.New(cfg, gateway.WithLogger(gateway.NewLogger(cfg.Log, logw)), gateway.WithDevIssuers())
 	if err != nil {
 		return fmt.Errorf("dev: %w", err)
 	}
@@ -506,9 +506,6 @@ func (e *Env) ConnString(resource, user string) string {
 }
 
 func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }

@@ -15,11 +15,15 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 )
 
 // IssuerPathPrefix starts the path of every development issuer, so that an
-// `iss` minted here says what it is wherever it ends up.
-const IssuerPathPrefix = "/DEV-ONLY-NOT-FOR-PRODUCTION/"
+// `iss` minted here says what it is wherever it ends up; a gateway other
+// than gatehouse dev's refuses such issuers (and the gatehouse_dev claim
+// every token here carries).
+const IssuerPathPrefix = auth.DevIssuerMarker
 
 // MaxTokenTTL bounds the lifetime of a minted token.
 const MaxTokenTTL = 12 * time.Hour
@@ -121,7 +125,7 @@ func (is *Issuer) Mint(name, sub string, claims map[string]any, ttl time.Duratio
 	for k, v := range map[string]any{
 		"iss": is.URL(name), "sub": sub, "aud": aud,
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(ttl).Unix(),
-		"gatehouse_dev": true,
+		auth.DevClaim: true,
 	} {
 		body[k] = v
 	}

@@ -35,7 +35,7 @@ func TestIssuerTokensVerifyWithTheGatewayVerifier(t *testing.T) {
 	v := auth.New([]bundle.IdentityProvider{
 		{Name: "corp", Issuer: corp, Audiences: []string{"gatehouse"}, Algorithms: []string{"ES256"}},
 		{Name: "other", Issuer: other, Audiences: []string{"gatehouse"}, Algorithms: []string{"ES256"}},
-	})
+	}, auth.AllowDevIssuers())
 	tok, err := is.Mint("corp", "analytics-1", map[string]any{"env": "prod", "groups": []string{"pci"}, "sub": "forged", "iss": "forged"}, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func TestIssuerRefuses(t *testing.T) {
 	if _, err := is.Mint("corp", "x", nil, 0); err == nil {
 		t.Error("a zero ttl was accepted")
 	}
-	_, err = auth.New([]bundle.IdentityProvider{{Name: "corp", Issuer: is.URL("corp"), Audiences: []string{"someone-else"}}}).
+	_, err = auth.New([]bundle.IdentityProvider{{Name: "corp", Issuer: is.URL("corp"), Audiences: []string{"someone-else"}}}, auth.AllowDevIssuers()).
 		Verify(t.Context(), mustMint(t, is, "corp", "x"))
 	if !errors.Is(err, auth.ErrAudience) {
 		t.Errorf("a gateway expecting another audience: %v", err)

@@ -30,6 +30,8 @@ type Gateway struct {
 	rec   *recorder.Recorder
 	tls   *tls.Config
 
+	devIssuers bool
+
 	// Ready is closed once the listeners are up (tests wait on it).
 	Ready chan struct{}
 	// Addrs are the bound addresses, known once Ready is closed.
@@ -42,6 +44,11 @@ type Option func(*Gateway)
 // WithLogger sets the logger (default: from the config's log block, to
 // stderr).
 func WithLogger(l *slog.Logger) Option { return func(g *Gateway) { g.log = l } }
+
+// WithDevIssuers accepts tokens from `gatehouse dev`'s development issuer,
+// which signs tokens for anyone who asks. Only gatehouse dev sets it; every
+// other gateway refuses them.
+func WithDevIssuers() Option { return func(g *Gateway) { g.devIssuers = true } }
 
 // NewLogger makes the logger a config asks for.
 func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
@@ -78,8 +85,11 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		}
 		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log),
-		bundlestore.WithAuthOptions(auth.WithSkew(cfg.ClockSkew)))
+	authOpts := []auth.Option{auth.WithSkew(cfg.ClockSkew)}
+	if g.devIssuers {
+		authOpts = append(authOpts, auth.AllowDevIssuers())
+	}
+	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log), bundlestore.WithAuthOptions(authOpts...))
 	// Every session is recorded, signed with the gateway's recorder key
 	// (created on first start; its .pub verifies recordings offline).
 	recKey, err := recorder.LoadOrCreateKey(RecorderKeyPath(cfg.DataDir))
@@ -89,6 +99,9 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	g.rec, err = recorder.Open(RecordingsDir(cfg.DataDir), recKey)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	for _, p := range g.rec.Recovered {
+		g.log.Warn("a recording could not be repaired after a crash; audit verify reports it", "detail", p)
 	}
 	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store,
 		postgres.WithLogger(g.log), postgres.WithRecorder(g.rec))
@@ -105,8 +118,19 @@ func RecorderKeyPath(dataDir string) string { return filepath.Join(dataDir, "rec
 // Store is the gateway's bundle store.
 func (g *Gateway) Store() *bundlestore.Store { return g.store }
 
-// Run runs the gateway until ctx ends.
-func (g *Gateway) Run(ctx context.Context) error {
+// Run runs the gateway until ctx ends. It closes the recorder when it
+// returns, so a Gateway runs once.
+func (g *Gateway) Run(ctx context.Context) (err error) {
+	defer func() {
+		// Serve has waited for every session to end and seal its
+		// recording, or nothing was served.
+		if cerr := g.rec.Close(); cerr != nil {
+			g.log.Error("closing the recorder", "err", cerr)
+			if err == nil {
+				err = fmt.Errorf("gateway: recorder: %w", cerr)
+			}
+		}
+	}()
 	// The persisted bundle first: it sets the revision floor, so a source
 	// rolled back while the gateway was down is refused.
 	if a, err := g.store.LoadPersisted(); err == nil {
@@ -164,13 +188,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 			cancel()
 		}
 	}
-	// Serve has waited for every session to end and seal its recording.
-	if err := g.rec.Close(); err != nil {
-		g.log.Error("closing the recorder", "err", err)
-		if first == nil {
-			first = fmt.Errorf("gateway: recorder: %w", err)
-		}
-	}
 	return first
 }
 
@@ -182,6 +199,11 @@ func (g *Gateway) adminHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if g.store.Current() == nil {
 			http.Error(w, "no policy bundle loaded\n", http.StatusServiceUnavailable)
+			return
+		}
+		if err := g.rec.Healthy(); err != nil {
+			// Every statement would be refused: send traffic elsewhere.
+			http.Error(w, "the session recorder cannot record: "+err.Error()+"\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")

@@ -17,16 +17,18 @@ var (
 	descSessions       = prometheus.NewDesc("gatehouse_sessions_total", "Sessions opened (after authentication and the connect decision).", nil, nil)
 	descActive         = prometheus.NewDesc("gatehouse_sessions_active", "Sessions open now.", nil, nil)
 	descAuthFailures   = prometheus.NewDesc("gatehouse_auth_failures_total", "Connections refused because the token did not verify or the caller did not resolve.", nil, nil)
+	descConnectDenied  = prometheus.NewDesc("gatehouse_connections_denied_total", "Connections the policy refused (the connect request was denied).", nil, nil)
 	descStatements     = prometheus.NewDesc("gatehouse_statements_total", "Statements decided, by decision.", []string{"decision"}, nil)
 	descReloads        = prometheus.NewDesc("gatehouse_bundle_reloads_total", "Bundles activated.", nil, nil)
 	descReloadFailures = prometheus.NewDesc("gatehouse_bundle_reload_failures_total", "Bundles refused (bad signature, rollback, schema, CEL).", nil, nil)
 	descRevision       = prometheus.NewDesc("gatehouse_bundle_revision", "Revision of the active bundle (0: none).", nil, nil)
-	descRecErrors      = prometheus.NewDesc("gatehouse_recorder_errors_total", "Recording writes that failed (each refused its statement or session).", nil, nil)
-	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make a recorded event durable.", nil, nil)
+	descRecErrors      = prometheus.NewDesc("gatehouse_recorder_errors_total", "Recording writes that failed: a statement's refuses the statement, a start's the session; a result's leaves a gap the recording reports.", nil, nil)
+	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make a statement's event durable (successful writes).", nil, nil)
+	descRecHealthy     = prometheus.NewDesc("gatehouse_recorder_healthy", "1 while the recorder can record; 0 after a failed fdatasync, until restart (every statement is refused).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descStatements, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descStatements, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy} {
 		ch <- d
 	}
 }
@@ -36,6 +38,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.CounterValue, float64(st.Sessions.Load()))
 	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(st.ActiveSession.Load()))
 	ch <- prometheus.MustNewConstMetric(descAuthFailures, prometheus.CounterValue, float64(st.AuthFailures.Load()))
+	ch <- prometheus.MustNewConstMetric(descConnectDenied, prometheus.CounterValue, float64(st.ConnectDenied.Load()))
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Allowed.Load()), "allow")
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Denied.Load()), "deny")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.g.store.Stats.Reloads.Load()))
@@ -46,6 +49,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, rev)
 	ch <- prometheus.MustNewConstMetric(descRecErrors, prometheus.CounterValue, float64(st.RecorderErrors.Load()))
+	healthy := 1.0
+	if c.g.rec.Healthy() != nil {
+		healthy = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descRecHealthy, prometheus.GaugeValue, healthy)
 	buckets := make(map[float64]uint64, len(postgres.RecordBounds))
 	var cum uint64
 	for i, b := range postgres.RecordBounds {

@@ -64,6 +64,22 @@ func WithSkew(d time.Duration) Option { return func(v *Verifier) { v.skew = d } 
 // WithClock sets the time source (tests).
 func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
 
+// DevIssuerMarker is in the URL of every issuer `gatehouse dev` runs, and
+// DevClaim is in every token it signs. Such an issuer signs tokens for
+// anyone who asks, so a gateway refuses both unless AllowDevIssuers.
+const (
+	DevIssuerMarker = "/DEV-ONLY-NOT-FOR-PRODUCTION/"
+	DevClaim        = "gatehouse_dev"
+)
+
+// ErrDevIssuer is returned for a development issuer's token at a gateway
+// that is not `gatehouse dev`'s.
+var ErrDevIssuer = errors.New("token comes from a development issuer (gatehouse dev), which signs tokens for anyone; only gatehouse dev's own gateway accepts it")
+
+// AllowDevIssuers lets the verifier accept development issuers' tokens.
+// Only `gatehouse dev` sets it.
+func AllowDevIssuers() Option { return func(v *Verifier) { v.allowDev = true } }
+
 // WithHTTPClient sets the client used for discovery and JWKS.
 func WithHTTPClient(c *http.Client) Option { return func(v *Verifier) { v.client = c } }
 
@@ -74,6 +90,7 @@ type Verifier struct {
 	skew     time.Duration
 	now      func() time.Time
 	client   *http.Client
+	allowDev bool
 }
 
 type provider struct {
@@ -124,6 +141,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownIssuer, iss)
 	}
+	if !v.allowDev && strings.Contains(iss, DevIssuerMarker) {
+		return nil, fmt.Errorf("%w: issuer %q", ErrDevIssuer, iss)
+	}
 	ver, err := p.verifierFor(ctx, v)
 	if err != nil {
 		return nil, err
@@ -140,6 +160,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	}
 	if tok.Subject == "" {
 		return nil, fmt.Errorf("%w: sub", ErrMissingClaim)
+	}
+	if _, dev := claims[DevClaim]; dev && !v.allowDev {
+		return nil, fmt.Errorf("%w: it carries the %s claim", ErrDevIssuer, DevClaim)
 	}
 	if !audienceAccepted(tok.Audience, p.cfg.Audiences) {
 		return nil, fmt.Errorf("%w: token is for %q, provider %q accepts %q", ErrAudience, tok.Audience, p.cfg.Name, p.cfg.Audiences)

@@ -56,6 +56,16 @@ func TestRecording(t *testing.T) {
 	if _, err := c.Exec(ctx, "DROP TABLE customers"); pgCode(err) != "42501" {
 		t.Fatal(err)
 	}
+	// PostgreSQL quotes the value it could not convert: with masks in
+	// force, the message must not carry it to the caller or the recording.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		for _, q := range []string{"SELECT (SELECT card_number FROM customers WHERE id = 1)::int", "SELECT (SELECT email FROM customers WHERE id = 1)::int"} {
+			_, err := c.Exec(ctx, q, mode)
+			if pgCode(err) != "22P02" || strings.Contains(err.Error(), "4111") || strings.Contains(err.Error(), "jane.doe") {
+				t.Errorf("%v %s: %v", mode, q, err)
+			}
+		}
+	}
 	if _, err := c.Exec(ctx, "SELECT count(*) FROM orders", pgx.QueryExecModeSimpleProtocol); err != nil {
 		t.Fatal(err)
 	}

@@ -67,8 +67,10 @@ type Server struct {
 
 // Stats are counters for metrics.
 type Stats struct {
-	Sessions       atomic.Int64
-	AuthFailures   atomic.Int64
+	Sessions     atomic.Int64
+	AuthFailures atomic.Int64
+	// ConnectDenied counts connections the policy refused.
+	ConnectDenied  atomic.Int64
 	Allowed        atomic.Int64
 	Denied         atomic.Int64
 	ActiveSession  atomic.Int64
@@ -337,7 +339,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	sess.log = log.With("identity", identityName(identity), "resource", res.Name)
 	d := active.Policy.Decide(sess.input(celpolicy.Connect()))
 	if d.Effect != bundle.EffectAllow {
-		s.Stats.Denied.Add(1)
+		s.Stats.ConnectDenied.Add(1)
 		sess.log.Warn("connection denied by policy", "effect", d.Effect, "rules", d.Rules(), "reasons", d.Reasons)
 		fatal(be, "42501", fmt.Sprintf("gatehouse: connection to %q denied by bundle revision %d: %s", res.Name, active.Revision, strings.Join(d.Reasons, "; ")))
 		return nil, errHandled

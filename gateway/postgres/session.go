@@ -77,9 +77,12 @@ type session struct {
 	requests int64
 	denied   int64
 
-	copyIn   atomic.Bool // the upstream is receiving COPY data
-	writeMu  sync.Mutex  // serialises writes to the client
-	ending   atomic.Bool
+	copyIn  atomic.Bool // the upstream is receiving COPY data
+	writeMu sync.Mutex  // serialises writes to the client
+	ending  atomic.Bool
+	// masked: masks have applied to this caller's statements, so server
+	// messages (errors, notices) may quote values the masks hide.
+	masked   atomic.Bool
 	closeOne sync.Once
 }
 
@@ -172,7 +175,9 @@ func (s *session) record(ev recorder.Event) (int, error) {
 	}
 	start := time.Now()
 	seq, err := s.rec.Record(ev)
-	s.srv.Stats.observeRecord(time.Since(start))
+	if err == nil {
+		s.srv.Stats.observeRecord(time.Since(start))
+	}
 	if err != nil {
 		s.srv.Stats.RecorderErrors.Add(1)
 		s.log.Error("recording failed; the statement is refused", "err", err)
@@ -182,8 +187,9 @@ func (s *session) record(ev recorder.Event) (int, error) {
 
 // note appends an event about what already happened (a result, the masks
 // applied) without an fdatasync of its own: the next statement's record, or
-// the session's end, makes it durable. A failure is logged and counted;
-// the next durable record then fails too and refuses its statement.
+// the session's end, makes it durable. A failure is logged and counted, and
+// the recorder writes a gap event in its place once it can write again, so
+// the recording says what is missing (audit verify reports it).
 func (s *session) note(ev recorder.Event) {
 	if s.rec == nil {
 		return
@@ -378,6 +384,9 @@ func (s *session) check() bool {
 func (s *session) decide(req *celpolicy.PostgresRequest, count bool) celpolicy.Decision {
 	active := s.srv.store.Current()
 	d := active.Policy.Decide(s.input(req))
+	if len(d.Masks) > 0 {
+		s.masked.Store(true)
+	}
 	for _, st := range req.Statements {
 		if st.Command != "SHOW" && parserSettings[st.Setting] {
 			d = celpolicy.Decision{Effect: bundle.EffectDeny, BundleRevision: d.BundleRevision, MatchedRules: []celpolicy.MatchedRule{},
@@ -830,12 +839,20 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 			return nil, false, false
 		}
 	case *pgproto3.ErrorResponse:
+		withhold := s.masked.Load() || (h != nil && len(h.masks) > 0)
+		if withhold {
+			out = scrubError(m)
+		}
 		if m.Severity == "FATAL" || m.Severity == "PANIC" {
-			// The upstream is ending the session: pass it on as is.
+			// The upstream is ending the session: pass it on.
 			return out, true, true
 		}
 		if h != nil && h.deny == nil {
-			s.recordOutcome(h, 0, m.Code+": "+m.Message)
+			if withhold {
+				s.recordOutcome(h, 0, m.Code+": (the server's message is withheld: masks apply)")
+			} else {
+				s.recordOutcome(h, 0, m.Code+": "+m.Message)
+			}
 		}
 		switch {
 		case h == nil:
@@ -881,7 +898,14 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 			s.end("XX000", "gatehouse: session ended: "+bad)
 			return nil, false, false
 		}
-	case *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
+	case *pgproto3.NoticeResponse:
+		if s.masked.Load() {
+			out = scrubNotice(m)
+		}
+	case *pgproto3.NotificationResponse:
+		if s.masked.Load() && m.Payload != "" {
+			out = &pgproto3.NotificationResponse{PID: m.PID, Channel: m.Channel, Payload: "(withheld by gatehouse: masks apply)"}
+		}
 	default:
 		s.desync(fmt.Sprintf("unexpected %T", msg))
 		return nil, false, false
@@ -950,4 +974,27 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// scrubError rewrites a server error for a caller whose results are masked:
+// PostgreSQL quotes the offending value in messages such as `invalid input
+// syntax for type integer: "4111 1111 1111 1111"`, so a masked column read
+// into a cast, a constraint or a function's error would reach the caller
+// (and the recording) unmasked. The SQLSTATE, severity and the names of the
+// objects involved stay; the texts that can carry values go.
+func scrubError(m *pgproto3.ErrorResponse) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{
+		Severity: m.Severity, SeverityUnlocalized: m.SeverityUnlocalized, Code: m.Code,
+		Message:    fmt.Sprintf("gatehouse: the statement failed with SQLSTATE %s; the server's message is withheld because masks apply to your results (it may quote a masked value)", m.Code),
+		SchemaName: m.SchemaName, TableName: m.TableName, ColumnName: m.ColumnName,
+		DataTypeName: m.DataTypeName, ConstraintName: m.ConstraintName,
+	}
+}
+
+// scrubNotice does the same for notices and warnings.
+func scrubNotice(m *pgproto3.NoticeResponse) *pgproto3.NoticeResponse {
+	return &pgproto3.NoticeResponse{
+		Severity: m.Severity, SeverityUnlocalized: m.SeverityUnlocalized, Code: m.Code,
+		Message: fmt.Sprintf("gatehouse: a server %s (SQLSTATE %s) is withheld because masks apply to your results", strings.ToLower(m.Severity), m.Code),
+	}
 }

@@ -10,6 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The journal is how concurrent sessions share one fdatasync. Every event
@@ -23,11 +26,19 @@ import (
 // loses nothing, its writes are in the page cache).
 //
 // The journal is emptied at a checkpoint, once every open recording has
-// been synced, when it grows past JournalCheckpointBytes, and on Close.
-// Recordings that ended are synced by End and need no journal.
+// been synced: when it grows past JournalCheckpointBytes, when the last
+// open session ends, when the disk is full, and on Close. Recordings that
+// ended are synced by End and need no journal.
+//
+// One recorder owns a recordings directory: Open takes an exclusive lock
+// (flock on recorder.lock), so a second gateway on the same data directory
+// fails to start instead of truncating a live journal.
 
 // JournalName is the journal's file name in the recordings directory.
 const JournalName = "recorder.journal"
+
+// lockName is the lock file that makes a recorder the directory's only one.
+const lockName = "recorder.lock"
 
 // JournalCheckpointBytes is the size past which the journal is emptied.
 var JournalCheckpointBytes int64 = 16 << 20
@@ -42,15 +53,17 @@ var ErrPoisoned = errors.New("recorder: an fdatasync failed earlier; nothing can
 type journal struct {
 	r    *Recorder
 	path string
+	lock *os.File
 
 	// mu orders writes: an event's recording line and journal entry are
 	// written together, so the journal's order is the recordings' order.
-	mu      sync.Mutex
-	f       *os.File
-	size    int64
-	written uint64 // tickets handed out: one per journal entry
-	open    map[*Session]struct{}
-	closed  bool
+	mu       sync.Mutex
+	f        *os.File
+	size     int64
+	written  uint64 // tickets handed out: one per journal entry
+	open     map[*Session]struct{}
+	closed   bool
+	closeErr error
 
 	// cmu guards the group commit.
 	cmu     sync.Mutex
@@ -63,24 +76,52 @@ type journal struct {
 func openJournal(r *Recorder) (*journal, error) {
 	j := &journal{r: r, path: filepath.Join(r.dir, JournalName), open: map[*Session]struct{}{}}
 	j.cond = sync.NewCond(&j.cmu)
-	if err := j.recover(); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	lock, err := os.OpenFile(filepath.Join(r.dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("recorder: journal: %w", err)
+		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	if err := r.Sync(f); err != nil {
-		f.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("recorder: %s is in use by another gateway (each gateway needs its own data_dir)", r.dir)
+		}
+		return nil, fmt.Errorf("recorder: lock %s: %w", r.dir, err)
+	}
+	j.lock = lock
+	r.Recovered = j.recover()
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err == nil {
+		err = r.Sync(f)
+		if err == nil {
+			err = syncDir(r.dir)
+		}
+		if err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("recorder: journal: %w", err)
 	}
 	j.f = f
 	return j, nil
 }
 
+// syncDir makes a directory's entries (files created, or truncated to
+// empty) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // write appends line to s's recording and to the journal, and returns the
 // entry's ticket. On a failed write both files are cut back to where they
-// were, so neither holds half an event.
+// were, so neither holds half an event; when the disk is full, the journal
+// is checkpointed (emptied) and the write tried once more.
 func (j *journal) write(s *Session, line []byte) (uint64, error) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -90,15 +131,30 @@ func (j *journal) write(s *Session, line []byte) (uint64, error) {
 	if err := j.poisoned(); err != nil {
 		return 0, err
 	}
+	ticket, err := j.writeLocked(s, line)
+	if errors.Is(err, syscall.ENOSPC) && j.size > 0 {
+		if cerr := j.checkpointLocked(); cerr != nil {
+			return 0, j.fail(cerr)
+		}
+		j.markSynced()
+		ticket, err = j.writeLocked(s, line)
+	}
+	return ticket, err
+}
+
+func (j *journal) writeLocked(s *Session, line []byte) (uint64, error) {
 	if _, err := s.f.Write(line); err != nil {
-		_ = s.f.Truncate(s.size)
+		if terr := s.f.Truncate(s.size); terr != nil {
+			return 0, j.fail(fmt.Errorf("cut back %s after a failed write: %w", s.Path, terr))
+		}
 		return 0, fmt.Errorf("recorder: write %s: %w", s.Path, err)
 	}
 	entry := make([]byte, 0, len(s.id)+1+len(line))
 	entry = append(append(append(entry, s.id...), '\t'), line...)
 	if _, err := j.f.Write(entry); err != nil {
-		_ = j.f.Truncate(j.size)
-		_ = s.f.Truncate(s.size)
+		if terr := errors.Join(j.f.Truncate(j.size), s.f.Truncate(s.size)); terr != nil {
+			return 0, j.fail(fmt.Errorf("cut back after a failed write: %w", terr))
+		}
 		return 0, fmt.Errorf("recorder: write %s: %w", j.path, err)
 	}
 	s.size += int64(len(line))
@@ -111,6 +167,17 @@ func (j *journal) poisoned() error {
 	j.cmu.Lock()
 	defer j.cmu.Unlock()
 	return j.poison
+}
+
+// markSynced records that every ticket written so far is durable (after a
+// checkpoint synced every open recording). j.mu is held.
+func (j *journal) markSynced() {
+	j.cmu.Lock()
+	if j.written > j.synced {
+		j.synced = j.written
+	}
+	j.cond.Broadcast()
+	j.cmu.Unlock()
 }
 
 // commit returns once ticket is durable: it syncs the journal itself, for
@@ -133,7 +200,9 @@ func (j *journal) commit(ticket uint64) error {
 		j.cmu.Lock()
 		j.syncing = false
 		if err != nil {
-			j.poison = fmt.Errorf("%w (%v)", ErrPoisoned, err)
+			if j.poison == nil {
+				j.poison = fmt.Errorf("%w (%v)", ErrPoisoned, err)
+			}
 		} else if target > j.synced {
 			j.synced = target
 		}
@@ -148,6 +217,10 @@ func (j *journal) commit(ticket uint64) error {
 func (j *journal) sync() (uint64, error) {
 	j.mu.Lock()
 	target := j.written
+	if j.closed {
+		j.mu.Unlock()
+		return target, j.closeErr // close synced everything, or failed
+	}
 	if j.size < JournalCheckpointBytes {
 		j.mu.Unlock()
 		// Writers go on appending while the disk works; their entries
@@ -176,11 +249,21 @@ func (j *journal) checkpointLocked() error {
 	return nil
 }
 
-// forget drops a recording that End has synced and closed.
+// forget drops a recording that End has synced and closed. When it was the
+// last one open, the journal holds nothing anyone needs: it is emptied, so
+// that a full disk gets the space back.
 func (j *journal) forget(s *Session) {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	delete(j.open, s)
-	j.mu.Unlock()
+	if len(j.open) > 0 || j.closed || j.size == 0 || j.poisoned() != nil {
+		return
+	}
+	if err := j.checkpointLocked(); err != nil {
+		_ = j.fail(err)
+		return
+	}
+	j.markSynced()
 }
 
 func (j *journal) add(s *Session) error {
@@ -189,47 +272,51 @@ func (j *journal) add(s *Session) error {
 	if j.closed {
 		return errors.New("recorder: closed")
 	}
+	if err := j.poisoned(); err != nil {
+		return err
+	}
 	j.open[s] = struct{}{}
 	return nil
 }
 
-// close checkpoints and closes the journal. Sessions still open keep their
-// recordings, synced; their further events fail.
+// close checkpoints and closes the journal and releases the directory.
+// Sessions still open keep their recordings, synced; their further events
+// fail. A failed checkpoint poisons (the journal stays for the next
+// recovery); a second close returns the first one's result.
 func (j *journal) close() error {
 	j.cmu.Lock()
 	for j.syncing {
 		j.cond.Wait()
 	}
 	j.syncing = true // no group commit may touch the file from here on
-	poisoned := j.poison
 	j.cmu.Unlock()
 
 	j.mu.Lock()
-	var err error
 	if !j.closed {
 		j.closed = true
-		if poisoned == nil {
-			err = j.checkpointLocked()
+		err := j.poisoned()
+		if err == nil {
+			if err = j.checkpointLocked(); err != nil {
+				err = j.fail(err)
+			}
 		}
-		if cerr := j.f.Close(); err == nil {
-			err = cerr
+		j.closeErr = errors.Join(err, j.f.Close(), j.lock.Close())
+		if err == nil {
+			j.markSynced()
 		}
 	}
-	written := j.written
+	err := j.closeErr
 	j.mu.Unlock()
 
 	j.cmu.Lock()
 	j.syncing = false
-	if err == nil && poisoned == nil {
-		j.synced = written // the checkpoint synced every recording
-	}
 	j.cond.Broadcast()
 	j.cmu.Unlock()
 	return err
 }
 
-// fail poisons the recorder after a failed fdatasync outside the group
-// commit.
+// fail poisons the recorder after a failed fdatasync (or a failed cut-back
+// of a torn write), and returns the poison error.
 func (j *journal) fail(err error) error {
 	j.cmu.Lock()
 	defer j.cmu.Unlock()
@@ -241,18 +328,21 @@ func (j *journal) fail(err error) error {
 }
 
 // recover brings recordings up to date from a journal left by a recorder
-// that did not close it: for each session in it, the recording's torn last
-// line (if any) is cut, and the journal's entries after the recording's
-// last complete event are appended, in order, then synced. An entry that
-// does not follow on from the recording (a gap in sequence numbers) is not
-// appended: recovery never invents a chain that Verify would then accept.
-func (j *journal) recover() error {
+// that did not close it, and returns what it could not repair (the gateway
+// logs it; Verify reports such recordings). Durable data is a prefix of the
+// journal (each fdatasync covered everything written before it), so
+// parsing stops at the first malformed entry. For each session in it, the
+// recording's longest prefix whose hash chain holds is kept, and the
+// journal's events after it are appended when they continue that chain
+// exactly; a recording that is sealed, or that the journal cannot
+// continue, is left as it is.
+func (j *journal) recover() []string {
 	data, err := os.ReadFile(j.path)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && len(data) == 0) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("recorder: journal: %w", err)
+		return []string{fmt.Sprintf("journal %s: %v", j.path, err)}
 	}
 	var order []string
 	entries := map[string][][]byte{}
@@ -264,79 +354,115 @@ func (j *journal) recover() error {
 		entry := data[:i+1]
 		data = data[i+1:]
 		id, line, ok := bytes.Cut(entry, []byte{'\t'})
-		if !ok || !sessionIDRE.Match(id) {
-			continue
+		if !ok || !sessionIDRE.Match(id) || !json.Valid(bytes.TrimSuffix(line, []byte{'\n'})) {
+			break // the unsynced tail: nothing after this was acknowledged
 		}
 		if _, seen := entries[string(id)]; !seen {
 			order = append(order, string(id))
 		}
 		entries[string(id)] = append(entries[string(id)], line)
 	}
-	var errs []error
+	var problems []string
 	for _, id := range order {
 		if err := j.recoverSession(id, entries[id]); err != nil {
-			errs = append(errs, err)
+			problems = append(problems, err.Error())
 		}
 	}
-	return errors.Join(errs...)
+	if err := syncDir(j.r.dir); err != nil {
+		problems = append(problems, err.Error())
+	}
+	return problems
 }
 
 func (j *journal) recoverSession(id string, lines [][]byte) error {
 	path := filepath.Join(j.r.dir, id+".jsonl")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("recorder: recover %s: %w", path, err)
+		return fmt.Errorf("recover %s: %w", path, err)
 	}
 	defer f.Close()
-	lastSeq, good, err := lastComplete(f)
+	c, err := chainedPrefix(f)
 	if err != nil {
-		return fmt.Errorf("recorder: recover %s: %w", path, err)
+		return fmt.Errorf("recover %s: %w", path, err)
 	}
-	if err := f.Truncate(good); err != nil {
-		return fmt.Errorf("recorder: recover %s: %w", path, err)
+	if c.sealed {
+		return nil // complete; nothing after a seal belongs to it
 	}
-	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		return err
-	}
+	// The journal's events after the prefix, in order, each continuing the
+	// chain.
+	var add [][]byte
+	seq, prev := c.seq, c.prev
 	for _, line := range lines {
-		seq := seqOf(line)
-		if seq <= lastSeq {
+		h := headOf(line)
+		if h.Seq <= c.seq {
 			continue // the recording has it
 		}
-		if seq != lastSeq+1 {
-			return fmt.Errorf("recorder: recover %s: the journal's next event is %d, the recording ends at %d; not appending", path, seq, lastSeq)
+		if h.Seq != seq+1 || h.Prev != prev {
+			if len(add) == 0 {
+				return fmt.Errorf("recover %s: the journal's next event is %d, which does not continue the recording's last intact event %d; left as it is", path, h.Seq, c.seq)
+			}
+			break
 		}
+		add = append(add, line)
+		seq, prev = h.Seq, hashLine(bytes.TrimSuffix(line, []byte{'\n'}))
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if err := f.Truncate(c.offset); err != nil {
+		return fmt.Errorf("recover %s: %w", path, err)
+	}
+	if _, err := f.Seek(c.offset, io.SeekStart); err != nil {
+		return fmt.Errorf("recover %s: %w", path, err)
+	}
+	for _, line := range add {
 		if _, err := f.Write(line); err != nil {
-			return fmt.Errorf("recorder: recover %s: %w", path, err)
+			return fmt.Errorf("recover %s: %w", path, err)
 		}
-		lastSeq = seq
 	}
 	return j.r.Sync(f)
 }
 
-// lastComplete reads a recording and returns the sequence number of its
-// last complete line and the offset just after it.
-func lastComplete(f *os.File) (seq int, offset int64, err error) {
+type chain struct {
+	seq    int
+	prev   string // hash of the last intact line
+	offset int64  // just after it
+	sealed bool
+}
+
+// chainedPrefix reads a recording's longest prefix of complete lines that
+// run 1, 2, 3... with each line carrying the hash of the one before.
+func chainedPrefix(f *os.File) (chain, error) {
+	var c chain
 	br := bufio.NewReaderSize(f, 64<<10)
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 && line[len(line)-1] == '\n' {
-			seq = seqOf(line)
-			offset += int64(len(line))
+			h := headOf(line)
+			if h.Seq != c.seq+1 || h.Prev != c.prev {
+				return c, nil
+			}
+			c.seq, c.prev = h.Seq, hashLine(line[:len(line)-1])
+			c.offset += int64(len(line))
+			c.sealed = h.Type == TypeSeal
 		}
 		if err == io.EOF {
-			return seq, offset, nil
+			return c, nil
 		}
 		if err != nil {
-			return 0, 0, err
+			return chain{}, err
 		}
 	}
 }
 
-func seqOf(line []byte) int {
-	var ev struct {
-		Seq int `json:"seq"`
-	}
-	_ = json.Unmarshal(line, &ev)
-	return ev.Seq
+type head struct {
+	Seq  int    `json:"seq"`
+	Prev string `json:"prev"`
+	Type string `json:"type"`
+}
+
+func headOf(line []byte) head {
+	var h head
+	_ = json.Unmarshal(line, &h)
+	return h
 }

@@ -39,6 +39,10 @@ const (
 	TypeMasked    = "masked"
 	TypeEnd       = "session_end"
 	TypeSeal      = "seal"
+	// TypeGap marks where events could not be written (a full disk): the
+	// recording says so rather than closing over the hole, and Verify
+	// reports it as incomplete.
+	TypeGap = "gap"
 )
 
 // Event is one line of a recording. Fields not used by a type are omitted.
@@ -76,8 +80,10 @@ type Event struct {
 	// masked: which columns were masked, never their values.
 	Columns []string `json:"columns,omitempty"`
 
-	// session_end
+	// session_end, gap
 	Reason string `json:"reason,omitempty"`
+	// gap: how many events are missing here.
+	Lost int `json:"lost,omitempty"`
 
 	// seal
 	KeyID     string `json:"key_id,omitempty"`
@@ -93,12 +99,16 @@ type Recorder struct {
 	// disk. It defaults to fdatasync.
 	Sync func(*os.File) error
 
+	// Recovered lists what Open could not repair from a journal left by a
+	// crash (the gateway logs it; Verify reports those recordings).
+	Recovered []string
+
 	j *journal
 }
 
-// Open prepares a recorder writing into dir (created 0700). A journal left
-// by a recorder that did not close (a crash) is replayed into the
-// recordings first.
+// Open prepares a recorder writing into dir (created 0700), which it locks
+// for its lifetime. A journal left by a recorder that did not close (a
+// crash) is replayed into the recordings first.
 func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
@@ -112,9 +122,13 @@ func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
 	return r, nil
 }
 
-// Close syncs every open recording and empties the journal. Events
-// recorded after Close fail.
+// Close syncs every open recording, empties the journal and unlocks the
+// directory. Events recorded after Close fail.
 func (r *Recorder) Close() error { return r.j.close() }
+
+// Healthy returns the error that keeps the recorder from recording
+// anything (a failed fdatasync), or nil.
+func (r *Recorder) Healthy() error { return r.j.poisoned() }
 
 // fdatasync makes a file's data (and the size it needs) durable, which is
 // all an appended event needs.
@@ -172,7 +186,11 @@ type Session struct {
 	seq    int
 	prev   string
 	sealed bool
-	Path   string
+	// lost counts events that could not be written since the last one
+	// that was; the next write records a gap event first.
+	lost    int
+	lostErr string
+	Path    string
 }
 
 // Start creates a session's recording and writes its first event.
@@ -229,6 +247,44 @@ func (s *Session) Append(ev Event) (int, error) {
 }
 
 func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
+	if s.lost > 0 {
+		// Say what is missing before anything else is written.
+		gap := Event{Type: TypeGap, Lost: s.lost, Reason: s.lostErr}
+		lost := s.lost
+		s.lost = 0
+		if _, err := s.write(gap); err != nil {
+			s.lost = lost
+			return 0, s.failed(ev, err)
+		}
+	}
+	ticket, err := s.write(ev)
+	if err != nil {
+		return 0, s.failed(ev, err)
+	}
+	if durable {
+		if err := s.r.j.commit(ticket); err != nil {
+			return 0, err
+		}
+	}
+	return s.seq, nil
+}
+
+// failed notes an event that could not be written. A statement's event
+// (Record) refuses its statement, so nothing is missing from the story;
+// any other event (a result, the masks applied, the end) is a hole that
+// the next write records as a gap.
+func (s *Session) failed(ev Event, err error) error {
+	if ev.Type != TypeStatement && ev.Type != TypeStart {
+		s.lost++
+		if s.lostErr == "" {
+			s.lostErr = err.Error()
+		}
+	}
+	return err
+}
+
+// write encodes and writes one event, chained to the one before.
+func (s *Session) write(ev Event) (uint64, error) {
 	ev.Seq = s.seq + 1
 	ev.Prev = s.prev
 	if ev.Time.IsZero() {
@@ -245,12 +301,7 @@ func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
 	}
 	s.seq = ev.Seq
 	s.prev = hashLine(line[:len(line)-1])
-	if durable {
-		if err := s.r.j.commit(ticket); err != nil {
-			return 0, err
-		}
-	}
-	return ev.Seq, nil
+	return ticket, nil
 }
 
 func hashLine(line []byte) string {
@@ -265,7 +316,9 @@ func sealMessage(session, head string) []byte {
 }
 
 // End records the session's end and seals the recording, which is then
-// synced on its own: a sealed recording needs no journal.
+// synced on its own: a sealed recording needs no journal. Whatever
+// happens, the recording is synced before the journal forgets it, so that
+// events acknowledged through the journal stay durable.
 func (s *Session) End(reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -277,9 +330,9 @@ func (s *Session) End(reason string) error {
 		sig := ed25519.Sign(s.r.key, sealMessage(s.id, s.prev))
 		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
 	}
-	if err == nil {
-		if serr := s.r.Sync(s.f); serr != nil {
-			err = s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, serr))
+	if serr := s.r.Sync(s.f); serr != nil {
+		if ferr := s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, serr)); err == nil {
+			err = ferr
 		}
 	}
 	s.sealed = true

@@ -24,7 +24,7 @@ const MaxLineBytes = 16 << 20
 type Problem struct {
 	// Line is the 1-based line (event index) where it shows.
 	Line    int    `json:"line"`
-	Kind    string `json:"kind"` // edited, deleted, reordered, truncated, malformed, bad_seal
+	Kind    string `json:"kind"` // edited, deleted, reordered, truncated, malformed, bad_seal, incomplete
 	Message string `json:"message"`
 }
 
@@ -124,6 +124,9 @@ func Verify(path string, trusted bundle.Keyring) (*Report, error) {
 		if line == 1 && (ev.Type != TypeStart || ev.Session != rep.Session) {
 			rep.Problems = append(rep.Problems, Problem{line, "edited", "the recording does not begin with this session's start event"})
 			broken = true
+		}
+		if ev.Type == TypeGap {
+			rep.Problems = append(rep.Problems, Problem{line, "incomplete", fmt.Sprintf("the gateway could not write %d event(s) here (%s): results or masks of earlier statements are missing", ev.Lost, ev.Reason)})
 		}
 		if ev.Type == TypeSeal {
 			msg := sealMessage(rep.Session, ev.Prev)
