@@ -234,6 +234,18 @@ func (r *objectResource) ModifyPlan(ctx context.Context, req resource.ModifyPlan
 		resp.Diagnostics.AddError("Cannot encode "+r.k.kind, err.Error())
 		return
 	}
+	if !req.State.Raw.IsNull() {
+		var prior types.String
+		resp.Diagnostics.Append(req.State.GetAttribute(ctx, path.Root("spec"), &prior)...)
+		if prior.ValueString() == spec {
+			// The same object, spelt differently ("30m" for "30m0s",
+			// customers.email for public.customers.email, a list in
+			// another order): nothing to change, in particular after an
+			// import, which reads the bundle's canonical spelling.
+			resp.Plan.Raw = req.State.Raw
+			return
+		}
+	}
 	var name types.String
 	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("name"), &name)...)
 	resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("id"), name)...)

@@ -1,0 +1,495 @@
+package provider_test
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/terraform-plugin-framework/providerserver"
+	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
+	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
+	"github.com/hashicorp/terraform-plugin-testing/terraform"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/cli"
+	"github.com/gatehouse-dev/gatehouse/provider"
+)
+
+// These acceptance tests run the real terraform CLI (TF_ACC=1, set by the
+// Makefile; terraform from PATH, offline) against the provider in this
+// process.
+
+var factories = map[string]func() (tfprotov6.ProviderServer, error){
+	"gatehouse": providerserver.NewProtocol6WithError(provider.New("test")()),
+}
+
+// keys writes a signing key pair and returns the private key's path, the
+// public key's path, and the PEM (for env: references).
+func keys(t *testing.T) (priv, pub string, pem []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ = bundle.MarshalPrivateKey(k)
+	pubPEM, _ := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	priv, pub = filepath.Join(dir, "gatehouse.key"), filepath.Join(dir, "gatehouse.pub")
+	if err := os.WriteFile(priv, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pub, pubPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return priv, pub, pem
+}
+
+// objects is a configuration with one resource of every kind and a bundle
+// of them. readVerbs is what the read rule allows.
+func objects(keyRef, file, readVerbs, extra string) string {
+	return fmt.Sprintf(`
+provider "gatehouse" {
+  signing_key = %q
+}
+
+resource "gatehouse_identity_provider" "corp" {
+  name          = "corp"
+  description   = "workload identities"
+  issuer        = "https://id.example.com"
+  audiences     = ["gatehouse"]
+  groups_prefix = "corp:"
+}
+
+resource "gatehouse_identity" "billing" {
+  name              = "billing-service"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "billing-service"
+  groups            = ["billing"]
+}
+
+resource "gatehouse_identity" "analytics" {
+  name              = "analytics-job"
+  identity_provider = gatehouse_identity_provider.corp.name
+  match             = "identity.subject.startsWith('analytics-')"
+}
+
+resource "gatehouse_postgres" "orders" {
+  name                    = "orders"
+  address                 = "orders-db.internal:5432"
+  database                = "orders"
+  username                = "gatehouse"
+  password                = "env:ORDERS_DB_PASSWORD"
+  deny_unresolved_columns = true
+  labels = {
+    env = "prod"
+  }
+  tls {
+    mode    = "verify-full"
+    ca_file = "/etc/gatehouse/ca.pem"
+  }
+}
+
+resource "gatehouse_ssh_host" "bastion" {
+  name        = "bastion"
+  address     = "bastion.internal:22"
+  user        = "ops"
+  host_key    = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOEUTqBqeZQjtMndz1LphtYO5IcPCLaCN3hxN0yK1Sen"
+  private_key = "file:/etc/gatehouse/keys/bastion"
+}
+
+resource "gatehouse_kubernetes_cluster" "prod" {
+  name    = "prod-cluster"
+  server  = "https://k8s.internal:6443"
+  token   = "k8s:gatehouse/prod#token"
+  ca_file = "/etc/gatehouse/k8s-ca.pem"
+}
+
+resource "gatehouse_policy" "billing" {
+  name       = "billing"
+  resources  = [gatehouse_postgres.orders.name]
+  identities = [gatehouse_identity.billing.name]
+
+  rule {
+    name   = "read"
+    effect = "allow"
+    when   = "request.statements.all(s, s.command in [%s])"
+    reason = "billing may read"
+  }
+
+  rule {
+    name   = "payments-need-review"
+    effect = "review"
+    when   = "request.statements.exists(s, s.tables.exists(t, t.name == 'payments' && t.access == 'write'))"
+    reason = "writes to payments need a DBA"
+    approval {
+      groups  = ["dba"]
+      count   = 2
+      timeout = "30m"
+    }
+  }
+}
+
+resource "gatehouse_mask" "email" {
+  name      = "email"
+  resources = [gatehouse_postgres.orders.name]
+  columns   = ["customers.email"]
+  method    = "partial"
+  unless    = "'pci' in identity.groups"
+}
+
+resource "gatehouse_policy_test" "reads" {
+  name         = "billing reads customers"
+  identity     = gatehouse_identity.billing.name
+  resource     = gatehouse_postgres.orders.name
+  sql          = "SELECT email FROM customers WHERE id = 1"
+  expect       = "allow"
+  expect_rules = ["billing/read"]
+  expect_masks = {
+    "public.customers.email" = "partial"
+  }
+}
+
+resource "gatehouse_policy_test" "analytics" {
+  name     = "analytics connects nowhere"
+  identity = gatehouse_identity.analytics.name
+  subject  = "analytics-7f9c"
+  claims   = jsonencode({ env = "prod" })
+  resource = gatehouse_postgres.orders.name
+  request  = jsonencode({ kind = "connect" })
+  expect   = "deny"
+}
+
+resource "gatehouse_bundle" "all" {
+  file = %q
+  objects = [
+    gatehouse_identity_provider.corp.spec,
+    gatehouse_identity.billing.spec,
+    gatehouse_identity.analytics.spec,
+    gatehouse_postgres.orders.spec,
+    gatehouse_ssh_host.bastion.spec,
+    gatehouse_kubernetes_cluster.prod.spec,
+    gatehouse_policy.billing.spec,
+    gatehouse_mask.email.spec,
+    gatehouse_policy_test.reads.spec,
+    gatehouse_policy_test.analytics.spec,
+  ]
+}
+%s
+`, keyRef, readVerbs, file, extra)
+}
+
+var importable = map[string]string{
+	"gatehouse_identity_provider.corp":  "corp",
+	"gatehouse_identity.billing":        "billing-service",
+	"gatehouse_identity.analytics":      "analytics-job",
+	"gatehouse_postgres.orders":         "orders",
+	"gatehouse_ssh_host.bastion":        "bastion",
+	"gatehouse_kubernetes_cluster.prod": "prod-cluster",
+	"gatehouse_policy.billing":          "billing",
+	"gatehouse_mask.email":              "email",
+	"gatehouse_policy_test.reads":       "billing reads customers",
+	"gatehouse_policy_test.analytics":   "analytics connects nowhere",
+}
+
+// TestAccEveryResource: every resource is created, imported from the
+// published bundle (ImportStateVerify), updated and destroyed; the bundle
+// verifies with `gatehouse bundle verify`; and the state holds no secret.
+func TestAccEveryResource(t *testing.T) {
+	priv, pub, pem := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	const password = "s3cret-upstream-password"
+	t.Setenv("ORDERS_DB_PASSWORD", password)
+	var rev1 int64
+
+	steps := []resource.TestStep{{
+		Config: objects("file:"+priv, file, "'SELECT'", ""),
+		Check: resource.ComposeAggregateTestCheckFunc(
+			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.#", "10"),
+			resource.TestMatchResourceAttr("gatehouse_bundle.all", "digest", regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)),
+			resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
+				rev1, _ = strconv.ParseInt(v, 10, 64)
+				return nil
+			}),
+			resource.TestCheckResourceAttr("gatehouse_policy.billing", "id", "billing"),
+			verifiedByCLI(file, pub, 0),
+			noSecrets(password, string(pem)),
+		),
+	}}
+	for addr, name := range importable {
+		step := resource.TestStep{
+			ResourceName:      addr,
+			ImportState:       true,
+			ImportStateId:     file + "#" + name,
+			ImportStateVerify: true,
+		}
+		// The bundle holds some values canonically: "30m0s" for the
+		// "30m" written, public.customers.email for customers.email.
+		// The specs are equal, so after an import the plan is empty
+		// (TestAccImportThenPlanIsEmpty).
+		switch addr {
+		case "gatehouse_policy.billing":
+			step.ImportStateVerifyIgnore = []string{"rule.1.approval.timeout"}
+		case "gatehouse_mask.email":
+			step.ImportStateVerifyIgnore = []string{"columns.0"}
+		}
+		steps = append(steps, step)
+	}
+	steps = append(steps,
+		resource.TestStep{ResourceName: "gatehouse_bundle.all", ImportState: true, ImportStateId: file, ImportStateVerify: true,
+			// The import reads what the file holds; run_tests is a
+			// setting of the resource, true by default.
+			ImportStateVerifyIgnore: []string{"run_tests"}},
+		resource.TestStep{
+			// An update: one rule changes; a new bundle with a higher
+			// revision is published.
+			Config: objects("file:"+priv, file, "'SELECT', 'SHOW'", ""),
+			Check: resource.ComposeAggregateTestCheckFunc(
+				resource.TestCheckResourceAttr("gatehouse_policy.billing", "rule.0.when", "request.statements.all(s, s.command in ['SELECT', 'SHOW'])"),
+				resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
+					if n, _ := strconv.ParseInt(v, 10, 64); n <= rev1 {
+						return fmt.Errorf("revision %d is not above %d", n, rev1)
+					}
+					return nil
+				}),
+				verifiedByCLI(file, pub, rev1),
+				noSecrets(password, string(pem)),
+			),
+		},
+		resource.TestStep{
+			// The same again: an empty plan.
+			Config:   objects("file:"+priv, file, "'SELECT', 'SHOW'", ""),
+			PlanOnly: true,
+		},
+	)
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps:                    steps,
+		CheckDestroy: func(*terraform.State) error {
+			if _, err := os.Stat(file); !os.IsNotExist(err) {
+				return fmt.Errorf("the bundle file remains after destroy: %v", err)
+			}
+			return nil
+		},
+	})
+}
+
+// verifiedByCLI runs `gatehouse bundle verify` on the published file.
+func verifiedByCLI(file, pub string, above int64) resource.TestCheckFunc {
+	return func(*terraform.State) error {
+		args := []string{"bundle", "verify", file, "--trust", pub}
+		if above > 0 {
+			args = append(args, "--min-revision", strconv.FormatInt(above, 10))
+		}
+		if code := cli.Execute(args); code != 0 {
+			return fmt.Errorf("gatehouse %s: exit %d", strings.Join(args, " "), code)
+		}
+		return nil
+	}
+}
+
+// noSecrets reads every attribute of every resource in state.
+func noSecrets(secrets ...string) resource.TestCheckFunc {
+	return func(s *terraform.State) error {
+		for addr, r := range s.RootModule().Resources {
+			for k, v := range r.Primary.Attributes {
+				for _, secret := range secrets {
+					if strings.Contains(v, strings.TrimSpace(secret)) || strings.Contains(v, "PRIVATE KEY") {
+						return fmt.Errorf("%s.%s holds a secret", addr, k)
+					}
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// TestAccSigningKeyFromEnv: the key may come from an environment variable.
+func TestAccSigningKeyFromEnv(t *testing.T) {
+	_, pub, pem := keys(t)
+	t.Setenv("GATEHOUSE_SIGNING_KEY", string(pem))
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{{
+			Config: objects("env:GATEHOUSE_SIGNING_KEY", file, "'SELECT'", ""),
+			Check:  resource.ComposeAggregateTestCheckFunc(verifiedByCLI(file, pub, 0), noSecrets(string(pem))),
+		}},
+	})
+}
+
+// TestAccPlanTimeErrors: mistakes fail terraform plan, at the attribute,
+// with the position inside a CEL expression.
+func TestAccPlanTimeErrors(t *testing.T) {
+	priv, _, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	base := objects("file:"+priv, file, "'SELECT'", "")
+	for name, tc := range map[string]struct {
+		config string
+		want   string
+	}{
+		"CEL typo": {
+			strings.Replace(base, `unless    = "'pci' in identity.groups"`, `unless    = "'pci' in identity.grups"`, 1),
+			`(?s)CEL type error in mask "email", unless at 1:19.*undefined field\s+'grups'.*\^`,
+		},
+		"CEL typo in a rule": {
+			strings.Replace(base, "s.command in ['SELECT']", "s.comand in ['SELECT']", 1),
+			`(?s)CEL type error in policy "billing", rule "read" when at 1:\d+.*undefined field\s+'comand'`,
+		},
+		"unknown reference": {
+			strings.Replace(base, "identities = [gatehouse_identity.billing.name]", `identities = ["billing-svc"]`, 1),
+			`(?s)policy "billing": Unknown reference.*billing-svc`,
+		},
+		"inline secret": {
+			strings.Replace(base, `password                = "env:ORDERS_DB_PASSWORD"`, `password                = "hunter2"`, 1),
+			`(?s)Secret written inline.*env:`,
+		},
+		"duplicate name": {
+			strings.Replace(base, "    gatehouse_mask.email.spec,", "    gatehouse_mask.email.spec,\n    gatehouse_mask.email2.spec,", 1) + `
+resource "gatehouse_mask" "email2" {
+  name      = "email"
+  resources = ["orders"]
+  columns   = ["customers.name"]
+  method    = "redact"
+}
+`,
+			`(?s)mask "email": Duplicate name`,
+		},
+		"failing test": {
+			strings.Replace(base, `expect       = "allow"`, `expect       = "deny"`, 1),
+			`(?s)Policy test "billing reads customers" fails.*expected deny, got allow`,
+		},
+		"invalid mask method": {
+			strings.Replace(base, `method    = "partial"`, `method    = "blur"`, 1),
+			`(?s)mask "email" method.*blur`,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resource.Test(t, resource.TestCase{
+				ProtoV6ProviderFactories: factories,
+				Steps:                    []resource.TestStep{{Config: tc.config, PlanOnly: true, ExpectError: regexp.MustCompile(tc.want)}},
+			})
+		})
+	}
+}
+
+// TestAccDrift: a published file deleted or replaced behind Terraform's
+// back shows as a change and is published again, at a higher revision.
+func TestAccDrift(t *testing.T) {
+	priv, pub, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	config := objects("file:"+priv, file, "'SELECT'", "")
+	var rev int64
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{
+			{Config: config, Check: resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
+				rev, _ = strconv.ParseInt(v, 10, 64)
+				return nil
+			})},
+			{PreConfig: func() { _ = os.Remove(file) }, Config: config, PlanOnly: true, ExpectNonEmptyPlan: true},
+			{PreConfig: func() { _ = os.WriteFile(file, []byte("{}"), 0o644) }, Config: config, Check: verifiedByCLI(file, pub, rev)},
+		},
+	})
+}
+
+// TestAccDecision: gatehouse_decision decides against objects and against
+// the published bundle, as a check block or terraform test would use it.
+func TestAccDecision(t *testing.T) {
+	priv, _, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	extra := `
+data "gatehouse_decision" "drop" {
+  objects  = gatehouse_bundle.all.objects
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "SELECT email FROM customers; DELETE FROM payments WHERE id = 1"
+}
+
+data "gatehouse_decision" "from_bundle" {
+  bundle_file = gatehouse_bundle.all.file
+  identity    = "billing-service"
+  resource    = "orders"
+  sql         = "SELECT email FROM customers"
+  depends_on  = [gatehouse_bundle.all]
+}
+
+data "gatehouse_bundle" "published" {
+  file       = gatehouse_bundle.all.file
+  depends_on = [gatehouse_bundle.all]
+}
+`
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{{
+			Config: objects("file:"+priv, file, "'SELECT', 'DELETE'", extra),
+			Check: resource.ComposeAggregateTestCheckFunc(
+				resource.TestCheckResourceAttr("data.gatehouse_decision.drop", "effect", "review"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.drop", "matched_rules.#", "2"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.from_bundle", "effect", "allow"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.from_bundle", "masks.public.customers.email", "partial"),
+				resource.TestCheckResourceAttrPair("data.gatehouse_decision.from_bundle", "bundle_revision", "gatehouse_bundle.all", "revision"),
+				resource.TestCheckResourceAttrPair("data.gatehouse_bundle.published", "digest", "gatehouse_bundle.all", "digest"),
+				resource.TestCheckResourceAttr("data.gatehouse_bundle.published", "objects.#", "10"),
+			),
+		}},
+	})
+}
+
+// TestAccImportThenPlanIsEmpty: objects and a bundle imported with import
+// blocks from a published bundle plan as no change, although the bundle
+// spells some values canonically ("30m0s", public.customers.email).
+func TestAccImportThenPlanIsEmpty(t *testing.T) {
+	priv, _, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	config := objects("file:"+priv, file, "'SELECT'", "")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps:                    []resource.TestStep{{Config: config}},
+		CheckDestroy: func(*terraform.State) error {
+			return nil
+		},
+	})
+	// Destroy removed the file; publish it again, outside this state.
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{{
+			Config: config,
+			Check: func(*terraform.State) error {
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return err
+				}
+				return os.WriteFile(file+".kept", data, 0o644)
+			},
+		}},
+	})
+	var imports strings.Builder
+	for addr, name := range importable {
+		fmt.Fprintf(&imports, "import {\n  to = %s\n  id = %q\n}\n", addr, file+"#"+name)
+	}
+	fmt.Fprintf(&imports, "import {\n  to = gatehouse_bundle.all\n  id = %q\n}\n", file)
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{
+			{
+				PreConfig: func() {
+					data, err := os.ReadFile(file + ".kept")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(file, data, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config: config + imports.String(),
+				Check:  resource.TestCheckResourceAttr("gatehouse_mask.email", "columns.0", "public.customers.email"),
+			},
+			{Config: config + imports.String(), PlanOnly: true},
+		},
+	})
+}
