@@ -100,6 +100,7 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newAuditCmd(),
 		newDevCmd(),
 		newProviderCmd(),
+		newExportCmd(),
 	)
 	return root
 }

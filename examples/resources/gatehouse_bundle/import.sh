@@ -1,0 +1,2 @@
+# A bundle is imported from its file, verified with the provider's keys.
+terraform import gatehouse_bundle.policy /srv/gatehouse/policy.bundle
