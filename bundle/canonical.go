@@ -87,11 +87,11 @@ func (m *Model) Normalize() {
 				}
 				// One spelling per duration: "30m" and "1800s" are the same
 				// policy and must give the same bytes.
-				if d, err := time.ParseDuration(a.Timeout); err == nil {
-					a.Timeout = d.String()
-					if d == DefaultApprovalTimeout {
-						a.Timeout = ""
-					}
+				timeout := canonicalDuration(&a.Timeout, DefaultApprovalTimeout)
+				canonicalDuration(&a.Wait, timeout)
+				canonicalDuration(&a.ValidFor, DefaultApprovalValidity)
+				if a.Hold != nil && *a.Hold {
+					a.Hold = nil
 				}
 			}
 		}
@@ -239,4 +239,22 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return n
+}
+
+// canonicalDuration spells a duration one way ("30m" and "1800s" are the
+// same policy and must give the same bytes), and as "" when it is the
+// default. It returns the duration in force.
+func canonicalDuration(s *string, def time.Duration) time.Duration {
+	if *s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(*s)
+	if err != nil {
+		return def
+	}
+	*s = d.String()
+	if d == def {
+		*s = ""
+	}
+	return d
 }

@@ -137,6 +137,18 @@ func TestNormalizeDefaultSpellings(t *testing.T) {
 			a: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Timeout = "15m0s" },
 			b: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Timeout = "" },
 		},
+		"approval hold true == unset": {
+			a: func(m *Model) { yes := true; rule(m, "ssh-ops", "forward").Approval.Hold = &yes },
+			b: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Hold = nil },
+		},
+		`approval wait equal to the timeout == ""`: {
+			a: func(m *Model) { a := rule(m, "ssh-ops", "forward").Approval; a.Timeout, a.Wait = "1h", "60m" },
+			b: func(m *Model) { a := rule(m, "ssh-ops", "forward").Approval; a.Timeout, a.Wait = "1h", "" },
+		},
+		`approval valid_for "15m" == ""`: {
+			a: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.ValidFor = "900s" },
+			b: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.ValidFor = "" },
+		},
 		`when "true" == ""`: {
 			a: func(m *Model) { rule(m, "ssh-ops", "shell").When = "true" },
 			b: func(m *Model) { rule(m, "ssh-ops", "shell").When = "" },

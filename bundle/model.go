@@ -201,8 +201,37 @@ type Approval struct {
 	Groups []string `json:"groups"`
 	// Count is how many distinct approvers are needed. Default 1.
 	Count int `json:"count,omitempty"`
-	// Timeout is a Go duration ("15m"). Default "15m".
+	// Timeout is how long approvers have to decide, a Go duration ("15m").
+	// Default "15m". An undecided request expires after it.
 	Timeout string `json:"timeout,omitempty"`
+	// Hold keeps the caller's statement waiting in its session while
+	// approvers act (the default). false fails the statement at once with
+	// the approval's id; the caller retries it once it is approved.
+	Hold *bool `json:"hold,omitempty"`
+	// Wait is how long a held statement waits, at most Timeout (the
+	// default). When it runs out the request stays open until Timeout,
+	// and a retry after approval passes.
+	Wait string `json:"wait,omitempty"`
+	// ValidFor is how long an approval may be used once it is given.
+	// Default "15m".
+	ValidFor string `json:"valid_for,omitempty"`
+	// Reusable lets one approval release the same request any number of
+	// times while it is valid; by default it is used once.
+	Reusable bool `json:"reusable,omitempty"`
+	// Webhook is told when a request opens and when it is settled.
+	Webhook *Webhook `json:"webhook,omitempty"`
+}
+
+// Holds reports whether the caller's statement waits for the decision.
+func (a *Approval) Holds() bool { return a.Hold == nil || *a.Hold }
+
+// Webhook is an HTTP endpoint that receives approval events as JSON.
+type Webhook struct {
+	// URL is an http or https URL (a Slack incoming webhook works as is).
+	URL string `json:"url"`
+	// Secret is a secret reference (env:, file:, k8s:); when set, each
+	// delivery carries an HMAC-SHA256 of its body keyed with it.
+	Secret string `json:"secret,omitempty"`
 }
 
 // Mask methods.

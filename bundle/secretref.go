@@ -80,3 +80,10 @@ func (r SecretRef) String() string {
 	}
 	return ""
 }
+
+// IsSecretRef reports whether s is written as a secret reference (env:,
+// file: or k8s:), valid or not.
+func IsSecretRef(s string) bool {
+	scheme, _, ok := strings.Cut(s, ":")
+	return ok && (scheme == "env" || scheme == "file" || scheme == "k8s")
+}

@@ -32,6 +32,10 @@ const MaxApprovalTimeout = 24 * time.Hour
 // DefaultApprovalTimeout is used when a review rule names no timeout.
 const DefaultApprovalTimeout = 15 * time.Minute
 
+// DefaultApprovalValidity is how long an approval may be used when a review
+// rule names no valid_for.
+const DefaultApprovalValidity = 15 * time.Minute
+
 // Validate checks everything about a model that does not need CEL: names,
 // references between objects, secret references, and enumerations. CEL is
 // type-checked by celpolicy. The returned problems are in model order.
@@ -450,12 +454,38 @@ func (v *validator) approval(ref Ref, a Approval) {
 	if a.Count < 0 || a.Count > 10 {
 		v.add(CodeInvalidValue, ref.Attribute("approval.count"), "approval.count must be between 1 and 10, got %d", a.Count)
 	}
-	if a.Timeout != "" {
-		d, err := time.ParseDuration(a.Timeout)
-		if err != nil || d <= 0 || d > MaxApprovalTimeout {
-			v.add(CodeInvalidValue, ref.Attribute("approval.timeout"), "approval.timeout %q must be a duration between 1s and 24h, such as \"15m\"", a.Timeout)
+	timeout, ok := v.duration(ref, "timeout", a.Timeout, DefaultApprovalTimeout)
+	if wait, wok := v.duration(ref, "wait", a.Wait, timeout); ok && wok && wait > timeout {
+		v.add(CodeInvalidValue, ref.Attribute("approval.wait"), "approval.wait %q is longer than approval.timeout (%s): a statement cannot wait for a request that has expired", a.Wait, timeout)
+	}
+	v.duration(ref, "valid_for", a.ValidFor, DefaultApprovalValidity)
+	if w := a.Webhook; w != nil {
+		if IsSecretRef(w.URL) {
+			// A Slack webhook's URL is itself the secret.
+			v.secret(ref.Attribute("approval.webhook.url"), w.URL)
+		} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.add(CodeInvalidValue, ref.Attribute("approval.webhook.url"), "approval.webhook.url %q must be an http or https URL, or a secret reference to one (env:NAME, file:/path)", w.URL)
+		} else if u.User != nil {
+			v.add(CodeInlineSecret, ref.Attribute("approval.webhook.url"), "approval.webhook.url carries credentials; put the secret in approval.webhook.secret as a reference (env:NAME or file:/path)")
+		}
+		if w.Secret != "" {
+			v.secret(ref.Attribute("approval.webhook.secret"), w.Secret)
 		}
 	}
+}
+
+// duration checks an approval duration attribute (empty means def) and
+// returns its value, and whether it is valid.
+func (v *validator) duration(ref Ref, attr, s string, def time.Duration) (time.Duration, bool) {
+	if s == "" {
+		return def, true
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < time.Second || d > MaxApprovalTimeout {
+		v.add(CodeInvalidValue, ref.Attribute("approval."+attr), "approval.%s %q must be a duration between 1s and 24h, such as \"15m\"", attr, s)
+		return 0, false
+	}
+	return d, true
 }
 
 // ParseColumn splits a mask column into schema, table and column names as

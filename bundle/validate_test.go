@@ -527,6 +527,46 @@ func TestValidate(t *testing.T) {
 			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Timeout = "15" },
 			want:   []problem{{CodeInvalidValue, `policy "ssh-ops" rule "forward" approval.timeout`}},
 		},
+		"approval wait longer than its timeout": {
+			mutate:  func(m *Model) { a := rule(m, "ssh-ops", "forward").Approval; a.Timeout, a.Wait = "10m", "20m" },
+			want:    []problem{{CodeInvalidValue, `policy "ssh-ops" rule "forward" approval.wait`}},
+			wantMsg: `approval.wait "20m" is longer than approval.timeout (10m0s)`,
+		},
+		"approval wait longer than the default timeout": {
+			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Wait = "1h" },
+			want:   []problem{{CodeInvalidValue, `policy "ssh-ops" rule "forward" approval.wait`}},
+		},
+		"approval valid_for not a duration": {
+			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.ValidFor = "forever" },
+			want:   []problem{{CodeInvalidValue, `policy "ssh-ops" rule "forward" approval.valid_for`}},
+		},
+		"approval webhook with a bad URL": {
+			mutate: func(m *Model) {
+				rule(m, "ssh-ops", "forward").Approval.Webhook = &Webhook{URL: "ftp://hooks.example.com/x"}
+			},
+			want: []problem{{CodeInvalidValue, `policy "ssh-ops" rule "forward" approval.webhook.url`}},
+		},
+		"approval webhook URL with credentials": {
+			mutate: func(m *Model) {
+				rule(m, "ssh-ops", "forward").Approval.Webhook = &Webhook{URL: "https://bot:hunter2@hooks.example.com/x"}
+			},
+			want: []problem{{CodeInlineSecret, `policy "ssh-ops" rule "forward" approval.webhook.url`}},
+		},
+		"approval webhook with an inline secret": {
+			mutate: func(m *Model) {
+				rule(m, "ssh-ops", "forward").Approval.Webhook = &Webhook{URL: "https://hooks.example.com/x", Secret: "s3cr3t-value"}
+			},
+			want: []problem{{CodeInlineSecret, `policy "ssh-ops" rule "forward" approval.webhook.secret`}},
+		},
+		"approval webhook URL by reference, secret by reference": {
+			mutate: func(m *Model) {
+				rule(m, "ssh-ops", "forward").Approval.Webhook = &Webhook{URL: "env:SLACK_WEBHOOK_URL", Secret: "file:/etc/gatehouse/hook-secret"}
+			},
+		},
+		"approval webhook URL reference that is malformed": {
+			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Webhook = &Webhook{URL: "env:not a name"} },
+			want:   []problem{{CodeInvalidSecretRef, `policy "ssh-ops" rule "forward" approval.webhook.url`}},
+		},
 		"approval timeout of exactly 24h is fine": {
 			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Timeout = "24h" },
 		},

@@ -426,16 +426,21 @@ func (p *Policy) ResourceKind(name string) (string, bool) {
 	return e.value.Kind, true
 }
 
-// approvalTimeout returns a review rule's timeout with the default applied.
-func approvalTimeout(a *bundle.Approval) time.Duration {
-	if a == nil || a.Timeout == "" {
-		return bundle.DefaultApprovalTimeout
+// approvalNeed is a review rule's approver spec with the defaults applied.
+// The bundle was validated, so the durations parse.
+func approvalNeed(rule, reason string, a *bundle.Approval) ApprovalNeed {
+	dur := func(s string, def time.Duration) time.Duration {
+		if d, err := time.ParseDuration(s); err == nil && d > 0 {
+			return d
+		}
+		return def
 	}
-	d, err := time.ParseDuration(a.Timeout)
-	if err != nil {
-		return bundle.DefaultApprovalTimeout
+	timeout := dur(a.Timeout, bundle.DefaultApprovalTimeout)
+	return ApprovalNeed{
+		Rule: rule, Reason: reason, Groups: a.Groups, Count: max(a.Count, 1), Timeout: timeout,
+		Hold: a.Holds(), Wait: min(dur(a.Wait, timeout), timeout),
+		ValidFor: dur(a.ValidFor, bundle.DefaultApprovalValidity), Reusable: a.Reusable, Webhook: a.Webhook,
 	}
-	return d
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -58,12 +58,22 @@ type MaskAction struct {
 	Mask string `json:"mask"`
 }
 
-// ApprovalNeed says who must approve a review decision.
+// ApprovalNeed says who must approve a review decision, and how the
+// request waits for them.
 type ApprovalNeed struct {
 	Rule    string        `json:"rule"`
+	Reason  string        `json:"reason"`
 	Groups  []string      `json:"groups"`
 	Count   int           `json:"count"`
 	Timeout time.Duration `json:"timeout"`
+	// Hold: the statement waits in its session (for up to Wait).
+	Hold bool          `json:"hold"`
+	Wait time.Duration `json:"wait"`
+	// ValidFor is how long an approval may be used once given; Reusable
+	// lets it be used more than once.
+	ValidFor time.Duration   `json:"valid_for"`
+	Reusable bool            `json:"reusable,omitempty"`
+	Webhook  *bundle.Webhook `json:"webhook,omitempty"`
 }
 
 // Rules names the matched rules.
@@ -158,7 +168,7 @@ func (p *Policy) Decide(in *Input) Decision {
 		case bundle.EffectReview:
 			reviews = append(reviews, r.rule.Reason)
 			a := r.rule.Approval
-			d.Approvals = append(d.Approvals, ApprovalNeed{Rule: r.ref, Groups: a.Groups, Count: max(a.Count, 1), Timeout: approvalTimeout(a)})
+			d.Approvals = append(d.Approvals, approvalNeed(r.ref, r.rule.Reason, a))
 		case bundle.EffectAllow:
 			allows = append(allows, r.rule.Reason)
 		}

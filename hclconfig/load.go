@@ -294,9 +294,18 @@ func (d *decoder) policy(ref bundle.Ref, b *hcl.Block, f *hcl.File) {
 				d.errorf(ab.DefRange, "Duplicate approval block", "only one approval block is allowed in a rule")
 				continue
 			}
-			aa, _ := d.body(rref, "approval.", ab.Body, approvalSchema)
+			aa, ac := d.body(rref, "approval.", ab.Body, approvalSchema)
 			count, countOK := aa.integerOK("count")
-			r.Approval = &bundle.Approval{Groups: aa.strs("groups"), Count: count, Timeout: aa.str("timeout")}
+			r.Approval = &bundle.Approval{Groups: aa.strs("groups"), Count: count, Timeout: aa.str("timeout"),
+				Hold: aa.optBool("hold"), Wait: aa.str("wait"), ValidFor: aa.str("valid_for"), Reusable: aa.boolean("reusable")}
+			for j, wb := range ac.Blocks {
+				if j > 0 {
+					d.errorf(wb.DefRange, "Duplicate webhook block", "only one webhook block is allowed in an approval block")
+					continue
+				}
+				wa, _ := d.body(rref, "approval.webhook.", wb.Body, webhookSchema)
+				r.Approval.Webhook = &bundle.Webhook{URL: wa.secret("url"), Secret: wa.secret("secret")}
+			}
 			if countOK && count == 0 {
 				// The model reads 0 as "the default, 1"; written out, 0
 				// approvals would be a review nobody has to give.
@@ -448,6 +457,16 @@ func (a *attrReader) strMap(name string) map[string]string {
 		out[k.AsString()] = e.AsString()
 	}
 	return out
+}
+
+// optBool reads a bool whose absence means its default (nil).
+func (a *attrReader) optBool(name string) *bool {
+	v, ok := a.value(name, cty.Bool)
+	if !ok {
+		return nil
+	}
+	b := v.True()
+	return &b
 }
 
 func (a *attrReader) boolean(name string) bool {

@@ -546,6 +546,43 @@ test "t" {
 `,
 			want: []diagWant{problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"48h"`, `approval.timeout "48h" must be a duration between 1s and 24h`)},
 		},
+		"approval wait beyond its timeout": {
+			src: `policy "p" {
+  resources = ["orders"]
+  everyone  = true
+  rule "hold" {
+    effect = "review"
+    reason = "x"
+    approval {
+      groups  = ["dba"]
+      timeout = "10m"
+      wait    = "20m"
+    }
+  }
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"20m"`, `approval.wait "20m" is longer than approval.timeout (10m0s)`)},
+		},
+		"inline webhook secret": {
+			src: `policy "p" {
+  resources = ["orders"]
+  everyone  = true
+  rule "hold" {
+    effect = "review"
+    reason = "x"
+    approval {
+      groups = ["dba"]
+      webhook {
+        url    = "https://hooks.example.com/gatehouse"
+        secret = "shhh-its-a-secret"
+      }
+    }
+  }
+}
+`,
+			want: []diagWant{{summary: "Secret written inline", code: bundle.CodeInlineSecret, file: "t.hcl", at: `"shhh-its-a-secret"`,
+				detail: []string{"approval.webhook.secret must be a secret reference"}, notDetail: []string{"shhh"}}},
+		},
 		"missing reason points at the rule": {
 			src: `policy "p" {
   resources = ["orders"]

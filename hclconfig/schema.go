@@ -46,8 +46,10 @@ var (
 		Attributes: attrs("effect", "when", "reason", "on"),
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "approval"}},
 	}
-	approvalSchema = &hcl.BodySchema{Attributes: attrs("groups", "count", "timeout")}
-	maskSchema     = &hcl.BodySchema{Attributes: attrs(
+	approvalSchema = &hcl.BodySchema{Attributes: attrs("groups", "count", "timeout", "hold", "wait", "valid_for", "reusable"),
+		Blocks: []hcl.BlockHeaderSchema{{Type: "webhook"}}}
+	webhookSchema = &hcl.BodySchema{Attributes: attrs("url", "secret")}
+	maskSchema    = &hcl.BodySchema{Attributes: attrs(
 		"description", "resources", "columns", "detectors", "method", "hash_key", "unless")}
 	testSchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "identity", "provider", "subject", "groups", "claims", "resource", "sql", "request",

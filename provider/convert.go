@@ -340,7 +340,8 @@ func dropEmpty(m map[string]any) {
 				delete(m, k)
 			}
 		case bool:
-			if !x {
+			// hold defaults to true: false is a value, not an absence.
+			if !x && k != "hold" {
 				delete(m, k)
 			}
 		case []any:

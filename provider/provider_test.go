@@ -127,9 +127,15 @@ resource "gatehouse_policy" "billing" {
     when   = "request.statements.exists(s, s.tables.exists(t, t.name == 'payments' && t.access == 'write'))"
     reason = "writes to payments need a DBA"
     approval {
-      groups  = ["dba"]
-      count   = 2
-      timeout = "30m"
+      groups    = ["dba"]
+      count     = 2
+      timeout   = "30m"
+      hold      = false
+      valid_for = "1h"
+      webhook {
+        url    = "https://hooks.example.com/gatehouse"
+        secret = "env:GATEHOUSE_WEBHOOK_SECRET"
+      }
     }
   }
 }
@@ -233,7 +239,7 @@ func TestAccEveryResource(t *testing.T) {
 		// (TestAccImportThenPlanIsEmpty).
 		switch addr {
 		case "gatehouse_policy.billing":
-			step.ImportStateVerifyIgnore = []string{"rule.1.approval.timeout"}
+			step.ImportStateVerifyIgnore = []string{"rule.1.approval.timeout", "rule.1.approval.valid_for"}
 		case "gatehouse_mask.email":
 			step.ImportStateVerifyIgnore = []string{"columns.0"}
 		}

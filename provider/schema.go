@@ -151,8 +151,15 @@ var kinds = []kindSpec{
 		}, blocks: []blockSpec{{name: "approval", desc: "Who approves a `review` rule's requests. Required on, and only allowed on, review rules.", attrs: []attrSpec{
 			{name: "groups", kind: aStrings, required: true, desc: "Approvers' groups."},
 			{name: "count", kind: aInt, desc: "Distinct approvals needed, 1 to 10. Default 1."},
-			{name: "timeout", desc: "How long a request waits (a Go duration, at most 24h). Default `15m`."},
-		}}}}},
+			{name: "timeout", desc: "How long approvers have to decide (a Go duration, at most 24h); an undecided request then expires. Default `15m`."},
+			{name: "hold", kind: aBool, desc: "Hold the caller's statement in its session while approvers act (the default). `false` fails the statement at once with the approval's id; the same statement retried after approval passes."},
+			{name: "wait", desc: "How long a held statement waits, at most `timeout` (the default). When it runs out, the request stays open and a retry after approval passes."},
+			{name: "valid_for", desc: "How long an approval may be used once given (a Go duration). Default `15m`."},
+			{name: "reusable", kind: aBool, desc: "Let one approval release the same statement any number of times while valid. By default an approval is used once."},
+		}, blocks: []blockSpec{{name: "webhook", desc: "Where to post approval events (opened, approved, denied, expired, cancelled) as JSON with a Slack-compatible `text` field. Delivery retries with backoff and never delays a statement.", attrs: []attrSpec{
+			{name: "url", required: true, desc: "An http or https URL, or a secret reference to one (`env:SLACK_WEBHOOK_URL`): a Slack webhook's URL is itself a secret."},
+			{name: "secret", desc: "When set, each delivery carries `X-Gatehouse-Signature: sha256=<HMAC-SHA256 of the body>` keyed with it." + refDesc},
+		}}}}}}},
 	},
 	{
 		kind: "mask", typeSuffix: "mask",
