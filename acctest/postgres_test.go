@@ -218,17 +218,39 @@ type stack struct {
 	pgAddr    string // the gateway's PostgreSQL listener
 	logs      *lockedBuffer
 	gateway   *exec.Cmd
+	exited    chan error
 	killed    bool // the test killed the gateway on purpose
+	cfgFile   string
+	env       []string
+}
+
+// stackOptions vary the stack.
+type stackOptions struct {
+	dataDir string                             // the gateway's data_dir (fresh when empty)
+	policy  func(issuer, dbAddr string) string // default policy
+	schema  string                             // extra SQL for the orders database
+	clients []string                           // Hydra clients (default billing-service, analytics-job)
+	env     []string                           // extra gateway environment
 }
 
 // startStack runs PostgreSQL, Hydra and `gatehouse gateway` with a bundle
 // built by `gatehouse bundle build`.
-func startStack(t *testing.T) *stack { return startStackIn(t, "") }
+func startStack(t *testing.T) *stack { return startStackWith(t, stackOptions{}) }
 
 // startStackIn is startStack with the gateway's data_dir at dataDir (a
 // fresh one when empty).
 func startStackIn(t *testing.T, dataDir string) *stack {
+	return startStackWith(t, stackOptions{dataDir: dataDir})
+}
+
+func startStackWith(t *testing.T, o stackOptions) *stack {
 	t.Helper()
+	if o.policy == nil {
+		o.policy = policy
+	}
+	if o.clients == nil {
+		o.clients = []string{"billing-service", "analytics-job"}
+	}
 	s := &stack{pg: pgtest.Start(t, pgtest.WithStatementLog()), hydra: hydratest.Start(t), pgPass: "acc-" + rand.Text()}
 	s.pg.CreateRole(t, "gatehouse", s.pgPass)
 	s.pg.CreateDatabase(t, "orders", "gatehouse")
@@ -236,11 +258,11 @@ func startStackIn(t *testing.T, dataDir string) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Exec(context.Background(), schema); err != nil {
+	if _, err := c.Exec(context.Background(), schema+o.schema); err != nil {
 		t.Fatal(err)
 	}
 	c.Close(context.Background())
-	for _, id := range []string{"billing-service", "analytics-job"} {
+	for _, id := range o.clients {
 		s.hydra.CreateClient(t, id, id+"-secret", []string{"gatehouse", "another-service"})
 	}
 
@@ -249,7 +271,7 @@ func startStackIn(t *testing.T, dataDir string) *stack {
 	if err := os.MkdirAll(policies, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(policies, "policy.hcl"), []byte(policy(s.hydra.Issuer(), s.pg.Addr())), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(policies, "policy.hcl"), []byte(o.policy(s.hydra.Issuer(), s.pg.Addr())), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	gh(t, "keygen", "--out", filepath.Join(dir, "keys"))
@@ -260,6 +282,7 @@ func startStackIn(t *testing.T, dataDir string) *stack {
 	adminAddr := freePort(t)
 	s.adminAddr = adminAddr
 	s.pgAddr = freePort(t)
+	dataDir := o.dataDir
 	if dataDir == "" {
 		dataDir = filepath.Join(dir, "data")
 	}
@@ -286,38 +309,37 @@ log {
   level = "debug"
 }
 `, dataDir, s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr)
-	cfgFile := filepath.Join(dir, "gateway.hcl")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+	s.cfgFile = filepath.Join(dir, "gateway.hcl")
+	if err := os.WriteFile(s.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	gh(t, "gateway", "--config", cfgFile, "--check")
-
+	gh(t, "gateway", "--config", s.cfgFile, "--check")
+	s.env = append(append(os.Environ(), "ORDERS_DB_PASSWORD="+s.pgPass), o.env...)
 	s.logs = &lockedBuffer{}
-	s.gateway = exec.Command(gatehouseBin, "gateway", "--config", cfgFile)
-	s.gateway.Env = append(os.Environ(), "ORDERS_DB_PASSWORD="+s.pgPass)
+	t.Cleanup(func() {
+		s.stopGateway(t)
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", s.logs.String())
+		}
+	})
+	s.startGateway(t)
+	return s
+}
+
+// startGateway starts `gatehouse gateway` and waits until it is ready.
+func (s *stack) startGateway(t *testing.T) {
+	t.Helper()
+	s.gateway = exec.Command(gatehouseBin, "gateway", "--config", s.cfgFile)
+	s.gateway.Env = s.env
 	s.gateway.Stdout, s.gateway.Stderr = s.logs, s.logs
 	if err := s.gateway.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
+	s.exited = exited
 	go func() { exited <- s.gateway.Wait() }()
-	t.Cleanup(func() {
-		_ = s.gateway.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil && !s.killed {
-				t.Errorf("gateway exited with %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = s.gateway.Process.Kill()
-			t.Error("gateway did not stop on SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", s.logs.String())
-		}
-	})
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + adminAddr + "/readyz")
+		resp, err := http.Get("http://" + s.adminAddr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -328,7 +350,25 @@ log {
 			t.Fatalf("gateway not ready: %v\n%s", err, s.logs.String())
 		}
 	}
-	return s
+}
+
+// stopGateway stops the gateway with SIGTERM, as an operator would.
+func (s *stack) stopGateway(t *testing.T) {
+	t.Helper()
+	if s.gateway == nil {
+		return
+	}
+	_ = s.gateway.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		if err != nil && !s.killed {
+			t.Errorf("gateway exited with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		_ = s.gateway.Process.Kill()
+		t.Error("gateway did not stop on SIGTERM")
+	}
+	s.gateway = nil
 }
 
 func (s *stack) token(t *testing.T, client string) string {

@@ -98,6 +98,7 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newSessionsCmd(),
 		newReplayCmd(),
 		newAuditCmd(),
+		newApprovalsCmd(),
 		newDevCmd(),
 		newProviderCmd(),
 		newExportCmd(),

@@ -165,11 +165,27 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				fmt.Fprintf(w, "   [%s]", strings.Join(ev.Rules, ", "))
 			}
 			fmt.Fprintln(w)
+			if ev.Approval != "" {
+				fmt.Fprintf(w, "%14s approval request %s\n", "", ev.Approval)
+			}
 			if ev.Effect != bundle.EffectAllow && len(d.Reasons) > 0 {
 				fmt.Fprintf(w, "%14s reason: %s\n", "", strings.Join(d.Reasons, "; "))
 			}
 		case recorder.TypeMasked:
 			fmt.Fprintf(w, "%14s masked: %s\n", "", strings.Join(ev.Columns, ", "))
+		case recorder.TypeApproval:
+			fmt.Fprintf(w, "%s  %-6s %s %s", ts, "APPROV", ev.Approval, strings.ToUpper(ev.State))
+			if ev.Reason != "" {
+				fmt.Fprintf(w, ": %s", ev.Reason)
+			}
+			fmt.Fprintln(w)
+			for _, v := range ev.Votes {
+				fmt.Fprintf(w, "%14s %s %s by %s", "", v.Time.UTC().Format("15:04:05.000"), v.Decision, v.Approver)
+				if v.Comment != "" {
+					fmt.Fprintf(w, ": %q", v.Comment)
+				}
+				fmt.Fprintln(w)
+			}
 		case "result":
 			if ev.Error != "" {
 				fmt.Fprintf(w, "%14s -> error %s (%.1f ms)\n", "", ev.Error, ev.DurationMS)

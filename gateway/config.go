@@ -49,7 +49,14 @@ type BundleSource struct {
 }
 
 // AdminListener configures the admin HTTP listener.
-type AdminListener struct{ Listen string }
+type AdminListener struct {
+	Listen string
+	// TLSCert and TLSKey serve the admin API over HTTPS.
+	TLSCert, TLSKey string
+	// AdminGroups may read every approval request (approving takes a
+	// rule's approver group).
+	AdminGroups []string
+}
 
 // LogConfig configures logging.
 type LogConfig struct{ Level, Format string }
@@ -59,7 +66,8 @@ const ConfigReference = `# gateway.hcl: the gateway's own settings. Policy is no
 # the signed bundle named in the bundle block.
 
 data_dir = "/var/lib/gatehouse"      # required (created 0700): the last good bundle, session
-                                     # recordings (recordings/) and the recorder key (recorder.key)
+                                     # recordings (recordings/), the recorder key (recorder.key)
+                                     # and approval requests (approvals/)
 
 postgres {
   listen             = "0.0.0.0:6432" # required; host:port for PostgreSQL clients
@@ -77,8 +85,13 @@ bundle {
 }
 
 admin {
-  listen = "127.0.0.1:9090"          # optional; /healthz, /readyz, /metrics, /v1/bundle;
-                                     # unauthenticated: keep it on loopback or a private network
+  listen       = "127.0.0.1:9090"    # optional; /healthz, /readyz, /metrics and /v1/bundle are open:
+                                     # keep the listener on loopback or a private network.
+                                     # /v1/approvals needs an OIDC bearer token from a trusted issuer
+  tls_cert     = "/etc/gatehouse/tls/admin.crt"  # optional: serve HTTPS (tokens cross this listener)
+  tls_key      = "/etc/gatehouse/tls/admin.key"
+  admin_groups = ["security"]        # optional: may read every approval request; approving
+                                     # always takes one of the rule's approver groups
 }
 
 log {
@@ -104,7 +117,7 @@ var (
 	bundleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "file", Required: true}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
 	}}
-	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}}}
+	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "admin_groups"}}}
 	logSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
 	authSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
 )
@@ -171,6 +184,11 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			c := d.content(b.Body, adminSchema)
 			cfg.Admin.Listen = d.str(c["listen"])
 			d.checkListen(c["listen"], cfg.Admin.Listen)
+			cfg.Admin.TLSCert, cfg.Admin.TLSKey = d.str(c["tls_cert"]), d.str(c["tls_key"])
+			cfg.Admin.AdminGroups = d.strs(c["admin_groups"])
+			if (cfg.Admin.TLSCert == "") != (cfg.Admin.TLSKey == "") {
+				d.errorf(b.DefRange, "Incomplete TLS settings", "admin: set both tls_cert and tls_key, or neither")
+			}
 		case "log":
 			c := d.content(b.Body, logSchema)
 			if a := c["level"]; a != nil {

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 )
 
 // Gateway is an assembled gateway, ready to Run.
@@ -29,6 +31,10 @@ type Gateway struct {
 	pg    *postgres.Server
 	rec   *recorder.Recorder
 	tls   *tls.Config
+	// approvals keeps review requests; notifier tells their webhooks.
+	approvals *approval.Store
+	notifier  *approval.Notifier
+	adminTLS  *tls.Config
 
 	devIssuers bool
 
@@ -103,9 +109,66 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	for _, p := range g.rec.Recovered {
 		g.log.Warn("a recording could not be repaired after a crash; audit verify reports it", "detail", p)
 	}
+	if cfg.Admin.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCert, cfg.Admin.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: admin TLS certificate: %w", err)
+		}
+		g.adminTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	var res secrets.Resolver
+	g.notifier = approval.NewNotifier(res.Resolve, g.log)
+	g.approvals, err = approval.Open(ApprovalsDir(cfg.DataDir), approval.WithLogger(g.log), approval.WithNotify(g.notifier.Notify))
+	if err != nil {
+		g.rec.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store,
-		postgres.WithLogger(g.log), postgres.WithRecorder(g.rec))
+		postgres.WithLogger(g.log), postgres.WithRecorder(g.rec), postgres.WithSecrets(res), postgres.WithApprovals(g.approvals))
 	return g, nil
+}
+
+// ApprovalsDir is where a data directory keeps approval requests.
+func ApprovalsDir(dataDir string) string { return filepath.Join(dataDir, "approvals") }
+
+// Approvals is the gateway's approval store.
+func (g *Gateway) Approvals() *approval.Store { return g.approvals }
+
+// authenticate verifies an admin API caller's token with the active
+// bundle's identity providers and resolves it to an identity, as a caller
+// of the data path would be.
+func (g *Gateway) authenticate(ctx context.Context, token string) (approval.Principal, error) {
+	a := g.store.Current()
+	if a == nil {
+		return approval.Principal{}, errors.New("no policy bundle is loaded, so no issuer is trusted yet")
+	}
+	v, err := a.Verifier.Verify(ctx, token)
+	if err != nil {
+		return approval.Principal{}, err
+	}
+	id, err := a.Policy.ResolveIdentity(v.Provider, v.Token)
+	if err != nil {
+		return approval.Principal{}, err
+	}
+	return approval.Principal{Name: id.Name, Issuer: id.Issuer, Subject: id.Subject, Groups: id.Groups}, nil
+}
+
+// approverGroups are the approver groups of the active bundle's review
+// rules.
+func (g *Gateway) approverGroups() []string {
+	a := g.store.Current()
+	if a == nil {
+		return nil
+	}
+	var out []string
+	for _, p := range a.Payload.Model.Policies {
+		for _, r := range p.Rules {
+			if r.Approval != nil {
+				out = append(out, r.Approval.Groups...)
+			}
+		}
+	}
+	return out
 }
 
 // RecordingsDir is where a data directory keeps session recordings.
@@ -122,6 +185,7 @@ func (g *Gateway) Store() *bundlestore.Store { return g.store }
 // returns, so a Gateway runs once.
 func (g *Gateway) Run(ctx context.Context) (err error) {
 	defer func() {
+		g.approvals.Close()
 		// Serve has waited for every session to end and seal its
 		// recording, or nothing was served.
 		if cerr := g.rec.Close(); cerr != nil {
@@ -140,6 +204,12 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	notifyDone := make(chan struct{})
+	go func() {
+		defer close(notifyDone)
+		g.notifier.Run(ctx)
+	}()
+	defer func() { cancel(); <-notifyDone }()
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
@@ -170,6 +240,11 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 			defer c()
 			_ = srv.Shutdown(shut)
 		}()
+		if g.adminTLS != nil {
+			adLn = tls.NewListener(adLn, g.adminTLS)
+		} else if host, _, _ := net.SplitHostPort(g.AdminAddr); !net.ParseIP(host).IsLoopback() {
+			g.log.Warn("the admin listener serves plain HTTP on a non-loopback address: approvers' tokens cross it in the clear; set admin.tls_cert and admin.tls_key", "admin", g.AdminAddr)
+		}
 		go func() {
 			if err := srv.Serve(adLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errs <- fmt.Errorf("gateway: admin: %w", err)
@@ -209,6 +284,8 @@ func (g *Gateway) adminHandler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", g.metricsHandler())
+	api := &approval.API{Store: g.approvals, Authenticate: g.authenticate, ApproverGroups: g.approverGroups, AdminGroups: g.cfg.Admin.AdminGroups}
+	api.Register(mux)
 	mux.HandleFunc("GET /v1/bundle", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		status := map[string]any{

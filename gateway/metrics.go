@@ -3,6 +3,7 @@ package gateway
 import (
 	"net/http"
 
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,11 +25,14 @@ var (
 	descRevision       = prometheus.NewDesc("gatehouse_bundle_revision", "Revision of the active bundle (0: none).", nil, nil)
 	descRecErrors      = prometheus.NewDesc("gatehouse_recorder_errors_total", "Recording writes that failed: a statement's refuses the statement, a start's the session; a result's leaves a gap the recording reports.", nil, nil)
 	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make a statement's event durable (successful writes).", nil, nil)
+	descReviewed       = prometheus.NewDesc("gatehouse_statements_reviewed_total", "Statements a review decision sent to approvers (or an earlier approval released); each also counts in gatehouse_statements_total by how it ended.", nil, nil)
+	descApprovals      = prometheus.NewDesc("gatehouse_approvals", "Approval requests kept in the data directory, by state.", []string{"state"}, nil)
+	descWebhooks       = prometheus.NewDesc("gatehouse_approval_webhook_deliveries_total", "Approval webhook deliveries, by result (delivered, failed after retries, dropped on a full queue).", []string{"result"}, nil)
 	descRecHealthy     = prometheus.NewDesc("gatehouse_recorder_healthy", "1 while the recorder can record; 0 after a failed fdatasync, until restart (every statement is refused).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descStatements, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descStatements, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy, descReviewed, descApprovals, descWebhooks} {
 		ch <- d
 	}
 }
@@ -41,6 +45,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConnectDenied, prometheus.CounterValue, float64(st.ConnectDenied.Load()))
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Allowed.Load()), "allow")
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Denied.Load()), "deny")
+	ch <- prometheus.MustNewConstMetric(descReviewed, prometheus.CounterValue, float64(st.Reviewed.Load()))
+	states := map[approval.State]int{approval.Pending: 0, approval.Approved: 0, approval.Denied: 0, approval.Expired: 0, approval.Cancelled: 0}
+	for _, r := range c.g.approvals.List(nil) {
+		states[r.State]++
+	}
+	for s, n := range states {
+		ch <- prometheus.MustNewConstMetric(descApprovals, prometheus.GaugeValue, float64(n), string(s))
+	}
+	ns := &c.g.notifier.Stats
+	ch <- prometheus.MustNewConstMetric(descWebhooks, prometheus.CounterValue, float64(ns.Delivered.Load()), "delivered")
+	ch <- prometheus.MustNewConstMetric(descWebhooks, prometheus.CounterValue, float64(ns.Failed.Load()), "failed")
+	ch <- prometheus.MustNewConstMetric(descWebhooks, prometheus.CounterValue, float64(ns.Dropped.Load()), "dropped")
 	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(c.g.store.Stats.Reloads.Load()))
 	ch <- prometheus.MustNewConstMetric(descReloadFailures, prometheus.CounterValue, float64(c.g.store.Stats.ReloadFailures.Load()))
 	rev := 0.0

@@ -27,6 +27,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
@@ -57,10 +58,11 @@ type Server struct {
 	log     *slog.Logger
 	catalog *catalogs
 
-	rec      *recorder.Recorder
-	sessions sync.Map // cancel key -> *session
-	nextID   atomic.Uint64
-	wg       sync.WaitGroup
+	rec       *recorder.Recorder
+	approvals *approval.Store
+	sessions  sync.Map // cancel key -> *session
+	nextID    atomic.Uint64
+	wg        sync.WaitGroup
 
 	Stats Stats
 }
@@ -70,9 +72,13 @@ type Stats struct {
 	Sessions     atomic.Int64
 	AuthFailures atomic.Int64
 	// ConnectDenied counts connections the policy refused.
-	ConnectDenied  atomic.Int64
-	Allowed        atomic.Int64
-	Denied         atomic.Int64
+	ConnectDenied atomic.Int64
+	Allowed       atomic.Int64
+	Denied        atomic.Int64
+	// Reviewed counts statements a review decision sent to approvers (or
+	// that an earlier approval released); each also counts as allowed or
+	// denied by how it ended.
+	Reviewed       atomic.Int64
 	ActiveSession  atomic.Int64
 	RecorderErrors atomic.Int64
 	// RecordNanos sums the time spent making events durable, Records
@@ -119,6 +125,10 @@ func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
 // WithRecorder records every session. Without it nothing is recorded.
 func WithRecorder(r *recorder.Recorder) Option { return func(s *Server) { s.rec = r } }
+
+// WithApprovals lets review decisions hold statements for approvers.
+// Without it a review decision denies.
+func WithApprovals(a *approval.Store) Option { return func(s *Server) { s.approvals = a } }
 
 // WithSecrets sets the secret resolver.
 func WithSecrets(r secrets.Resolver) Option { return func(s *Server) { s.secrets = r } }
@@ -334,7 +344,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		srv: s, id: id, client: conn, be: be, secure: secure,
 		resource: res.Name, token: vtok, rawToken: pw.Password, identity: identity,
 		started: time.Now(), revision: active.Revision,
-		names: newNames(),
+		names: newNames(), closed: make(chan struct{}),
 	}
 	sess.log = log.With("identity", identityName(identity), "resource", res.Name)
 	d := active.Policy.Decide(sess.input(celpolicy.Connect()))
@@ -497,6 +507,11 @@ func (s *Server) cancel(m *pgproto3.CancelRequest) {
 		return
 	}
 	sess := v.(*session)
+	if sess.cancelHold() {
+		// The statement was held for approval and never reached the
+		// upstream: withdrawing it is the whole cancel.
+		return
+	}
 	if err := sess.cancelUpstream(); err != nil {
 		sess.log.Warn("cancel request failed", "err", err)
 	}

@@ -84,15 +84,28 @@ type session struct {
 	// messages (errors, notices) may quote values the masks hide.
 	masked   atomic.Bool
 	closeOne sync.Once
+	// closed is closed with the session.
+	closed chan struct{}
+	// held is the approval a statement is held for, and holdCancel
+	// withdraws it (a CancelRequest).
+	held       atomic.Pointer[string]
+	holdCancel atomic.Pointer[chan struct{}]
 }
 
 // prepared is a statement prepared through the gateway.
 type prepared struct {
 	req *celpolicy.PostgresRequest
 	sql string
+	// paramOIDs are its parameters' types, from the Parse or from the
+	// upstream's ParameterDescription (set by the response side), so
+	// that approvers read binary parameters as values.
+	paramOIDs atomic.Pointer[[]uint32]
 }
 
-type portal struct{ stmt *prepared }
+type portal struct {
+	stmt   *prepared
+	params *boundParams
+}
 
 type slotKind int
 
@@ -131,6 +144,8 @@ type slot struct {
 	// skipped it) for the request side, which waits on it.
 	ready chan *resultDesc
 	once  sync.Once
+	// stmt is the statement a Describe of a statement describes.
+	stmt *prepared
 	// recRef is the recorded statement event this request's outcome
 	// belongs to; start is when it was sent.
 	recRef int
@@ -259,7 +274,13 @@ func (s *session) run(ctx context.Context) {
 		}()
 		s.responses()
 	}()
-	stop := context.AfterFunc(ctx, func() { s.end("57P01", "gatehouse: the gateway is shutting down") })
+	stop := context.AfterFunc(ctx, func() {
+		msg := "gatehouse: the gateway is shutting down"
+		if id := s.held.Load(); id != nil {
+			msg += fmt.Sprintf("; the statement held for approval %s was not run. The request stays open: once it is approved, reconnect and run the same statement again", *id)
+		}
+		s.end("57P01", msg)
+	})
 	defer func() {
 		stop()
 		s.closeAll()
@@ -280,6 +301,7 @@ func (s *session) run(ctx context.Context) {
 
 func (s *session) closeAll() {
 	s.closeOne.Do(func() {
+		close(s.closed)
 		s.client.Close()
 		s.up.Conn.Close()
 		s.q.close()
@@ -382,6 +404,27 @@ func (s *session) check() bool {
 // the gateway makes whatever the policy says. count says whether this is a
 // request the caller makes (a Query, an Execute) or a preparation.
 func (s *session) decide(req *celpolicy.PostgresRequest, count bool) celpolicy.Decision {
+	d := s.judge(req)
+	if d.Effect == bundle.EffectReview {
+		// Counted by review, once the approvers have settled it (a
+		// preparation is decided again when it executes).
+		return d
+	}
+	if count || d.Effect != bundle.EffectAllow {
+		s.requests++
+		if d.Effect == bundle.EffectAllow {
+			s.srv.Stats.Allowed.Add(1)
+		} else {
+			s.denied++
+			s.srv.Stats.Denied.Add(1)
+		}
+	}
+	return d
+}
+
+// judge decides a request with the active bundle, with the checks the
+// gateway makes whatever the policy says.
+func (s *session) judge(req *celpolicy.PostgresRequest) celpolicy.Decision {
 	active := s.srv.store.Current()
 	d := active.Policy.Decide(s.input(req))
 	if len(d.Masks) > 0 {
@@ -394,7 +437,7 @@ func (s *session) decide(req *celpolicy.PostgresRequest, count bool) celpolicy.D
 			break
 		}
 	}
-	if d.Effect == bundle.EffectAllow && len(d.Masks) > 0 {
+	if (d.Effect == bundle.EffectAllow || d.Effect == bundle.EffectReview) && len(d.Masks) > 0 {
 		// Rows of COPY ... TO are not row messages the gateway can
 		// rewrite: with masks in force, refuse rather than leak.
 		for _, st := range req.Statements {
@@ -404,21 +447,6 @@ func (s *session) decide(req *celpolicy.PostgresRequest, count bool) celpolicy.D
 				d.Masks = nil
 				break
 			}
-		}
-	}
-	if d.Effect == bundle.EffectReview {
-		// Holding a statement for approval arrives with the approvals
-		// feature; until then a review decision must not run.
-		d.Effect = bundle.EffectDeny
-		d.Reasons = append([]string{"this statement needs approval, which this gateway does not offer yet"}, d.Reasons...)
-	}
-	if count || d.Effect != bundle.EffectAllow {
-		s.requests++
-		if d.Effect == bundle.EffectAllow {
-			s.srv.Stats.Allowed.Add(1)
-		} else {
-			s.denied++
-			s.srv.Stats.Denied.Add(1)
 		}
 	}
 	return d
@@ -476,7 +504,28 @@ func (s *session) requests0() error {
 			}
 			req := celpolicy.Query(m.String)
 			d := s.decide(req, true)
-			ref, rerr := s.recordStatement("query", m.String, req, d)
+			var ref int
+			var rerr error
+			if d.Effect == bundle.EffectReview {
+				rv := s.review("query", m.String, nil, req, d)
+				if rv.gone {
+					return nil
+				}
+				if !s.check() {
+					return nil
+				}
+				d, ref = rv.d, rv.ref
+				if rv.deny != nil {
+					s.push(&slot{kind: slotQuery, deny: rv.deny})
+					s.fe.Send(&pgproto3.Query{String: deniedSQL})
+					if err := s.fe.Flush(); err != nil {
+						return err
+					}
+					continue
+				}
+			} else {
+				ref, rerr = s.recordStatement("query", m.String, req, d)
+			}
 			switch {
 			case rerr != nil:
 				s.push(&slot{kind: slotQuery, deny: unrecorded()})
@@ -497,9 +546,14 @@ func (s *session) requests0() error {
 			}
 			req := celpolicy.Query(m.Query)
 			d := s.decide(req, false)
-			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: &prepared{req: req, sql: m.Query}}
+			stmt := &prepared{req: req, sql: m.Query}
+			if len(m.ParameterOIDs) > 0 {
+				oids := append([]uint32(nil), m.ParameterOIDs...)
+				stmt.paramOIDs.Store(&oids)
+			}
+			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: stmt}
 			s.names.propose(mut)
-			if d.Effect != bundle.EffectAllow {
+			if d.Effect == bundle.EffectDeny {
 				deny := s.denial(d, req)
 				if _, rerr := s.recordStatement("parse", m.Query, req, d); rerr != nil {
 					deny = unrecorded()
@@ -515,12 +569,16 @@ func (s *session) requests0() error {
 			if !ok {
 				return nil
 			}
-			mut := &mutation{key: "P:" + m.DestinationPortal, batch: s.batch, portal: &portal{stmt: stmt}}
+			mut := &mutation{key: "P:" + m.DestinationPortal, batch: s.batch, portal: &portal{stmt: stmt, params: copyParams(m)}}
 			s.names.propose(mut)
 			s.push(&slot{kind: slotBind, mut: mut})
 			s.fe.Send(m)
 		case *pgproto3.Describe:
-			s.push(&slot{kind: slotDescribe})
+			sl := &slot{kind: slotDescribe}
+			if m.ObjectType == 'S' {
+				sl.stmt, _, _ = s.names.resolve("S:"+m.Name, s.batch)
+			}
+			s.push(sl)
 			s.fe.Send(m)
 		case *pgproto3.Execute:
 			if !s.check() {
@@ -593,16 +651,37 @@ func (s *session) execute(m *pgproto3.Execute) error {
 		return net.ErrClosed
 	}
 	var req *celpolicy.PostgresRequest
+	var params *boundParams
 	sql := ""
 	if p == nil || p.stmt == nil {
 		// A portal the gateway did not see bound (or a cursor made with
 		// SQL DECLARE): nothing is known of it, so it must not run.
 		req = &celpolicy.PostgresRequest{Kind: "query", Invalid: "portal " + strconvQuote(m.Portal) + " was not bound through the gateway"}
 	} else {
-		req, sql = p.stmt.req, p.stmt.sql
+		req, sql, params = p.stmt.req, p.stmt.sql, p.params
+		if params != nil {
+			if oids := p.stmt.paramOIDs.Load(); oids != nil {
+				params.oids = *oids
+			}
+		}
 	}
 	d := s.decide(req, true)
-	ref, rerr := s.recordStatement("execute", sql, req, d)
+	var ref int
+	var rerr error
+	if d.Effect == bundle.EffectReview {
+		rv := s.review("execute", sql, params, req, d)
+		if rv.gone || !s.check() {
+			return net.ErrClosed
+		}
+		d, ref = rv.d, rv.ref
+		if rv.deny != nil {
+			s.push(&slot{kind: slotParse, deny: rv.deny})
+			s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
+			return nil
+		}
+	} else {
+		ref, rerr = s.recordStatement("execute", sql, req, d)
+	}
 	if rerr != nil || d.Effect != bundle.EffectAllow {
 		// Fail this batch upstream so the upstream skips to Sync.
 		deny := unrecorded()
@@ -682,6 +761,15 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 		req = celpolicy.FunctionCall(name)
 	}
 	d := s.decide(req, true)
+	if d.Effect == bundle.EffectReview {
+		// A fast-path call is not SQL text an approver can read and a
+		// hash can bind; it is refused, and SELECT f(...) can be held.
+		d.Effect = bundle.EffectDeny
+		d.Reasons = append([]string{"a fast-path function call cannot be held for approval; call the function with SELECT instead"}, d.Reasons...)
+		s.requests++
+		s.denied++
+		s.srv.Stats.Denied.Add(1)
+	}
 	ref, rerr := s.recordStatement("function_call", name, req, d)
 	if rerr != nil || d.Effect != bundle.EffectAllow {
 		deny := unrecorded()
@@ -753,6 +841,10 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 		if !kind(slotDescribe) {
 			s.desync("ParameterDescription without a Describe")
 			return nil, false, false
+		}
+		if h.stmt != nil {
+			oids := append([]uint32(nil), m.ParameterOIDs...)
+			h.stmt.paramOIDs.Store(&oids)
 		}
 		if h.hidden {
 			out = nil

@@ -37,6 +37,7 @@ const (
 	TypeStart     = "session_start"
 	TypeStatement = "statement"
 	TypeMasked    = "masked"
+	TypeApproval  = "approval"
 	TypeEnd       = "session_end"
 	TypeSeal      = "seal"
 	// TypeGap marks where events could not be written (a full disk): the
@@ -80,6 +81,13 @@ type Event struct {
 	// masked: which columns were masked, never their values.
 	Columns []string `json:"columns,omitempty"`
 
+	// statement (review) and approval: the approval request, how it was
+	// settled (approved, denied, expired, cancelled, pending when the wait
+	// ran out, or used for an approval given earlier) and the votes.
+	Approval string `json:"approval,omitempty"`
+	State    string `json:"state,omitempty"`
+	Votes    []Vote `json:"votes,omitempty"`
+
 	// session_end, gap
 	Reason string `json:"reason,omitempty"`
 	// gap: how many events are missing here.
@@ -88,6 +96,16 @@ type Event struct {
 	// seal
 	KeyID     string `json:"key_id,omitempty"`
 	Signature string `json:"signature,omitempty"`
+}
+
+// Vote is an approver's decision on an approval request.
+type Vote struct {
+	Approver string    `json:"approver"`
+	Issuer   string    `json:"issuer"`
+	Subject  string    `json:"subject"`
+	Decision string    `json:"decision"`
+	Comment  string    `json:"comment,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // Recorder writes recordings into a directory.

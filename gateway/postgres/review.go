@@ -1,0 +1,405 @@
+package postgres
+
+import (
+	"crypto/sha256"
+	"database/sql/driver"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
+)
+
+// boundParams are an extended-protocol execution's parameters, copied out
+// of the Bind message (pgproto3 reuses its buffers).
+type boundParams struct {
+	formats []int16
+	values  [][]byte
+	// oids are the parameters' types when known.
+	oids []uint32
+}
+
+func copyParams(m *pgproto3.Bind) *boundParams {
+	if len(m.Parameters) == 0 {
+		return nil
+	}
+	p := &boundParams{formats: append([]int16(nil), m.ParameterFormatCodes...), values: make([][]byte, len(m.Parameters))}
+	for i, v := range m.Parameters {
+		if v != nil {
+			p.values[i] = append([]byte{}, v...)
+		}
+	}
+	return p
+}
+
+// format is parameter i's format code (0 text, 1 binary), by the protocol's
+// rules: none means all text, one applies to all.
+func (p *boundParams) format(i int) int16 {
+	switch len(p.formats) {
+	case 0:
+		return 0
+	case 1:
+		return p.formats[0]
+	}
+	if i < len(p.formats) {
+		return p.formats[i]
+	}
+	return 0
+}
+
+// display shows the parameters as an approver reads them.
+func (p *boundParams) display() []string {
+	if p == nil {
+		return nil
+	}
+	out := make([]string, len(p.values))
+	for i, v := range p.values {
+		switch {
+		case v == nil:
+			out[i] = fmt.Sprintf("$%d = NULL", i+1)
+		case p.format(i) == 0 && utf8.Valid(v):
+			out[i] = fmt.Sprintf("$%d = '%s'", i+1, strings.ReplaceAll(string(v), "'", "''"))
+		case p.format(i) == 1 && i < len(p.oids):
+			if text, ok := decodeBinary(p.oids[i], v); ok {
+				out[i] = fmt.Sprintf("$%d = '%s'", i+1, strings.ReplaceAll(text, "'", "''"))
+				break
+			}
+			fallthrough
+		default:
+			out[i] = fmt.Sprintf("$%d = binary 0x%s", i+1, hex.EncodeToString(v))
+		}
+	}
+	return out
+}
+
+// requestHash binds an approval to what will run: the SQL's parse tree
+// (sqlfacts.CanonicalHash) and each parameter's format and bytes.
+func requestHash(sql string, p *boundParams) (string, error) {
+	tree, err := sqlfacts.CanonicalHash(sql)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	h.Write([]byte("gatehouse/postgres/v1\x00"))
+	h.Write([]byte(tree))
+	if p != nil {
+		var n [4]byte
+		for i, v := range p.values {
+			binary.BigEndian.PutUint32(n[:], uint32(p.format(i)))
+			h.Write(n[:])
+			if v == nil {
+				binary.BigEndian.PutUint32(n[:], 0xffffffff)
+				h.Write(n[:])
+				continue
+			}
+			binary.BigEndian.PutUint32(n[:], uint32(len(v)))
+			h.Write(n[:])
+			h.Write(v)
+		}
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (s *session) principal() approval.Principal {
+	return approval.Principal{Name: s.identity.Name, Issuer: s.identity.Issuer, Subject: s.identity.Subject, Groups: s.identity.Groups}
+}
+
+// approvalError is the error a statement gets when approval does not let
+// it run.
+func approvalError(code, msg, detail, hint string) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: "gatehouse: " + msg, Detail: detail, Hint: hint}
+}
+
+func approveHint(id string) string {
+	return fmt.Sprintf("An approver runs: gatehouse approvals approve %s --comment \"...\" (or deny it with a comment).", id)
+}
+
+func describeNeeds(r *approval.Request) string {
+	var parts []string
+	for _, n := range r.Needs {
+		parts = append(parts, fmt.Sprintf("%d approval(s) from %s for %s", n.Count, strings.Join(n.Groups, " or "), n.Rule))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func votesOf(r *approval.Request) []recorder.Vote {
+	out := make([]recorder.Vote, len(r.Votes))
+	for i, v := range r.Votes {
+		out[i] = recorder.Vote{Approver: v.Approver.String(), Issuer: v.Approver.Issuer, Subject: v.Approver.Subject, Decision: v.Decision, Comment: v.Comment, Time: v.Time}
+	}
+	return out
+}
+
+// reviewed is what review decided.
+type reviewed struct {
+	// d is the decision to act on: allow (approved) or not.
+	d   celpolicy.Decision
+	ref int
+	// deny is the error the statement gets when it does not run.
+	deny *pgproto3.ErrorResponse
+	// gone: the session ended during the hold; nothing more is sent.
+	gone bool
+}
+
+// review handles a review decision. An approval already given for this
+// exact request by this caller releases it; otherwise an approval request
+// is opened (or the pending one joined) and recorded, and the statement is
+// either held in the session until the request is settled, or fails at
+// once with the request's id (hold = false). Approved, the statement runs
+// with the decision's masks. Everything is recorded durably before the
+// statement is forwarded or refused.
+func (s *session) review(kind, sql string, params *boundParams, req *celpolicy.PostgresRequest, d celpolicy.Decision) reviewed {
+	s.srv.Stats.Reviewed.Add(1)
+	out := s.reviewOutcome(kind, sql, params, req, d)
+	if !out.gone {
+		s.requests++
+		if out.deny == nil {
+			s.srv.Stats.Allowed.Add(1)
+		} else {
+			s.denied++
+			s.srv.Stats.Denied.Add(1)
+		}
+	}
+	return out
+}
+
+func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celpolicy.PostgresRequest, d celpolicy.Decision) reviewed {
+	store := s.srv.approvals
+	recordAs := func(id string) (int, error) {
+		facts, _ := json.Marshal(req.Statements)
+		dec, _ := json.Marshal(d)
+		return s.record(recorder.Event{Type: recorder.TypeStatement, Kind: kind, SQL: sql, Facts: facts, Decision: dec,
+			Effect: d.Effect, Rules: d.Rules(), Approval: id})
+	}
+	if store == nil {
+		ref, err := recordAs("")
+		if err != nil {
+			return reviewed{deny: unrecorded()}
+		}
+		d.Reasons = append([]string{"this statement needs approval, and this gateway keeps no approvals"}, d.Reasons...)
+		return reviewed{d: d, ref: ref, deny: s.denial(d, req)}
+	}
+	hash, err := requestHash(sql, params)
+	if err != nil {
+		return reviewed{deny: approvalError("42501", "the statement needs approval, but it cannot be bound to one: "+err.Error(), "", "")}
+	}
+	who := s.principal()
+	allow := func(r approval.Request, ref int, state string) reviewed {
+		if _, err := s.record(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: state, Votes: votesOf(&r), Reason: r.Outcome}); err != nil {
+			return reviewed{deny: unrecorded()}
+		}
+		d.Effect = bundle.EffectAllow
+		d.Reasons = append([]string{r.Outcome + " (approval " + r.ID + ")"}, d.Reasons...)
+		return reviewed{d: d, ref: ref}
+	}
+
+	// An approval given earlier (hold = false, a wait that ran out, a
+	// gateway restart) releases the same request once.
+	if r, ok, err := store.Redeem(hash, who, s.resource); err != nil {
+		s.log.Error("approval state cannot be written; the statement is refused", "err", err)
+		return reviewed{deny: approvalError("58030", "the statement is refused because the approval state cannot be written (the gateway's log has the cause)", "", "")}
+	} else if ok {
+		ref, err := recordAs(r.ID)
+		if err != nil {
+			return reviewed{deny: unrecorded()}
+		}
+		s.log.Info("statement released by an earlier approval", "approval", r.ID, "uses", r.Uses)
+		return allow(r, ref, "used")
+	}
+
+	r, created, err := store.Open(s.newRequest(kind, sql, params, hash, d))
+	if err != nil {
+		s.log.Error("approval request cannot be opened; the statement is refused", "err", err)
+		return reviewed{deny: approvalError("58030", "the statement needs approval, and the approval request cannot be written (the gateway's log has the cause)", "", "")}
+	}
+	ref, err := recordAs(r.ID)
+	if err != nil {
+		if created {
+			_ = store.Cancel(r.ID, "the session recording could not be written")
+		}
+		return reviewed{deny: unrecorded()}
+	}
+	needs := describeNeeds(&r)
+	if !r.Hold {
+		return reviewed{d: d, ref: ref, deny: approvalError("42501",
+			fmt.Sprintf("approval required: request %s is open for %s (rule %s: %s)", r.ID, s.resource, strings.Join(r.Rules(), ", "), reasonOf(&r)),
+			fmt.Sprintf("It needs %s, and expires at %s. Once it is approved, run the same statement again: it passes within %s of the approval.",
+				needs, r.ExpiresAt.UTC().Format(time.RFC3339), r.ValidFor),
+			approveHint(r.ID))}
+	}
+
+	// Hold: tell the caller now, then wait for the approvers, the wait
+	// limit, a cancel request, or the end of the session.
+	wait := min(r.Wait, time.Until(r.ExpiresAt))
+	notice := &pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "01000",
+		Message: fmt.Sprintf("gatehouse: this statement is held for approval %s (rule %s: %s)", r.ID, strings.Join(r.Rules(), ", "), reasonOf(&r)),
+		Detail:  fmt.Sprintf("It needs %s. It waits up to %s; the request expires at %s.", needs, wait.Round(time.Second), r.ExpiresAt.UTC().Format(time.RFC3339)),
+		Hint:    approveHint(r.ID) + " Cancel the statement to withdraw the request."}
+	if err := s.send(notice, true); err != nil {
+		if created {
+			_ = store.Cancel(r.ID, "the caller's connection failed")
+		}
+		return reviewed{gone: true}
+	}
+	cancel := make(chan struct{})
+	s.holdCancel.Store(&cancel)
+	s.held.Store(&r.ID)
+	s.log.Info("statement held for approval", "approval", r.ID, "wait", wait.Round(time.Second), "joined", !created)
+	timer := time.NewTimer(wait)
+	cancelled := false
+	select {
+	case <-store.Settled(r.ID):
+	case <-timer.C:
+	case <-cancel:
+		cancelled = true
+	case <-s.closed:
+	}
+	timer.Stop()
+	s.holdCancel.Store(nil)
+	s.held.Store(nil)
+	select {
+	case <-s.closed:
+		return reviewed{gone: true}
+	default:
+	}
+	if cancelled {
+		if created {
+			_ = store.Cancel(r.ID, "the caller cancelled the statement")
+		}
+		r, _ = store.Get(r.ID)
+		s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "cancelled", Votes: votesOf(&r), Reason: "the caller cancelled the statement"})
+		return reviewed{d: d, ref: ref, deny: approvalError("57014", "canceling statement due to user request; approval request "+r.ID+" is withdrawn", "", "")}
+	}
+	r, _ = store.Get(r.ID)
+	if r.State == approval.Approved {
+		used, err := store.Use(r.ID)
+		if err != nil {
+			// Another held session took a single-use approval first.
+			return reviewed{d: d, ref: ref, deny: approvalError("42501", "approval "+r.ID+" was given but cannot release this statement: "+err.Error(), "", "Run the statement again to ask anew.")}
+		}
+		// The policy may have changed during the hold: the statement
+		// runs only if the bundle active now still lets it.
+		if cur := s.srv.store.Current(); cur.Revision != d.BundleRevision {
+			nd := s.judge(req)
+			if nd.Effect == bundle.EffectDeny {
+				s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "approved", Votes: votesOf(&used), Reason: "approved, but bundle revision " + strconv.FormatUint(cur.Revision, 10) + " denies the statement"})
+				return reviewed{d: nd, ref: ref, deny: s.denial(nd, req)}
+			}
+			d.Masks = nd.Masks
+		}
+		return allow(used, ref, "approved")
+	}
+	s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: string(r.State), Votes: votesOf(&r), Reason: r.Outcome})
+	switch r.State {
+	case approval.Denied:
+		return reviewed{d: d, ref: ref, deny: approvalError("42501", fmt.Sprintf("approval %s was %s", r.ID, r.Outcome), "", "")}
+	case approval.Expired:
+		return reviewed{d: d, ref: ref, deny: approvalError("42501", fmt.Sprintf("approval %s expired: %s", r.ID, r.Outcome), "", "Run the statement again to ask anew.")}
+	case approval.Cancelled:
+		return reviewed{d: d, ref: ref, deny: approvalError("42501", fmt.Sprintf("approval %s was cancelled: %s", r.ID, r.Outcome), "", "Run the statement again to ask anew.")}
+	}
+	return reviewed{d: d, ref: ref, deny: approvalError("42501",
+		fmt.Sprintf("approval %s was not given within the %s wait", r.ID, wait.Round(time.Second)),
+		fmt.Sprintf("The request stays open until %s. Once it is approved, run the same statement again.", r.ExpiresAt.UTC().Format(time.RFC3339)),
+		approveHint(r.ID))}
+}
+
+func reasonOf(r *approval.Request) string {
+	var rs []string
+	for _, n := range r.Needs {
+		rs = append(rs, n.Reason)
+	}
+	return strings.Join(rs, "; ")
+}
+
+// newRequest is the approval request for a review decision: every
+// matching review rule's approvers are needed; the strictest settings of
+// those rules apply.
+func (s *session) newRequest(kind, sql string, params *boundParams, hash string, d celpolicy.Decision) approval.Request {
+	r := approval.Request{Requester: s.principal(), Resource: s.resource, Hash: hash, Session: s.recID, Kind: kind,
+		SQL: sql, Params: params.display(), Hold: true, Reusable: true, BundleRevision: d.BundleRevision}
+	now := time.Now()
+	for i, a := range d.Approvals {
+		r.Needs = append(r.Needs, approval.Need{Rule: a.Rule, Reason: a.Reason, Groups: a.Groups, Count: a.Count})
+		if i == 0 || now.Add(a.Timeout).Before(r.ExpiresAt) {
+			r.ExpiresAt = now.Add(a.Timeout)
+		}
+		if i == 0 || a.Wait < r.Wait {
+			r.Wait = a.Wait
+		}
+		if i == 0 || a.ValidFor < r.ValidFor {
+			r.ValidFor = a.ValidFor
+		}
+		r.Hold = r.Hold && a.Hold
+		r.Reusable = r.Reusable && a.Reusable
+		if a.Webhook != nil {
+			r.Webhooks = append(r.Webhooks, *a.Webhook)
+		}
+	}
+	return r
+}
+
+// cancelHold withdraws the statement held for approval, if there is one.
+func (s *session) cancelHold() bool {
+	c := s.holdCancel.Swap(nil)
+	if c == nil {
+		return false
+	}
+	close(*c)
+	return true
+}
+
+// typeMap decodes binary parameters of PostgreSQL's built-in types. A Map
+// memoizes plans and is not safe for concurrent use.
+var (
+	typeMu  sync.Mutex
+	typeMap = pgtype.NewMap()
+)
+
+// decodeBinary renders a binary parameter of type oid as PostgreSQL's text
+// form would show it, for the approver. The hash binds the bytes
+// themselves; this is only how they are shown.
+func decodeBinary(oid uint32, v []byte) (s string, ok bool) {
+	typeMu.Lock()
+	defer typeMu.Unlock()
+	t, found := typeMap.TypeForOID(oid)
+	if !found {
+		return "", false
+	}
+	defer func() {
+		if recover() != nil {
+			s, ok = "", false
+		}
+	}()
+	val, err := t.Codec.DecodeValue(typeMap, oid, pgtype.BinaryFormatCode, v)
+	if err != nil || val == nil {
+		return "", false
+	}
+	if dv, isValuer := val.(driver.Valuer); isValuer {
+		if x, err := dv.Value(); err == nil && x != nil {
+			val = x
+		}
+	}
+	switch x := val.(type) {
+	case time.Time:
+		return x.Format(time.RFC3339Nano), true
+	case []byte:
+		return "", false
+	case string:
+		return x, true
+	}
+	return fmt.Sprint(val), true
+}
