@@ -33,7 +33,13 @@ func TestDevDemo(t *testing.T) {
 		"SELECT count(*) FROM customers                -> 3  ok",
 		"DENY   /* tidy up */ DROP TABLE customers;",
 		"sealed by recorder key",
-		"All 7 statements went as scripted; 2 sessions recorded, sealed and verified.",
+		"NOTICE:  gatehouse: this statement is held for approval ap-",
+		"Approved ap-",
+		"INSERT 0 1",
+		"APPROV ap-",
+		"approve by dev-approver-dba",
+		"the payment for order 2 was written once a DBA approved it",
+		"All 8 statements went as scripted, one held and approved; 3 sessions recorded, sealed and verified.",
 		`psql "host=127.0.0.1 port=`,
 	} {
 		if !strings.Contains(out, want) {

@@ -133,6 +133,16 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	if err != nil {
 		return failed("%w", err)
 	}
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== A statement held for approval, approved from the CLI =="))
+	self, err := os.Executable()
+	if err != nil {
+		return failed("%w", err)
+	}
+	approvalID, approvalErr := env.RunApprovalDemo(ctx, devenv.QuickstartApproval, self, w, p.color)
+	if approvalErr != nil {
+		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! not what the demo expects: "+approvalErr.Error()))
+	}
+
 	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== What reached the database (asked directly, around the gateway) =="))
 	checkErr := env.RunChecks(ctx, devenv.QuickstartChecks, w)
 
@@ -146,20 +156,31 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 		return failed("%w", err)
 	}
 	bad := 0
+	approvalReplayed := false
 	for i, s := range sessions {
 		path := filepath.Join(gateway.RecordingsDir(env.DataDir), s.Session+".jsonl")
-		if i == 0 {
+		evs, err := recorder.ReadEvents(path)
+		if err != nil {
+			return failed("%w", err)
+		}
+		if i == 0 || (approvalID != "" && holdsApproval(evs, approvalID)) {
 			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s\n\n", s.Session, env.DataDir)
-			evs, err := recorder.ReadEvents(path)
-			if err != nil {
-				return failed("%w", err)
-			}
 			writeTimeline(w, evs)
+		}
+		if i == 0 {
 			if missing := missingEvents(evs); missing != "" {
 				return failed("the first session's recording lacks %s", missing)
 			}
-			fmt.Fprintf(w, "\n$ gatehouse audit verify --data-dir %s\n", env.DataDir)
+		} else if approvalID != "" && holdsApproval(evs, approvalID) {
+			if missing := missingApprovalEvents(evs, approvalID); missing != "" {
+				return failed("the approval session's recording: %s", missing)
+			}
+			approvalReplayed = true
 		}
+	}
+	fmt.Fprintf(w, "\n$ gatehouse audit verify --data-dir %s\n", env.DataDir)
+	for _, s := range sessions {
+		path := filepath.Join(gateway.RecordingsDir(env.DataDir), s.Session+".jsonl")
 		rep, err := recorder.Verify(path, kr)
 		if err != nil {
 			return failed("%w", err)
@@ -173,16 +194,22 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	if err := devenv.Failed(results); err != nil {
 		return failed("the scripted session did not go as expected:\n%w", err)
 	}
+	if approvalErr != nil {
+		return failed("the approval did not go as expected: %w", approvalErr)
+	}
+	if !approvalReplayed {
+		return failed("no recording holds approval %s", approvalID)
+	}
 	if checkErr != nil {
 		return failed("the database does not look as the script expects:\n%w", checkErr)
 	}
 	if bad > 0 {
 		return failed("%d recording(s) did not verify", bad)
 	}
-	if len(sessions) != len(devenv.QuickstartScript) {
-		return failed("%d recording(s), want one per scripted session (%d)", len(sessions), len(devenv.QuickstartScript))
+	if want := len(devenv.QuickstartScript) + 1; len(sessions) != want {
+		return failed("%d recording(s), want one per scripted session (%d)", len(sessions), want)
 	}
-	fmt.Fprintf(w, "\nAll %d statements went as scripted; %d sessions recorded, sealed and verified.\n", len(results), len(sessions))
+	fmt.Fprintf(w, "\nAll %d statements went as scripted, one held and approved; %d sessions recorded, sealed and verified.\n", len(results)+1, len(sessions))
 	return nil
 }
 
@@ -211,6 +238,33 @@ func missingEvents(evs []recorder.Event) string {
 	return ""
 }
 
+func holdsApproval(evs []recorder.Event, id string) bool {
+	for _, ev := range evs {
+		if ev.Approval == id {
+			return true
+		}
+	}
+	return false
+}
+
+// missingApprovalEvents checks that the held statement's recording reads
+// request, approval, execution, in that order.
+func missingApprovalEvents(evs []recorder.Event, id string) string {
+	step := 0
+	for _, ev := range evs {
+		switch {
+		case step == 0 && ev.Type == recorder.TypeStatement && ev.Approval == id && ev.Effect == "review":
+			step = 1
+		case step == 1 && ev.Type == recorder.TypeApproval && ev.Approval == id && ev.State == "approved" && len(ev.Votes) > 0:
+			step = 2
+		case step == 2 && ev.Type == "result" && ev.Error == "" && ev.Rows == 1:
+			step = 3
+		}
+	}
+	return map[int]string{0: "no statement event naming the approval", 1: "no approval event after the statement",
+		2: "no result of the approved statement", 3: ""}[step]
+}
+
 func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {
 	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== Try it yourself =="))
 	fmt.Fprintf(w, "Tokens (valid %s) for the policy's identities are in %s/tokens:\n\n", devenv.TokenTTL, env.Dir)
@@ -222,6 +276,12 @@ func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {
 	fmt.Fprintf(w, "\nA fresh token, with any subject and claims (DEVELOPMENT ONLY):\n")
 	for _, p := range env.Model.IdentityProviders {
 		fmt.Fprintf(w, "  curl -s '%s?sub=SUBJECT&CLAIM=VALUE'\n", env.Issuer.TokenURL(p.Name))
+	}
+	if len(env.Approvers) > 0 {
+		fmt.Fprintf(w, "\nApprove what review rules hold (DEVELOPMENT ONLY approver tokens):\n")
+		for _, a := range env.Approvers {
+			fmt.Fprintf(w, "  GATEHOUSE_ADDR=http://%s GATEHOUSE_TOKEN=$(cat %s) gatehouse approvals list   # %s\n", env.Gateway.AdminAddr, a.TokenFile, a.Identity)
+		}
 	}
 	fmt.Fprintf(w, "\nSee what happened:\n")
 	fmt.Fprintf(w, "  gatehouse sessions list --data-dir %s\n", env.DataDir)

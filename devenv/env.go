@@ -100,6 +100,9 @@ type Env struct {
 	Model *bundle.Model
 	// Callers are the identities tokens were minted for, by name.
 	Callers []Caller
+	// Approvers hold a token for each approver group of the policy's
+	// review rules (subject dev-approver-GROUP), by group.
+	Approvers []Caller
 	// Databases are the postgres resources served, by name.
 	Databases []string
 	// LogFile is the gateway's log when Options.Log was nil.
@@ -352,7 +355,53 @@ func (e *Env) mintCallers() error {
 		e.Callers = append(e.Callers, c)
 	}
 	sort.Slice(e.Callers, func(i, j int) bool { return e.Callers[i].Identity < e.Callers[j].Identity })
+	return e.mintApprovers(tokens, groupsClaim)
+}
+
+// mintApprovers writes a token per approver group of the review rules: a
+// person, not one of the policy's identities, so that nobody approves
+// their own request.
+func (e *Env) mintApprovers(tokens string, groupsClaim map[string]string) error {
+	if len(e.Model.IdentityProviders) == 0 {
+		return nil
+	}
+	prov := e.Model.IdentityProviders[0].Name
+	seen := map[string]bool{}
+	for _, p := range e.Model.Policies {
+		for _, r := range p.Rules {
+			if r.Approval == nil {
+				continue
+			}
+			for _, g := range r.Approval.Groups {
+				if seen[g] {
+					continue
+				}
+				seen[g] = true
+				c := Caller{Identity: "approver in " + g, Provider: prov, Subject: "dev-approver-" + g,
+					Claims: map[string]any{groupsClaim[prov]: []string{g}}}
+				tok, err := e.Issuer.Mint(prov, c.Subject, c.Claims, TokenTTL)
+				if err != nil {
+					return fmt.Errorf("dev: approver token for %q: %w", g, err)
+				}
+				c.TokenFile = filepath.Join(tokens, "approver-"+g)
+				if err := os.WriteFile(c.TokenFile, []byte(tok), 0o600); err != nil {
+					return fmt.Errorf("dev: %w", err)
+				}
+				e.Approvers = append(e.Approvers, c)
+			}
+		}
+	}
 	return nil
+}
+
+// Approver returns the approver token holder of a group.
+func (e *Env) Approver(group string) (Caller, bool) {
+	for _, c := range e.Approvers {
+		if c.Subject == "dev-approver-"+group {
+			return c, true
+		}
+	}
+	return Caller{}, false
 }
 
 func (e *Env) signBundle() error {

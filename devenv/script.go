@@ -209,6 +209,8 @@ var QuickstartChecks = []Check{
 		Says: "billing.invoices has 2 of its 3 rows: the unfiltered DELETE never ran, the filtered one did"},
 	{Resource: "orders", SQL: "SELECT count(*) FROM orders WHERE total = 0", Want: 0,
 		Says: "no order total was zeroed: analytics' UPDATE never ran"},
+	{Resource: "orders", SQL: "SELECT count(*) FROM payments WHERE order_id = 2", Want: 1,
+		Says: "the payment for order 2 was written once a DBA approved it"},
 }
 
 // RunChecks runs the checks as the database superuser, straight to
