@@ -419,7 +419,8 @@ func TestApprovalsEndToEnd(t *testing.T) {
 		}()
 		id := s.waitPending(t, "dba-bob", "payments")
 		out, code := s.approver(t, "dba-bob", "show", id)
-		if code != 0 || !strings.Contains(out, "$1 = '2'") || !strings.Contains(out, "$2 = '99.5'") {
+		// pgx sends binary parameters; approvers read them as values.
+		if code != 0 || !strings.Contains(out, "$1::int4 = '2'") || !strings.Contains(out, "$2::numeric = '99.5'") {
 			t.Errorf("show does not give the bound parameters: exit %d\n%s", code, out)
 		}
 		if out, code := s.approver(t, "dba-bob", "deny", id); code != 2 || !strings.Contains(out, "--comment") {
@@ -535,6 +536,38 @@ func TestApprovalsEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("extended protocol: the approval binds the parameters", func(t *testing.T) {
+		c, err := s.pgx(t, billing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		insert := func(note string) (string, error) {
+			_, err := c.Exec(context.Background(), "INSERT INTO ledger (note) VALUES ($1)", note)
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				return approvalID.FindString(pgErr.Message), err
+			}
+			return "", err
+		}
+		id, err := insert("param-p")
+		if err == nil || id == "" {
+			t.Fatalf("fail fast: %v", err)
+		}
+		if out, code := s.approver(t, "dba-carol", "approve", id); code != 0 {
+			t.Fatalf("approve: exit %d\n%s", code, out)
+		}
+		if other, err := insert("param-q"); err == nil || other == id {
+			t.Fatalf("other parameters released by %s's approval: %v", id, err)
+		}
+		if _, err := insert("param-p"); err != nil {
+			t.Fatalf("the approved parameters: %v", err)
+		}
+		if n := s.upstreamCount(t, "ledger", "note LIKE 'param-%'"); n != 1 {
+			t.Fatalf("%d rows, want the approved one", n)
+		}
+	})
+
 	t.Run("cancelling a held statement withdraws the request", func(t *testing.T) {
 		p := s.startPsql(t, billing, "INSERT INTO payments (order_id, amount) VALUES (5, 3.50)")
 		id := p.held(t)
@@ -554,6 +587,28 @@ func TestApprovalsEndToEnd(t *testing.T) {
 		}
 		if n := s.upstreamCount(t, "payments", "amount = 3.50"); n != 0 {
 			t.Fatal("a cancelled statement ran")
+		}
+	})
+
+	t.Run("a caller that goes away during the hold withdraws the request", func(t *testing.T) {
+		p := s.startPsql(t, billing, "INSERT INTO payments (order_id, amount) VALUES (6, 6.66)")
+		id := p.held(t)
+		if err := p.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			out, code := s.approver(t, "dba-alice", "show", id)
+			if code == 0 && strings.Contains(out, "CANCELLED") && strings.Contains(out, "disconnected") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the request of a vanished caller is not withdrawn: exit %d\n%s", code, out)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := s.upstreamCount(t, "payments", "amount = 6.66"); n != 0 {
+			t.Fatal("a vanished caller's statement ran")
 		}
 	})
 

@@ -71,9 +71,11 @@ type ApprovalNeed struct {
 	Wait time.Duration `json:"wait"`
 	// ValidFor is how long an approval may be used once given; Reusable
 	// lets it be used more than once.
-	ValidFor time.Duration   `json:"valid_for"`
-	Reusable bool            `json:"reusable,omitempty"`
-	Webhook  *bundle.Webhook `json:"webhook,omitempty"`
+	ValidFor time.Duration `json:"valid_for"`
+	Reusable bool          `json:"reusable,omitempty"`
+	// Webhook is not part of a decision's JSON: decisions are recorded,
+	// and a webhook URL may be a secret.
+	Webhook *bundle.Webhook `json:"-"`
 }
 
 // Rules names the matched rules.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -189,7 +190,7 @@ in the approval state and in the session's recording.`,
 						expires = time.Until(r.ExpiresAt).Round(time.Second).String()
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Requester.String(), r.Resource,
-						strings.Join(r.Rules(), ","), time.Since(r.CreatedAt).Round(time.Second), expires, oneLine(r.SQL, 60))
+						strings.Join(r.Rules(), ","), time.Since(r.CreatedAt).Round(time.Second), expires, oneLine(approval.Printable(cmp.Or(r.Parsed, r.SQL)), 60))
 				}
 				tw.Flush()
 			})
@@ -244,7 +245,7 @@ in the approval state and in the session's recording.`,
 					case approval.Approved:
 						fmt.Fprintf(w, "Approved %s: the statement may run (valid until %s).\n", r.ID, r.ValidUntil.UTC().Format(time.RFC3339))
 					default:
-						fmt.Fprintf(w, "%s is %s: %s\n", r.ID, r.State, r.Outcome)
+						fmt.Fprintf(w, "%s is %s: %s\n", r.ID, r.State, approval.Printable(r.Outcome))
 					}
 				})
 			},
@@ -267,7 +268,7 @@ func oneLine(s string, n int) string {
 func writeApproval(w io.Writer, r *approval.Request) {
 	fmt.Fprintf(w, "Approval %s: %s\n", r.ID, strings.ToUpper(string(r.State)))
 	if r.Outcome != "" {
-		fmt.Fprintf(w, "  outcome:    %s\n", r.Outcome)
+		fmt.Fprintf(w, "  outcome:    %s\n", approval.Printable(r.Outcome))
 	}
 	fmt.Fprintf(w, "  requester:  %s (issuer %s)\n", r.Requester.String(), r.Requester.Issuer)
 	fmt.Fprintf(w, "  resource:   %s\n", r.Resource)
@@ -286,9 +287,21 @@ func writeApproval(w io.Writer, r *approval.Request) {
 		fmt.Fprintf(w, "  valid until %s, used %d time(s)\n", r.ValidUntil.UTC().Format(time.RFC3339), r.Uses)
 	}
 	fmt.Fprintf(w, "  hash:       %s\n\n", r.Hash)
-	fmt.Fprintf(w, "  %s\n", strings.ReplaceAll(strings.TrimSpace(r.SQL), "\n", "\n  "))
-	for _, p := range r.Params {
-		fmt.Fprintf(w, "    %s\n", p)
+	// Text from the requester is shown with control and invisible
+	// characters escaped, and as PostgreSQL parses it: a comment or a
+	// carriage return cannot make the statement look like another.
+	indent := func(s string) string {
+		return strings.ReplaceAll(strings.TrimSpace(approval.Printable(s)), "\n", "\n    ")
+	}
+	fmt.Fprintf(w, "  as sent:\n    %s\n", indent(r.SQL))
+	if r.Parsed != "" {
+		fmt.Fprintf(w, "  as PostgreSQL parses it (this is what runs):\n    %s\n", indent(r.Parsed))
+	}
+	if len(r.Params) > 0 {
+		fmt.Fprintf(w, "  parameters:\n")
+		for _, p := range r.Params {
+			fmt.Fprintf(w, "    %s\n", approval.Printable(p))
+		}
 	}
 	fmt.Fprintln(w)
 	for _, n := range r.Needs {
@@ -299,7 +312,7 @@ func writeApproval(w io.Writer, r *approval.Request) {
 		for _, v := range r.Votes {
 			fmt.Fprintf(w, "    %s  %-7s by %s", v.Time.UTC().Format(time.RFC3339), v.Decision, v.Approver.String())
 			if v.Comment != "" {
-				fmt.Fprintf(w, ": %s", v.Comment)
+				fmt.Fprintf(w, ": %s", approval.Printable(v.Comment))
 			}
 			fmt.Fprintln(w)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 )
 
@@ -165,8 +166,11 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				fmt.Fprintf(w, "   [%s]", strings.Join(ev.Rules, ", "))
 			}
 			fmt.Fprintln(w)
+			if len(ev.Params) > 0 {
+				fmt.Fprintf(w, "%14s parameters: %s\n", "", approval.Printable(strings.Join(ev.Params, ", ")))
+			}
 			if ev.Approval != "" {
-				fmt.Fprintf(w, "%14s approval request %s\n", "", ev.Approval)
+				fmt.Fprintf(w, "%14s approval request %s (%s)\n", "", ev.Approval, ev.ApprovalHash)
 			}
 			if ev.Effect != bundle.EffectAllow && len(d.Reasons) > 0 {
 				fmt.Fprintf(w, "%14s reason: %s\n", "", strings.Join(d.Reasons, "; "))

@@ -63,3 +63,20 @@ func stripPositions(m protoreflect.Message) {
 		return true
 	})
 }
+
+// Deparse is sql as PostgreSQL's parser understands it, printed back:
+// comments and layout are gone, so what an approver reads is what runs.
+func Deparse(sql string) (string, error) {
+	if _, err := CanonicalHash(sql); err != nil {
+		return "", err
+	}
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return "", parseError(err)
+	}
+	out, err := pg.Deparse(tree)
+	if err != nil {
+		return "", fmt.Errorf("sqlfacts: deparse: %w", err)
+	}
+	return out, nil
+}

@@ -46,3 +46,13 @@ func TestCanonicalHash(t *testing.T) {
 		t.Error("text with a NUL hashed")
 	}
 }
+
+func TestDeparseShowsWhatRuns(t *testing.T) {
+	got, err := Deparse("UPDATE accounts SET balance = 0 /*\rSELECT 1 -- monthly report */ WHERE id = 7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != "UPDATE accounts SET balance = 0 WHERE id = 7" {
+		t.Errorf("got %q", got)
+	}
+}

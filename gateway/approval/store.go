@@ -48,7 +48,12 @@ var (
 	ErrNotApprover  = errors.New("not in an approver group of this request")
 	ErrAlreadyVoted = errors.New("already voted on this request")
 	ErrNotUsable    = errors.New("the approval cannot be used")
+	ErrTooMany      = errors.New("too many pending approval requests")
 )
+
+// MaxPendingPerRequester bounds the open requests of one caller, so that a
+// caller cannot flood approvers (and their Slack) or the data directory.
+const MaxPendingPerRequester = 20
 
 // Principal is a caller or an approver, as their verified token and the
 // bundle's identities say.
@@ -71,9 +76,10 @@ func (p Principal) String() string {
 	return p.Subject
 }
 
-// same reports whether two principals are one identity: the same subject
-// of the same issuer, or the same bundle identity (the pods of one service
-// share an identity, not a subject).
+// same reports whether two principals are one identity for self-approval:
+// the same subject of the same issuer, or the same bundle identity (the pods
+// of one service share an identity, not a subject, and must not approve
+// each other). Votes are counted by Key: distinct people.
 func (p Principal) same(q Principal) bool {
 	return p.Key() == q.Key() || (p.Name != "" && p.Name == q.Name)
 }
@@ -120,8 +126,11 @@ type Request struct {
 	// Kind is the request kind ("query", "execute"); SQL the exact text;
 	// Params the bound parameters of an extended-protocol execution, as
 	// approvers read them.
-	Kind   string   `json:"kind"`
-	SQL    string   `json:"sql"`
+	Kind string `json:"kind"`
+	SQL  string `json:"sql"`
+	// Parsed is the SQL as PostgreSQL's parser reads it, printed back
+	// without comments or layout: what the hash binds, for people.
+	Parsed string   `json:"parsed,omitempty"`
 	Params []string `json:"params,omitempty"`
 	Needs  []Need   `json:"needs"`
 	// Hold: the statement waits in its session, for up to Wait.
@@ -182,6 +191,33 @@ func (r *Request) Eligible(p Principal) bool {
 		}
 	}
 	return false
+}
+
+// Covers reports whether approvals given for the request's needs satisfy
+// needs (a later policy's): every rule needed now was needed then, by no
+// wider approver groups and no fewer approvers. A policy tightened since
+// the approval was given asks anew.
+func (r *Request) Covers(needs []Need) bool {
+	for _, cur := range needs {
+		ok := false
+		for _, n := range r.Needs {
+			if n.Rule != cur.Rule || n.Count < cur.Count {
+				continue
+			}
+			narrower := true
+			for _, g := range n.Groups {
+				narrower = narrower && slices.Contains(cur.Groups, g)
+			}
+			if narrower {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // usable reports whether an approved request may release one more request
@@ -365,8 +401,19 @@ func (s *Store) Open(r Request) (Request, bool, error) {
 	if !r.ExpiresAt.After(now) || len(r.Needs) == 0 {
 		return Request{}, false, errors.New("approvals: a request needs approver rules and an expiry in the future")
 	}
+	pending := 0
+	for _, x := range s.reqs {
+		if x.State == Pending && x.Requester.Key() == r.Requester.Key() {
+			pending++
+		}
+	}
+	if pending >= MaxPendingPerRequester {
+		return Request{}, false, fmt.Errorf("%w: %s has %d requests waiting for approvers", ErrTooMany, r.Requester, pending)
+	}
 	r.ID, r.State, r.CreatedAt = NewID(), Pending, now
-	if err := s.write(&r); err != nil {
+	if _, err := s.write(&r); err != nil {
+		// A request no one will hear of: the caller is refused.
+		_ = os.Remove(filepath.Join(s.dir, r.ID+".json"))
 		return Request{}, false, err
 	}
 	stored := r.clone()
@@ -379,14 +426,16 @@ func (s *Store) Open(r Request) (Request, bool, error) {
 }
 
 // Redeem finds an approved request with this binding that may still be
-// used, and uses it: its use is recorded durably before Redeem returns.
-func (s *Store) Redeem(hash string, requester Principal, resource string) (Request, bool, error) {
+// used and whose approvals cover needs (the review rules that hold the
+// request now), and uses it: its use is recorded durably before Redeem
+// returns.
+func (s *Store) Redeem(hash string, requester Principal, resource string, needs []Need) (Request, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	var best *Request
 	for _, x := range s.reqs {
-		if x.Hash == hash && x.Requester.Key() == requester.Key() && x.Resource == resource && x.usable(now) {
+		if x.Hash == hash && x.Requester.Key() == requester.Key() && x.Resource == resource && x.usable(now) && x.Covers(needs) {
 			if best == nil || x.SettledAt.Before(best.SettledAt) {
 				best = x
 			}
@@ -494,7 +543,7 @@ func (s *Store) Vote(id string, who Principal, approve bool, comment string) (Re
 		return r.clone(), fmt.Errorf("%w: it needs a member of %s; %s is in [%s]", ErrNotApprover, strings.Join(r.Groups(), " or "), who, strings.Join(who.Groups, ", "))
 	}
 	for _, v := range r.Votes {
-		if v.Approver.same(who) {
+		if v.Approver.Key() == who.Key() {
 			return r.clone(), fmt.Errorf("%w: %s %sd it at %s", ErrAlreadyVoted, who, v.Decision, v.Time.UTC().Format(time.RFC3339))
 		}
 	}
@@ -560,9 +609,21 @@ func (s *Store) settle(next *Request, st State, outcome string) {
 // commit writes next durably and then makes it the request's state, waking
 // waiters and telling the webhooks when it settled. Called with mu held.
 func (s *Store) commit(next *Request) error {
-	if err := s.write(next); err != nil {
+	if renamed, err := s.write(next); err != nil {
+		if !renamed {
+			return err
+		}
+		// The new state is in place but may not survive a crash: memory
+		// follows the disk, and the caller fails closed on the error.
+		s.apply(next)
 		return err
 	}
+	s.apply(next)
+	return nil
+}
+
+// apply makes next the request's state in memory. Called with mu held.
+func (s *Store) apply(next *Request) {
 	prev := s.reqs[next.ID]
 	stored := next.clone()
 	s.reqs[next.ID] = &stored
@@ -578,7 +639,6 @@ func (s *Store) commit(next *Request) error {
 		s.log.Info("approval settled", "approval", next.ID, "state", next.State, "outcome", next.Outcome)
 		s.tell(settleEvent(next.State), &stored)
 	}
-	return nil
 }
 
 func (s *Store) tell(event string, r *Request) {
@@ -588,24 +648,25 @@ func (s *Store) tell(event string, r *Request) {
 }
 
 // write stores r durably: a temporary file, fsync, rename, fsync of the
-// directory.
-func (s *Store) write(r *Request) error {
+// directory. renamed says whether the new file is in place (when only the
+// directory's fsync failed).
+func (s *Store) write(r *Request) (renamed bool, err error) {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
-		return fmt.Errorf("approvals: %w", err)
+		return false, fmt.Errorf("approvals: %w", err)
 	}
 	b = append(b, '\n')
 	path := filepath.Join(s.dir, r.ID+".json")
 	if err := bundle.WriteFileAtomic(path, b, 0o600); err != nil {
-		return fmt.Errorf("approvals: writing %s: %w", path, err)
+		return false, fmt.Errorf("approvals: writing %s: %w", path, err)
 	}
 	d, err := os.Open(s.dir)
 	if err != nil {
-		return fmt.Errorf("approvals: %w", err)
+		return true, fmt.Errorf("approvals: %w", err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("approvals: syncing %s: %w", s.dir, err)
+		return true, fmt.Errorf("approvals: syncing %s: %w", s.dir, err)
 	}
-	return nil
+	return true, nil
 }

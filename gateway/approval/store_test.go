@@ -315,15 +315,11 @@ func TestVoteTwoOfThree(t *testing.T) {
 		t.Errorf("approvers %q, want bob", a)
 	}
 
-	// The same approver again, and the same bundle identity under another
-	// subject, count once.
+	// The same approver again counts once. (Votes are counted by issuer
+	// and subject: people who resolve to one bundle identity, say every
+	// DBA matched by a group, are distinct approvers.)
 	if _, err := s.Vote(r.ID, bob, true, ""); !errors.Is(err, approval.ErrAlreadyVoted) {
 		t.Errorf("second vote by bob: %v, want ErrAlreadyVoted", err)
-	}
-	bobPod := bob
-	bobPod.Subject = "sub-bob-2"
-	if _, err := s.Vote(r.ID, bobPod, false, "changed my mind"); !errors.Is(err, approval.ErrAlreadyVoted) {
-		t.Errorf("vote by bob's identity under another subject: %v, want ErrAlreadyVoted", err)
 	}
 
 	clock.Add(time.Minute)
@@ -377,7 +373,7 @@ func TestOneDenySettles(t *testing.T) {
 	if _, err := s.Vote(r.ID, dave, true, ""); !errors.Is(err, approval.ErrSettled) {
 		t.Errorf("vote on a denied request: %v, want ErrSettled", err)
 	}
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok || err != nil {
 		t.Errorf("Redeem of a denied request = %v, %v", ok, err)
 	}
 }
@@ -594,7 +590,7 @@ func TestRedeem(t *testing.T) {
 	in := request(clock.Now())
 	r := mustOpen(t, s, in)
 
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok || err != nil {
 		t.Fatalf("Redeem of a pending request = %v, %v", ok, err)
 	}
 	mustVote(t, s, r.ID, bob, true, "")
@@ -613,7 +609,7 @@ func TestRedeem(t *testing.T) {
 	}
 	for name, tc := range refused {
 		t.Run(name, func(t *testing.T) {
-			if got, ok, err := s.Redeem(tc.hash, tc.requester, tc.resource); ok || err != nil {
+			if got, ok, err := s.Redeem(tc.hash, tc.requester, tc.resource, in.Needs); ok || err != nil {
 				t.Errorf("Redeem = %s, %v, %v; want nothing", got.ID, ok, err)
 			}
 		})
@@ -622,14 +618,14 @@ func TestRedeem(t *testing.T) {
 	// The requester's Name may differ: the binding is issuer and subject.
 	renamed := alice
 	renamed.Name = ""
-	got, ok, err := s.Redeem(in.Hash, renamed, in.Resource)
+	got, ok, err := s.Redeem(in.Hash, renamed, in.Resource, in.Needs)
 	if err != nil || !ok || got.ID != r.ID || got.Uses != 1 {
 		t.Fatalf("Redeem = %s (uses %d), %v, %v; want %s used once", got.ID, got.Uses, ok, err, r.ID)
 	}
 	if stored, _ := s.Get(r.ID); stored.Uses != 1 {
 		t.Errorf("stored uses %d, want 1", stored.Uses)
 	}
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok || err != nil {
 		t.Errorf("second Redeem of a single-use approval = %v, %v", ok, err)
 	}
 	if _, err := s.Use(r.ID); !errors.Is(err, approval.ErrNotUsable) {
@@ -646,7 +642,7 @@ func TestRedeemReusable(t *testing.T) {
 	mustVote(t, s, r.ID, bob, true, "")
 
 	for want := 1; want <= 3; want++ {
-		got, ok, err := s.Redeem(in.Hash, alice, in.Resource)
+		got, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs)
 		if err != nil || !ok || got.Uses != want {
 			t.Fatalf("Redeem %d = uses %d, %v, %v", want, got.Uses, ok, err)
 		}
@@ -657,7 +653,7 @@ func TestRedeemReusable(t *testing.T) {
 
 	// Not past ValidUntil, even reusable.
 	clock.Add(in.ValidFor)
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok || err != nil {
 		t.Errorf("Redeem at ValidUntil = %v, %v", ok, err)
 	}
 	if _, err := s.Use(r.ID); !errors.Is(err, approval.ErrNotUsable) {
@@ -674,7 +670,7 @@ func TestRedeemAfterValidUntil(t *testing.T) {
 
 	clock.Add(in.ValidFor - time.Nanosecond)
 	clock.Add(time.Nanosecond)
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok || err != nil {
 		t.Errorf("Redeem at ValidUntil = %v, %v; want nothing", ok, err)
 	}
 	if got, _ := s.Get(r.ID); got.Uses != 0 {
@@ -689,7 +685,7 @@ func TestRedeemJustBeforeValidUntil(t *testing.T) {
 	r := mustOpen(t, s, in)
 	mustVote(t, s, r.ID, bob, true, "")
 	clock.Add(in.ValidFor - time.Nanosecond)
-	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource); !ok || err != nil {
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs); !ok || err != nil {
 		t.Errorf("Redeem just before ValidUntil = %v, %v; want it used", ok, err)
 	}
 }
@@ -705,12 +701,12 @@ func TestRedeemUsesTheOldestApproval(t *testing.T) {
 	mustVote(t, s, second.ID, bob, true, "")
 
 	for _, want := range []string{first.ID, second.ID} {
-		got, ok, err := s.Redeem(in.Hash, alice, in.Resource)
+		got, ok, err := s.Redeem(in.Hash, alice, in.Resource, in.Needs)
 		if err != nil || !ok || got.ID != want {
 			t.Fatalf("Redeem = %s, %v, %v; want %s", got.ID, ok, err, want)
 		}
 	}
-	if _, ok, _ := s.Redeem(in.Hash, alice, in.Resource); ok {
+	if _, ok, _ := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok {
 		t.Error("a third Redeem of two single-use approvals succeeded")
 	}
 }
@@ -735,7 +731,7 @@ func TestUse(t *testing.T) {
 	if _, err := s.Use(r.ID); !errors.Is(err, approval.ErrNotUsable) {
 		t.Errorf("second Use of a single-use approval: %v, want ErrNotUsable", err)
 	}
-	if _, ok, _ := s.Redeem(in.Hash, alice, in.Resource); ok {
+	if _, ok, _ := s.Redeem(in.Hash, alice, in.Resource, in.Needs); ok {
 		t.Error("Redeem after Use succeeded on a single-use approval")
 	}
 
@@ -857,7 +853,7 @@ func TestPersistence(t *testing.T) {
 	if got := mustVote(t, s2, r.ID, carol, true, ""); got.State != approval.Approved {
 		t.Fatalf("second approval after reopening: %s", got.State)
 	}
-	if _, ok, err := s2.Redeem(in.Hash, alice, in.Resource); !ok || err != nil {
+	if _, ok, err := s2.Redeem(in.Hash, alice, in.Resource, in.Needs); !ok || err != nil {
 		t.Fatalf("Redeem = %v, %v", ok, err)
 	}
 	s2.Close()
@@ -868,7 +864,7 @@ func TestPersistence(t *testing.T) {
 	if got.State != approval.Approved || got.Uses != 1 || !got.ValidUntil.Equal(clock.Now().Add(in.ValidFor)) || len(got.Votes) != 2 {
 		t.Errorf("after the second reopening: %s, uses %d, valid until %s, %d votes", got.State, got.Uses, got.ValidUntil, len(got.Votes))
 	}
-	if _, ok, _ := s3.Redeem(in.Hash, alice, in.Resource); ok {
+	if _, ok, _ := s3.Redeem(in.Hash, alice, in.Resource, in.Needs); ok {
 		t.Error("a used single-use approval was redeemed again after a restart")
 	}
 	if !isClosed(s3.Settled(r.ID)) {
@@ -1006,4 +1002,47 @@ func TestPrincipal(t *testing.T) {
 	if other.Key() == alice.Key() {
 		t.Error("the same subject of two issuers has one key")
 	}
+}
+
+// TestRedeemRefusesWhenThePolicyTightened: an approval answers the rules it
+// was asked under; when the policy now needs another rule, more approvers,
+// or approvers from a group the approval's did not include, it does not
+// release the request.
+func TestRedeemRefusesWhenThePolicyTightened(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	in := request(time.Now())
+	r := mustOpen(t, s, in)
+	mustVote(t, s, r.ID, bob, true, "")
+	for name, needs := range map[string][]approval.Need{
+		"another rule":   {in.Needs[0], {Rule: "security", Groups: []string{"security"}, Count: 1}},
+		"more approvers": {{Rule: "deletes", Groups: []string{"dba"}, Count: 2}},
+		"narrower group": {{Rule: "deletes", Groups: []string{"senior-dba"}, Count: 1}},
+	} {
+		if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, needs); ok || err != nil {
+			t.Errorf("%s: redeemed (%v, %v)", name, ok, err)
+		}
+	}
+	wider := []approval.Need{{Rule: "deletes", Groups: []string{"dba", "oncall"}, Count: 1}}
+	if _, ok, err := s.Redeem(in.Hash, alice, in.Resource, wider); !ok || err != nil {
+		t.Errorf("a policy that widened the approver groups: not redeemed (%v, %v)", ok, err)
+	}
+}
+
+// TestOpenCapsPendingRequestsPerRequester: one caller cannot flood the
+// approvers.
+func TestOpenCapsPendingRequestsPerRequester(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	for i := 0; i < approval.MaxPendingPerRequester; i++ {
+		in := request(time.Now())
+		in.Hash = fmt.Sprint("hash-", i)
+		mustOpen(t, s, in)
+	}
+	in := request(time.Now())
+	in.Hash = "one-too-many"
+	if _, _, err := s.Open(in); !errors.Is(err, approval.ErrTooMany) {
+		t.Fatalf("open beyond the cap: %v", err)
+	}
+	other := request(time.Now())
+	other.Requester = carol
+	mustOpen(t, s, other)
 }

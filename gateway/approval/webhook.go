@@ -7,10 +7,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	neturl "net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -35,7 +37,13 @@ type Notification struct {
 func Text(event string, r Request) string {
 	var b strings.Builder
 	who := slackEscape(r.Requester.String())
-	r.SQL, r.Outcome, r.Resource = slackEscape(r.SQL), slackEscape(r.Outcome), slackEscape(r.Resource)
+	sql := r.Parsed
+	if sql == "" {
+		sql = r.SQL
+	}
+	// In a code block, a ``` from the requester would end it.
+	sql = strings.ReplaceAll(slackEscape(sql), "```", "` ` `")
+	r.Outcome, r.Resource = slackEscape(r.Outcome), slackEscape(r.Resource)
 	params := make([]string, len(r.Params))
 	for i, p := range r.Params {
 		params[i] = slackEscape(p)
@@ -43,7 +51,7 @@ func Text(event string, r Request) string {
 	r.Params = params
 	switch event {
 	case EventRequested:
-		fmt.Fprintf(&b, "*Approval needed* `%s`: %s wants to run on %s:\n```%s```\n", r.ID, who, r.Resource, clip(r.SQL, 1500))
+		fmt.Fprintf(&b, "*Approval needed* `%s`: %s wants to run on %s:\n```%s```\n", r.ID, who, r.Resource, clip(sql, 1500))
 		if len(r.Params) > 0 {
 			fmt.Fprintf(&b, "with parameters %s\n", clip(strings.Join(r.Params, ", "), 500))
 		}
@@ -72,7 +80,7 @@ func clip(s string, n int) string {
 // slackEscape escapes what Slack's mrkdwn reads as markup (<@U123> mentions,
 // <!channel>, links): text from the requester must not ping or link.
 func slackEscape(s string) string {
-	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(Printable(s))
 }
 
 // NotifierStats count deliveries.
@@ -204,7 +212,7 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) {
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(d.body))
 		if err != nil {
-			last = err.Error()
+			last = "the webhook URL is not a valid URL" // the error would quote it
 			break
 		}
 		req.Header.Set("Content-Type", "application/json")
@@ -215,6 +223,11 @@ func (n *Notifier) deliver(ctx context.Context, d delivery) {
 		}
 		resp, err := n.client.Do(req)
 		if err != nil {
+			// A *url.Error quotes the URL; its cause does not.
+			var ue *neturl.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			last = strings.ReplaceAll(err.Error(), url, target)
 			continue
 		}

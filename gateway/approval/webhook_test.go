@@ -541,3 +541,20 @@ func TestTextEscapesSlackMarkup(t *testing.T) {
 		t.Errorf("text %q", got)
 	}
 }
+
+// TestPrintableShowsWhatIsThere: a carriage return, a terminal escape or a
+// bidi override in the requester's SQL cannot make it look like another.
+func TestPrintableShowsWhatIsThere(t *testing.T) {
+	in := "UPDATE t SET x = 0 /*\rSELECT 1 \x1b[8m hidden \u202Eevil\u200b */\n\tWHERE id = 1"
+	got := approval.Printable(in)
+	for _, bad := range []string{"\r", "\x1b", "\u202E", "\u200b"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("%q kept %q", got, bad)
+		}
+	}
+	for _, want := range []string{`\u{000D}`, `\u{001B}`, `\u{202E}`, `\u{200B}`, "\n\tWHERE id = 1"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q lacks %q", got, want)
+		}
+	}
+}

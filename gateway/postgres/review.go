@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -28,7 +29,12 @@ import (
 type boundParams struct {
 	formats []int16
 	values  [][]byte
-	// oids are the parameters' types when known.
+	// declared are the types the client gave in its Parse (0: let the
+	// server infer): the same bytes are other values under other types,
+	// so they are part of what an approval binds.
+	declared []uint32
+	// oids are the parameters' types as the server resolved them, when
+	// known: how approvers read binary values.
 	oids []uint32
 }
 
@@ -67,19 +73,25 @@ func (p *boundParams) display() []string {
 	}
 	out := make([]string, len(p.values))
 	for i, v := range p.values {
+		name := fmt.Sprintf("$%d", i+1)
+		if i < len(p.oids) {
+			if t, ok := pgTypeName(p.oids[i]); ok {
+				name += "::" + t
+			}
+		}
 		switch {
 		case v == nil:
-			out[i] = fmt.Sprintf("$%d = NULL", i+1)
+			out[i] = name + " = NULL"
 		case p.format(i) == 0 && utf8.Valid(v):
-			out[i] = fmt.Sprintf("$%d = '%s'", i+1, strings.ReplaceAll(string(v), "'", "''"))
+			out[i] = fmt.Sprintf("%s = '%s'", name, strings.ReplaceAll(string(v), "'", "''"))
 		case p.format(i) == 1 && i < len(p.oids):
 			if text, ok := decodeBinary(p.oids[i], v); ok {
-				out[i] = fmt.Sprintf("$%d = '%s'", i+1, strings.ReplaceAll(text, "'", "''"))
+				out[i] = fmt.Sprintf("%s = '%s'", name, strings.ReplaceAll(text, "'", "''"))
 				break
 			}
 			fallthrough
 		default:
-			out[i] = fmt.Sprintf("$%d = binary 0x%s", i+1, hex.EncodeToString(v))
+			out[i] = fmt.Sprintf("%s = binary 0x%s", name, hex.EncodeToString(v))
 		}
 	}
 	return out
@@ -97,6 +109,14 @@ func requestHash(sql string, p *boundParams) (string, error) {
 	h.Write([]byte(tree))
 	if p != nil {
 		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(p.declared)))
+		h.Write(n[:])
+		for _, oid := range p.declared {
+			binary.BigEndian.PutUint32(n[:], oid)
+			h.Write(n[:])
+		}
+		binary.BigEndian.PutUint32(n[:], uint32(len(p.values)))
+		h.Write(n[:])
 		for i, v := range p.values {
 			binary.BigEndian.PutUint32(n[:], uint32(p.format(i)))
 			h.Write(n[:])
@@ -178,11 +198,19 @@ func (s *session) review(kind, sql string, params *boundParams, req *celpolicy.P
 
 func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celpolicy.PostgresRequest, d celpolicy.Decision) reviewed {
 	store := s.srv.approvals
+	// A CancelRequest from here on withdraws the statement, even one that
+	// arrives before the hold has begun.
+	cancel := make(chan struct{})
+	s.holdCancel.Store(&cancel)
+	defer s.holdCancel.Store(nil)
+	var hash string
 	recordAs := func(id string) (int, error) {
 		facts, _ := json.Marshal(req.Statements)
 		dec, _ := json.Marshal(d)
+		// The bound parameters and the hash go into the signed
+		// recording: what was approved outlives the approval file.
 		return s.record(recorder.Event{Type: recorder.TypeStatement, Kind: kind, SQL: sql, Facts: facts, Decision: dec,
-			Effect: d.Effect, Rules: d.Rules(), Approval: id})
+			Effect: d.Effect, Rules: d.Rules(), Approval: id, ApprovalHash: hash, Params: params.display()})
 	}
 	if store == nil {
 		ref, err := recordAs("")
@@ -194,6 +222,7 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 	}
 	hash, err := requestHash(sql, params)
 	if err != nil {
+		hash = ""
 		return reviewed{deny: approvalError("42501", "the statement needs approval, but it cannot be bound to one: "+err.Error(), "", "")}
 	}
 	who := s.principal()
@@ -207,8 +236,9 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 	}
 
 	// An approval given earlier (hold = false, a wait that ran out, a
-	// gateway restart) releases the same request once.
-	if r, ok, err := store.Redeem(hash, who, s.resource); err != nil {
+	// gateway restart) releases the same request once, if it answers the
+	// review rules that hold the request now.
+	if r, ok, err := store.Redeem(hash, who, s.resource, needsOf(d)); err != nil {
 		s.log.Error("approval state cannot be written; the statement is refused", "err", err)
 		return reviewed{deny: approvalError("58030", "the statement is refused because the approval state cannot be written (the gateway's log has the cause)", "", "")}
 	} else if ok {
@@ -216,11 +246,17 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 		if err != nil {
 			return reviewed{deny: unrecorded()}
 		}
+		if s.holdCancel.Swap(nil) == nil {
+			return reviewed{d: d, ref: ref, deny: approvalError("57014", "canceling statement due to user request", "", "")}
+		}
 		s.log.Info("statement released by an earlier approval", "approval", r.ID, "uses", r.Uses)
 		return allow(r, ref, "used")
 	}
 
 	r, created, err := store.Open(s.newRequest(kind, sql, params, hash, d))
+	if errors.Is(err, approval.ErrTooMany) {
+		return reviewed{deny: approvalError("53400", err.Error(), "", "Wait for approvers to settle your open requests (gatehouse approvals list shows them to approvers).")}
+	}
 	if err != nil {
 		s.log.Error("approval request cannot be opened; the statement is refused", "err", err)
 		return reviewed{deny: approvalError("58030", "the statement needs approval, and the approval request cannot be written (the gateway's log has the cause)", "", "")}
@@ -254,51 +290,84 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 		}
 		return reviewed{gone: true}
 	}
-	cancel := make(chan struct{})
-	s.holdCancel.Store(&cancel)
 	s.held.Store(&r.ID)
 	s.log.Info("statement held for approval", "approval", r.ID, "wait", wait.Round(time.Second), "joined", !created)
 	timer := time.NewTimer(wait)
-	cancelled := false
+	cancelled, left := false, false
+	gone, stopWatch := (<-chan struct{})(nil), func() {}
+	if s.reader != nil {
+		gone, stopWatch = s.reader.watch()
+	}
 	select {
 	case <-store.Settled(r.ID):
 	case <-timer.C:
 	case <-cancel:
 		cancelled = true
+	case <-gone:
+		left = true
 	case <-s.closed:
 	}
 	timer.Stop()
-	s.holdCancel.Store(nil)
+	stopWatch()
+	// A CancelRequest that came as the hold ended still cancels: it took
+	// the channel, and cancelling wins over whatever else woke us.
+	if s.holdCancel.Swap(nil) == nil {
+		cancelled = true
+	}
 	s.held.Store(nil)
+	if left {
+		// Nobody is there to run it for.
+		if created {
+			_ = store.Cancel(r.ID, "the caller disconnected during the hold")
+		}
+		s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "cancelled", Reason: "the caller disconnected during the hold"})
+		return reviewed{gone: true}
+	}
 	select {
 	case <-s.closed:
 		return reviewed{gone: true}
 	default:
 	}
 	if cancelled {
+		msg := "canceling statement due to user request; approval request " + r.ID + " is withdrawn"
 		if created {
 			_ = store.Cancel(r.ID, "the caller cancelled the statement")
+		} else {
+			// Another session asked first; its request stays open.
+			msg = "canceling statement due to user request; this statement no longer waits for approval " + r.ID + ", which stays open"
 		}
 		r, _ = store.Get(r.ID)
 		s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "cancelled", Votes: votesOf(&r), Reason: "the caller cancelled the statement"})
-		return reviewed{d: d, ref: ref, deny: approvalError("57014", "canceling statement due to user request; approval request "+r.ID+" is withdrawn", "", "")}
+		return reviewed{d: d, ref: ref, deny: approvalError("57014", msg, "", "")}
 	}
 	r, _ = store.Get(r.ID)
 	if r.State == approval.Approved {
+		// The session is judged again first (its token may have expired,
+		// the bundle may have changed), so that an approval is spent
+		// only on a statement that will run.
+		if !s.check() {
+			return reviewed{gone: true}
+		}
+		if cur := s.srv.store.Current(); cur.Revision != d.BundleRevision {
+			nd := s.judge(req)
+			why := ""
+			switch {
+			case nd.Effect == bundle.EffectDeny:
+				s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "approved", Votes: votesOf(&r), Reason: "approved, but bundle revision " + strconv.FormatUint(cur.Revision, 10) + " denies the statement"})
+				return reviewed{d: nd, ref: ref, deny: s.denial(nd, req)}
+			case nd.Effect == bundle.EffectReview && !r.Covers(needsOf(nd)):
+				why = fmt.Sprintf("bundle revision %d, active since the request, needs other approvers", cur.Revision)
+			}
+			if why != "" {
+				s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "approved", Votes: votesOf(&r), Reason: "approved, but " + why})
+				return reviewed{d: nd, ref: ref, deny: approvalError("42501", "approval "+r.ID+" was given, but "+why, "", "Run the statement again to ask them.")}
+			}
+			d.Masks = nd.Masks
+		}
 		used, err := store.Use(r.ID)
 		if err != nil {
 			// Another held session took a single-use approval first.
 			return reviewed{d: d, ref: ref, deny: approvalError("42501", "approval "+r.ID+" was given but cannot release this statement: "+err.Error(), "", "Run the statement again to ask anew.")}
-		}
-		// The policy may have changed during the hold: the statement
-		// runs only if the bundle active now still lets it.
-		if cur := s.srv.store.Current(); cur.Revision != d.BundleRevision {
-			nd := s.judge(req)
-			if nd.Effect == bundle.EffectDeny {
-				s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: r.ID, State: "approved", Votes: votesOf(&used), Reason: "approved, but bundle revision " + strconv.FormatUint(cur.Revision, 10) + " denies the statement"})
-				return reviewed{d: nd, ref: ref, deny: s.denial(nd, req)}
-			}
-			d.Masks = nd.Masks
 		}
 		return allow(used, ref, "approved")
 	}
@@ -325,15 +394,25 @@ func reasonOf(r *approval.Request) string {
 	return strings.Join(rs, "; ")
 }
 
+// needsOf are the approver specs of a review decision.
+func needsOf(d celpolicy.Decision) []approval.Need {
+	out := make([]approval.Need, len(d.Approvals))
+	for i, a := range d.Approvals {
+		out[i] = approval.Need{Rule: a.Rule, Reason: a.Reason, Groups: a.Groups, Count: a.Count}
+	}
+	return out
+}
+
 // newRequest is the approval request for a review decision: every
 // matching review rule's approvers are needed; the strictest settings of
 // those rules apply.
 func (s *session) newRequest(kind, sql string, params *boundParams, hash string, d celpolicy.Decision) approval.Request {
+	parsed, _ := sqlfacts.Deparse(sql)
 	r := approval.Request{Requester: s.principal(), Resource: s.resource, Hash: hash, Session: s.recID, Kind: kind,
-		SQL: sql, Params: params.display(), Hold: true, Reusable: true, BundleRevision: d.BundleRevision}
+		SQL: sql, Parsed: parsed, Params: params.display(), Hold: true, Reusable: true, BundleRevision: d.BundleRevision,
+		Needs: needsOf(d)}
 	now := time.Now()
 	for i, a := range d.Approvals {
-		r.Needs = append(r.Needs, approval.Need{Rule: a.Rule, Reason: a.Reason, Groups: a.Groups, Count: a.Count})
 		if i == 0 || now.Add(a.Timeout).Before(r.ExpiresAt) {
 			r.ExpiresAt = now.Add(a.Timeout)
 		}
@@ -372,6 +451,16 @@ var (
 // decodeBinary renders a binary parameter of type oid as PostgreSQL's text
 // form would show it, for the approver. The hash binds the bytes
 // themselves; this is only how they are shown.
+func pgTypeName(oid uint32) (string, bool) {
+	typeMu.Lock()
+	defer typeMu.Unlock()
+	t, ok := typeMap.TypeForOID(oid)
+	if !ok {
+		return "", false
+	}
+	return t.Name, true
+}
+
 func decodeBinary(oid uint32, v []byte) (s string, ok bool) {
 	typeMu.Lock()
 	defer typeMu.Unlock()

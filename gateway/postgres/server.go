@@ -230,7 +230,8 @@ var allowedStartupParams = map[string]bool{
 
 func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slog.Logger) (*session, error) {
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
-	be := pgproto3.NewBackend(conn, conn)
+	cr := &clientReader{conn: conn}
+	be := pgproto3.NewBackend(cr, conn)
 	be.SetMaxBodyLen(s.cfg.MaxMessageBytes)
 	var secure bool
 	var startup *pgproto3.StartupMessage
@@ -255,7 +256,8 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 				return nil, fmt.Errorf("tls handshake: %w", err)
 			}
 			conn, secure = tconn, true
-			be = pgproto3.NewBackend(conn, conn)
+			cr = &clientReader{conn: conn}
+			be = pgproto3.NewBackend(cr, conn)
 			be.SetMaxBodyLen(s.cfg.MaxMessageBytes)
 		case *pgproto3.GSSEncRequest:
 			if _, err := conn.Write([]byte{'N'}); err != nil {
@@ -344,7 +346,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		srv: s, id: id, client: conn, be: be, secure: secure,
 		resource: res.Name, token: vtok, rawToken: pw.Password, identity: identity,
 		started: time.Now(), revision: active.Revision,
-		names: newNames(), closed: make(chan struct{}),
+		names: newNames(), closed: make(chan struct{}), reader: cr,
 	}
 	sess.log = log.With("identity", identityName(identity), "resource", res.Name)
 	d := active.Policy.Decide(sess.input(celpolicy.Connect()))

@@ -48,6 +48,7 @@ type session struct {
 	srv      *Server
 	id       uint64
 	client   net.Conn
+	reader   *clientReader // what be reads the client through
 	be       *pgproto3.Backend
 	secure   bool
 	resource string
@@ -96,6 +97,8 @@ type session struct {
 type prepared struct {
 	req *celpolicy.PostgresRequest
 	sql string
+	// declared are the parameter types its Parse gave.
+	declared []uint32
 	// paramOIDs are its parameters' types, from the Parse or from the
 	// upstream's ParameterDescription (set by the response side), so
 	// that approvers read binary parameters as values.
@@ -548,7 +551,8 @@ func (s *session) requests0() error {
 			d := s.decide(req, false)
 			stmt := &prepared{req: req, sql: m.Query}
 			if len(m.ParameterOIDs) > 0 {
-				oids := append([]uint32(nil), m.ParameterOIDs...)
+				stmt.declared = append([]uint32(nil), m.ParameterOIDs...)
+				oids := stmt.declared
 				stmt.paramOIDs.Store(&oids)
 			}
 			mut := &mutation{key: "S:" + m.Name, batch: s.batch, stmt: stmt}
@@ -660,6 +664,7 @@ func (s *session) execute(m *pgproto3.Execute) error {
 	} else {
 		req, sql, params = p.stmt.req, p.stmt.sql, p.params
 		if params != nil {
+			params.declared = p.stmt.declared
 			if oids := p.stmt.paramOIDs.Load(); oids != nil {
 				params.oids = *oids
 			}

@@ -87,6 +87,10 @@ type Event struct {
 	Approval string `json:"approval,omitempty"`
 	State    string `json:"state,omitempty"`
 	Votes    []Vote `json:"votes,omitempty"`
+	// ApprovalHash binds the approval to the statement and its Params
+	// (bound parameters, as approvers read them).
+	ApprovalHash string   `json:"approval_hash,omitempty"`
+	Params       []string `json:"params,omitempty"`
 
 	// session_end, gap
 	Reason string `json:"reason,omitempty"`
