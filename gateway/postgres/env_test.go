@@ -139,7 +139,9 @@ type env struct {
 	policyF func(issuer, addr string) string
 }
 
-func startEnv(t testing.TB) *env {
+// startEnv starts the setup; opts are added to the gateway's (after the
+// logger, secrets and recorder).
+func startEnv(t testing.TB, opts ...Option) *env {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.WithStatementLog())
 	pgPass := "upstream-" + fmt.Sprint(time.Now().UnixNano())
@@ -187,7 +189,7 @@ func startEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	e.recKeys = bundle.NewKeyring(recKey.Public().(ed25519.PublicKey))
-	e.srv = New(Config{InsecurePlaintext: true}, e.store, WithLogger(log), WithSecrets(res), WithRecorder(e.rec))
+	e.srv = New(Config{InsecurePlaintext: true}, e.store, append([]Option{WithLogger(log), WithSecrets(res), WithRecorder(e.rec)}, opts...)...)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

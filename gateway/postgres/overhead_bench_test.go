@@ -397,7 +397,7 @@ func runSession(b *testing.B, s *session) *pgproto3.Frontend {
 	s.client, s.be = gwConn, pgproto3.NewBackend(gwConn, gwConn)
 	s.fe = pgproto3.NewFrontend(upConn, upConn)
 	s.up = &pgconn.HijackedConn{Conn: upConn, Frontend: s.fe, TxStatus: 'I'}
-	s.txStatus = 'I'
+	s.txStatus.Store('I')
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)

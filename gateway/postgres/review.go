@@ -172,6 +172,8 @@ type reviewed struct {
 	deny *pgproto3.ErrorResponse
 	// gone: the session ended during the hold; nothing more is sent.
 	gone bool
+	// id is the approval that released the statement.
+	id string
 }
 
 // review handles a review decision. An approval already given for this
@@ -232,7 +234,7 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 		}
 		d.Effect = bundle.EffectAllow
 		d.Reasons = append([]string{r.Outcome + " (approval " + r.ID + ")"}, d.Reasons...)
-		return reviewed{d: d, ref: ref}
+		return reviewed{d: d, ref: ref, id: r.ID}
 	}
 
 	// An approval given earlier (hold = false, a wait that ran out, a

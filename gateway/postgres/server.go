@@ -381,7 +381,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	}
 	sess.up = up
 	sess.fe = up.Frontend
-	sess.txStatus = up.TxStatus
+	sess.txStatus.Store(uint32(up.TxStatus))
 	// The caller gets a cancel key of the gateway's own, mapped to the
 	// upstream's: the upstream key never leaves the gateway.
 	var key [8]byte

@@ -60,7 +60,7 @@ type session struct {
 
 	up           *pgconn.HijackedConn
 	fe           *pgproto3.Frontend
-	txStatus     byte
+	txStatus     atomic.Uint32 // the last ReadyForQuery's status byte
 	cancelPID    uint32
 	cancelSecret []byte
 
@@ -108,6 +108,9 @@ type prepared struct {
 type portal struct {
 	stmt   *prepared
 	params *boundParams
+	// approval released this portal's first Execute; later Executes of
+	// it (more rows) continue the same statement. Request side only.
+	approval string
 }
 
 type slotKind int
@@ -509,6 +512,18 @@ func (s *session) requests0() error {
 			d := s.decide(req, true)
 			var ref int
 			var rerr error
+			if d.Effect == bundle.EffectReview && s.q.head(false) == nil && byte(s.txStatus.Load()) == 'E' {
+				// In an aborted transaction PostgreSQL refuses every
+				// statement but the end of the block: nothing to hold.
+				// The placeholder gets its own 25P02, passed on as is.
+				ref, _ = s.recordStatement("query", m.String, req, d)
+				s.push(&slot{kind: slotQuery, recRef: ref, start: time.Now()})
+				s.fe.Send(&pgproto3.Query{String: deniedSQL})
+				if err := s.fe.Flush(); err != nil {
+					return err
+				}
+				continue
+			}
 			if d.Effect == bundle.EffectReview {
 				rv := s.review("query", m.String, nil, req, d)
 				if rv.gone {
@@ -673,7 +688,34 @@ func (s *session) execute(m *pgproto3.Execute) error {
 	d := s.decide(req, true)
 	var ref int
 	var rerr error
-	if d.Effect == bundle.EffectReview {
+	switch {
+	case d.Effect == bundle.EffectReview && p != nil && p.approval != "":
+		// More rows of a portal an approval released (a cursor fetched
+		// in batches): the same statement with the same parameters.
+		ref, rerr = s.recordStatement("execute", sql, req, d)
+		if rerr == nil {
+			s.note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: p.approval, State: "continued", Reason: "more rows of the portal the approval released"})
+			d.Effect = bundle.EffectAllow
+			s.requests++
+			s.srv.Stats.Allowed.Add(1)
+		}
+	case d.Effect == bundle.EffectReview:
+		// Will the upstream run it at all? After an earlier error in this
+		// batch (or in an aborted transaction, where the Bind failed) it
+		// skips to Sync: nothing to hold, and no approval to spend.
+		hd := &slot{kind: slotDescribe, hidden: true, ready: make(chan *resultDesc, 1)}
+		s.push(hd)
+		s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
+		s.fe.Send(&pgproto3.Flush{})
+		if err := s.fe.Flush(); err != nil {
+			return err
+		}
+		if desc := <-hd.ready; desc == nil {
+			ref, _ = s.recordStatement("execute", sql, req, d)
+			s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
+			s.fe.Send(m)
+			return nil
+		}
 		rv := s.review("execute", sql, params, req, d)
 		if rv.gone || !s.check() {
 			return net.ErrClosed
@@ -684,7 +726,8 @@ func (s *session) execute(m *pgproto3.Execute) error {
 			s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
 			return nil
 		}
-	} else {
+		p.approval = rv.id
+	default:
 		ref, rerr = s.recordStatement("execute", sql, req, d)
 	}
 	if rerr != nil || d.Effect != bundle.EffectAllow {
@@ -985,7 +1028,7 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 			}
 			s.q.pop()
 		}
-		s.txStatus = m.TxStatus
+		s.txStatus.Store(uint32(m.TxStatus))
 		if m.TxStatus == 'I' {
 			s.names.endTransaction()
 		}
