@@ -32,7 +32,7 @@ func (c *approvalsClient) flags(cmd *cobra.Command) {
 	if def == "" {
 		def = "http://127.0.0.1:9090"
 	}
-	cmd.PersistentFlags().StringVar(&c.addr, "addr", def, "the gateway's admin listener: a URL or host:port (default $GATEHOUSE_ADDR or http://127.0.0.1:9090)")
+	cmd.PersistentFlags().StringVar(&c.addr, "addr", def, "the gateway's admin listener: a URL or host:port ($GATEHOUSE_ADDR when set)")
 	cmd.PersistentFlags().StringVar(&c.tokenFile, "token-file", "", "a file holding your OIDC token (default: the token in $GATEHOUSE_TOKEN)")
 	cmd.PersistentFlags().StringVar(&c.caFile, "cacert", "", "PEM CA certificate(s) to verify an https admin listener with (default: the system's)")
 	cmd.PersistentFlags().StringVarP(&c.output, "output", "o", "text", "text or json")
@@ -149,8 +149,8 @@ issuer the active bundle trusts; your groups (the token's groups claim, and the 
 bundle identity it resolves to) must include one of the rule's approver groups.
 
 Nobody can approve their own request. A rule with count = N needs N distinct approvers; one
-deny settles the request. Every vote is recorded with the approver, the time and the comment,
-in the approval state and in the session's recording.`,
+deny settles the request. Every vote is kept with the approver, the time and the comment, in the
+gateway's approval state, and in the session's recording when the statement is released or refused.`,
 		Example: `  export GATEHOUSE_ADDR=http://127.0.0.1:9090 GATEHOUSE_TOKEN=$(cat ~/.gatehouse/token)
   gatehouse approvals list
   gatehouse approvals show ap-3kq9x2mfa7tb4c1d

@@ -224,7 +224,6 @@ func (s *session) reviewOutcome(kind, sql string, params *boundParams, req *celp
 	}
 	hash, err := requestHash(sql, params)
 	if err != nil {
-		hash = ""
 		return reviewed{deny: approvalError("42501", "the statement needs approval, but it cannot be bound to one: "+err.Error(), "", "")}
 	}
 	who := s.principal()
