@@ -3,7 +3,6 @@ package gateway
 import (
 	"net/http"
 
-	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -46,11 +45,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Allowed.Load()), "allow")
 	ch <- prometheus.MustNewConstMetric(descStatements, prometheus.CounterValue, float64(st.Denied.Load()), "deny")
 	ch <- prometheus.MustNewConstMetric(descReviewed, prometheus.CounterValue, float64(st.Reviewed.Load()))
-	states := map[approval.State]int{approval.Pending: 0, approval.Approved: 0, approval.Denied: 0, approval.Expired: 0, approval.Cancelled: 0}
-	for _, r := range c.g.approvals.List(nil) {
-		states[r.State]++
-	}
-	for s, n := range states {
+	for s, n := range c.g.approvals.Counts() {
 		ch <- prometheus.MustNewConstMetric(descApprovals, prometheus.GaugeValue, float64(n), string(s))
 	}
 	ns := &c.g.notifier.Stats

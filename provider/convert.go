@@ -119,27 +119,17 @@ func value(t tftypes.Type, v any) (tftypes.Value, error) {
 			return tftypes.Value{}, err
 		}
 		return tftypes.NewValue(t, f), nil
-	case t.Is(tftypes.List{}):
+	case t.Is(tftypes.List{}), t.Is(tftypes.Set{}):
 		xs, ok := v.([]any)
 		if !ok {
 			return tftypes.Value{}, fmt.Errorf("want a list, got %T", v)
 		}
-		et := t.(tftypes.List).ElementType
-		elems := make([]tftypes.Value, 0, len(xs))
-		for _, x := range xs {
-			e, err := value(et, x)
-			if err != nil {
-				return tftypes.Value{}, err
-			}
-			elems = append(elems, e)
+		var et tftypes.Type
+		if l, isList := t.(tftypes.List); isList {
+			et = l.ElementType
+		} else {
+			et = t.(tftypes.Set).ElementType
 		}
-		return tftypes.NewValue(t, elems), nil
-	case t.Is(tftypes.Set{}):
-		xs, ok := v.([]any)
-		if !ok {
-			return tftypes.Value{}, fmt.Errorf("want a set, got %T", v)
-		}
-		et := t.(tftypes.Set).ElementType
 		elems := make([]tftypes.Value, 0, len(xs))
 		for _, x := range xs {
 			e, err := value(et, x)

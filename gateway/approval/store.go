@@ -502,6 +502,17 @@ func (s *Store) List(keep func(*Request) bool) []Request {
 	return out
 }
 
+// Counts says how many requests the store keeps in each state.
+func (s *Store) Counts() map[State]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[State]int{Pending: 0, Approved: 0, Denied: 0, Expired: 0, Cancelled: 0}
+	for _, r := range s.reqs {
+		out[r.State]++
+	}
+	return out
+}
+
 // Settled returns a channel closed once id is settled (at once when it is
 // settled or unknown).
 func (s *Store) Settled(id string) <-chan struct{} {

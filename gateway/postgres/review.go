@@ -42,10 +42,18 @@ func copyParams(m *pgproto3.Bind) *boundParams {
 	if len(m.Parameters) == 0 {
 		return nil
 	}
+	// Every Bind pays this: one buffer for all the values.
+	n := 0
+	for _, v := range m.Parameters {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
 	p := &boundParams{formats: append([]int16(nil), m.ParameterFormatCodes...), values: make([][]byte, len(m.Parameters))}
 	for i, v := range m.Parameters {
 		if v != nil {
-			p.values[i] = append([]byte{}, v...)
+			start := len(buf)
+			buf = append(buf, v...)
+			p.values[i] = buf[start:len(buf):len(buf)]
 		}
 	}
 	return p

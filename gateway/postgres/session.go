@@ -678,12 +678,6 @@ func (s *session) execute(m *pgproto3.Execute) error {
 		req = &celpolicy.PostgresRequest{Kind: "query", Invalid: "portal " + strconvQuote(m.Portal) + " was not bound through the gateway"}
 	} else {
 		req, sql, params = p.stmt.req, p.stmt.sql, p.params
-		if params != nil {
-			params.declared = p.stmt.declared
-			if oids := p.stmt.paramOIDs.Load(); oids != nil {
-				params.oids = *oids
-			}
-		}
 	}
 	d := s.decide(req, true)
 	var ref int
@@ -715,6 +709,13 @@ func (s *session) execute(m *pgproto3.Execute) error {
 			s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
 			s.fe.Send(m)
 			return nil
+		}
+		if params != nil {
+			// The types the hash binds, and those approvers read.
+			params.declared = p.stmt.declared
+			if oids := p.stmt.paramOIDs.Load(); oids != nil {
+				params.oids = *oids
+			}
 		}
 		rv := s.review("execute", sql, params, req, d)
 		if rv.gone || !s.check() {
