@@ -361,12 +361,12 @@ func TestApprovalsEndToEnd(t *testing.T) {
 		var order []string
 		for _, ev := range s.recordingOf(t, id) {
 			switch {
-			case ev.Type == recorder.TypeStatement && ev.Approval == id && ev.Effect == "review":
+			case recorder.IsRequest(ev.Type) && ev.Approval == id && ev.Effect == "review":
 				order = append(order, "request")
 			case ev.Type == recorder.TypeApproval && ev.Approval == id && ev.State == "approved" &&
 				len(ev.Votes) == 1 && ev.Votes[0].Subject == "dba-alice" && ev.Votes[0].Comment == "settling order 1":
 				order = append(order, "approval")
-			case ev.Type == "result" && len(order) == 2 && ev.Rows == 1:
+			case ev.Type == recorder.TypeResult && len(order) == 2 && ev.Rows == 1:
 				order = append(order, "execution")
 			}
 		}
@@ -693,7 +693,7 @@ func (s *stack) waitPending(t *testing.T, client, table string) string {
 			t.Fatal(err)
 		}
 		for _, r := range l.Approvals {
-			if strings.Contains(r.SQL, table) {
+			if strings.Contains(r.Subject.Text, table) {
 				return r.ID
 			}
 		}

@@ -493,13 +493,13 @@ func TestPostgresWithHydra(t *testing.T) {
 		// pgx insert denied; one token rejected; four sessions (psql x3,
 		// pgx); the bundle active.
 		for name, atLeast := range map[string]float64{
-			`gatehouse_statements_total{decision="allow"}`: 2,
-			`gatehouse_statements_total{decision="deny"}`:  2,
-			`gatehouse_auth_failures_total`:                1,
-			`gatehouse_sessions_total`:                     4,
-			`gatehouse_bundle_revision`:                    1,
-			`gatehouse_bundle_reloads_total`:               1,
-			`gatehouse_recorder_write_seconds_count`:       4,
+			`gatehouse_requests_total{decision="allow",protocol="postgres"}`: 2,
+			`gatehouse_requests_total{decision="deny",protocol="postgres"}`:  2,
+			`gatehouse_auth_failures_total{protocol="postgres"}`:             1,
+			`gatehouse_sessions_total{protocol="postgres"}`:                  4,
+			`gatehouse_bundle_revision`:                                      1,
+			`gatehouse_bundle_reloads_total`:                                 1,
+			`gatehouse_recorder_write_seconds_count`:                         4,
 		} {
 			if got, ok := metrics[name]; !ok || got < atLeast {
 				t.Errorf("%s = %v (present %v), want >= %v", name, got, ok, atLeast)

@@ -173,17 +173,40 @@ type Policy struct {
 	Rules []Rule `json:"rules"`
 }
 
+// Effect is what a rule does when its condition holds, and what a
+// decision says: allow, deny or review.
+type Effect string
+
 // Rule effects.
 const (
-	EffectAllow  = "allow"
-	EffectDeny   = "deny"
-	EffectReview = "review"
+	EffectAllow  Effect = "allow"
+	EffectDeny   Effect = "deny"
+	EffectReview Effect = "review"
 )
+
+// Effects lists every effect, in the order of precedence a decision gives
+// them (a deny wins).
+var Effects = [...]Effect{EffectDeny, EffectReview, EffectAllow}
+
+// Rank orders effects by how much they let through: deny 0, review 1,
+// allow 2 (an unknown effect ranks with deny).
+func (e Effect) Rank() int {
+	switch e {
+	case EffectReview:
+		return 1
+	case EffectAllow:
+		return 2
+	}
+	return 0
+}
+
+// Valid reports whether e is one of the three effects.
+func (e Effect) Valid() bool { return e == EffectAllow || e == EffectDeny || e == EffectReview }
 
 // Rule is one allow, deny or review decision with its condition.
 type Rule struct {
 	Name   string `json:"name"`
-	Effect string `json:"effect"`
+	Effect Effect `json:"effect"`
 	// When is a CEL boolean expression. Empty means always.
 	When string `json:"when,omitempty"`
 	// Reason is shown to the caller and recorded. Required: a decision that
@@ -242,6 +265,23 @@ const (
 	MaskNull    = "null"
 )
 
+// MaskStrength orders mask methods from least to most hiding (partial 1,
+// hash 2, redact 3, null 4; 0 for no method). When two masks cover the same
+// target, or a value is masked twice, the stronger one wins.
+func MaskStrength(method string) int {
+	switch method {
+	case MaskPartial:
+		return 1
+	case MaskHash:
+		return 2
+	case MaskRedact:
+		return 3
+	case MaskNull:
+		return 4
+	}
+	return 0
+}
+
 // Mask hides column values in results.
 type Mask struct {
 	Name        string `json:"name"`
@@ -285,7 +325,7 @@ type Test struct {
 	// Now is the evaluation time, RFC 3339. Default: the time of the run.
 	Now string `json:"now,omitempty"`
 	// Expect is the expected effect.
-	Expect string `json:"expect"`
+	Expect Effect `json:"expect"`
 	// ExpectRules, when non-nil, is the exact set of rules ("policy/rule")
 	// that must match. An empty list asserts that no rule matches. It is
 	// always encoded (null when unset) so that unset and empty stay apart.

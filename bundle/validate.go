@@ -20,7 +20,7 @@ var (
 	labelKeyRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$`)
 	sqlIdentRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]*$`)
 	tlsModes     = []string{"disable", "require", "verify-ca", "verify-full"}
-	effects      = []string{EffectAllow, EffectDeny, EffectReview}
+	effects      = []string{string(EffectAllow), string(EffectDeny), string(EffectReview)}
 	maskMethods  = []string{MaskRedact, MaskPartial, MaskHash, MaskNull}
 	jwtAlgs      = []string{"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"}
 	sshKeyPrefix = []string{"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"}
@@ -426,7 +426,7 @@ func (v *validator) policy(p Policy) {
 		if !nameRE.MatchString(r.Name) {
 			v.add(CodeInvalidName, rref, "rule name %q is not valid: use letters, digits, '-', '_' or '.'", r.Name)
 		}
-		v.oneOf(rref.Attribute("effect"), r.Effect, effects)
+		v.oneOf(rref.Attribute("effect"), string(r.Effect), effects)
 		v.required(rref, "reason", r.Reason)
 		if kind != "" {
 			for i, on := range r.On {
@@ -655,7 +655,7 @@ func (v *validator) test(t Test) {
 			v.add(CodeInvalidValue, ref.Attribute("now"), "now %q must be an RFC 3339 time such as 2026-01-02T15:04:05Z", t.Now)
 		}
 	}
-	v.oneOf(ref.Attribute("expect"), t.Expect, effects)
+	v.oneOf(ref.Attribute("expect"), string(t.Expect), effects)
 	for i, r := range t.ExpectRules {
 		if !v.rules[r] {
 			v.add(CodeUnknownReference, ref.Attribute("expect_rules").Elem(i), "rule %q is not defined; name rules as \"policy/rule\"", r)

@@ -1,7 +1,9 @@
-package celpolicy
+package celpolicy_test
 
 import (
 	"fmt"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 	"testing"
 	"time"
 
@@ -20,7 +22,7 @@ var ruleBodies = []struct{ effect, when string }{
 }
 
 // benchModel builds a model of resources postgres resources and policies
-// policies of rulesPer rules each. Policy j covers resource j % resources
+// policies of rulesPer rules each. celpolicy.Policy j covers resource j % resources
 // and, when perIdentity, one of 100 identities (so a caller is covered by a
 // few of a resource's policies); otherwise every caller.
 func benchModel(resources, policies, rulesPer int, perIdentity bool) *bundle.Model {
@@ -42,7 +44,7 @@ func benchModel(resources, policies, rulesPer int, perIdentity bool) *bundle.Mod
 		}
 		for k := range rulesPer {
 			b := ruleBodies[(j+k)%len(ruleBodies)]
-			r := bundle.Rule{Name: fmt.Sprintf("r-%d", k), Effect: b.effect, When: fmt.Sprintf(b.when, j), Reason: "benchmark rule"}
+			r := bundle.Rule{Name: fmt.Sprintf("r-%d", k), Effect: bundle.Effect(b.effect), When: fmt.Sprintf(b.when, j), Reason: "benchmark rule"}
 			if b.effect == "review" {
 				r.Approval = &bundle.Approval{Groups: []string{"dba"}}
 			}
@@ -53,14 +55,14 @@ func benchModel(resources, policies, rulesPer int, perIdentity bool) *bundle.Mod
 	return m
 }
 
-func benchDecide(b *testing.B, p *Policy, resource string) {
-	in := &Input{
-		Identity: Identity{Name: "svc-0", Issuer: "https://id.example.com", Subject: "svc-0", Groups: []string{"apps"}, Claims: map[string]any{}},
+func benchDecide(b *testing.B, p *celpolicy.Policy, resource string) {
+	in := &celpolicy.Input{
+		Identity: celpolicy.Identity{Name: "svc-0", Issuer: "https://id.example.com", Subject: "svc-0", Groups: []string{"apps"}, Claims: map[string]any{}},
 		Resource: resource,
-		Request:  Query("SELECT o.id, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 42"),
+		Request:  sqlfacts.Query("SELECT o.id, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 42"),
 		Now:      time.Unix(1764000000, 0),
 	}
-	var d Decision
+	var d celpolicy.Decision
 	b.ReportAllocs()
 	for b.Loop() {
 		d = p.Decide(in)
@@ -86,18 +88,18 @@ func benchDecide(b *testing.B, p *Policy, resource string) {
 //     unrelated rules cost: only the garbage collector's larger live heap.
 func BenchmarkDecide(b *testing.B) {
 	b.Run("1rule", func(b *testing.B) {
-		p := MustCompile(b, benchModel(1, 1, 1, true))
+		p := celpolicy.MustCompile(b, benchModel(1, 1, 1, true))
 		benchDecide(b, p, "db-0")
 	})
 	b.Run("10k-rules/1k-resources", func(b *testing.B) {
-		p := MustCompile(b, benchModel(1000, 5000, 2, true))
+		p := celpolicy.MustCompile(b, benchModel(1000, 5000, 2, true))
 		if p.RuleCount() != 10000 {
 			b.Fatalf("%d rules", p.RuleCount())
 		}
 		benchDecide(b, p, "db-500")
 	})
 	b.Run("10k-rules/1k-resources/all-apply", func(b *testing.B) {
-		p := MustCompile(b, benchModel(1000, 5000, 2, false))
+		p := celpolicy.MustCompile(b, benchModel(1000, 5000, 2, false))
 		benchDecide(b, p, "db-500")
 	})
 	b.Run("10rules/1resource/all-apply", func(b *testing.B) {
@@ -109,7 +111,7 @@ func BenchmarkDecide(b *testing.B) {
 			keep = append(keep, m.Policies[j])
 		}
 		m.Policies = keep
-		p := MustCompile(b, m)
+		p := celpolicy.MustCompile(b, m)
 		if p.RuleCount() != 10 {
 			b.Fatalf("%d rules", p.RuleCount())
 		}
@@ -123,7 +125,7 @@ func BenchmarkCompile10kRules(b *testing.B) {
 	m.Normalize()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Compile(m); err != nil {
+		if _, err := celpolicy.Compile(m); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -23,7 +23,9 @@ import (
 type Policy struct {
 	model    *bundle.Model
 	revision uint64
-	envs     *envs
+	// sql analyses SQL text (WithSQL); nil in the gateway runtime.
+	sql  func(string) *PostgresRequest
+	envs *envs
 
 	resources  map[string]*resourceEntry
 	providers  map[string]*bundle.IdentityProvider // by name
@@ -90,9 +92,26 @@ type Option func(*Policy)
 // WithRevision stamps decisions with the bundle revision.
 func WithRevision(rev uint64) Option { return func(p *Policy) { p.revision = rev } }
 
+// WithSQL gives the policy SQL analysis (sqlfacts.Query), which test
+// blocks with `sql`, `eval` requests and diffs need. The gateway's runtime
+// compiles without it: its PostgreSQL proxy analyses statements itself.
+// Without it, SQL is not understood and is denied.
+func WithSQL(query func(sql string) *PostgresRequest) Option {
+	return func(p *Policy) { p.sql = query }
+}
+
 // FromPayload compiles a verified bundle payload.
-func FromPayload(p *bundle.Payload) (*Policy, error) {
-	return Compile(&p.Model, WithRevision(p.Revision))
+func FromPayload(p *bundle.Payload, opts ...Option) (*Policy, error) {
+	return Compile(&p.Model, append([]Option{WithRevision(p.Revision)}, opts...)...)
+}
+
+// Query is the PostgreSQL query request for sql, analysed with the
+// policy's SQL analysis (WithSQL).
+func (p *Policy) Query(sql string) *PostgresRequest {
+	if p.sql == nil {
+		return &PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: "SQL cannot be analysed here (the policy was compiled without SQL analysis), so it is denied"}
+	}
+	return p.sql(sql)
 }
 
 // Compile validates a model and compiles all of its CEL. On failure the error

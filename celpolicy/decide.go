@@ -26,8 +26,7 @@ type Input struct {
 
 // Decision is the outcome of Decide, with what is needed to explain it.
 type Decision struct {
-	// Effect is "allow", "deny" or "review".
-	Effect string `json:"effect"`
+	Effect bundle.Effect `json:"effect"`
 	// MatchedRules are the rules whose conditions held, in evaluation order.
 	MatchedRules []MatchedRule `json:"matched_rules"`
 	// Reasons explain the effect: the reasons of the rules that decided it,
@@ -44,16 +43,15 @@ type Decision struct {
 
 // MatchedRule is a rule whose condition held.
 type MatchedRule struct {
-	Rule   string `json:"rule"` // "policy/rule"
-	Effect string `json:"effect"`
-	Reason string `json:"reason"`
+	Rule   string        `json:"rule"` // "policy/rule"
+	Effect bundle.Effect `json:"effect"`
+	Reason string        `json:"reason"`
 }
 
 // MaskAction is one masked target.
 type MaskAction struct {
-	// Target is "schema.table.column" or "detector:NAME".
-	Target string `json:"target"`
-	Method string `json:"method"`
+	Target MaskTarget `json:"target"`
+	Method string     `json:"method"`
 	// Mask names the mask block.
 	Mask string `json:"mask"`
 }
@@ -140,8 +138,8 @@ func (p *Policy) Decide(in *Input) Decision {
 	if !slices.Contains(bundle.RequestKinds[e.value.Kind], kind) {
 		return deny(p.revision, fmt.Sprintf("%q is not a request kind of %s resources", kind, e.value.Kind))
 	}
-	if pr, ok := in.Request.(*PostgresRequest); ok && pr.Invalid != "" {
-		return deny(p.revision, pr.Invalid)
+	if why := in.Request.Invalid(); why != "" {
+		return deny(p.revision, why)
 	}
 	now := in.Now
 	if now.IsZero() {
@@ -219,40 +217,36 @@ func eval(prg cel.Program, act *activation) (bool, error) {
 	return b, nil
 }
 
-// methodStrength orders mask methods from least to most hiding. When two
-// masks cover the same target the stronger one wins.
-var methodStrength = map[string]int{bundle.MaskPartial: 1, bundle.MaskHash: 2, bundle.MaskRedact: 3, bundle.MaskNull: 4}
-
 // masks returns the masks that apply. An `unless` that fails to evaluate
 // counts as false: the mask applies (fail closed).
 func (p *Policy) masks(e *resourceEntry, act *activation) []MaskAction {
 	if len(e.masks) == 0 {
 		return []MaskAction{}
 	}
-	byTarget := map[string]MaskAction{}
+	byTarget := map[MaskTarget]MaskAction{}
 	for _, m := range e.masks {
 		if m.unless != nil {
 			if skip, err := eval(m.unless, act); err == nil && skip {
 				continue
 			}
 		}
-		add := func(target string) {
+		add := func(target MaskTarget) {
 			cur, ok := byTarget[target]
-			if !ok || methodStrength[m.mask.Method] > methodStrength[cur.Method] {
+			if !ok || bundle.MaskStrength(m.mask.Method) > bundle.MaskStrength(cur.Method) {
 				byTarget[target] = MaskAction{Target: target, Method: m.mask.Method, Mask: m.mask.Name}
 			}
 		}
 		for _, c := range m.columns {
-			add(c)
+			add(MaskTarget{Column: c})
 		}
 		for _, d := range m.mask.Detectors {
-			add("detector:" + d)
+			add(MaskTarget{Detector: d})
 		}
 	}
 	out := make([]MaskAction, 0, len(byTarget))
 	for _, a := range byTarget {
 		out = append(out, a)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Target < out[j].Target })
+	sort.Slice(out, func(i, j int) bool { return out[i].Target.String() < out[j].Target.String() })
 	return out
 }

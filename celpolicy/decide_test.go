@@ -1,8 +1,9 @@
-package celpolicy
+package celpolicy_test
 
 import (
 	"errors"
 	"fmt"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"slices"
 	"strings"
 	"testing"
@@ -50,53 +51,53 @@ func testModel() *bundle.Model {
 	}
 }
 
-var appID = Identity{Name: "app", Issuer: "https://id.example.com", Subject: "app", Groups: []string{"apps"}, Claims: map[string]any{"tier": "gold"}}
+var appID = celpolicy.Identity{Name: "app", Issuer: "https://id.example.com", Subject: "app", Groups: []string{"apps"}, Claims: map[string]any{"tier": "gold"}}
 
 func TestDecide(t *testing.T) {
-	p := MustCompile(t, testModel(), WithRevision(7))
+	p := celpolicy.MustCompile(t, testModel(), celpolicy.WithRevision(7))
 	support := appID
 	support.Groups = []string{"apps", "support"}
 	blocked := appID
 	blocked.Claims = map[string]any{"tier": "blocked"}
 	noClaims := appID
 	noClaims.Claims = map[string]any{}
-	ops := Identity{Subject: "alice", Groups: []string{"ops"}, Claims: map[string]any{}}
+	ops := celpolicy.Identity{Subject: "alice", Groups: []string{"ops"}, Claims: map[string]any{}}
 
 	tests := map[string]struct {
-		id       Identity
+		id       celpolicy.Identity
 		resource string
-		req      Request
-		effect   string
+		req      celpolicy.Request
+		effect   bundle.Effect
 		rules    []string
 		reason   string // substring of one reason
 		masks    []string
 	}{
-		"allow by the matching rule": {appID, "db", Query("SELECT * FROM users"), "allow", []string{"app/read"}, "app reads",
+		"allow by the matching rule": {appID, "db", sqlfacts.Query("SELECT * FROM users"), "allow", []string{"app/read"}, "app reads",
 			[]string{"detector:card_number=redact", "public.users.email=null"}},
-		"deny wins over allow": {appID, "db", Query("SELECT 1; DROP TABLE users"), "deny", []string{"guard/no-drop"}, "no drops", nil},
-		"review wins over allow": {appID, "db", Query("INSERT INTO ledger VALUES (1)"), "review", []string{"app/write", "app/big-writes"}, "ledger writes need review",
+		"deny wins over allow": {appID, "db", sqlfacts.Query("SELECT 1; DROP TABLE users"), "deny", []string{"guard/no-drop"}, "no drops", nil},
+		"review wins over allow": {appID, "db", sqlfacts.Query("INSERT INTO ledger VALUES (1)"), "review", []string{"app/write", "app/big-writes"}, "ledger writes need review",
 			[]string{"detector:card_number=redact", "public.users.email=null"}},
-		"deny by default":                           {appID, "db", Query("DELETE FROM users WHERE id = 1"), "deny", nil, "deny by default", nil},
-		"unmatched caller is denied by default":     {Identity{Subject: "x", Claims: map[string]any{"tier": "gold"}}, "db", Query("SELECT 1"), "deny", nil, `subject "x"`, nil},
-		"an evaluation error denies with the error": {noClaims, "db", Query("SELECT 1"), "deny", []string{"app/read"}, "rule guard/claims could not be evaluated", nil},
-		"a claim-based deny":                        {blocked, "db", Query("SELECT 1"), "deny", []string{"app/read", "guard/claims"}, "blocked tier", nil},
-		"unless lifts a mask; the weaker one remains": {support, "db", Query("SELECT email FROM users"), "allow", []string{"app/read"}, "",
+		"deny by default":                           {appID, "db", sqlfacts.Query("DELETE FROM users WHERE id = 1"), "deny", nil, "deny by default", nil},
+		"unmatched caller is denied by default":     {celpolicy.Identity{Subject: "x", Claims: map[string]any{"tier": "gold"}}, "db", sqlfacts.Query("SELECT 1"), "deny", nil, `subject "x"`, nil},
+		"an evaluation error denies with the error": {noClaims, "db", sqlfacts.Query("SELECT 1"), "deny", []string{"app/read"}, "rule guard/claims could not be evaluated", nil},
+		"a claim-based deny":                        {blocked, "db", sqlfacts.Query("SELECT 1"), "deny", []string{"app/read", "guard/claims"}, "blocked tier", nil},
+		"unless lifts a mask; the weaker one remains": {support, "db", sqlfacts.Query("SELECT email FROM users"), "allow", []string{"app/read"}, "",
 			[]string{"detector:card_number=redact", "public.users.email=partial"}},
-		"SQL that does not parse is denied before rules run": {appID, "db", Query("SELEC 1"), "deny", nil, "does not parse", nil},
-		"unknown resource":                                       {appID, "nope", Query("SELECT 1"), "deny", nil, `resource "nope" is not defined in bundle revision 7`, nil},
-		"a request of the wrong kind":                            {appID, "host", Query("SELECT 1"), "deny", nil, "a postgres request cannot be sent to ssh_host resource", nil},
-		"rules of other resources do not apply":                  {appID, "other", Query("SELECT 1"), "deny", nil, "deny by default", nil},
-		"on restricts a rule to its request kinds":               {ops, "host", &SSHRequest{Kind: "connect"}, "allow", []string{"ops/connect"}, "ops connect", nil},
-		"exec allowed":                                           {ops, "host", &SSHRequest{Kind: "exec", Command: "uptime"}, "allow", []string{"ops/uptime"}, "", nil},
-		"exec not allowed":                                       {ops, "host", &SSHRequest{Kind: "exec", Command: "rm -rf /"}, "deny", nil, "deny by default", nil},
-		"shell is not covered by any rule":                       {ops, "host", &SSHRequest{Kind: "shell"}, "deny", nil, "deny by default", nil},
-		"unknown request kind":                                   {ops, "host", &SSHRequest{Kind: "teleport"}, "deny", nil, `"teleport" is not a request kind`, nil},
-		"a fast-path call is not a SELECT":                       {appID, "db", FunctionCall("lo_export"), "deny", nil, "deny by default", nil},
-		"connect is allowed when all() holds over no statements": {appID, "db", Connect(), "allow", []string{"app/read", "app/write"}, "", []string{"detector:card_number=redact", "public.users.email=null"}},
+		"SQL that does not parse is denied before rules run": {appID, "db", sqlfacts.Query("SELEC 1"), "deny", nil, "does not parse", nil},
+		"unknown resource":                                       {appID, "nope", sqlfacts.Query("SELECT 1"), "deny", nil, `resource "nope" is not defined in bundle revision 7`, nil},
+		"a request of the wrong kind":                            {appID, "host", sqlfacts.Query("SELECT 1"), "deny", nil, "a postgres request cannot be sent to ssh_host resource", nil},
+		"rules of other resources do not apply":                  {appID, "other", sqlfacts.Query("SELECT 1"), "deny", nil, "deny by default", nil},
+		"on restricts a rule to its request kinds":               {ops, "host", &celpolicy.SSHRequest{Kind: "connect"}, "allow", []string{"ops/connect"}, "ops connect", nil},
+		"exec allowed":                                           {ops, "host", &celpolicy.SSHRequest{Kind: "exec", Command: "uptime"}, "allow", []string{"ops/uptime"}, "", nil},
+		"exec not allowed":                                       {ops, "host", &celpolicy.SSHRequest{Kind: "exec", Command: "rm -rf /"}, "deny", nil, "deny by default", nil},
+		"shell is not covered by any rule":                       {ops, "host", &celpolicy.SSHRequest{Kind: "shell"}, "deny", nil, "deny by default", nil},
+		"unknown request kind":                                   {ops, "host", &celpolicy.SSHRequest{Kind: "teleport"}, "deny", nil, `"teleport" is not a request kind`, nil},
+		"a fast-path call is not a SELECT":                       {appID, "db", celpolicy.FunctionCall("lo_export"), "deny", nil, "deny by default", nil},
+		"connect is allowed when all() holds over no statements": {appID, "db", celpolicy.Connect(), "allow", []string{"app/read", "app/write"}, "", []string{"detector:card_number=redact", "public.users.email=null"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			d := p.Decide(&Input{Identity: tc.id, Resource: tc.resource, Request: tc.req, Now: time.Unix(1764000000, 0)})
+			d := p.Decide(&celpolicy.Input{Identity: tc.id, Resource: tc.resource, Request: tc.req, Now: time.Unix(1764000000, 0)})
 			if d.Effect != tc.effect {
 				t.Errorf("effect = %s, want %s (reasons %q)", d.Effect, tc.effect, d.Reasons)
 			}
@@ -115,7 +116,7 @@ func TestDecide(t *testing.T) {
 			}
 			var masks []string
 			for _, m := range d.Masks {
-				masks = append(masks, m.Target+"="+m.Method)
+				masks = append(masks, m.Target.String()+"="+m.Method)
 			}
 			if !slices.Equal(masks, tc.masks) {
 				t.Errorf("masks = %v, want %v", masks, tc.masks)
@@ -131,8 +132,8 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDecideReviewCarriesApprovals(t *testing.T) {
-	p := MustCompile(t, testModel())
-	d := p.Decide(&Input{Identity: appID, Resource: "db", Request: Query("UPDATE ledger SET x = 1 WHERE id = 1")})
+	p := celpolicy.MustCompile(t, testModel())
+	d := p.Decide(&celpolicy.Input{Identity: appID, Resource: "db", Request: sqlfacts.Query("UPDATE ledger SET x = 1 WHERE id = 1")})
 	if d.Effect != "review" || len(d.Approvals) != 1 {
 		t.Fatalf("decision %+v", d)
 	}
@@ -151,16 +152,16 @@ func TestDecideRuntimeCostLimit(t *testing.T) {
 		Name: "pairs", Effect: "deny", Reason: "pairwise check",
 		When: "request.statements.exists(a, a.tables.exists(x, x.name == 'zzz'))",
 	})
-	p := MustCompile(t, m)
-	tables := make([]sqlfacts.Table, 64)
+	p := celpolicy.MustCompile(t, m)
+	tables := make([]celpolicy.Table, 64)
 	for i := range tables {
-		tables[i] = sqlfacts.Table{Schema: "public", Name: fmt.Sprintf("t%d", i), Access: "read"}
+		tables[i] = celpolicy.Table{Schema: "public", Name: fmt.Sprintf("t%d", i), Access: "read"}
 	}
-	stmts := make([]sqlfacts.Statement, 10000)
+	stmts := make([]celpolicy.Statement, 10000)
 	for i := range stmts {
-		stmts[i] = sqlfacts.Statement{Command: "SELECT", Tables: tables, Functions: []string{}}
+		stmts[i] = celpolicy.Statement{Command: "SELECT", Tables: tables, Functions: []string{}}
 	}
-	d := p.Decide(&Input{Identity: appID, Resource: "db", Request: &PostgresRequest{Kind: "query", Statements: stmts}})
+	d := p.Decide(&celpolicy.Input{Identity: appID, Resource: "db", Request: &celpolicy.PostgresRequest{Kind: "query", Statements: stmts}})
 	if d.Effect != "deny" || !slices.ContainsFunc(d.Reasons, func(r string) bool { return strings.Contains(r, "cost limit") }) {
 		t.Fatalf("decision %s %q, want a deny for the cost limit", d.Effect, d.Reasons)
 	}
@@ -211,7 +212,7 @@ func TestCompileProblems(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			m := testModel()
 			tc.edit(m)
-			_, err := Compile(m)
+			_, err := celpolicy.Compile(m)
 			var ps bundle.Problems
 			if !errors.As(err, &ps) || len(ps) != 1 {
 				t.Fatalf("Compile: %v, want exactly one problem", err)
@@ -263,7 +264,7 @@ func exprOf(m *bundle.Model, r bundle.Ref) string {
 func TestCompileRefusesInvalidModels(t *testing.T) {
 	m := testModel()
 	m.Postgres[0].Password = "hunter2"
-	_, err := Compile(m)
+	_, err := celpolicy.Compile(m)
 	var ps bundle.Problems
 	if !errors.As(err, &ps) || ps[0].Code != bundle.CodeInlineSecret {
 		t.Fatalf("Compile: %v, want an inline secret problem", err)
@@ -276,19 +277,19 @@ func TestCompileRefusesInvalidModels(t *testing.T) {
 func TestResolveIdentity(t *testing.T) {
 	m := testModel()
 	m.Identities = append(m.Identities, bundle.Identity{Name: "batch-2", Provider: "corp", Match: "identity.subject == 'batch-7'"})
-	p := MustCompile(t, m)
+	p := celpolicy.MustCompile(t, m)
 	tests := map[string]struct {
-		tok    Token
+		tok    celpolicy.Token
 		name   string
 		groups []string
 		err    string
 	}{
-		"by subject, groups merged":   {Token{Issuer: "https://id.example.com", Subject: "app", Claims: map[string]any{"groups": []any{"x", "apps"}}}, "app", []string{"apps", "x"}, ""},
-		"by predicate":                {Token{Issuer: "https://id.example.com", Subject: "batch-1", Claims: map[string]any{}}, "batch", []string{}, ""},
-		"no match keeps token groups": {Token{Issuer: "https://id.example.com", Subject: "zed", Claims: map[string]any{"groups": "ops"}}, "", []string{"ops"}, ""},
-		"non-string groups ignored":   {Token{Issuer: "https://id.example.com", Subject: "zed", Claims: map[string]any{"groups": []any{1, "ok", nil}}}, "", []string{"ok"}, ""},
-		"two identities match":        {Token{Issuer: "https://id.example.com", Subject: "batch-7", Claims: map[string]any{}}, "", nil, "matches several identities (batch, batch-2)"},
-		"issuer mismatch":             {Token{Issuer: "https://evil.example.com", Subject: "app"}, "", nil, "is not the issuer of identity provider"},
+		"by subject, groups merged":   {celpolicy.Token{Issuer: "https://id.example.com", Subject: "app", Claims: map[string]any{"groups": []any{"x", "apps"}}}, "app", []string{"apps", "x"}, ""},
+		"by predicate":                {celpolicy.Token{Issuer: "https://id.example.com", Subject: "batch-1", Claims: map[string]any{}}, "batch", []string{}, ""},
+		"no match keeps token groups": {celpolicy.Token{Issuer: "https://id.example.com", Subject: "zed", Claims: map[string]any{"groups": "ops"}}, "", []string{"ops"}, ""},
+		"non-string groups ignored":   {celpolicy.Token{Issuer: "https://id.example.com", Subject: "zed", Claims: map[string]any{"groups": []any{1, "ok", nil}}}, "", []string{"ok"}, ""},
+		"two identities match":        {celpolicy.Token{Issuer: "https://id.example.com", Subject: "batch-7", Claims: map[string]any{}}, "", nil, "matches several identities (batch, batch-2)"},
+		"issuer mismatch":             {celpolicy.Token{Issuer: "https://evil.example.com", Subject: "app"}, "", nil, "is not the issuer of identity provider"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -307,7 +308,7 @@ func TestResolveIdentity(t *testing.T) {
 			}
 		})
 	}
-	if _, err := p.ResolveIdentity("nope", Token{}); err == nil {
+	if _, err := p.ResolveIdentity("nope", celpolicy.Token{}); err == nil {
 		t.Error("an unknown provider resolved")
 	}
 }
@@ -327,9 +328,10 @@ func TestParseRequest(t *testing.T) {
 		"kubernetes verb": {"kubernetes_cluster", `{"resource":"pods"}`, "", "verb is required"},
 		"trailing data":   {"ssh_host", `{"kind":"shell"} {}`, "", "data after"},
 	}
+	p := celpolicy.MustCompile(t, testModel(), celpolicy.WithSQL(sqlfacts.Query))
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			r, err := ParseRequest(tc.kind, []byte(tc.js))
+			r, err := p.ParseRequest(tc.kind, []byte(tc.js))
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("err = %v, want %q", err, tc.err)
@@ -339,7 +341,7 @@ func TestParseRequest(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := describeRequest(r); got != tc.want {
+			if got := r.Describe(); got != tc.want {
 				t.Errorf("request %q, want %q", got, tc.want)
 			}
 		})
@@ -355,27 +357,27 @@ func TestIndexSkipsUnrelatedRules(t *testing.T) {
 		{Name: "boom", Effect: "allow", When: "identity.claims['missing'] == 1", Reason: "errors when evaluated"},
 	}})
 	m.Policies[2].Rules = append(m.Policies[2].Rules, bundle.Rule{Name: "boom", Effect: "allow", On: []string{"subsystem"}, When: "identity.claims['missing'] == 1", Reason: "errors when evaluated"})
-	p := MustCompile(t, m)
-	if d := p.Decide(&Input{Identity: appID, Resource: "db", Request: Query("SELECT 1")}); d.Effect != "allow" {
+	p := celpolicy.MustCompile(t, m)
+	if d := p.Decide(&celpolicy.Input{Identity: appID, Resource: "db", Request: sqlfacts.Query("SELECT 1")}); d.Effect != "allow" {
 		t.Errorf("db: %s %q", d.Effect, d.Reasons)
 	}
-	ops := Identity{Subject: "alice", Groups: []string{"ops"}, Claims: map[string]any{}}
-	if d := p.Decide(&Input{Identity: ops, Resource: "host", Request: &SSHRequest{Kind: "exec", Command: "uptime"}}); d.Effect != "allow" {
+	ops := celpolicy.Identity{Subject: "alice", Groups: []string{"ops"}, Claims: map[string]any{}}
+	if d := p.Decide(&celpolicy.Input{Identity: ops, Resource: "host", Request: &celpolicy.SSHRequest{Kind: "exec", Command: "uptime"}}); d.Effect != "allow" {
 		t.Errorf("host exec: %s %q", d.Effect, d.Reasons)
 	}
-	if d := p.Decide(&Input{Identity: ops, Resource: "host", Request: &SSHRequest{Kind: "subsystem", Subsystem: "sftp"}}); d.Effect != "deny" || !strings.Contains(strings.Join(d.Reasons, " "), "could not be evaluated") {
+	if d := p.Decide(&celpolicy.Input{Identity: ops, Resource: "host", Request: &celpolicy.SSHRequest{Kind: "subsystem", Subsystem: "sftp"}}); d.Effect != "deny" || !strings.Contains(strings.Join(d.Reasons, " "), "could not be evaluated") {
 		t.Errorf("host subsystem: %s %q, want the evaluation error", d.Effect, d.Reasons)
 	}
 }
 
 func TestCoverage(t *testing.T) {
-	p := MustCompile(t, testModel())
+	p := celpolicy.MustCompile(t, testModel())
 	none := p.Coverage(nil)
 	if none.Rules != 7 || len(none.UntestedRules) != 7 || none.Masks != 3 || len(none.UntestedMasks) != 3 {
 		t.Fatalf("coverage of no tests: %+v", none)
 	}
-	d := p.Decide(&Input{Identity: appID, Resource: "db", Request: Query("SELECT 1; DROP TABLE x")})
-	c := p.Coverage([]TestResult{{Decision: d}})
+	d := p.Decide(&celpolicy.Input{Identity: appID, Resource: "db", Request: sqlfacts.Query("SELECT 1; DROP TABLE x")})
+	c := p.Coverage([]celpolicy.TestResult{{Decision: d}})
 	if slices.Contains(c.UntestedRules, "guard/no-drop") || len(c.UntestedRules) != 6 {
 		t.Errorf("untested rules after one test: %v", c.UntestedRules)
 	}

@@ -46,10 +46,10 @@ type FieldChange struct {
 // the same caller and resource.
 type AccessChange struct {
 	// Caller is "identity NAME", "group NAME" or "any caller".
-	Caller   string `json:"caller"`
-	Resource string `json:"resource"`
-	Old      string `json:"old"`
-	New      string `json:"new"`
+	Caller   string        `json:"caller"`
+	Resource string        `json:"resource"`
+	Old      bundle.Effect `json:"old"`
+	New      bundle.Effect `json:"new"`
 	// Summary reads like "gained allow" or "lost allow (now review)".
 	Summary string `json:"summary"`
 	// Requests are the probe requests affected.
@@ -81,7 +81,10 @@ func Diff(oldP, newP *Policy) *DiffReport {
 		}
 	}
 	now := time.Now()
-	type key struct{ caller, resource, old, new string }
+	type key struct {
+		caller, resource string
+		old, new         bundle.Effect
+	}
 	groups := map[key]*AccessChange{}
 	var order []key
 	for _, resName := range sortedKeys(resources) {
@@ -142,19 +145,17 @@ func decideIfKind(p *Policy, in *Input, kind string) Decision {
 	return p.Decide(in)
 }
 
-var effectRank = map[string]int{bundle.EffectDeny: 0, bundle.EffectReview: 1, bundle.EffectAllow: 2}
-
-func summarize(oldE, newE string) string {
-	if effectRank[newE] > effectRank[oldE] {
+func summarize(oldE, newE bundle.Effect) string {
+	if newE.Rank() > oldE.Rank() {
 		if newE == bundle.EffectAllow && oldE == bundle.EffectReview {
 			return "gained allow (was review)"
 		}
-		return "gained " + newE
+		return "gained " + string(newE)
 	}
 	if oldE == bundle.EffectAllow && newE == bundle.EffectReview {
 		return "lost allow (now review)"
 	}
-	return "lost " + oldE
+	return "lost " + string(oldE)
 }
 
 type probeCaller struct {
@@ -235,6 +236,9 @@ func quoteIdent(s string) string {
 // request of either policy for it, and requests built from what the rules
 // mention.
 func probeRequests(kind, resource string, ps ...*Policy) []probe {
+	// The newer policy analyses the probes' SQL (both were compiled by
+	// the same build).
+	an := ps[len(ps)-1]
 	literals := map[string]bool{}
 	var tests []*bundle.Test
 	for _, p := range ps {
@@ -274,8 +278,8 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 			if t.SQL == "" {
 				continue
 			}
-			add(t.SQL, Query(t.SQL))
-			for _, s := range Query(t.SQL).Statements {
+			add(t.SQL, an.Query(t.SQL))
+			for _, s := range an.Query(t.SQL).Statements {
 				for _, tb := range s.Tables {
 					schemas[tb.Schema] = true
 					real[quoteIdent(tb.Schema)+"."+quoteIdent(tb.Name)] = true
@@ -315,12 +319,12 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 					"COPY " + t + " FROM STDIN",
 					"COPY " + t + " TO PROGRAM 'cat'",
 				} {
-					add(q, Query(q))
+					add(q, an.Query(q))
 				}
 			}
 		}
 		for _, f := range idents {
-			add("SELECT "+f+"()", Query("SELECT "+f+"()"))
+			add("SELECT "+f+"()", an.Query("SELECT "+f+"()"))
 			add("function call "+f, FunctionCall(f))
 		}
 		for _, q := range []string{
@@ -329,7 +333,7 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 			"DO $$ BEGIN NULL; END $$", "CREATE FUNCTION probe() RETURNS int LANGUAGE sql AS 'SELECT 1'",
 			"CALL probe()", "CREATE TABLE probe (id int)", "COPY probe FROM '/tmp/probe'", "PREPARE probe AS SELECT 1", "EXECUTE probe",
 		} {
-			add(q, Query(q))
+			add(q, an.Query(q))
 		}
 	case bundle.KindSSHHost:
 		add("connect", &SSHRequest{Kind: "connect"})
@@ -340,7 +344,7 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 			add("exec: "+l, &SSHRequest{Kind: "exec", Command: l})
 		}
 		for _, t := range tests {
-			if r, err := ParseRequest(kind, []byte(t.Request)); err == nil {
+			if r, err := an.ParseRequest(kind, []byte(t.Request)); err == nil {
 				add(describeRequest(r), r)
 			}
 		}
@@ -349,7 +353,7 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 		namespaces := map[string]bool{"default": true}
 		var testReqs []*KubernetesRequest
 		for _, t := range tests {
-			if r, err := ParseRequest(kind, []byte(t.Request)); err == nil {
+			if r, err := an.ParseRequest(kind, []byte(t.Request)); err == nil {
 				kr := r.(*KubernetesRequest)
 				testReqs = append(testReqs, kr)
 				resources[kr.Resource] = true
@@ -550,7 +554,7 @@ func (d *DiffReport) WriteText(w io.Writer) {
 	})
 	for _, a := range d.Access {
 		sign := "+"
-		if effectRank[a.New] < effectRank[a.Old] {
+		if a.New.Rank() < a.Old.Rank() {
 			sign = "-"
 		}
 		fmt.Fprintf(w, "  %s %s %s on %q for %d request(s) (%s -> %s)", sign, a.Caller, a.Summary, a.Resource, len(a.Requests), a.Old, a.New)

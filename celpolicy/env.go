@@ -20,7 +20,6 @@ import (
 	"cel.dev/cel-go/ext"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
-	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // Identity is the caller, as verified from its token and mapped by the
@@ -61,9 +60,17 @@ type Counters struct {
 
 // Request is the kind-specific request: *PostgresRequest, *SSHRequest or
 // *KubernetesRequest. CEL: `request`, typed by the policy's resource kind.
+// The kinds table (kinds.go) lists, per resource kind, its Go type, its
+// size bounds and its JSON parser.
 type Request interface {
 	ResourceKind() string
 	RequestKind() string
+	// Invalid is why the request could not be understood (SQL that does
+	// not parse, a portal the gateway never saw bound), or "". Decide
+	// denies an invalid request without evaluating rules.
+	Invalid() string
+	// Describe renders the request in one line for reports and logs.
+	Describe() string
 }
 
 // PostgresRequest is a PostgreSQL request.
@@ -73,10 +80,9 @@ type PostgresRequest struct {
 	// Statements are the facts of the query (see package sqlfacts). A
 	// fast-path function call appears as one statement with command
 	// "FUNCTION CALL" and the function's name.
-	Statements []sqlfacts.Statement `cel:"statements" json:"statements"`
-	// Invalid is why the request could not be understood (SQL that does
-	// not parse). Decide denies such a request without evaluating rules.
-	Invalid string `cel:"-" json:"invalid,omitempty"`
+	Statements []Statement `cel:"statements" json:"statements"`
+	// Problem is why the request could not be understood (see Invalid).
+	Problem string `cel:"-" json:"invalid,omitempty"`
 }
 
 // SSHRequest is an SSH request.
@@ -87,6 +93,8 @@ type SSHRequest struct {
 	Subsystem   string `cel:"subsystem" json:"subsystem,omitempty"`
 	ForwardHost string `cel:"forward_host" json:"forward_host,omitempty"`
 	ForwardPort int64  `cel:"forward_port" json:"forward_port,omitempty"`
+	// Problem is why the request could not be understood (see Invalid).
+	Problem string `cel:"-" json:"invalid,omitempty"`
 }
 
 // KubernetesRequest is a Kubernetes API request.
@@ -99,6 +107,8 @@ type KubernetesRequest struct {
 	Subresource string `cel:"subresource" json:"subresource,omitempty"`
 	Namespace   string `cel:"namespace" json:"namespace,omitempty"`
 	Name        string `cel:"name" json:"name,omitempty"`
+	// Problem is why the request could not be understood (see Invalid).
+	Problem string `cel:"-" json:"invalid,omitempty"`
 }
 
 func (*PostgresRequest) ResourceKind() string   { return bundle.KindPostgres }
@@ -109,6 +119,10 @@ func (r *PostgresRequest) RequestKind() string   { return r.Kind }
 func (r *SSHRequest) RequestKind() string        { return r.Kind }
 func (r *KubernetesRequest) RequestKind() string { return r.Kind }
 
+func (r *PostgresRequest) Invalid() string   { return r.Problem }
+func (r *SSHRequest) Invalid() string        { return r.Problem }
+func (r *KubernetesRequest) Invalid() string { return r.Problem }
+
 // Cost limits. The static limit refuses, at compile time, expressions whose
 // worst case is unreasonable for the declared input sizes (nested
 // comprehensions over statements and tables, say). The runtime limit stops
@@ -118,15 +132,17 @@ const (
 	RuntimeCostLimit = 1_000_000
 )
 
-// Input sizes assumed by the static cost estimate. The gateway enforces the
-// runtime limit whatever the real sizes are.
-var sizeBounds = map[string]uint64{
-	"request.statements":                  64,
-	"request.statements.@items.tables":    64,
-	"request.statements.@items.functions": 64,
-	"identity.groups":                     256,
-	"identity.claims":                     64,
-	"resource.labels":                     64,
+// Input sizes assumed by the static cost estimate, for the variables every
+// kind has (each kind's request bounds are in the kinds table). The gateway
+// enforces the runtime limit whatever the real sizes are.
+func commonBound(path string) (uint64, bool) {
+	switch path {
+	case "identity.groups":
+		return 256, true
+	case "identity.claims", "resource.labels":
+		return 64, true
+	}
+	return 0, false
 }
 
 const maxStringSize = 64 << 10
@@ -142,8 +158,13 @@ func (estimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 	for _, p := range path[1:] {
 		key += "." + p
 	}
-	if b, ok := sizeBounds[key]; ok {
+	if b, ok := commonBound(key); ok {
 		return &cost.SizeEstimate{Min: 0, Max: b}
+	}
+	for i := range kinds {
+		if b, ok := kinds[i].sizeBounds[key]; ok {
+			return &cost.SizeEstimate{Min: 0, Max: b}
+		}
 	}
 	if t := n.Type(); t != nil && (t.Kind() == types.StringKind || t.Kind() == types.BytesKind) {
 		return &cost.SizeEstimate{Min: 0, Max: maxStringSize}
@@ -153,13 +174,6 @@ func (estimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 
 func (estimator) EstimateCallCost(function, overloadID string, target *cost.AstNode, args []cost.AstNode) *cost.CallEstimate {
 	return nil
-}
-
-// requestTypes maps a resource kind to its request's Go type.
-var requestTypes = map[string]reflect.Type{
-	bundle.KindPostgres:   reflect.TypeFor[PostgresRequest](),
-	bundle.KindSSHHost:    reflect.TypeFor[SSHRequest](),
-	bundle.KindKubernetes: reflect.TypeFor[KubernetesRequest](),
 }
 
 // celTypeName is the CEL name native types get: package.Type.
@@ -187,15 +201,7 @@ type envs struct {
 
 func baseOptions() []cel.EnvOption {
 	return []cel.EnvOption{
-		ext.NativeTypes(
-			ext.ParseStructTags(true),
-			reflect.TypeFor[Identity](),
-			reflect.TypeFor[Resource](),
-			reflect.TypeFor[Session](),
-			reflect.TypeFor[PostgresRequest](),
-			reflect.TypeFor[SSHRequest](),
-			reflect.TypeFor[KubernetesRequest](),
-		),
+		ext.NativeTypes(nativeTypes()...),
 		ext.Strings(),
 		ext.Sets(),
 		ext.Lists(),
@@ -210,7 +216,8 @@ func newEnvs() (*envs, error) {
 		return nil, fmt.Errorf("celpolicy: identity environment: %w", err)
 	}
 	e := &envs{byKind: map[string]*cel.Env{}, identity: idEnv}
-	for kind, rt := range requestTypes {
+	for _, k := range kinds {
+		kind, rt := k.resource, k.goType
 		opts := append(baseOptions(),
 			cel.Variable("resource", cel.ObjectType(celTypeName(reflect.TypeFor[Resource]()))),
 			cel.Variable("session", cel.ObjectType(celTypeName(reflect.TypeFor[Session]()))),

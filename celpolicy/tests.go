@@ -13,10 +13,10 @@ import (
 
 // TestResult is the outcome of one test block.
 type TestResult struct {
-	Name     string   `json:"name"`
-	Passed   bool     `json:"passed"`
-	Expected string   `json:"expected"`
-	Decision Decision `json:"decision"`
+	Name     string        `json:"name"`
+	Passed   bool          `json:"passed"`
+	Expected bundle.Effect `json:"expected"`
+	Decision Decision      `json:"decision"`
 	// Request describes the request in one line.
 	Request string `json:"request"`
 	// Failures say what differed; empty when Passed.
@@ -70,7 +70,7 @@ func (p *Policy) RunTest(t *bundle.Test) (res TestResult) {
 	if t.ExpectMasks != nil {
 		got := map[string]string{}
 		for _, m := range d.Masks {
-			got[m.Target] = m.Method
+			got[m.Target.String()] = m.Method
 		}
 		want := map[string]string{}
 		for k, v := range t.ExpectMasks {
@@ -160,9 +160,9 @@ func (p *Policy) TestInput(t *bundle.Test) (*Input, error) {
 	var req Request
 	switch {
 	case t.SQL != "":
-		req = Query(t.SQL)
+		req = p.Query(t.SQL)
 	default:
-		if req, err = ParseRequest(kind, []byte(t.Request)); err != nil {
+		if req, err = p.ParseRequest(kind, []byte(t.Request)); err != nil {
 			return nil, err
 		}
 	}

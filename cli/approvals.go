@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -190,7 +189,7 @@ gateway's approval state, and in the session's recording when the statement is r
 						expires = time.Until(r.ExpiresAt).Round(time.Second).String()
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.State, r.Requester.String(), r.Resource,
-						strings.Join(r.Rules(), ","), time.Since(r.CreatedAt).Round(time.Second), expires, oneLine(approval.Printable(cmp.Or(r.Parsed, r.SQL)), 60))
+						strings.Join(r.Rules(), ","), time.Since(r.CreatedAt).Round(time.Second), expires, oneLine(approval.Printable(r.Subject.Shown()), 60))
 				}
 				tw.Flush()
 			})
@@ -288,18 +287,19 @@ func writeApproval(w io.Writer, r *approval.Request) {
 	}
 	fmt.Fprintf(w, "  hash:       %s\n\n", r.Hash)
 	// Text from the requester is shown with control and invisible
-	// characters escaped, and as PostgreSQL parses it: a comment or a
-	// carriage return cannot make the statement look like another.
+	// characters escaped, and as the target reads it (for SQL, as
+	// PostgreSQL parses it): a comment or a carriage return cannot make the
+	// request look like another.
 	indent := func(s string) string {
 		return strings.ReplaceAll(strings.TrimSpace(approval.Printable(s)), "\n", "\n    ")
 	}
-	fmt.Fprintf(w, "  as sent:\n    %s\n", indent(r.SQL))
-	if r.Parsed != "" {
-		fmt.Fprintf(w, "  as PostgreSQL parses it (this is what runs):\n    %s\n", indent(r.Parsed))
+	fmt.Fprintf(w, "  as sent:\n    %s\n", indent(r.Subject.Text))
+	if r.Subject.Canonical != "" {
+		fmt.Fprintf(w, "  %s (this is what runs):\n    %s\n", canonicalLabel(r.Protocol), indent(r.Subject.Canonical))
 	}
-	if len(r.Params) > 0 {
+	if len(r.Subject.Params) > 0 {
 		fmt.Fprintf(w, "  parameters:\n")
-		for _, p := range r.Params {
+		for _, p := range r.Subject.Params {
 			fmt.Fprintf(w, "    %s\n", approval.Printable(p))
 		}
 	}
@@ -317,4 +317,12 @@ func writeApproval(w io.Writer, r *approval.Request) {
 			fmt.Fprintln(w)
 		}
 	}
+}
+
+// canonicalLabel names the canonical form of a protocol's requests.
+func canonicalLabel(protocol string) string {
+	if protocol == "postgres" {
+		return "as PostgreSQL parses it"
+	}
+	return "as the gateway reads it"
 }

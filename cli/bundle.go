@@ -16,6 +16,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 func newBundleCmd() *cobra.Command {
@@ -155,7 +156,7 @@ Exit status 0 when all hold; 1 with the reason otherwise.`,
 			if err != nil {
 				return failed("%s: %w", args[0], err)
 			}
-			pol, err := celpolicy.FromPayload(v.Payload)
+			pol, err := celpolicy.FromPayload(v.Payload, celpolicy.WithSQL(sqlfacts.Query))
 			if err != nil {
 				return failed("%s: signature is valid but the policy does not compile: %v", args[0], err)
 			}

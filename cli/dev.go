@@ -219,11 +219,11 @@ func missingEvents(evs []recorder.Event) string {
 	var denied, masked, results int
 	for _, ev := range evs {
 		switch {
-		case ev.Type == recorder.TypeStatement && ev.Effect == "deny":
+		case recorder.IsRequest(ev.Type) && ev.Effect == "deny":
 			denied++
 		case ev.Type == recorder.TypeMasked:
 			masked++
-		case ev.Type == "result":
+		case ev.Type == recorder.TypeResult:
 			results++
 		}
 	}
@@ -253,11 +253,11 @@ func missingApprovalEvents(evs []recorder.Event, id string) string {
 	step := 0
 	for _, ev := range evs {
 		switch {
-		case step == 0 && ev.Type == recorder.TypeStatement && ev.Approval == id && ev.Effect == "review":
+		case step == 0 && recorder.IsRequest(ev.Type) && ev.Approval == id && ev.Effect == "review":
 			step = 1
 		case step == 1 && ev.Type == recorder.TypeApproval && ev.Approval == id && ev.State == "approved" && len(ev.Votes) > 0:
 			step = 2
-		case step == 2 && ev.Type == "result" && ev.Error == "" && ev.Rows == 1:
+		case step == 2 && ev.Type == recorder.TypeResult && ev.Error == "" && ev.Rows == 1:
 			step = 3
 		}
 	}

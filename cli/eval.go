@@ -94,7 +94,7 @@ func writeDecision(w io.Writer, in *celpolicy.Input, d celpolicy.Decision) {
 	if who == "" {
 		who = "(no named identity)"
 	}
-	fmt.Fprintf(w, "effect     %s\n", strings.ToUpper(d.Effect))
+	fmt.Fprintf(w, "effect     %s\n", strings.ToUpper(string(d.Effect)))
 	fmt.Fprintf(w, "caller     %s  subject=%s  groups=[%s]\n", who, id.Subject, strings.Join(id.Groups, ", "))
 	fmt.Fprintf(w, "resource   %s\n", in.Resource)
 	if len(d.MatchedRules) == 0 {

@@ -180,7 +180,7 @@ provider "gatehouse" {
 				approval = e.nested("approval", []attr{{"groups", e.list(a.Groups)}, {"count", count}, {"timeout", e.opt(a.Timeout)}}, "    ")
 			}
 			rules.WriteString(e.nested("rule", []attr{
-				{"name", e.str(r.Name)}, {"effect", e.str(r.Effect)}, {"when", e.optText(r.When, "CEL", 2)},
+				{"name", e.str(r.Name)}, {"effect", e.str(string(r.Effect))}, {"when", e.optText(r.When, "CEL", 2)},
 				{"reason", e.str(r.Reason)}, {"on", e.optList(r.On)},
 			}, "  ", approval))
 		}
@@ -208,7 +208,7 @@ provider "gatehouse" {
 			{"identity", e.optRef("identity", x.Identity)}, {"identity_provider", e.optRef("identity_provider", x.Provider)},
 			{"subject", e.opt(x.Subject)}, {"groups", e.optList(x.Groups)}, {"claims", e.jsonencode(x.Claims)},
 			{"resource", e.ref("resource", x.Resource)}, {"sql", e.optText(x.SQL, "SQL", 1)}, {"request", e.jsonencode(x.Request)},
-			{"now", e.opt(x.Now)}, {"expect", e.str(x.Expect)}, {"expect_rules", rules}, {"expect_masks", masks},
+			{"now", e.opt(x.Now)}, {"expect", e.str(string(x.Expect))}, {"expect_rules", rules}, {"expect_masks", masks},
 		}, "")
 	}
 	fmt.Fprintf(&e.buf, "\nvariable \"bundle_file\" {\n  description = \"Where the signed bundle is published (relative to the working directory); gateways watch this file.\"\n  type        = string\n  default     = %s\n}\n", e.str(bundleFile))

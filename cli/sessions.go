@@ -104,7 +104,7 @@ func newReplayCmd() *cobra.Command {
 		Short: "Show a recorded session as a readable timeline",
 		Long: `Show a recorded session: who connected to what under which bundle revision, then every statement
 with the decision, the rules that decided it, the columns masked, and how it ended (rows, time,
-error). SESSION is a session id from 'gatehouse sessions list' or a recording's path. The
+error). Recordings of every format and protocol are read. SESSION is a session id from 'gatehouse sessions list' or a recording's path. The
 recording's integrity is verified and shown at the end.`,
 		Example: `  gatehouse replay 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse`,
 		Args:    cobra.ExactArgs(1),
@@ -151,17 +151,21 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 		switch ev.Type {
 		case recorder.TypeStart:
 			who := ev.Identity
-			fmt.Fprintf(w, "session %s\n  %s (subject %q, issuer %s, groups [%s]) on %q\n  bundle revision %d (%s), from %s\n\n",
-				ev.Session, who, ev.Subject, ev.Issuer, strings.Join(ev.Groups, ", "), ev.Resource, ev.BundleRevision, ev.BundleDigest, ev.ClientAddr)
+			proto := ev.Protocol
+			if proto == "" {
+				proto = "postgres" // format 1 recorded PostgreSQL sessions only
+			}
+			fmt.Fprintf(w, "session %s (%s)\n  %s (subject %q, issuer %s, groups [%s]) on %q\n  bundle revision %d (%s), from %s\n\n",
+				ev.Session, proto, who, ev.Subject, ev.Issuer, strings.Join(ev.Groups, ", "), ev.Resource, ev.BundleRevision, ev.BundleDigest, ev.ClientAddr)
 			fmt.Fprintf(w, "%s  start\n", ts)
-		case recorder.TypeStatement:
+		case recorder.TypeRequest, recorder.TypeStatement:
 			var d celpolicy.Decision
 			_ = json.Unmarshal(ev.Decision, &d)
-			sql := strings.Join(strings.Fields(ev.SQL), " ")
-			if len(sql) > 200 {
-				sql = sql[:200] + "..."
+			text := strings.Join(strings.Fields(approval.Printable(ev.Display())), " ")
+			if len(text) > 200 {
+				text = text[:200] + "..."
 			}
-			fmt.Fprintf(w, "%s  %-6s %s", ts, strings.ToUpper(ev.Effect), sql)
+			fmt.Fprintf(w, "%s  %-6s %s", ts, strings.ToUpper(ev.Effect), text)
 			if len(ev.Rules) > 0 {
 				fmt.Fprintf(w, "   [%s]", strings.Join(ev.Rules, ", "))
 			}
@@ -172,11 +176,19 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			if ev.Approval != "" {
 				fmt.Fprintf(w, "%14s approval request %s (%s)\n", "", ev.Approval, ev.ApprovalHash)
 			}
-			if ev.Effect != bundle.EffectAllow && len(d.Reasons) > 0 {
+			if bundle.Effect(ev.Effect) != bundle.EffectAllow && len(d.Reasons) > 0 {
 				fmt.Fprintf(w, "%14s reason: %s\n", "", strings.Join(d.Reasons, "; "))
 			}
 		case recorder.TypeMasked:
-			fmt.Fprintf(w, "%14s masked: %s\n", "", strings.Join(ev.Columns, ", "))
+			fmt.Fprintf(w, "%14s masked: %s\n", "", strings.Join(ev.MaskedFields(), ", "))
+		case recorder.TypeOutput:
+			n := 0
+			for _, f := range ev.Frames {
+				n += len(f.Data)
+			}
+			fmt.Fprintf(w, "%14s output: %d byte(s) in %d frame(s)\n", "", n, len(ev.Frames))
+		case recorder.TypeRecheck:
+			fmt.Fprintf(w, "%s  RECHK  judged again by bundle revision %d (%s): %s\n", ts, ev.BundleRevision, ev.BundleDigest, ev.Identity)
 		case recorder.TypeApproval:
 			fmt.Fprintf(w, "%s  %-6s %s %s", ts, "APPROV", ev.Approval, strings.ToUpper(ev.State))
 			if ev.Reason != "" {
@@ -190,10 +202,15 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				}
 				fmt.Fprintln(w)
 			}
-		case "result":
-			if ev.Error != "" {
+		case recorder.TypeResult:
+			switch {
+			case ev.Error != "":
 				fmt.Fprintf(w, "%14s -> error %s (%.1f ms)\n", "", ev.Error, ev.DurationMS)
-			} else {
+			case ev.ExitCode != nil:
+				fmt.Fprintf(w, "%14s -> exit status %d in %.1f ms\n", "", *ev.ExitCode, ev.DurationMS)
+			case ev.Status != 0:
+				fmt.Fprintf(w, "%14s -> HTTP %d in %.1f ms\n", "", ev.Status, ev.DurationMS)
+			default:
 				fmt.Fprintf(w, "%14s -> %d row(s) in %.1f ms\n", "", ev.Rows, ev.DurationMS)
 			}
 		case recorder.TypeEnd:

@@ -8,6 +8,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // source is a compiled policy from a directory of HCL or a bundle file.
@@ -75,7 +76,7 @@ func loadSource(path string, trust []string, stderr io.Writer) (*source, error) 
 			src.digest = bundle.Digest(raw)
 		}
 	}
-	pol, err := celpolicy.FromPayload(src.payload)
+	pol, err := celpolicy.FromPayload(src.payload, celpolicy.WithSQL(sqlfacts.Query))
 	if err != nil {
 		return nil, failed("%s: bundle does not compile: %w", path, err)
 	}

@@ -201,7 +201,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := e.startGateway(ctx, opts, certFile, keyFile); err != nil {
 		return nil, err
 	}
-	step("gateway: postgres on %s (TLS), admin on http://%s", e.Gateway.PostgresAddr, e.Gateway.AdminAddr)
+	step("gateway: postgres on %s (TLS), admin on http://%s", e.Gateway.Addr("postgres"), e.Gateway.AdminAddr)
 	return e, nil
 }
 
@@ -450,7 +450,7 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 	}
 	cfg := &gateway.Config{
 		DataDir:   e.DataDir,
-		Postgres:  gateway.PostgresListener{Listen: listen, TLSCert: certFile, TLSKey: keyFile},
+		Postgres:  &gateway.PostgresListener{Listen: listen, TLSCert: certFile, TLSKey: keyFile},
 		Bundle:    gateway.BundleSource{File: e.BundleFile, TrustedKeys: []string{filepath.Join(e.Dir, "bundle.pub")}, PollInterval: time.Second},
 		Admin:     gateway.AdminListener{Listen: "127.0.0.1:0"},
 		Log:       gateway.LogConfig{Level: opts.LogLevel.String(), Format: "text"},
@@ -550,7 +550,7 @@ func (e *Env) Token(identity string) (string, error) {
 // ConnString is a libpq connection string (without the password) for a
 // resource through the gateway, verifying the gateway's certificate.
 func (e *Env) ConnString(resource, user string) string {
-	host, port, _ := net.SplitHostPort(e.Gateway.PostgresAddr)
+	host, port, _ := net.SplitHostPort(e.Gateway.Addr("postgres"))
 	return fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=verify-full sslrootcert=%s", host, port, resource, user, e.CAFile)
 }
 

@@ -1,6 +1,7 @@
 // Package gateway assembles the runtime: it loads the gateway's own
 // configuration, keeps the signed policy bundle current, and runs the
-// PostgreSQL proxy and the admin listener.
+// protocol listeners (each a wire package on the shared enforcement core)
+// and the admin listener.
 package gateway
 
 import (
@@ -22,8 +23,9 @@ type Config struct {
 	// DataDir holds the last good bundle (and, later, recordings and
 	// approvals). Created with mode 0700 when missing.
 	DataDir string
-	// Postgres is the PostgreSQL listener.
-	Postgres PostgresListener
+	// Postgres is the PostgreSQL listener; nil when the gateway serves no
+	// PostgreSQL clients. At least one protocol listener is required.
+	Postgres *PostgresListener
 	// Bundle says where the signed bundle comes from and whom to trust.
 	Bundle BundleSource
 	// Admin is the admin HTTP listener; empty Listen disables it.
@@ -69,8 +71,9 @@ data_dir = "/var/lib/gatehouse"      # required (created 0700): the last good bu
                                      # recordings (recordings/), the recorder key (recorder.key)
                                      # and approval requests (approvals/)
 
+# At least one protocol block is required; each is optional on its own.
 postgres {
-  listen             = "0.0.0.0:6432" # required; host:port for PostgreSQL clients
+  listen             = "0.0.0.0:6432" # required in the block; host:port for PostgreSQL clients
   tls_cert           = "/etc/gatehouse/tls/server.crt"  # PEM certificate offered to clients
   tls_key            = "/etc/gatehouse/tls/server.key"  # its PEM private key
   insecure_plaintext = false          # true allows the token (the password) without TLS;
@@ -145,7 +148,6 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 	d.diags = append(d.diags, diags...)
 	cfg.DataDir = d.str(content.Attributes["data_dir"])
 	seen := map[string]hcl.Range{}
-	var pgBlock *hcl.Block
 	for _, b := range content.Blocks {
 		if first, dup := seen[b.Type]; dup {
 			d.errorf(b.DefRange, "Duplicate block", "only one %s block is allowed (the first is at %s)", b.Type, first)
@@ -154,9 +156,8 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 		seen[b.Type] = b.DefRange
 		switch b.Type {
 		case "postgres":
-			pgBlock = b
 			c := d.content(b.Body, postgresSchema)
-			cfg.Postgres = PostgresListener{
+			cfg.Postgres = &PostgresListener{
 				Listen: d.str(c["listen"]), TLSCert: d.str(c["tls_cert"]), TLSKey: d.str(c["tls_key"]),
 				InsecurePlaintext: d.boolean(c["insecure_plaintext"]),
 			}
@@ -204,8 +205,9 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			}
 		}
 	}
-	if pgBlock == nil {
-		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing postgres block", Detail: "add a postgres block with the listen address (see gatehouse gateway --help)"})
+	if !cfg.servesAProtocol() {
+		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No protocol listener",
+			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" } (see gatehouse gateway --help)"})
 	}
 	if _, ok := seen["bundle"]; !ok {
 		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file and the trusted keys"})
@@ -215,6 +217,9 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 	}
 	return cfg, files, nil
 }
+
+// servesAProtocol reports whether any protocol listener is configured.
+func (c *Config) servesAProtocol() bool { return c.Postgres != nil }
 
 type decoder struct{ diags hcl.Diagnostics }
 

@@ -69,3 +69,16 @@ func TestParseConfig(t *testing.T) {
 		t.Errorf("plaintext on 0.0.0.0: %v", diags)
 	}
 }
+
+// TestConfigNeedsAProtocol: every protocol block is optional, but a gateway
+// that serves none is refused with a message that says what to add.
+func TestConfigNeedsAProtocol(t *testing.T) {
+	src := strings.Replace(goodConfig, "postgres {\n  listen   = \"127.0.0.1:6432\"\n  tls_cert = \"server.crt\"\n  tls_key  = \"server.key\"\n}\n", "", 1)
+	_, _, diags := ParseConfig([]byte(src), "gateway.hcl")
+	if !diags.HasErrors() || diags[0].Summary != "No protocol listener" || !strings.Contains(diags[0].Detail, "postgres {") {
+		t.Fatalf("a config with no protocol: %v", diags)
+	}
+	if _, err := New(&Config{DataDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no protocol listener") {
+		t.Fatalf("New with no protocol: %v", err)
+	}
+}

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
@@ -21,27 +21,48 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
+	"github.com/gatehouse-dev/gatehouse/gateway/session"
+	"github.com/gatehouse-dev/gatehouse/internal/clock"
 )
+
+// Proxy is one protocol's listener: a wire package on the shared
+// enforcement core. Serve accepts connections until ctx ends and returns
+// once every session it started has ended and its recording is sealed.
+type Proxy interface {
+	Kind() string
+	Serve(ctx context.Context, ln net.Listener) error
+}
+
+// listener is a proxy with the address it listens on.
+type listener struct {
+	proxy Proxy
+	addr  string
+}
 
 // Gateway is an assembled gateway, ready to Run.
 type Gateway struct {
 	cfg   *Config
 	log   *slog.Logger
+	clock clock.Clock
 	store *bundlestore.Store
-	pg    *postgres.Server
+	core  *session.Core
 	rec   *recorder.Recorder
-	tls   *tls.Config
 	// approvals keeps review requests; notifier tells their webhooks.
-	approvals *approval.Store
+	approvals *approval.FileStore
 	notifier  *approval.Notifier
 	adminTLS  *tls.Config
+	listeners []listener
 
 	devIssuers bool
 
 	// Ready is closed once the listeners are up (tests wait on it).
 	Ready chan struct{}
-	// Addrs are the bound addresses, known once Ready is closed.
-	PostgresAddr, AdminAddr string
+	// AdminAddr is the admin listener's bound address, known once Ready
+	// is closed.
+	AdminAddr string
+
+	mu    sync.Mutex
+	addrs map[string]string
 }
 
 // Option configures a Gateway.
@@ -56,6 +77,9 @@ func WithLogger(l *slog.Logger) Option { return func(g *Gateway) { g.log = l } }
 // other gateway refuses them.
 func WithDevIssuers() Option { return func(g *Gateway) { g.devIssuers = true } }
 
+// WithClock sets the time source of token expiry and approvals (tests).
+func WithClock(c clock.Clock) Option { return func(g *Gateway) { g.clock = c } }
+
 // NewLogger makes the logger a config asks for.
 func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 	var level slog.Level
@@ -68,14 +92,19 @@ func NewLogger(c LogConfig, w io.Writer) *slog.Logger {
 }
 
 // New assembles a gateway: it loads the trusted keys and the TLS
-// certificate, and prepares the data directory. It starts nothing.
+// certificates, prepares the data directory, the recorder and the
+// approvals, and builds a proxy for every protocol the config serves. It
+// starts nothing.
 func New(cfg *Config, opts ...Option) (*Gateway, error) {
-	g := &Gateway{cfg: cfg, Ready: make(chan struct{})}
+	g := &Gateway{cfg: cfg, clock: clock.Real, Ready: make(chan struct{}), addrs: map[string]string{}}
 	for _, o := range opts {
 		o(g)
 	}
 	if g.log == nil {
 		g.log = NewLogger(cfg.Log, os.Stderr)
+	}
+	if !cfg.servesAProtocol() {
+		return nil, errors.New("gateway: no protocol listener is configured (add a postgres block)")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: data_dir: %w", err)
@@ -84,18 +113,18 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: trusted_keys: %w", err)
 	}
-	if cfg.Postgres.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.Postgres.TLSCert, cfg.Postgres.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("gateway: postgres TLS certificate: %w", err)
-		}
-		g.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	authOpts := []auth.Option{auth.WithSkew(cfg.ClockSkew)}
+	authOpts := []auth.Option{auth.WithSkew(cfg.ClockSkew), auth.WithClock(g.clock.Now)}
 	if g.devIssuers {
 		authOpts = append(authOpts, auth.AllowDevIssuers())
 	}
 	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log), bundlestore.WithAuthOptions(authOpts...))
+	if cfg.Admin.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCert, cfg.Admin.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: admin TLS certificate: %w", err)
+		}
+		g.adminTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	// Every session is recorded, signed with the gateway's recorder key
 	// (created on first start; its .pub verifies recordings offline).
 	recKey, err := recorder.LoadOrCreateKey(RecorderKeyPath(cfg.DataDir))
@@ -109,67 +138,43 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	for _, p := range g.rec.Recovered {
 		g.log.Warn("a recording could not be repaired after a crash; audit verify reports it", "detail", p)
 	}
-	if cfg.Admin.TLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCert, cfg.Admin.TLSKey)
-		if err != nil {
-			return nil, fmt.Errorf("gateway: admin TLS certificate: %w", err)
-		}
-		g.adminTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
 	var res secrets.Resolver
 	g.notifier = approval.NewNotifier(res.Resolve, g.log)
-	g.approvals, err = approval.Open(ApprovalsDir(cfg.DataDir), approval.WithLogger(g.log), approval.WithNotify(g.notifier.Notify))
+	g.approvals, err = approval.Open(ApprovalsDir(cfg.DataDir), approval.WithLogger(g.log), approval.WithNotify(g.notifier.Notify), approval.WithClock(g.clock))
 	if err != nil {
 		g.rec.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.pg = postgres.New(postgres.Config{TLS: g.tls, InsecurePlaintext: cfg.Postgres.InsecurePlaintext}, g.store,
-		postgres.WithLogger(g.log), postgres.WithRecorder(g.rec), postgres.WithSecrets(res), postgres.WithApprovals(g.approvals))
+	g.core = session.New(g.store, session.WithRecorder(g.rec), session.WithApprovals(g.approvals),
+		session.WithClock(g.clock), session.WithLogger(g.log))
+	if err := g.buildProxies(res); err != nil {
+		g.approvals.Close()
+		g.rec.Close()
+		return nil, err
+	}
 	return g, nil
+}
+
+// buildProxies makes the proxy of every protocol block in the config.
+func (g *Gateway) buildProxies(res secrets.Resolver) error {
+	if pg := g.cfg.Postgres; pg != nil {
+		var tlsCfg *tls.Config
+		if pg.TLSCert != "" {
+			cert, err := tls.LoadX509KeyPair(pg.TLSCert, pg.TLSKey)
+			if err != nil {
+				return fmt.Errorf("gateway: postgres TLS certificate: %w", err)
+			}
+			tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext}, g.core,
+			postgres.WithLogger(g.log), postgres.WithSecrets(res))
+		g.listeners = append(g.listeners, listener{proxy: p, addr: pg.Listen})
+	}
+	return nil
 }
 
 // ApprovalsDir is where a data directory keeps approval requests.
 func ApprovalsDir(dataDir string) string { return filepath.Join(dataDir, "approvals") }
-
-// Approvals is the gateway's approval store.
-func (g *Gateway) Approvals() *approval.Store { return g.approvals }
-
-// authenticate verifies an admin API caller's token with the active
-// bundle's identity providers and resolves it to an identity, as a caller
-// of the data path would be.
-func (g *Gateway) authenticate(ctx context.Context, token string) (approval.Principal, error) {
-	a := g.store.Current()
-	if a == nil {
-		return approval.Principal{}, errors.New("no policy bundle is loaded, so no issuer is trusted yet")
-	}
-	v, err := a.Verifier.Verify(ctx, token)
-	if err != nil {
-		return approval.Principal{}, err
-	}
-	id, err := a.Policy.ResolveIdentity(v.Provider, v.Token)
-	if err != nil {
-		return approval.Principal{}, err
-	}
-	return approval.Principal{Name: id.Name, Issuer: id.Issuer, Subject: id.Subject, Groups: id.Groups}, nil
-}
-
-// approverGroups are the approver groups of the active bundle's review
-// rules.
-func (g *Gateway) approverGroups() []string {
-	a := g.store.Current()
-	if a == nil {
-		return nil
-	}
-	var out []string
-	for _, p := range a.Payload.Model.Policies {
-		for _, r := range p.Rules {
-			if r.Approval != nil {
-				out = append(out, r.Approval.Groups...)
-			}
-		}
-	}
-	return out
-}
 
 // RecordingsDir is where a data directory keeps session recordings.
 func RecordingsDir(dataDir string) string { return filepath.Join(dataDir, "recordings") }
@@ -178,16 +183,32 @@ func RecordingsDir(dataDir string) string { return filepath.Join(dataDir, "recor
 // public key is beside it as recorder.pub.
 func RecorderKeyPath(dataDir string) string { return filepath.Join(dataDir, "recorder.key") }
 
+// Approvals is the gateway's approval store.
+func (g *Gateway) Approvals() approval.Store { return g.approvals }
+
 // Store is the gateway's bundle store.
 func (g *Gateway) Store() *bundlestore.Store { return g.store }
 
+// Core is the gateway's enforcement core.
+func (g *Gateway) Core() *session.Core { return g.core }
+
+// Addr is the address a protocol's listener is bound to ("" when the
+// gateway does not serve it), known once Ready is closed.
+func (g *Gateway) Addr(protocol string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.addrs[protocol]
+}
+
 // Run runs the gateway until ctx ends. It closes the recorder when it
-// returns, so a Gateway runs once.
+// returns, so a Gateway runs once. Every protocol listener is bound before
+// any serves: if one cannot be, those already bound are closed and Run
+// fails. If one proxy fails while serving, the others are stopped too.
 func (g *Gateway) Run(ctx context.Context) (err error) {
 	defer func() {
 		g.approvals.Close()
-		// Serve has waited for every session to end and seal its
-		// recording, or nothing was served.
+		// Every proxy has waited for its sessions to end and seal their
+		// recordings, or nothing was served.
 		if cerr := g.rec.Close(); cerr != nil {
 			g.log.Error("closing the recorder", "err", cerr)
 			if err == nil {
@@ -202,62 +223,41 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		g.log.Error("persisted bundle refused", "path", g.store.PersistedPath(), "err", err)
 	}
+	lns, err := g.bind()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	notifyDone := make(chan struct{})
-	go func() {
-		defer close(notifyDone)
-		g.notifier.Run(ctx)
-	}()
-	defer func() { cancel(); <-notifyDone }()
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		g.store.WatchFile(ctx, g.cfg.Bundle.File, g.cfg.Bundle.PollInterval)
-	}()
-	defer func() { cancel(); <-watchDone }()
+	var bg sync.WaitGroup
+	defer func() { cancel(); bg.Wait() }()
+	bg.Add(2)
+	go func() { defer bg.Done(); g.notifier.Run(ctx) }()
+	go func() { defer bg.Done(); g.store.WatchFile(ctx, g.cfg.Bundle.File, g.cfg.Bundle.PollInterval) }()
 
-	pgLn, err := net.Listen("tcp", g.cfg.Postgres.Listen)
-	if err != nil {
-		return fmt.Errorf("gateway: postgres listener: %w", err)
-	}
-	g.PostgresAddr = pgLn.Addr().String()
-	errs := make(chan error, 2)
-	go func() { errs <- g.pg.Serve(ctx, pgLn) }()
-	running := 1
-	if g.cfg.Admin.Listen != "" {
-		adLn, err := net.Listen("tcp", g.cfg.Admin.Listen)
-		if err != nil {
-			cancel()
-			<-errs
-			return fmt.Errorf("gateway: admin listener: %w", err)
-		}
-		g.AdminAddr = adLn.Addr().String()
-		srv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	errs := make(chan error, len(lns)+1)
+	for i, l := range g.listeners {
 		go func() {
-			<-ctx.Done()
-			shut, c := context.WithTimeout(context.Background(), 5*time.Second)
-			defer c()
-			_ = srv.Shutdown(shut)
-		}()
-		if g.adminTLS != nil {
-			adLn = tls.NewListener(adLn, g.adminTLS)
-		} else if host, _, _ := net.SplitHostPort(g.AdminAddr); !net.ParseIP(host).IsLoopback() {
-			g.log.Warn("the admin listener serves plain HTTP on a non-loopback address: approvers' tokens cross it in the clear; set admin.tls_cert and admin.tls_key", "admin", g.AdminAddr)
-		}
-		go func() {
-			if err := srv.Serve(adLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errs <- fmt.Errorf("gateway: admin: %w", err)
+			if err := l.proxy.Serve(ctx, lns[i]); err != nil {
+				errs <- fmt.Errorf("gateway: %s: %w", l.proxy.Kind(), err)
 				return
 			}
 			errs <- nil
 		}()
-		running++
 	}
-	g.log.Info("gateway listening", "postgres", g.PostgresAddr, "tls", g.tls != nil, "admin", g.AdminAddr, "bundle", g.cfg.Bundle.File)
+	running := len(g.listeners)
+	if admin := lns[len(g.listeners):]; len(admin) == 1 {
+		running++
+		go func() { errs <- g.serveAdmin(ctx, admin[0]) }()
+	}
+	attrs := []any{"tls_admin", g.adminTLS != nil, "admin", g.AdminAddr, "bundle", g.cfg.Bundle.File}
+	for _, l := range g.listeners {
+		attrs = append(attrs, l.proxy.Kind(), g.Addr(l.proxy.Kind()))
+	}
+	g.log.Info("gateway listening", attrs...)
 	close(g.Ready)
 	var first error
-	for i := 0; i < running; i++ {
+	for range running {
 		if err := <-errs; err != nil && first == nil {
 			first = err
 			cancel()
@@ -266,39 +266,54 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	return first
 }
 
-func (g *Gateway) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if g.store.Current() == nil {
-			http.Error(w, "no policy bundle loaded\n", http.StatusServiceUnavailable)
-			return
+// bind opens every listener, the admin one last. When one fails, those
+// already open are closed: a gateway serves all it was configured to
+// serve, or nothing.
+func (g *Gateway) bind() ([]net.Listener, error) {
+	var lns []net.Listener
+	fail := func(err error) ([]net.Listener, error) {
+		for _, ln := range lns {
+			ln.Close()
 		}
-		if err := g.rec.Healthy(); err != nil {
-			// Every statement would be refused: send traffic elsewhere.
-			http.Error(w, "the session recorder cannot record: "+err.Error()+"\n", http.StatusServiceUnavailable)
-			return
+		return nil, err
+	}
+	for _, l := range g.listeners {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fail(fmt.Errorf("gateway: %s listener: %w", l.proxy.Kind(), err))
 		}
-		_, _ = io.WriteString(w, "ok\n")
-	})
-	mux.Handle("GET /metrics", g.metricsHandler())
-	api := &approval.API{Store: g.approvals, Authenticate: g.authenticate, ApproverGroups: g.approverGroups, AdminGroups: g.cfg.Admin.AdminGroups}
-	api.Register(mux)
-	mux.HandleFunc("GET /v1/bundle", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		status := map[string]any{
-			"reloads": g.store.Stats.Reloads.Load(), "reload_failures": g.store.Stats.ReloadFailures.Load(),
+		lns = append(lns, ln)
+		g.mu.Lock()
+		g.addrs[l.proxy.Kind()] = ln.Addr().String()
+		g.mu.Unlock()
+	}
+	if g.cfg.Admin.Listen != "" {
+		ln, err := net.Listen("tcp", g.cfg.Admin.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("gateway: admin listener: %w", err))
 		}
-		if e := g.store.Stats.LastError.Load(); e != nil {
-			status["last_error"] = *e
-		}
-		if a := g.store.Current(); a != nil {
-			status["revision"], status["digest"], status["key_id"] = a.Revision, a.Digest, a.KeyID
-			status["loaded_at"], status["source"] = a.LoadedAt.UTC().Format(time.RFC3339), a.Source
-		}
-		_ = json.NewEncoder(w).Encode(status)
-	})
-	return mux
+		g.AdminAddr = ln.Addr().String()
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// serveAdmin serves the admin API until ctx ends.
+func (g *Gateway) serveAdmin(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: g.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = srv.Shutdown(shut)
+	}()
+	if g.adminTLS != nil {
+		ln = tls.NewListener(ln, g.adminTLS)
+	} else if host, _, _ := net.SplitHostPort(g.AdminAddr); !net.ParseIP(host).IsLoopback() {
+		g.log.Warn("the admin listener serves plain HTTP on a non-loopback address: approvers' tokens cross it in the clear; set admin.tls_cert and admin.tls_key", "admin", g.AdminAddr)
+	}
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("gateway: admin: %w", err)
+	}
+	return nil
 }

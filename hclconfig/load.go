@@ -24,6 +24,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // MaxFileBytes bounds a single policy file.
@@ -144,7 +145,7 @@ func LoadFiles(files map[string][]byte) (*Result, hcl.Diagnostics) {
 		return res, d.diags
 	}
 	d.model.Normalize()
-	pol, err := celpolicy.Compile(&d.model)
+	pol, err := celpolicy.Compile(&d.model, celpolicy.WithSQL(sqlfacts.Query))
 	if err != nil {
 		var ps bundle.Problems
 		if errors.As(err, &ps) {
@@ -288,7 +289,7 @@ func (d *decoder) policy(ref bundle.Ref, b *hcl.Block, f *hcl.File) {
 		rref := ref.InRule(name)
 		d.src.object(rref, rb.DefRange, f)
 		ra, rc := d.body(rref, "", rb.Body, ruleSchema)
-		r := bundle.Rule{Name: name, Effect: ra.str("effect"), When: ra.str("when"), Reason: ra.str("reason"), On: ra.strs("on")}
+		r := bundle.Rule{Name: name, Effect: bundle.Effect(ra.str("effect")), When: ra.str("when"), Reason: ra.str("reason"), On: ra.strs("on")}
 		for i, ab := range rc.Blocks {
 			if i > 0 {
 				d.errorf(ab.DefRange, "Duplicate approval block", "only one approval block is allowed in a rule")
@@ -332,7 +333,7 @@ func (d *decoder) test(ref bundle.Ref, b *hcl.Block) {
 		Name: ref.Name, Description: a.str("description"), Identity: a.str("identity"),
 		Provider: a.str("provider"), Subject: a.str("subject"), Groups: a.strs("groups"),
 		Claims: a.json("claims"), Resource: a.str("resource"), SQL: a.str("sql"),
-		Request: a.json("request"), Now: a.str("now"), Expect: a.str("expect"),
+		Request: a.json("request"), Now: a.str("now"), Expect: bundle.Effect(a.str("expect")),
 	}
 	// Unset (or null) means "not checked"; [] and {} assert "none".
 	if a.present("expect_rules") {

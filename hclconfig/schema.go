@@ -55,3 +55,47 @@ var (
 		"description", "identity", "provider", "subject", "groups", "claims", "resource", "sql", "request",
 		"now", "expect", "expect_rules", "expect_masks")}
 )
+
+// Fields lists the attributes and nested blocks of every block of the HCL
+// spelling, keyed by the block's path ("policy", "policy.rule",
+// "postgres.tls"); a block's label counts as its "name". The provider's
+// tests compare it with the Terraform schema and the model's JSON fields,
+// so that a field added to one front end and not the other fails a test.
+func Fields() map[string][]string {
+	out := map[string][]string{}
+	var walk func(path string, s *hcl.BodySchema, labelled bool)
+	walk = func(path string, s *hcl.BodySchema, labelled bool) {
+		var names []string
+		if labelled {
+			names = append(names, "name")
+		}
+		for _, a := range s.Attributes {
+			names = append(names, a.Name)
+		}
+		for _, b := range s.Blocks {
+			names = append(names, b.Type)
+			walk(path+"."+b.Type, blockSchemas[path+"."+b.Type], len(b.LabelNames) > 0)
+		}
+		out[path] = names
+	}
+	for _, b := range topSchema.Blocks {
+		walk(b.Type, blockSchemas[b.Type], true)
+	}
+	return out
+}
+
+// blockSchemas are the schemas by block path.
+var blockSchemas = map[string]*hcl.BodySchema{
+	"identity_provider":            identityProviderSchema,
+	"identity":                     identitySchema,
+	"postgres":                     postgresSchema,
+	"postgres.tls":                 tlsSchema,
+	"ssh_host":                     sshHostSchema,
+	"kubernetes_cluster":           kubernetesSchema,
+	"policy":                       policySchema,
+	"policy.rule":                  ruleSchema,
+	"policy.rule.approval":         approvalSchema,
+	"policy.rule.approval.webhook": webhookSchema,
+	"mask":                         maskSchema,
+	"test":                         testSchema,
+}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // bundleResource compiles objects into a signed bundle and publishes it to
@@ -122,7 +123,7 @@ func compileSpecs(specs []string, runTests bool, diags *diag.Diagnostics) (*bund
 		return nil, false
 	}
 	m.Normalize()
-	pol, err := celpolicy.Compile(m)
+	pol, err := celpolicy.Compile(m, celpolicy.WithSQL(sqlfacts.Query))
 	var ps bundle.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // decisionDataSource evaluates one request against the configured objects
@@ -108,7 +109,7 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 			resp.Diagnostics.AddAttributeError(path.Root("bundle_file"), "Cannot read the bundle", err.Error())
 			return
 		}
-		if pol, err = celpolicy.FromPayload(p); err != nil {
+		if pol, err = celpolicy.FromPayload(p, celpolicy.WithSQL(sqlfacts.Query)); err != nil {
 			resp.Diagnostics.AddAttributeError(path.Root("bundle_file"), "Cannot compile the bundle", err.Error())
 			return
 		}
@@ -120,7 +121,7 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 			return
 		}
 		var err error
-		if pol, err = celpolicy.Compile(model); err != nil {
+		if pol, err = celpolicy.Compile(model, celpolicy.WithSQL(sqlfacts.Query)); err != nil {
 			resp.Diagnostics.AddAttributeError(path.Root("objects"), "Cannot compile the policy", err.Error())
 			return
 		}
@@ -139,11 +140,11 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 	dec := pol.Decide(in)
 	masks := map[string]string{}
 	for _, mk := range dec.Masks {
-		masks[mk.Target] = mk.Method
+		masks[mk.Target.String()] = mk.Method
 	}
 	rules := dec.Rules()
 	slices.Sort(rules)
-	m.Effect = types.StringValue(dec.Effect)
+	m.Effect = types.StringValue(string(dec.Effect))
 	m.Revision = types.Int64Value(int64(dec.BundleRevision))
 	var diags diag.Diagnostics
 	m.MatchedRules, diags = types.ListValueFrom(ctx, types.StringType, nonNil(rules))

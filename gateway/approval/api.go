@@ -24,7 +24,7 @@ type Authenticate func(ctx context.Context, token string) (Principal, error)
 // one). Approvers see and act on the requests of their groups; members of
 // the admin groups see every request; anyone else gets 403.
 type API struct {
-	Store        *Store
+	Store        Store
 	Authenticate Authenticate
 	// ApproverGroups are the approver groups of the active bundle's
 	// review rules.
@@ -74,7 +74,7 @@ func (a *API) authed(h func(http.ResponseWriter, *http.Request, Principal)) http
 			writeError(w, http.StatusUnauthorized, "token rejected: "+err.Error())
 			return
 		}
-		if !a.mayRead(p) {
+		if !a.mayRead(r.Context(), p) {
 			writeError(w, http.StatusForbidden, "forbidden: "+p.String()+" is in no approver group of this gateway's review rules (groups ["+strings.Join(p.Groups, ", ")+"])")
 			return
 		}
@@ -95,20 +95,21 @@ func (a *API) admin(p Principal) bool { return intersects(p.Groups, a.AdminGroup
 
 // mayRead: approvers of the active bundle (or of a stored request),
 // requesters following their requests, and admins may use the API at all.
-func (a *API) mayRead(p Principal) bool {
+func (a *API) mayRead(ctx context.Context, p Principal) bool {
 	if a.admin(p) {
 		return true
 	}
 	if a.ApproverGroups != nil && intersects(p.Groups, a.ApproverGroups()) {
 		return true
 	}
-	return len(a.Store.List(func(r *Request) bool { return r.Eligible(p) || r.Requester.same(p) })) > 0
+	mine, err := a.Store.List(ctx, func(r *Request) bool { return r.Eligible(p) || r.Requester.Same(p) })
+	return err == nil && len(mine) > 0
 }
 
 // visible reports whether p may see r: its approvers, admins, and the
 // requester (who may follow their own request).
 func (a *API) visible(p Principal, r *Request) bool {
-	return a.admin(p) || r.Eligible(p) || r.Requester.same(p)
+	return a.admin(p) || r.Eligible(p) || r.Requester.Same(p)
 }
 
 func (a *API) list(w http.ResponseWriter, r *http.Request, p Principal) {
@@ -119,9 +120,13 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, p Principal) {
 		writeError(w, http.StatusBadRequest, "state must be pending, approved, denied, expired or cancelled")
 		return
 	}
-	out := a.Store.List(func(x *Request) bool {
+	out, err := a.Store.List(r.Context(), func(x *Request) bool {
 		return (state == "" || x.State == state) && a.visible(p, x)
 	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "the approval store cannot be read: "+err.Error())
+		return
+	}
 	for i := range out {
 		out[i] = out[i].Public()
 	}
@@ -132,9 +137,13 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, p Principal) {
 }
 
 func (a *API) show(w http.ResponseWriter, r *http.Request, p Principal) {
-	req, ok := a.Store.Get(r.PathValue("id"))
-	if !ok {
+	req, err := a.Store.Get(r.Context(), r.PathValue("id"))
+	if errors.Is(err, ErrNotFound) {
 		writeError(w, http.StatusNotFound, "no approval request "+r.PathValue("id"))
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "the approval store cannot be read: "+err.Error())
 		return
 	}
 	if !a.visible(p, &req) {
@@ -171,7 +180,7 @@ func (a *API) vote(w http.ResponseWriter, r *http.Request, p Principal, approve 
 		writeError(w, http.StatusBadRequest, "a denial needs a comment: the caller sees it and it is recorded")
 		return
 	}
-	req, err := a.Store.Vote(r.PathValue("id"), p, approve, body.Comment)
+	req, err := a.Store.Vote(r.Context(), r.PathValue("id"), p, approve, body.Comment)
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, req.Public())

@@ -36,7 +36,7 @@ func fakeAuthenticate(_ context.Context, token string) (approval.Principal, erro
 // apiFixture is an API over a store holding three pending requests by
 // alice: one needing a dba, one needing two dbas, one needing security.
 type apiFixture struct {
-	store           *approval.Store
+	store           *approval.FileStore
 	mux             *http.ServeMux
 	oneDBA, twoDBAs approval.Request
 	security        approval.Request
@@ -44,14 +44,14 @@ type apiFixture struct {
 
 func newAPI(t *testing.T, edit ...func(*approval.API)) *apiFixture {
 	t.Helper()
-	clock := newFakeClock()
-	f := &apiFixture{store: openStore(t, t.TempDir(), approval.WithClock(clock.Now))}
+	clock := newClock()
+	f := &apiFixture{store: openStore(t, t.TempDir(), approval.WithClock(clock))}
 	open := func(hash string, count int, groups ...string) approval.Request {
 		in := request(clock.Now())
 		in.Hash = hash
 		in.Needs = []approval.Need{{Rule: "rule-" + hash, Reason: "because", Groups: groups, Count: count}}
 		r := mustOpen(t, f.store, in)
-		clock.Add(1) // distinct CreatedAt: List is newest first
+		clock.Advance(1) // distinct CreatedAt: List is newest first
 		return r
 	}
 	f.oneDBA = open("h1", 1, "dba")
@@ -177,7 +177,7 @@ func TestAPIAuthentication(t *testing.T) {
 			})
 		}
 	}
-	if got, _ := f.store.Get(f.oneDBA.ID); got.State != approval.Pending || len(got.Votes) != 0 {
+	if got := get(f.store, f.oneDBA.ID); got.State != approval.Pending || len(got.Votes) != 0 {
 		t.Errorf("unauthenticated calls changed the request: %+v", got)
 	}
 
@@ -205,7 +205,7 @@ func TestAPIForbidsThoseInNoApproverOrAdminGroup(t *testing.T) {
 			t.Errorf("%s %s: error %q does not say who was refused", c.method, c.path, msg)
 		}
 	}
-	if got, _ := f.store.Get(f.oneDBA.ID); got.State != approval.Pending {
+	if got := get(f.store, f.oneDBA.ID); got.State != approval.Pending {
 		t.Errorf("a forbidden call settled the request: %s", got.State)
 	}
 }
@@ -278,7 +278,7 @@ func TestAPIShow(t *testing.T) {
 				return
 			}
 			got := r.request(t)
-			if got.ID != tc.id || got.State != approval.Pending || got.SQL == "" || got.Requester.Key() != alice.Key() {
+			if got.ID != tc.id || got.State != approval.Pending || got.Subject.Text == "" || got.Requester.Key() != alice.Key() {
 				t.Errorf("showed %+v", got)
 			}
 		})
@@ -300,7 +300,7 @@ func TestAPIApprove(t *testing.T) {
 	// An approver of another rule's group cannot either.
 	f.do(t, http.MethodPost, approve, "tok-erin", "").want(t, http.StatusForbidden)
 	f.do(t, http.MethodPost, "/v1/approvals/ap-doesnotexist00000/approve", "tok-bob", "").want(t, http.StatusNotFound)
-	if got, _ := f.store.Get(f.oneDBA.ID); got.State != approval.Pending || len(got.Votes) != 0 {
+	if got := get(f.store, f.oneDBA.ID); got.State != approval.Pending || len(got.Votes) != 0 {
 		t.Fatalf("refused approvals changed the request: %+v", got)
 	}
 
@@ -311,7 +311,7 @@ func TestAPIApprove(t *testing.T) {
 	if len(got.Votes) != 1 || got.Votes[0].Approver.Key() != bob.Key() || got.Votes[0].Decision != "approve" || got.Votes[0].Comment != "checked the ticket" {
 		t.Errorf("votes %+v, want bob's approval with the trimmed comment", got.Votes)
 	}
-	if stored, _ := f.store.Get(f.oneDBA.ID); stored.State != approval.Approved {
+	if stored := get(f.store, f.oneDBA.ID); stored.State != approval.Approved {
 		t.Errorf("stored state %s", stored.State)
 	}
 
@@ -355,7 +355,7 @@ func TestAPIDeny(t *testing.T) {
 			f.do(t, http.MethodPost, deny, "tok-bob", body).want(t, http.StatusBadRequest).errorText(t)
 		})
 	}
-	if got, _ := f.store.Get(f.twoDBAs.ID); got.State != approval.Pending || len(got.Votes) != 0 {
+	if got := get(f.store, f.twoDBAs.ID); got.State != approval.Pending || len(got.Votes) != 0 {
 		t.Fatalf("bad denials changed the request: %+v", got)
 	}
 	// An approval with an over-long comment is refused as well.
@@ -396,7 +396,7 @@ func TestAPIMethodsAndPaths(t *testing.T) {
 	if r := f.do(t, http.MethodDelete, "/v1/approvals/"+f.oneDBA.ID, "tok-bob", ""); r.code != http.StatusMethodNotAllowed {
 		t.Errorf("DELETE a request: %d, want 405", r.code)
 	}
-	if got, _ := f.store.Get(f.oneDBA.ID); got.State != approval.Pending {
+	if got := get(f.store, f.oneDBA.ID); got.State != approval.Pending {
 		t.Errorf("a wrong method changed the request: %s", got.State)
 	}
 }

@@ -37,23 +37,18 @@ type Notification struct {
 func Text(event string, r Request) string {
 	var b strings.Builder
 	who := slackEscape(r.Requester.String())
-	sql := r.Parsed
-	if sql == "" {
-		sql = r.SQL
-	}
 	// In a code block, a ``` from the requester would end it.
-	sql = strings.ReplaceAll(slackEscape(sql), "```", "` ` `")
+	text := strings.ReplaceAll(slackEscape(r.Subject.Shown()), "```", "` ` `")
 	r.Outcome, r.Resource = slackEscape(r.Outcome), slackEscape(r.Resource)
-	params := make([]string, len(r.Params))
-	for i, p := range r.Params {
+	params := make([]string, len(r.Subject.Params))
+	for i, p := range r.Subject.Params {
 		params[i] = slackEscape(p)
 	}
-	r.Params = params
 	switch event {
 	case EventRequested:
-		fmt.Fprintf(&b, "*Approval needed* `%s`: %s wants to run on %s:\n```%s```\n", r.ID, who, r.Resource, clip(sql, 1500))
-		if len(r.Params) > 0 {
-			fmt.Fprintf(&b, "with parameters %s\n", clip(strings.Join(r.Params, ", "), 500))
+		fmt.Fprintf(&b, "*Approval needed* `%s`: %s wants to run on %s:\n```%s```\n", r.ID, who, r.Resource, clip(text, 1500))
+		if len(params) > 0 {
+			fmt.Fprintf(&b, "with parameters %s\n", clip(strings.Join(params, ", "), 500))
 		}
 		for _, n := range r.Needs {
 			fmt.Fprintf(&b, "Rule `%s`: %s. Needs %d approval(s) from %s.\n", n.Rule, n.Reason, n.Count, strings.Join(n.Groups, " or "))

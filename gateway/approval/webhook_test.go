@@ -160,7 +160,7 @@ func TestNotifyDelivers(t *testing.T) {
 	if err := json.Unmarshal(d.body, &body); err != nil {
 		t.Fatalf("body is not JSON: %v\n%s", err, d.body)
 	}
-	if body.Event != approval.EventRequested || body.Approval.ID != r.ID || body.Approval.SQL != r.SQL {
+	if body.Event != approval.EventRequested || body.Approval.ID != r.ID || body.Approval.Subject.Text != r.Subject.Text {
 		t.Errorf("body %+v", body)
 	}
 	if body.Text == "" || !strings.Contains(body.Text, r.ID) {
@@ -413,20 +413,21 @@ func TestStoreNotifiesWebhooks(t *testing.T) {
 	// A retry of a pending request asks nobody again.
 	retry := request(time.Now())
 	retry.Hash, retry.Webhooks = "h-approve", []bundle.Webhook{hook}
-	if _, created, err := s.Open(retry); err != nil || created {
+	if _, created, err := s.Open(ctx, retry); err != nil || created {
 		t.Fatalf("retry: created %v, %v", created, err)
 	}
 	// Votes that settle nothing tell nobody.
-	if _, err := s.Vote(approved.ID, mallory, true, ""); !errors.Is(err, approval.ErrNotApprover) {
+	if _, err := s.Vote(ctx, approved.ID, mallory, true, ""); !errors.Is(err, approval.ErrNotApprover) {
 		t.Fatal(err)
 	}
 
 	mustVote(t, s, approved.ID, bob, true, "")
 	mustVote(t, s, denied.ID, bob, false, "no")
-	if err := s.Cancel(cancelled.ID, "client went away"); err != nil {
+	if err := s.Cancel(ctx, cancelled.ID, "client went away"); err != nil {
 		t.Fatal(err)
 	}
-	waitClosed(t, s.Settled(expired.ID), 5*time.Second, "expiry")
+	settled, _ := s.Settled(ctx, expired.ID)
+	waitClosed(t, settled, 5*time.Second, "expiry")
 
 	want := map[string]string{
 		approval.EventRequested + " " + approved.ID:  string(approval.Pending),
@@ -504,8 +505,8 @@ func TestText(t *testing.T) {
 	}
 
 	// A huge statement is clipped: a chat message has a size limit.
-	r.SQL = strings.Repeat("x", 5000)
-	r.Params = nil
+	r.Subject.Text = strings.Repeat("x", 5000)
+	r.Subject.Params = nil
 	text = approval.Text(approval.EventRequested, r)
 	if strings.Contains(text, strings.Repeat("x", 1501)) || !strings.Contains(text, strings.Repeat("x", 1500)+"…") {
 		t.Error("the SQL was not clipped to 1500 bytes")
@@ -535,7 +536,7 @@ func TestNotificationDoesNotCarryOtherWebhooksURLs(t *testing.T) {
 // channel or plant a link in the approvers' Slack.
 func TestTextEscapesSlackMarkup(t *testing.T) {
 	r := request(time.Now())
-	r.SQL = "SELECT '<!channel> <https://evil.example|click> & more'"
+	r.Subject.Text = "SELECT '<!channel> <https://evil.example|click> & more'"
 	got := approval.Text(approval.EventRequested, r)
 	if strings.Contains(got, "<!channel>") || strings.Contains(got, "<https://") || !strings.Contains(got, "&lt;!channel&gt;") || !strings.Contains(got, "&amp; more") {
 		t.Errorf("text %q", got)

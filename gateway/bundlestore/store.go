@@ -145,23 +145,9 @@ func (s *Store) persist(data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".last-good-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
+	// The same durable replace as every other file the gateway keeps: a
+	// crash leaves the old bundle or the new one, never half of one.
+	return bundle.WriteFileAtomic(p, data, 0o600)
 }
 
 // LoadPersisted activates the persisted last good bundle, if there is one.

@@ -35,8 +35,8 @@ type catalog struct {
 func newCatalogs(s *Server) *catalogs { return &catalogs{srv: s, by: map[string]*catalog{}} }
 
 func (c *catalogs) get(resource string) (*catalog, *bundle.Postgres, error) {
-	active := c.srv.store.Current()
-	res := findPostgres(active, resource)
+	active := c.srv.core.Bundles().Current()
+	res := findPostgres(&active.Payload.Model, resource)
 	if res == nil {
 		return nil, nil, fmt.Errorf("resource %q is not in bundle revision %d", resource, active.Revision)
 	}

@@ -3,9 +3,11 @@ package postgres
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
 	"github.com/gatehouse-dev/gatehouse/internal/oidctest"
 	"github.com/gatehouse-dev/gatehouse/internal/pgtest"
@@ -125,23 +128,26 @@ mask "card" {
 // env is a running test setup: PostgreSQL, an issuer, a bundle store and
 // the gateway in front of the database.
 type env struct {
-	pg      *pgtest.Server
-	issuer  *oidctest.Issuer
-	store   *bundlestore.Store
-	key     ed25519.PrivateKey
-	srv     *Server
-	addr    string
-	rev     atomic.Uint64
-	logs    *syncWriter
-	pgPass  string
-	rec     *recorder.Recorder
-	recKeys bundle.Keyring
-	policyF func(issuer, addr string) string
+	pg     *pgtest.Server
+	issuer *oidctest.Issuer
+	store  *bundlestore.Store
+	key    ed25519.PrivateKey
+	srv    *Server
+	core   *core.Core
+	addr   string
+	// failSync makes the recorder's fdatasync fail (a full disk).
+	failSync atomic.Bool
+	rev      atomic.Uint64
+	logs     *syncWriter
+	pgPass   string
+	rec      *recorder.Recorder
+	recKeys  bundle.Keyring
+	policyF  func(issuer, addr string) string
 }
 
-// startEnv starts the setup; opts are added to the gateway's (after the
-// logger, secrets and recorder).
-func startEnv(t testing.TB, opts ...Option) *env {
+// startEnv starts the setup; opts are added to the core's (after the
+// logger and recorder).
+func startEnv(t testing.TB, opts ...core.Option) *env {
 	t.Helper()
 	pg := pgtest.Start(t, pgtest.WithStatementLog())
 	pgPass := "upstream-" + fmt.Sprint(time.Now().UnixNano())
@@ -184,12 +190,18 @@ func startEnv(t testing.TB, opts ...Option) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.rec, err = recorder.Open(t.TempDir(), recKey)
+	e.rec, err = recorder.Open(t.TempDir(), recKey, recorder.WithSync(func(f *os.File) error {
+		if e.failSync.Load() {
+			return errors.New("no space left on device")
+		}
+		return recorder.Fdatasync(f)
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.recKeys = bundle.NewKeyring(recKey.Public().(ed25519.PublicKey))
-	e.srv = New(Config{InsecurePlaintext: true}, e.store, append([]Option{WithLogger(log), WithSecrets(res), WithRecorder(e.rec)}, opts...)...)
+	e.core = core.New(e.store, append([]core.Option{core.WithLogger(log), core.WithRecorder(e.rec)}, opts...)...)
+	e.srv = New(Config{InsecurePlaintext: true}, e.core, WithLogger(log), WithSecrets(res))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -42,8 +41,6 @@ type colMask struct {
 	text   bool
 }
 
-var strength = map[string]int{bundle.MaskPartial: 1, bundle.MaskHash: 2, bundle.MaskRedact: 3, bundle.MaskNull: 4}
-
 // describe resolves a RowDescription's columns to their origins and matches
 // them with the decision's masks. The origin is the table column a result
 // column comes from, whatever its alias: SELECT email AS e is still
@@ -59,10 +56,10 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 	}
 	byTarget := map[string]celpolicy.MaskAction{}
 	for _, m := range masks {
-		if strings.HasPrefix(m.Target, "detector:") {
+		if m.Target.Detector != "" {
 			d.detectors = append(d.detectors, m)
 		} else {
-			byTarget[m.Target] = m
+			byTarget[m.Target.Column] = m
 		}
 	}
 	d.keys = s.maskKeys(masks)
@@ -75,14 +72,14 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 	names := map[uint32]map[uint16]string{}
 	if len(byTarget) > 0 && len(rels) > 0 {
 		var err error
-		names, err = s.srv.catalog.columnNames(s.resource, rels)
+		names, err = s.srv.catalog.columnNames(s.cs.Resource(), rels)
 		if err != nil {
 			// Without origins the masks cannot be applied: fail closed.
 			d.blocked = fmt.Sprintf("result columns could not be resolved to mask them (%v); the result is withheld", err)
 			return d
 		}
 	}
-	res := findPostgres(s.srv.store.Current(), s.resource)
+	res := findPostgres(&s.srv.core.Bundles().Current().Payload.Model, s.cs.Resource())
 	for i, f := range rd.Fields {
 		c := colMask{binary: f.Format == 1, text: f.Format == 0 || textTypes[f.DataTypeOID]}
 		if uncertain || f.TableOID == 0 || names[f.TableOID][f.TableAttributeNumber] == "" {
@@ -91,11 +88,11 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 				if uncertain {
 					why = "comes from UNION, INTERSECT or EXCEPT"
 				}
-				d.blocked = fmt.Sprintf("result column %q %s, so masks cannot follow it to its table column, and resource %q denies such columns while masks apply", f.Name, why, s.resource)
+				d.blocked = fmt.Sprintf("result column %q %s, so masks cannot follow it to its table column, and resource %q denies such columns while masks apply", f.Name, why, s.cs.Resource())
 				return d
 			}
 		} else if m, ok := byTarget[names[f.TableOID][f.TableAttributeNumber]]; ok {
-			c.method, c.mask, c.target = m.Method, m.Mask, m.Target
+			c.method, c.mask, c.target = m.Method, m.Mask, m.Target.Column
 		}
 		d.cols[i] = c
 	}
@@ -106,7 +103,7 @@ func (s *session) describe(rd *pgproto3.RowDescription, masks []celpolicy.MaskAc
 // resolved is left out; hash then falls back to redact (fail closed).
 func (s *session) maskKeys(masks []celpolicy.MaskAction) map[string][]byte {
 	keys := map[string][]byte{}
-	active := s.srv.store.Current()
+	active := s.srv.core.Bundles().Current()
 	for _, m := range masks {
 		if m.Method != bundle.MaskHash {
 			continue
@@ -136,7 +133,7 @@ func (d *resultDesc) mask(row *pgproto3.DataRow) *pgproto3.DataRow {
 		method, mask := c.method, c.mask
 		if c.text {
 			for _, det := range d.detectors {
-				if masking.Detect(strings.TrimPrefix(det.Target, "detector:"), v) && strength[det.Method] > strength[method] {
+				if masking.Detect(det.Target.Detector, v) && bundle.MaskStrength(det.Method) > bundle.MaskStrength(method) {
 					method, mask = det.Method, det.Mask
 				}
 			}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,10 +17,12 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
-	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/internal/oidctest"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // The statement measured: the billing service reads a customer's email and
@@ -46,15 +47,14 @@ const customersOID = 16390
 //
 // The simple protocol, one Query message:
 //
-//   - parse: celpolicy.Query, the SQL-to-facts step of the Query case of
-//     session.requests0.
-//   - decide: session.decide, the active bundle's Decide plus the checks the
-//     gateway makes whatever the policy says.
-//   - record, record-nosync: session.recordStatement, the statement event
-//     made durable before the statement is forwarded; -nosync replaces the
-//     recorder's fdatasync (Recorder.Sync, the recorder's own test hook)
-//     with nothing, leaving encoding, hashing and write(2).
-//   - request, request-nosync: session.requests0 itself handling one Query
+//   - parse: sqlfacts.Query, the SQL-to-facts step of session.query.
+//   - decide: the core's Session.Decide, the active bundle's Decide plus
+//     the checks the gateway makes whatever the policy says.
+//   - record, record-nosync: session.record, the statement event made
+//     durable before the statement is forwarded; -nosync replaces the
+//     recorder's fdatasync (recorder.WithSync) with nothing, leaving
+//     encoding, hashing and write(2).
+//   - request, request-nosync: session.requests itself handling one Query
 //     message (check, parse, decide, record, queue, forward), up to the
 //     moment the statement leaves for the upstream. This is the latency the
 //     gateway adds before the database sees the statement.
@@ -71,7 +71,7 @@ const customersOID = 16390
 // a statement once, at Parse, and keeps its facts with the statement
 // (prepared.req); an Execute decides and records those facts again:
 //
-//   - prepare: session.requests0 handling Parse and Sync, and
+//   - prepare: session.requests handling Parse and Sync, and
 //     session.response settling them with ParseComplete and
 //     ReadyForQuery. Paid once per prepared statement; an allowed Parse is
 //     not recorded.
@@ -83,44 +83,45 @@ const customersOID = 16390
 //     is a network round trip per execution.
 //
 // Every benchmark that records reports records/op and record-ns/op from the
-// gateway's own recorder counters (Stats.Records, Stats.RecordNanos), so a total can
+// recorder's own counters (Stats.Records, Stats.Nanos), so a total can
 // be split into time spent making events durable and the rest. The
 // round-trip benchmarks' B/op includes the client's and the canned
 // upstream's encoding and decoding, which the gateway does not pay.
 func BenchmarkStatementOverhead(b *testing.B) {
 	r := newOverheadRig(b)
+	ctx := context.Background()
 
 	b.Run("simple", func(b *testing.B) {
 		b.Run("parse", func(b *testing.B) {
 			b.ReportAllocs()
 			var req *celpolicy.PostgresRequest
 			for b.Loop() {
-				req = celpolicy.Query(overheadSQL)
+				req = sqlfacts.Query(overheadSQL)
 			}
-			if req.Invalid != "" || len(req.Statements) != 1 {
+			if req.Problem != "" || len(req.Statements) != 1 {
 				b.Fatalf("the statement did not parse: %+v", req)
 			}
 		})
 		b.Run("decide", func(b *testing.B) {
 			s := r.session(b, true)
-			req := celpolicy.Query(overheadSQL)
+			req := sqlfacts.Query(overheadSQL)
 			b.ReportAllocs()
 			var d celpolicy.Decision
 			for b.Loop() {
-				d = s.decide(req, true)
+				d = s.cs.Decide(req, true)
 			}
 			mustAllowMasked(b, d)
 		})
 		for _, sync := range []bool{true, false} {
 			b.Run("record"+nosync(sync), func(b *testing.B) {
 				s := r.session(b, sync)
-				req := celpolicy.Query(overheadSQL)
-				d := s.decide(req, true)
+				req := sqlfacts.Query(overheadSQL)
+				d := s.cs.Decide(req, true)
 				mustAllowMasked(b, d)
-				report := watchRecords(s.srv)
+				report := watchRecords(s.rec)
 				b.ReportAllocs()
 				for b.Loop() {
-					if _, err := s.recordStatement("query", overheadSQL, req, d); err != nil {
+					if _, err := s.record("query", overheadSQL, req, d); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -132,14 +133,14 @@ func BenchmarkStatementOverhead(b *testing.B) {
 				s := r.session(b, sync)
 				in := attachFeed(s)
 				msg := encodeMessages(b, &pgproto3.Query{String: overheadSQL})
-				report := watchRecords(s.srv)
+				report := watchRecords(s.rec)
 				b.ReportAllocs()
 				for b.Loop() {
 					in.buf = msg
-					// requests0 handles the message, then returns at the
+					// requests handles the message, then returns at the
 					// feed's end as it does when a client disconnects.
-					if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
-						b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+					if err := s.requests(ctx); !errors.Is(err, io.ErrUnexpectedEOF) {
+						b.Fatalf("requests ended with %v, not at the feed's end", err)
 					}
 					// The slot would wait for the upstream's answer; the
 					// response side is not running, so drop it.
@@ -158,7 +159,7 @@ func BenchmarkStatementOverhead(b *testing.B) {
 				var row []string
 				exchange(b, client, &row, query)
 				mustBeMasked(b, row)
-				report := watchRecords(s.srv)
+				report := watchRecords(s.rec)
 				b.ReportAllocs()
 				for b.Loop() {
 					exchange(b, client, nil, query)
@@ -178,8 +179,8 @@ func BenchmarkStatementOverhead(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				in.buf = msg
-				if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
-					b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+				if err := s.requests(ctx); !errors.Is(err, io.ErrUnexpectedEOF) {
+					b.Fatalf("requests ended with %v, not at the feed's end", err)
 				}
 				for _, m := range answers {
 					if _, _, ok := s.response(m); !ok {
@@ -200,15 +201,15 @@ func BenchmarkStatementOverhead(b *testing.B) {
 				in.buf = encodeMessages(b,
 					&pgproto3.Parse{Name: "stmt1", Query: overheadParamSQL},
 					&pgproto3.Bind{PreparedStatement: "stmt1", Parameters: [][]byte{[]byte("1")}})
-				if err := s.requests0(); !errors.Is(err, io.ErrUnexpectedEOF) {
-					b.Fatalf("requests0 ended with %v, not at the feed's end", err)
+				if err := s.requests(ctx); !errors.Is(err, io.ErrUnexpectedEOF) {
+					b.Fatalf("requests ended with %v, not at the feed's end", err)
 				}
 				for _, m := range []pgproto3.BackendMessage{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}} {
 					if _, _, ok := s.response(m); !ok {
 						b.Fatalf("%T did not settle", m)
 					}
 				}
-				report := watchRecords(s.srv)
+				report := watchRecords(s.rec)
 				b.ReportAllocs()
 				for b.Loop() {
 					// Mirrors session.execute up to the hidden Describe.
@@ -216,8 +217,8 @@ func BenchmarkStatementOverhead(b *testing.B) {
 					if !ok || p == nil || p.stmt == nil {
 						b.Fatal("the portal is not bound")
 					}
-					d := s.decide(p.stmt.req, true)
-					if _, err := s.recordStatement("execute", p.stmt.sql, p.stmt.req, d); err != nil {
+					d := s.cs.Decide(p.stmt.req, true)
+					if _, err := s.record("execute", p.stmt.sql, p.stmt.req, d); err != nil {
 						b.Fatal(err)
 					}
 					if d.Effect != bundle.EffectAllow {
@@ -243,7 +244,7 @@ func BenchmarkStatementOverhead(b *testing.B) {
 				var row []string
 				exchange(b, client, &row, run...)
 				mustBeMasked(b, row)
-				report := watchRecords(s.srv)
+				report := watchRecords(s.rec)
 				b.ReportAllocs()
 				for b.Loop() {
 					exchange(b, client, nil, run...)
@@ -261,22 +262,28 @@ func nosync(sync bool) string {
 	return "-nosync"
 }
 
-// overheadRig is the quickstart bundle, active in a store, and a recorder
-// key: what every session of the benchmark shares, as a gateway's sessions
-// do.
+// overheadRig is the quickstart bundle, active in a store, an issuer of
+// tokens for it, and a recorder key: what every session of the benchmark
+// shares, as a gateway's sessions do.
 type overheadRig struct {
 	store  *bundlestore.Store
+	issuer *oidctest.Issuer
 	recKey ed25519.PrivateKey
 	log    *slog.Logger
 }
 
-// newOverheadRig signs examples/quickstart and activates it through
-// bundlestore.Apply, the path a gateway loads a bundle by.
+// newOverheadRig signs examples/quickstart, with its identity provider
+// pointed at a test issuer, and activates it through bundlestore.Apply,
+// the path a gateway loads a bundle by.
 func newOverheadRig(b *testing.B) *overheadRig {
 	b.Helper()
 	res, diags := hclconfig.Load("../../examples/quickstart")
 	if diags.HasErrors() {
 		b.Fatalf("quickstart: %v", diags)
+	}
+	issuer := oidctest.Start(b)
+	for i := range res.Model.IdentityProviders {
+		res.Model.IdentityProviders[i].Issuer = issuer.URL
 	}
 	p, err := bundle.NewPayload(*res.Model, bundle.BuildOptions{Revision: 1, CreatedAt: time.Unix(1764000000, 0), Compiler: "benchmark"})
 	if err != nil {
@@ -303,18 +310,35 @@ func newOverheadRig(b *testing.B) *overheadRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &overheadRig{store: store, recKey: recKey, log: log}
+	return &overheadRig{store: store, issuer: issuer, recKey: recKey, log: log}
 }
 
-// session builds the billing service's session on orders the way
-// Server.startup does once the token is verified: the bundle resolves the
-// identity, and the recording is started before any statement. It has a
-// Server of its own, so that its counters are its own. With sync false the
-// recorder writes but does not fdatasync.
-func (r *overheadRig) session(b *testing.B, sync bool) *session {
+// benchSession is a session of the benchmark with its recorder, whose
+// counters report what each operation made durable.
+type benchSession struct {
+	*session
+	rec *recorder.Recorder
+}
+
+// session admits the billing service on orders through the core, as
+// Server.startup does (the token verified, the identity resolved by the
+// bundle, the recording started), with a Server and recorder of its own,
+// so that its counters are its own. With sync false the recorder writes
+// but does not fdatasync.
+func (r *overheadRig) session(b *testing.B, sync bool) *benchSession {
 	b.Helper()
 	active := r.store.Current()
-	srv := New(Config{InsecurePlaintext: true}, r.store, WithLogger(r.log))
+	var opts []recorder.Option
+	if !sync {
+		opts = append(opts, recorder.WithSync(func(*os.File) error { return nil }))
+	}
+	rec, err := recorder.Open(b.TempDir(), r.recKey, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { rec.Close() })
+	c := core.New(r.store, core.WithRecorder(rec), core.WithLogger(r.log))
+	srv := New(Config{InsecurePlaintext: true}, c, WithLogger(r.log))
 	// The catalog cache as the first statement of this revision leaves it:
 	// every later statement resolves its result columns from it without
 	// asking the upstream. Keys are canonical, as columnNames makes them.
@@ -323,33 +347,17 @@ func (r *overheadRig) session(b *testing.B, sync bool) *session {
 	}
 	srv.catalog.by["orders"] = &catalog{revision: active.Revision, funcs: map[uint32]string{},
 		columns: map[uint32]map[uint16]string{customersOID: {1: col("id"), 2: col("name"), 3: col("email"), 4: col("card_number")}}}
-	rec, err := recorder.Open(b.TempDir(), r.recKey)
-	if err != nil {
-		b.Fatal(err)
+	cs, ref := c.Admit(context.Background(), core.Admission{Protocol: Protocol, Kind: bundle.KindPostgres, Resource: "orders",
+		Token: r.issuer.Token(b, "billing-service", "gatehouse"), ClientAddr: "bench", Guard: guard, Noun: "statement"})
+	if ref != nil {
+		b.Fatalf("admission: %v", ref)
 	}
-	if !sync {
-		rec.Sync = func(*os.File) error { return nil }
+	if cs.Identity().Name != "billing-service" {
+		b.Fatalf("identity: %+v", cs.Identity())
 	}
-	tok := celpolicy.Token{Issuer: "https://id.example.com", Subject: "billing-service", Claims: map[string]any{"sub": "billing-service", "aud": "gatehouse"}}
-	identity, err := active.Policy.ResolveIdentity("corp", tok)
-	if err != nil || identity.Name != "billing-service" {
-		b.Fatalf("identity: %+v %v", identity, err)
-	}
-	s := &session{
-		srv: srv, id: 1, resource: "orders", identity: identity,
-		token:   &auth.Verified{Provider: "corp", Token: tok, Expiry: time.Now().Add(24 * time.Hour)},
-		started: time.Now(), revision: active.Revision, names: newNames(), q: newQueue(), log: r.log,
-	}
-	s.recID = fmt.Sprintf("bench-%d", time.Now().UnixNano())
-	s.rec, err = rec.Start(s.recID, recorder.Event{
-		Identity: identityName(identity), Subject: identity.Subject, Issuer: identity.Issuer, Groups: identity.Groups,
-		Resource: s.resource, BundleRevision: active.Revision, BundleDigest: active.Digest, ClientAddr: "bench",
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { s.endRecording("benchmark done") })
-	return s
+	s := &session{srv: srv, cs: cs, log: r.log, names: newNames(), q: newQueue()}
+	b.Cleanup(func() { cs.End("benchmark done") })
+	return &benchSession{session: s, rec: rec}
 }
 
 // feed is a client that sends the bytes it holds and then disconnects
@@ -366,8 +374,8 @@ func (f *feed) Read(p []byte) (int, error) {
 }
 
 // attachFeed connects the session's request side to a feed, and its
-// upstream to nowhere: what requests0 forwards is encoded and discarded.
-func attachFeed(s *session) *feed {
+// upstream to nowhere: what requests forwards is encoded and discarded.
+func attachFeed(s *benchSession) *feed {
 	in := &feed{}
 	s.be = pgproto3.NewBackend(in, io.Discard)
 	s.fe = pgproto3.NewFrontend(&feed{}, io.Discard)
@@ -390,7 +398,7 @@ func encodeMessages(b *testing.B, msgs ...pgproto3.FrontendMessage) []byte {
 // between a client and a canned upstream over in-memory pipes, and returns
 // the client. The session, and the upstream with it, end when the client
 // disconnects at cleanup.
-func runSession(b *testing.B, s *session) *pgproto3.Frontend {
+func runSession(b *testing.B, s *benchSession) *pgproto3.Frontend {
 	b.Helper()
 	clientConn, gwConn := net.Pipe()
 	upConn, dbConn := net.Pipe()
@@ -523,11 +531,11 @@ func mustBeMasked(b *testing.B, row []string) {
 // watchRecords zeroes the server's recorder counters and returns a
 // function that reports them per operation: how many events each
 // operation made durable, and how long the session waited for that.
-func watchRecords(srv *Server) func(*testing.B) {
-	srv.Stats.Records.Store(0)
-	srv.Stats.RecordNanos.Store(0)
+func watchRecords(rec *recorder.Recorder) func(*testing.B) {
+	rec.Stats.Records.Store(0)
+	rec.Stats.Nanos.Store(0)
 	return func(b *testing.B) {
-		b.ReportMetric(float64(srv.Stats.Records.Load())/float64(b.N), "records/op")
-		b.ReportMetric(float64(srv.Stats.RecordNanos.Load())/float64(b.N), "record-ns/op")
+		b.ReportMetric(float64(rec.Stats.Records.Load())/float64(b.N), "records/op")
+		b.ReportMetric(float64(rec.Stats.Nanos.Load())/float64(b.N), "record-ns/op")
 	}
 }

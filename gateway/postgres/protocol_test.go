@@ -181,7 +181,7 @@ func TestErrorBeforeSync(t *testing.T) {
 // down.
 func TestNonReadingClientDoesNotBlockShutdown(t *testing.T) {
 	e := startEnv(t)
-	srv := New(Config{InsecurePlaintext: true}, e.store, WithLogger(e.srv.log), WithSecrets(e.srv.secrets))
+	srv := New(Config{InsecurePlaintext: true}, e.core, WithLogger(e.srv.log), WithSecrets(e.srv.secrets))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 )
 
 // Statements held for approval, at the protocol level: what the caller
@@ -85,7 +86,7 @@ var dba = approval.Principal{Issuer: "x", Subject: "dba-1", Groups: []string{"db
 // holdEnv is a gateway with an approval store and the review rules.
 type holdEnv struct {
 	*env
-	approvals *approval.Store
+	approvals *approval.FileStore
 	// su is a superuser connection that bypasses the gateway.
 	su *pgx.Conn
 }
@@ -96,8 +97,8 @@ func startHoldEnv(t *testing.T) *holdEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(store.Close)
-	e := startEnv(t, WithApprovals(store))
+	t.Cleanup(func() { store.Close() })
+	e := startEnv(t, core.WithApprovals(store))
 	base := e.policyF
 	e.policyF = func(issuer, addr string) string { return base(issuer, addr) + reviewRules }
 	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr()))
@@ -140,7 +141,7 @@ func (h *holdEnv) heldID(t *testing.T, notices <-chan string, done <-chan error)
 		if !strings.Contains(msg, "held for approval") || id == "" {
 			t.Fatalf("notice %q is not a hold", msg)
 		}
-		if r, ok := h.approvals.Get(id); !ok || r.State != approval.Pending {
+		if r, err := h.approvals.Get(context.Background(), id); err != nil || r.State != approval.Pending {
 			t.Fatalf("held for %s, which is %+v", id, r)
 		}
 		return id
@@ -183,9 +184,25 @@ func approvalID(msg string) string {
 	return ""
 }
 
+// get reads an approval request (the zero request when there is none).
+func (h *holdEnv) get(id string) approval.Request {
+	r, _ := h.approvals.Get(context.Background(), id)
+	return r
+}
+
+func (h *holdEnv) list(keep func(*approval.Request) bool) []approval.Request {
+	l, _ := h.approvals.List(context.Background(), keep)
+	return l
+}
+
+func (h *holdEnv) settled(id string) <-chan struct{} {
+	c, _ := h.approvals.Settled(context.Background(), id)
+	return c
+}
+
 func (h *holdEnv) vote(t *testing.T, id string, approve bool, comment string) {
 	t.Helper()
-	if _, err := h.approvals.Vote(id, dba, approve, comment); err != nil {
+	if _, err := h.approvals.Vote(context.Background(), id, dba, approve, comment); err != nil {
 		t.Fatalf("vote on %s: %v", id, err)
 	}
 }
@@ -290,14 +307,14 @@ func TestHoldForApproval(t *testing.T) {
 			return err
 		})
 		id := h.heldID(t, notices, done)
-		r, _ := h.approvals.Get(id)
-		if r.Kind != "execute" || r.SQL != sql || r.Requester.Subject != "billing-service" || !slices.Equal(r.Rules(), []string{"approvals/payments"}) {
-			t.Errorf("request: kind %q sql %q requester %v rules %v", r.Kind, r.SQL, r.Requester, r.Rules())
+		r := h.get(id)
+		if r.Kind != "execute" || r.Protocol != "postgres" || r.Subject.Text != sql || r.Requester.Subject != "billing-service" || !slices.Equal(r.Rules(), []string{"approvals/payments"}) {
+			t.Errorf("request: kind %q sql %q requester %v rules %v", r.Kind, r.Subject.Text, r.Requester, r.Rules())
 		}
 		// The approver reads the parameters with the types PostgreSQL
 		// resolved (pgx sends the int4 in binary).
-		if want := []string{"$1::int4 = '1'", "$2::numeric = '101.01'"}; !slices.Equal(r.Params, want) {
-			t.Errorf("params %q, want %q", r.Params, want)
+		if want := []string{"$1::int4 = '1'", "$2::numeric = '101.01'"}; !slices.Equal(r.Subject.Params, want) {
+			t.Errorf("params %q, want %q", r.Subject.Params, want)
 		}
 		stillHeld(t, done)
 		if n := h.payments(t, "101.01"); n != 0 || h.reached(t, "hold-approved") {
@@ -310,7 +327,7 @@ func TestHoldForApproval(t *testing.T) {
 		if n := h.payments(t, "101.01"); n != 1 || !h.reached(t, "hold-approved") {
 			t.Fatalf("approved INSERT wrote %d rows, reached PostgreSQL: %v", n, h.reached(t, "hold-approved"))
 		}
-		if r, _ := h.approvals.Get(id); r.State != approval.Approved || r.Uses != 1 {
+		if r := h.get(id); r.State != approval.Approved || r.Uses != 1 {
 			t.Errorf("after the run: state %s, uses %d", r.State, r.Uses)
 		}
 		usable(t, c)
@@ -467,7 +484,7 @@ func TestHoldForApproval(t *testing.T) {
 			t.Fatalf("the approved statement was held again: %s", msg)
 		default:
 		}
-		if r, _ := h.approvals.Get(id); r.Uses != 3 {
+		if r := h.get(id); r.Uses != 3 {
 			t.Errorf("the approval was used %d times, want 3", r.Uses)
 		}
 		// Other bytes are another request.
@@ -508,7 +525,7 @@ func TestHoldForApproval(t *testing.T) {
 		if got := strings.Join(tr, " "); got != "D PortalSuspended Z(T)" || !slices.Equal(vals, []string{"2", "r***@example.org"}) {
 			t.Errorf("second chunk of the approved portal: %s %q", got, vals)
 		}
-		if open := h.approvals.List(func(r *approval.Request) bool { return r.State == approval.Pending }); len(open) != 0 {
+		if open := h.list(func(r *approval.Request) bool { return r.State == approval.Pending }); len(open) != 0 {
 			t.Errorf("the approved portal opened request %s", open[0].ID)
 		}
 	})
@@ -525,7 +542,7 @@ func TestHoldForApproval(t *testing.T) {
 		if timedOut || len(tr) != 2 || !strings.HasPrefix(tr[0], "E(42501:") || tr[1] != "Z(I)" {
 			t.Errorf("failed batch: %v (timed out: %v)", tr, timedOut)
 		}
-		if rs := h.approvals.List(func(r *approval.Request) bool { return strings.Contains(r.SQL, "hold-skipped") }); len(rs) != 0 {
+		if rs := h.list(func(r *approval.Request) bool { return strings.Contains(r.Subject.Text, "hold-skipped") }); len(rs) != 0 {
 			t.Errorf("a statement that cannot run opened request %s", rs[0].ID)
 		}
 	})
@@ -547,7 +564,7 @@ func TestHoldForApproval(t *testing.T) {
 		if timedOut || len(tr) != 2 || !strings.HasPrefix(tr[0], "E(25P02:") || tr[1] != "Z(E)" {
 			t.Errorf("in the aborted transaction: %v (timed out: %v)", tr, timedOut)
 		}
-		if rs := h.approvals.List(func(r *approval.Request) bool { return strings.Contains(r.SQL, "hold-aborted") }); len(rs) != 0 {
+		if rs := h.list(func(r *approval.Request) bool { return strings.Contains(r.Subject.Text, "hold-aborted") }); len(rs) != 0 {
 			t.Errorf("a statement that cannot run opened request %s", rs[0].ID)
 		}
 		send(t, fe, &pgproto3.Query{String: "ROLLBACK"})
@@ -571,10 +588,10 @@ func TestHoldForApproval(t *testing.T) {
 		if err := outcome(t, cancelled); err != nil {
 			t.Fatalf("CancelRequest: %v", err)
 		}
-		if r, _ := h.approvals.Get(id); r.State != approval.Cancelled {
+		if r := h.get(id); r.State != approval.Cancelled {
 			t.Fatalf("request after the cancel: %s (%s)", r.State, r.Outcome)
 		}
-		if _, err := h.approvals.Vote(id, dba, true, "late"); !errors.Is(err, approval.ErrSettled) {
+		if _, err := h.approvals.Vote(context.Background(), id, dba, true, "late"); !errors.Is(err, approval.ErrSettled) {
 			t.Errorf("approving a withdrawn request: %v, want ErrSettled", err)
 		}
 		if n := h.payments(t, "505.05"); n != 0 || h.reached(t, "hold-cancel") {
@@ -589,15 +606,15 @@ func TestHoldForApproval(t *testing.T) {
 		id := rawHeld(t, conn, fe)
 		conn.Close()
 		select {
-		case <-h.approvals.Settled(id):
+		case <-h.settled(id):
 		case <-time.After(5 * time.Second):
 			t.Fatal("the request is still pending 5s after its caller left")
 		}
-		r, _ := h.approvals.Get(id)
+		r := h.get(id)
 		if r.State != approval.Cancelled || !strings.Contains(r.Outcome, "disconnected") {
 			t.Fatalf("request after the disconnect: %s (%s)", r.State, r.Outcome)
 		}
-		if _, err := h.approvals.Vote(id, dba, true, "late"); !errors.Is(err, approval.ErrSettled) {
+		if _, err := h.approvals.Vote(context.Background(), id, dba, true, "late"); !errors.Is(err, approval.ErrSettled) {
 			t.Errorf("approving a withdrawn request: %v, want ErrSettled", err)
 		}
 		if n := h.payments(t, "606.06"); n != 0 || h.reached(t, "hold-gone") {
@@ -623,7 +640,7 @@ func TestHoldForApproval(t *testing.T) {
 			t.Fatalf("INSERT denied by the new bundle: %d rows written, reached PostgreSQL: %v", n, h.reached(t, "hold-frozen"))
 		}
 		// The approval is not spent on a statement that did not run.
-		if r, _ := h.approvals.Get(id); r.State != approval.Approved || r.Uses != 0 {
+		if r := h.get(id); r.State != approval.Approved || r.Uses != 0 {
 			t.Errorf("request: state %s, uses %d", r.State, r.Uses)
 		}
 		usable(t, c)
@@ -742,7 +759,7 @@ func TestBoundParamsDisplay(t *testing.T) {
 	}
 	ts := time.Date(2025, 3, 4, 5, 6, 7, 890000000, time.UTC)
 
-	if (*boundParams)(nil).display() != nil {
+	if (*boundParams)(nil).display(newTypeNames()) != nil {
 		t.Error("no parameters display as something")
 	}
 	for _, c := range []struct {
@@ -777,7 +794,7 @@ func TestBoundParamsDisplay(t *testing.T) {
 			[]string{"$1::int4 = binary 0x010203"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := c.p.display(); !slices.Equal(got, c.want) {
+			if got := c.p.display(newTypeNames()); !slices.Equal(got, c.want) {
 				t.Errorf("display:\n got %q\nwant %q", got, c.want)
 			}
 		})
@@ -786,7 +803,7 @@ func TestBoundParamsDisplay(t *testing.T) {
 	// A timestamptz shows the instant with its offset, in whatever zone
 	// the gateway runs.
 	t.Run("binary timestamptz", func(t *testing.T) {
-		got := (&boundParams{formats: []int16{1}, values: [][]byte{enc(pgtype.TimestamptzOID, ts)}, oids: []uint32{pgtype.TimestamptzOID}}).display()
+		got := (&boundParams{formats: []int16{1}, values: [][]byte{enc(pgtype.TimestamptzOID, ts)}, oids: []uint32{pgtype.TimestamptzOID}}).display(newTypeNames())
 		const prefix = "$1::timestamptz = '"
 		if len(got) != 1 || !strings.HasPrefix(got[0], prefix) || !strings.HasSuffix(got[0], "'") {
 			t.Fatalf("display %q", got)

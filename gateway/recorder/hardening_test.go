@@ -51,14 +51,14 @@ func fill(t *testing.T, dir string) func() {
 	return func() { _ = os.Remove(p) }
 }
 
-// syncLog wraps r.Sync and remembers which files were synced.
+// syncLog wraps r.sync and remembers which files were synced.
 type syncLog struct {
 	mu    sync.Mutex
 	paths []string
 }
 
 func (l *syncLog) install(r *Recorder) {
-	r.Sync = func(f *os.File) error {
+	r.sync = func(f *os.File) error {
 		l.mu.Lock()
 		l.paths = append(l.paths, f.Name())
 		l.mu.Unlock()
@@ -317,7 +317,7 @@ func TestFailedCloseAcknowledgesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Sync = func(f *os.File) error {
+	r.sync = func(f *os.File) error {
 		if f.Name() == s.Path {
 			return syscall.EIO
 		}
@@ -337,10 +337,8 @@ func TestFailedCloseAcknowledgesNothing(t *testing.T) {
 // Every Record that returned nil must be in its recording after Close, and
 // nothing may deadlock.
 func TestRecorderStress(t *testing.T) {
-	old := JournalCheckpointBytes
-	JournalCheckpointBytes = 2 << 10
-	t.Cleanup(func() { JournalCheckpointBytes = old })
 	r, kr := newRec(t)
+	r.checkpointBytes = 2 << 10
 	const workers = 16
 	var wg sync.WaitGroup
 	var mu sync.Mutex

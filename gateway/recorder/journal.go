@@ -26,7 +26,7 @@ import (
 // loses nothing, its writes are in the page cache).
 //
 // The journal is emptied at a checkpoint, once every open recording has
-// been synced: when it grows past JournalCheckpointBytes, when the last
+// been synced: when it grows past the checkpoint size (WithCheckpointBytes), when the last
 // open session ends, when the disk is full, and on Close. Recordings that
 // ended are synced by End and need no journal.
 //
@@ -39,9 +39,6 @@ const JournalName = "recorder.journal"
 
 // lockName is the lock file that makes a recorder the directory's only one.
 const lockName = "recorder.lock"
-
-// JournalCheckpointBytes is the size past which the journal is emptied.
-var JournalCheckpointBytes int64 = 16 << 20
 
 // ErrPoisoned wraps every error after an fdatasync failed: after a failed
 // sync the kernel may have dropped the unsynced pages, so nothing written
@@ -91,7 +88,7 @@ func openJournal(r *Recorder) (*journal, error) {
 	r.Recovered = j.recover()
 	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err == nil {
-		err = r.Sync(f)
+		err = r.sync(f)
 		if err == nil {
 			err = syncDir(r.dir)
 		}
@@ -212,7 +209,7 @@ func (j *journal) commit(ticket uint64) error {
 }
 
 // sync makes every entry written so far durable, and returns the last
-// ticket it covers. Past JournalCheckpointBytes it checkpoints instead:
+// ticket it covers. Past the checkpoint size it checkpoints instead:
 // every open recording is synced and the journal emptied.
 func (j *journal) sync() (uint64, error) {
 	j.mu.Lock()
@@ -221,11 +218,11 @@ func (j *journal) sync() (uint64, error) {
 		j.mu.Unlock()
 		return target, j.closeErr // close synced everything, or failed
 	}
-	if j.size < JournalCheckpointBytes {
+	if j.size < j.r.checkpointBytes {
 		j.mu.Unlock()
 		// Writers go on appending while the disk works; their entries
 		// are the next batch.
-		return target, j.r.Sync(j.f)
+		return target, j.r.sync(j.f)
 	}
 	defer j.mu.Unlock()
 	return target, j.checkpointLocked()
@@ -235,14 +232,14 @@ func (j *journal) sync() (uint64, error) {
 // j.mu is held, so nothing is written meanwhile.
 func (j *journal) checkpointLocked() error {
 	for s := range j.open {
-		if err := j.r.Sync(s.f); err != nil {
+		if err := j.r.sync(s.f); err != nil {
 			return fmt.Errorf("sync %s: %w", s.Path, err)
 		}
 	}
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("truncate %s: %w", j.path, err)
 	}
-	if err := j.r.Sync(j.f); err != nil {
+	if err := j.r.sync(j.f); err != nil {
 		return fmt.Errorf("sync %s: %w", j.path, err)
 	}
 	j.size = 0
@@ -420,7 +417,7 @@ func (j *journal) recoverSession(id string, lines [][]byte) error {
 			return fmt.Errorf("recover %s: %w", path, err)
 		}
 	}
-	return j.r.Sync(f)
+	return j.r.sync(f)
 }
 
 type chain struct {

@@ -17,7 +17,7 @@ import (
 func TestGroupCommitSharesSyncs(t *testing.T) {
 	r, kr := newRec(t)
 	var syncs atomic.Int64
-	r.Sync = func(f *os.File) error {
+	r.sync = func(f *os.File) error {
 		syncs.Add(1)
 		time.Sleep(2 * time.Millisecond) // a disk that makes batching visible
 		return fdatasync(f)
@@ -176,11 +176,11 @@ func TestFailedSyncPoisons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Sync = func(*os.File) error { return errors.New("input/output error") }
+	r.sync = func(*os.File) error { return errors.New("input/output error") }
 	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); !errors.Is(err, ErrPoisoned) {
 		t.Fatalf("failed sync: %v", err)
 	}
-	r.Sync = fdatasync
+	r.sync = fdatasync
 	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 2"}); !errors.Is(err, ErrPoisoned) {
 		t.Fatalf("after a failed sync: %v", err)
 	}
@@ -192,10 +192,8 @@ func TestFailedSyncPoisons(t *testing.T) {
 // The journal is emptied at checkpoints, so it stays small however long
 // the sessions run; and Close leaves it empty with every recording intact.
 func TestJournalCheckpoint(t *testing.T) {
-	old := JournalCheckpointBytes
-	JournalCheckpointBytes = 4 << 10
-	t.Cleanup(func() { JournalCheckpointBytes = old })
 	r, kr := newRec(t)
+	r.checkpointBytes = 4 << 10
 	s, err := r.Start("long", Event{})
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +203,7 @@ func TestJournalCheckpoint(t *testing.T) {
 		if _, err := s.Record(Event{Type: TypeStatement, SQL: fmt.Sprintf("SELECT %d FROM generate_series(1, 100)", k)}); err != nil {
 			t.Fatal(err)
 		}
-		if fi, _ := os.Stat(jp); fi.Size() > 2*JournalCheckpointBytes {
+		if fi, _ := os.Stat(jp); fi.Size() > 2*r.checkpointBytes {
 			t.Fatalf("journal at %d bytes after %d events", fi.Size(), k)
 		}
 	}

@@ -32,21 +32,48 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
+// FormatVersion is the recording format this build writes, in the
+// session_start event's "format". Format 1 (no "format" field) was written
+// before the protocol seam: PostgreSQL only, with "statement" events that
+// held the SQL and its facts, and "masked" events with "columns". Both
+// verify the same way (the chain and the seal do not depend on the
+// fields), and readers take either.
+const FormatVersion = 2
+
 // Event types.
 const (
-	TypeStart     = "session_start"
+	TypeStart = "session_start"
+	// TypeRequest is a request the session made (a statement, a command,
+	// an API call) with its decision, durable before it is forwarded.
+	TypeRequest = "request"
+	// TypeStatement is format 1's TypeRequest (PostgreSQL statements).
 	TypeStatement = "statement"
+	TypeResult    = "result"
 	TypeMasked    = "masked"
 	TypeApproval  = "approval"
-	TypeEnd       = "session_end"
-	TypeSeal      = "seal"
+	// TypeOutput holds terminal or exec output as asciicast frames.
+	TypeOutput = "output"
+	// TypeRecheck says the session was judged again under a new bundle
+	// revision, and who it is under that revision.
+	TypeRecheck = "recheck"
+	TypeEnd     = "session_end"
+	TypeSeal    = "seal"
 	// TypeGap marks where events could not be written (a full disk): the
 	// recording says so rather than closing over the hole, and Verify
 	// reports it as incomplete.
 	TypeGap = "gap"
 )
 
+// IsRequest reports whether an event type is a request, in either format.
+func IsRequest(typ string) bool { return typ == TypeRequest || typ == TypeStatement }
+
 // Event is one line of a recording. Fields not used by a type are omitted.
+//
+// Every event has the chain (Seq, Time, Type, Prev). The session's header
+// (session, protocol, identity, resource, bundle revision) is written once,
+// in session_start, and again in a recheck when a new bundle revision
+// judges the session; a recording is one session, so every event in it
+// belongs to the header before it.
 type Event struct {
 	Seq  int       `json:"seq"`
 	Time time.Time `json:"time"`
@@ -54,8 +81,11 @@ type Event struct {
 	// Prev is the hex SHA-256 of the previous line ("" for the first).
 	Prev string `json:"prev"`
 
-	// session_start
+	// session_start (and recheck: Identity to Groups, BundleRevision,
+	// BundleDigest)
+	Format         int      `json:"format,omitempty"`
 	Session        string   `json:"session,omitempty"`
+	Protocol       string   `json:"protocol,omitempty"`
 	Identity       string   `json:"identity,omitempty"`
 	Subject        string   `json:"subject,omitempty"`
 	Issuer         string   `json:"issuer,omitempty"`
@@ -65,29 +95,46 @@ type Event struct {
 	BundleDigest   string   `json:"bundle_digest,omitempty"`
 	ClientAddr     string   `json:"client_addr,omitempty"`
 
-	// statement
-	SQL      string          `json:"sql,omitempty"`
+	// request: how it came (Kind: query, parse, execute, function_call,
+	// exec, shell, api), what it says for people (Text), the protocol's
+	// request as policy saw it (Request: celpolicy.Request JSON) and the
+	// decision.
 	Kind     string          `json:"kind,omitempty"`
-	Facts    json.RawMessage `json:"facts,omitempty"`
+	Text     string          `json:"text,omitempty"`
+	Request  json.RawMessage `json:"request,omitempty"`
 	Decision json.RawMessage `json:"decision,omitempty"`
 	Effect   string          `json:"effect,omitempty"`
 	Rules    []string        `json:"rules,omitempty"`
-	// Outcome of a forwarded statement, recorded once it completes.
+
+	// Format 1's request fields: the SQL and its facts.
+	SQL   string          `json:"sql,omitempty"`
+	Facts json.RawMessage `json:"facts,omitempty"`
+
+	// result, masked, approval, output: the request event they belong to.
+	Ref int `json:"ref,omitempty"`
+	// result: how a forwarded request ended.
 	DurationMS float64 `json:"duration_ms,omitempty"`
 	Rows       int64   `json:"rows,omitempty"`
-	Error      string  `json:"error,omitempty"`
-	Ref        int     `json:"ref,omitempty"` // the statement event an outcome belongs to
+	// Status is an HTTP status; ExitCode an exec's exit status.
+	Status   int    `json:"status,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+	Error    string `json:"error,omitempty"`
 
-	// masked: which columns were masked, never their values.
+	// masked: which fields were masked and how ("schema.table.column=redact"),
+	// never their values. Format 1 called them Columns.
+	Fields  []string `json:"fields,omitempty"`
 	Columns []string `json:"columns,omitempty"`
 
-	// statement (review) and approval: the approval request, how it was
+	// output: asciicast v2 frames.
+	Frames []Frame `json:"frames,omitempty"`
+
+	// request (review) and approval: the approval request, how it was
 	// settled (approved, denied, expired, cancelled, pending when the wait
 	// ran out, or used for an approval given earlier) and the votes.
 	Approval string `json:"approval,omitempty"`
 	State    string `json:"state,omitempty"`
 	Votes    []Vote `json:"votes,omitempty"`
-	// ApprovalHash binds the approval to the statement and its Params
+	// ApprovalHash binds the approval to the request and its Params
 	// (bound parameters, as approvers read them).
 	ApprovalHash string   `json:"approval_hash,omitempty"`
 	Params       []string `json:"params,omitempty"`
@@ -100,6 +147,54 @@ type Event struct {
 	// seal
 	KeyID     string `json:"key_id,omitempty"`
 	Signature string `json:"signature,omitempty"`
+}
+
+// Display is what a request event says for people, in either format.
+func (ev *Event) Display() string {
+	if ev.Text != "" {
+		return ev.Text
+	}
+	return ev.SQL
+}
+
+// MaskedFields are a masked event's fields, in either format.
+func (ev *Event) MaskedFields() []string {
+	if len(ev.Fields) > 0 {
+		return ev.Fields
+	}
+	return ev.Columns
+}
+
+// Frame is one asciicast v2 event: seconds since the session started, the
+// stream ("o" output, "i" input) and the data. It is written as the
+// asciicast array [t, "o", "data"].
+type Frame struct {
+	T      float64
+	Stream string
+	Data   string
+}
+
+// MarshalJSON writes the asciicast array.
+func (f Frame) MarshalJSON() ([]byte, error) {
+	return json.Marshal([]any{f.T, f.Stream, f.Data})
+}
+
+// UnmarshalJSON reads the asciicast array.
+func (f *Frame) UnmarshalJSON(b []byte) error {
+	var a []json.RawMessage
+	if err := json.Unmarshal(b, &a); err != nil {
+		return err
+	}
+	if len(a) != 3 {
+		return fmt.Errorf("an asciicast frame has 3 elements, not %d", len(a))
+	}
+	if err := json.Unmarshal(a[0], &f.T); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(a[1], &f.Stream); err != nil {
+		return err
+	}
+	return json.Unmarshal(a[2], &f.Data)
 }
 
 // Vote is an approver's decision on an approval request.
@@ -117,25 +212,43 @@ type Recorder struct {
 	dir   string
 	key   ed25519.PrivateKey
 	keyID string
-	// Sync is the durability step; tests replace it to simulate a failing
-	// disk. It defaults to fdatasync.
-	Sync func(*os.File) error
+	// sync is the durability step (fdatasync; tests simulate a failing
+	// disk with WithSync).
+	sync func(*os.File) error
+	// checkpointBytes is the journal size past which it is emptied.
+	checkpointBytes int64
 
 	// Recovered lists what Open could not repair from a journal left by a
 	// crash (the gateway logs it; Verify reports those recordings).
 	Recovered []string
+	// Stats count what the recorder did, for metrics.
+	Stats Stats
 
 	j *journal
 }
 
+// Option configures a Recorder.
+type Option func(*Recorder)
+
+// WithSync replaces fdatasync as the durability step: tests simulate a
+// disk that fails, or one that is slow.
+func WithSync(fn func(*os.File) error) Option { return func(r *Recorder) { r.sync = fn } }
+
+// WithCheckpointBytes sets the journal size past which it is emptied
+// (default 16 MiB).
+func WithCheckpointBytes(n int64) Option { return func(r *Recorder) { r.checkpointBytes = n } }
+
 // Open prepares a recorder writing into dir (created 0700), which it locks
 // for its lifetime. A journal left by a recorder that did not close (a
 // crash) is replayed into the recordings first.
-func Open(dir string, key ed25519.PrivateKey) (*Recorder, error) {
+func Open(dir string, key ed25519.PrivateKey, opts ...Option) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	r := &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), Sync: fdatasync}
+	r := &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), sync: fdatasync, checkpointBytes: 16 << 20}
+	for _, o := range opts {
+		o(r)
+	}
 	j, err := openJournal(r)
 	if err != nil {
 		return nil, err
@@ -155,6 +268,9 @@ func (r *Recorder) Healthy() error { return r.j.poisoned() }
 // fdatasync makes a file's data (and the size it needs) durable, which is
 // all an appended event needs.
 func fdatasync(f *os.File) error { return unix.Fdatasync(int(f.Fd())) }
+
+// Fdatasync is the default durability step, for a WithSync that wraps it.
+func Fdatasync(f *os.File) error { return fdatasync(f) }
 
 // LoadOrCreateKey reads the recorder's signing key from path, creating it
 // (0600, with the public key beside it as path.pub) on first use.
@@ -223,14 +339,16 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 	path := filepath.Join(r.dir, id+".jsonl")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o600)
 	if err != nil {
+		r.Stats.Errors.Add(1)
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
 	s := &Session{r: r, id: id, f: f, Path: path}
 	if err := r.j.add(s); err != nil {
+		r.Stats.Errors.Add(1)
 		f.Close()
 		return nil, err
 	}
-	start.Type, start.Session = TypeStart, id
+	start.Type, start.Session, start.Format = TypeStart, id, FormatVersion
 	if _, err := s.Record(start); err != nil {
 		r.j.forget(s)
 		f.Close()
@@ -244,14 +362,22 @@ var ErrSealed = errors.New("recorder: the recording is sealed")
 
 // Record appends an event and makes it durable before returning its
 // sequence number. An error means the event is not recorded: the caller
-// must not act on what it describes.
+// must not act on what it describes. The time it took is counted in the
+// recorder's Stats.
 func (s *Session) Record(ev Event) (int, error) {
+	start := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sealed {
 		return 0, ErrSealed
 	}
-	return s.appendLocked(ev, true)
+	seq, err := s.appendLocked(ev, true)
+	if err != nil {
+		s.r.Stats.Errors.Add(1)
+		return 0, err
+	}
+	s.r.Stats.observe(time.Since(start))
+	return seq, nil
 }
 
 // Append appends an event without waiting for the disk: the next Record or
@@ -265,7 +391,11 @@ func (s *Session) Append(ev Event) (int, error) {
 	if s.sealed {
 		return 0, ErrSealed
 	}
-	return s.appendLocked(ev, false)
+	seq, err := s.appendLocked(ev, false)
+	if err != nil {
+		s.r.Stats.Errors.Add(1)
+	}
+	return seq, err
 }
 
 func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
@@ -296,7 +426,7 @@ func (s *Session) appendLocked(ev Event, durable bool) (int, error) {
 // any other event (a result, the masks applied, the end) is a hole that
 // the next write records as a gap.
 func (s *Session) failed(ev Event, err error) error {
-	if ev.Type != TypeStatement && ev.Type != TypeStart {
+	if !IsRequest(ev.Type) && ev.Type != TypeStart {
 		s.lost++
 		if s.lostErr == "" {
 			s.lostErr = err.Error()
@@ -352,7 +482,7 @@ func (s *Session) End(reason string) error {
 		sig := ed25519.Sign(s.r.key, sealMessage(s.id, s.prev))
 		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
 	}
-	if serr := s.r.Sync(s.f); serr != nil {
+	if serr := s.r.sync(s.f); serr != nil {
 		if ferr := s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, serr)); err == nil {
 			err = ferr
 		}
@@ -361,6 +491,9 @@ func (s *Session) End(reason string) error {
 	s.r.j.forget(s)
 	if cerr := s.f.Close(); err == nil {
 		err = cerr
+	}
+	if err != nil {
+		s.r.Stats.Errors.Add(1)
 	}
 	return err
 }

@@ -144,7 +144,7 @@ func TestFailClosedOnWriteError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Sync = func(*os.File) error { return errors.New("no space left on device") }
+	r.sync = func(*os.File) error { return errors.New("no space left on device") }
 	if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 1"}); err == nil || !strings.Contains(err.Error(), "no space") {
 		t.Fatalf("a failed sync must be an error: %v", err)
 	}
@@ -165,7 +165,7 @@ func TestList(t *testing.T) {
 func TestAppendIsMadeDurableByTheNextRecord(t *testing.T) {
 	r, kr := newRec(t)
 	syncs := 0
-	r.Sync = func(f *os.File) error { syncs++; return fdatasync(f) }
+	r.sync = func(f *os.File) error { syncs++; return fdatasync(f) }
 	s, err := r.Start("s", Event{})
 	if err != nil {
 		t.Fatal(err)

@@ -196,7 +196,7 @@ func run(duration time.Duration, scale int, clients []int, out string) error {
 	if err != nil {
 		return err
 	}
-	gwHost, gwPort, _ := net.SplitHostPort(env.Gateway.PostgresAddr)
+	gwHost, gwPort, _ := net.SplitHostPort(env.Gateway.Addr("postgres"))
 	bHost, bPort, _ := net.SplitHostPort(bouncer.addr)
 	paths := []path{
 		{name: "direct", host: pg.Host(), port: strconv.Itoa(pg.Port()), user: "bench", password: string(benchPW), db: "bench"},

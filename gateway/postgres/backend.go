@@ -1,0 +1,287 @@
+package postgres
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// responses forwards the upstream's messages to the caller, matching each
+// to its request: it masks rows, swaps the gateway's denial in for the
+// placeholder error, hides the responses to its own requests, and records
+// statement and portal changes as the upstream confirms them. A response
+// that does not fit its request ends the session.
+func (s *session) responses() {
+	for {
+		msg, err := s.fe.Receive()
+		if err != nil {
+			if !s.ending.Load() {
+				s.closeAll()
+			}
+			return
+		}
+		out, flush, ok := s.response(msg)
+		if !ok {
+			return
+		}
+		if out == nil {
+			continue
+		}
+		if err := s.send(out, flush || s.fe.ReadBufferLen() == 0); err != nil {
+			s.closeAll()
+			return
+		}
+	}
+}
+
+// is reports whether the request a response answers is of one of kinds.
+func is(h *slot, kinds ...slotKind) bool {
+	if h == nil {
+		return false
+	}
+	for _, k := range kinds {
+		if h.kind == k {
+			return true
+		}
+	}
+	return false
+}
+
+// response handles one upstream message: what to send the caller (nil for
+// nothing), whether to flush, and false when the session must end.
+func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool, bool) {
+	h := s.q.head(false)
+	switch m := msg.(type) {
+	case *pgproto3.ParseComplete:
+		return s.completed(msg, h, slotParse)
+	case *pgproto3.BindComplete:
+		return s.completed(msg, h, slotBind)
+	case *pgproto3.CloseComplete:
+		return s.completed(msg, h, slotClose)
+	case *pgproto3.ParameterDescription:
+		return s.parameterDescription(m, h)
+	case *pgproto3.RowDescription:
+		return s.rowDescription(m, h)
+	case *pgproto3.NoData:
+		if !is(h, slotDescribe) {
+			return s.outOfStep("NoData without a Describe")
+		}
+		s.q.pop()
+		if h.hidden {
+			h.resolve(&resultDesc{})
+			return nil, false, true
+		}
+	case *pgproto3.DataRow:
+		return s.dataRow(m, h)
+	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
+		return s.commandEnd(msg, h)
+	case *pgproto3.CopyInResponse:
+		if !is(h, slotQuery, slotExecute) {
+			return s.outOfStep("CopyInResponse without a query")
+		}
+		s.copyIn.Store(true)
+	case *pgproto3.CopyOutResponse, *pgproto3.CopyData, *pgproto3.CopyDone:
+		if !is(h, slotQuery, slotExecute) {
+			return s.outOfStep(fmt.Sprintf("%T without a query", msg))
+		}
+	case *pgproto3.CopyBothResponse:
+		return s.outOfStep("CopyBothResponse")
+	case *pgproto3.FunctionCallResponse:
+		if !is(h, slotFunctionCall) {
+			return s.outOfStep("FunctionCallResponse without a call")
+		}
+	case *pgproto3.ErrorResponse:
+		return s.errorResponse(m, h)
+	case *pgproto3.ReadyForQuery:
+		return s.readyForQuery(m, h)
+	case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
+		return s.asynchronous(msg)
+	default:
+		return s.outOfStep(fmt.Sprintf("unexpected %T", msg))
+	}
+	return msg, false, true
+}
+
+// outOfStep ends a session whose responses no longer fit its requests.
+func (s *session) outOfStep(what string) (pgproto3.BackendMessage, bool, bool) {
+	s.desync(what)
+	return nil, false, false
+}
+
+// completed settles a Parse, Bind or Close: the name change it makes is
+// real now.
+func (s *session) completed(msg pgproto3.BackendMessage, h *slot, want slotKind) (pgproto3.BackendMessage, bool, bool) {
+	if !is(h, want) {
+		return s.outOfStep(fmt.Sprintf("%T without its request", msg))
+	}
+	s.q.pop()
+	s.names.settle(h.mut, true)
+	return msg, false, true
+}
+
+func (s *session) parameterDescription(m *pgproto3.ParameterDescription, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	if !is(h, slotDescribe) {
+		return s.outOfStep("ParameterDescription without a Describe")
+	}
+	if h.stmt != nil {
+		oids := append([]uint32(nil), m.ParameterOIDs...)
+		h.stmt.paramOIDs.Store(&oids)
+	}
+	if h.hidden {
+		return nil, false, true
+	}
+	return m, false, true
+}
+
+func (s *session) rowDescription(m *pgproto3.RowDescription, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	switch {
+	case is(h, slotDescribe):
+		s.q.pop()
+		if h.hidden {
+			h.resolve(s.describe(m, h.masks, h.uncertain))
+			return nil, false, true
+		}
+	case is(h, slotQuery):
+		if len(h.masks) > 0 {
+			h.desc = s.describe(m, h.masks, h.uncertain)
+			if h.desc.blocked != "" {
+				// The statement has already run: the gateway cannot
+				// withhold the rows and keep the upstream's state true,
+				// so it ends the session, which aborts the upstream
+				// transaction.
+				s.end("42501", "gatehouse: "+h.desc.blocked+"; the session is ended so that the statement's transaction is rolled back")
+				return nil, false, false
+			}
+			s.recordMasked(h.recRef, h.desc)
+		}
+	default:
+		return s.outOfStep("RowDescription without its request")
+	}
+	return m, false, true
+}
+
+func (s *session) dataRow(m *pgproto3.DataRow, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	if !is(h, slotQuery, slotExecute) {
+		return s.outOfStep("DataRow without a query")
+	}
+	if len(h.masks) == 0 {
+		return m, false, true
+	}
+	if h.desc == nil {
+		return s.outOfStep("rows to mask without their layout")
+	}
+	return h.desc.mask(m), false, true
+}
+
+func (s *session) commandEnd(msg pgproto3.BackendMessage, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	if cc, ok := msg.(*pgproto3.CommandComplete); ok && h != nil {
+		s.recordOutcome(h, rowsOf(cc.CommandTag), "")
+	}
+	switch {
+	case is(h, slotExecute):
+		s.q.pop()
+	case is(h, slotQuery):
+		h.desc = nil // a multi-statement query: the next result has its own
+	default:
+		return s.outOfStep(fmt.Sprintf("%T without a query", msg))
+	}
+	return msg, false, true
+}
+
+// errorResponse passes an error on (withheld when masks apply: it may
+// quote a masked value), or the gateway's denial in place of the
+// placeholder's, and follows the upstream into skipping to Sync.
+func (s *session) errorResponse(m *pgproto3.ErrorResponse, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	var out pgproto3.BackendMessage = m
+	withhold := s.cs.Masked() || (h != nil && len(h.masks) > 0)
+	if withhold {
+		out = scrubError(m)
+	}
+	if m.Severity == "FATAL" || m.Severity == "PANIC" {
+		// The upstream is ending the session: pass it on.
+		return out, true, true
+	}
+	if h != nil && h.deny == nil {
+		if withhold {
+			s.recordOutcome(h, 0, m.Code+": (the server's message is withheld: masks apply)")
+		} else {
+			s.recordOutcome(h, 0, m.Code+": "+m.Message)
+		}
+	}
+	switch {
+	case h == nil:
+	case is(h, slotQuery, slotFunctionCall):
+		if h.deny != nil {
+			out = h.deny
+		}
+		s.copyIn.Store(false)
+	case s.q.isSkipping():
+	default:
+		// Extended protocol: the failed request gets no more responses,
+		// and the upstream skips every request up to Sync. The error goes
+		// to the caller now, as the upstream sends it, not when Sync
+		// comes.
+		s.q.pop()
+		s.names.settle(h.mut, false)
+		if h.ready != nil {
+			h.resolve(nil)
+		}
+		if h.deny != nil {
+			out = h.deny
+		}
+		s.q.skip()
+	}
+	return out, false, true
+}
+
+func (s *session) readyForQuery(m *pgproto3.ReadyForQuery, h *slot) (pgproto3.BackendMessage, bool, bool) {
+	s.copyIn.Store(false)
+	if s.q.isSkipping() {
+		s.q.endSkip(s.names)
+	} else {
+		if !is(h, slotSync, slotQuery, slotFunctionCall) {
+			return s.outOfStep("ReadyForQuery without a Sync or query")
+		}
+		s.q.pop()
+	}
+	s.txStatus.Store(uint32(m.TxStatus))
+	if m.TxStatus == 'I' {
+		s.names.endTransaction()
+	}
+	return m, true, true
+}
+
+// asynchronous handles what the upstream may send at any time.
+func (s *session) asynchronous(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool, bool) {
+	switch m := msg.(type) {
+	case *pgproto3.ParameterStatus:
+		if bad := unsafeParameter(m); bad != "" {
+			s.end("XX000", "gatehouse: session ended: "+bad)
+			return nil, false, false
+		}
+	case *pgproto3.NoticeResponse:
+		if s.cs.Masked() {
+			return scrubNotice(m), false, true
+		}
+	case *pgproto3.NotificationResponse:
+		if s.cs.Masked() && m.Payload != "" {
+			return &pgproto3.NotificationResponse{PID: m.PID, Channel: m.Channel, Payload: "(withheld by gatehouse: masks apply)"}, false, true
+		}
+	}
+	return msg, false, true
+}
+
+// rowsOf reads the row count from a command tag ("SELECT 3", "INSERT 0 1").
+func rowsOf(tag []byte) int64 {
+	f := strings.Fields(string(tag))
+	if len(f) < 2 {
+		return 0
+	}
+	n, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}

@@ -1,0 +1,187 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+)
+
+// execute decides an Execute by the statement its portal will really run,
+// as the upstream will have it, with the bundle active now: rules that use
+// the time or the session's counters are judged at each execution.
+func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
+	_, p, ok := s.names.resolve("P:"+m.Portal, s.batch)
+	if !ok {
+		return net.ErrClosed
+	}
+	var req *celpolicy.PostgresRequest
+	var params *boundParams
+	sql := ""
+	if p == nil || p.stmt == nil {
+		// A portal the gateway did not see bound (or a cursor made with
+		// SQL DECLARE): nothing is known of it, so it must not run.
+		req = &celpolicy.PostgresRequest{Kind: "query", Problem: fmt.Sprintf("portal %q was not bound through the gateway", m.Portal)}
+	} else {
+		req, sql, params = p.stmt.req, p.stmt.sql, p.params
+	}
+	d := s.cs.Decide(req, true)
+	var ref int
+	var rerr error
+	switch {
+	case d.Effect == bundle.EffectReview && p != nil && p.approval != "":
+		// More rows of a portal an approval released (a cursor fetched
+		// in batches): the same statement with the same parameters.
+		ref, rerr = s.record("execute", sql, req, d)
+		if rerr == nil {
+			s.cs.Note(recorder.Event{Type: recorder.TypeApproval, Ref: ref, Approval: p.approval, State: "continued", Reason: "more rows of the portal the approval released"})
+			d.Effect = bundle.EffectAllow
+			s.cs.Tally(true)
+		}
+	case d.Effect == bundle.EffectReview:
+		held, err := s.executeHeld(ctx, m, p, req, sql, params, d)
+		if err != nil || held == nil {
+			return err
+		}
+		d, ref = held.d, held.ref
+	default:
+		ref, rerr = s.record("execute", sql, req, d)
+	}
+	if rerr != nil || d.Effect != bundle.EffectAllow {
+		// Fail this batch upstream so the upstream skips to Sync.
+		deny := s.unrecorded()
+		if rerr == nil {
+			deny = s.denial(d, req)
+		}
+		s.push(&slot{kind: slotParse, deny: deny})
+		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
+		return nil
+	}
+	return s.forwardExecute(m, req, d, ref)
+}
+
+// heldExecute is an Execute that approvers released.
+type heldExecute struct {
+	d   celpolicy.Decision
+	ref int
+}
+
+// executeHeld holds an Execute for approval. It returns nil (and no
+// error) when the Execute has been dealt with: skipped by the upstream, or
+// refused.
+func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *portal, req *celpolicy.PostgresRequest, sql string, params *boundParams, d celpolicy.Decision) (*heldExecute, error) {
+	// Will the upstream run it at all? After an earlier error in this
+	// batch (or in an aborted transaction, where the Bind failed) it
+	// skips to Sync: nothing to hold, and no approval to spend.
+	hd := &slot{kind: slotDescribe, hidden: true, ready: make(chan *resultDesc, 1)}
+	s.push(hd)
+	s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
+	s.fe.Send(&pgproto3.Flush{})
+	if err := s.fe.Flush(); err != nil {
+		return nil, err
+	}
+	if desc := <-hd.ready; desc == nil {
+		ref, _ := s.record("execute", sql, req, d)
+		s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
+		s.fe.Send(m)
+		return nil, nil
+	}
+	if params != nil {
+		// The types the hash binds, and those approvers read.
+		params.declared = p.stmt.declared
+		if oids := p.stmt.paramOIDs.Load(); oids != nil {
+			params.oids = *oids
+		}
+	}
+	v := s.hold(ctx, "execute", sql, params, req, d)
+	switch {
+	case v.Gone:
+		return nil, net.ErrClosed
+	case v.End != nil:
+		s.endWith(v.End)
+		return nil, net.ErrClosed
+	case !s.check(ctx):
+		return nil, net.ErrClosed
+	}
+	if v.Refusal != nil {
+		s.push(&slot{kind: slotParse, deny: errorOf(v.Refusal)})
+		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
+		return nil, nil
+	}
+	p.approval = v.Approval
+	return &heldExecute{d: v.Decision, ref: v.Ref}, nil
+}
+
+// forwardExecute sends an allowed Execute. To mask rows the gateway must
+// know their columns' origins, and to withhold a result it cannot mask it
+// must know before the statement runs: with masks, it describes the portal
+// first and waits for the answer.
+func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
+	if len(d.Masks) == 0 {
+		s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
+		s.fe.Send(m)
+		return nil
+	}
+	hd := &slot{kind: slotDescribe, hidden: true, masks: d.Masks, uncertain: setOperation(req.Statements), ready: make(chan *resultDesc, 1)}
+	s.push(hd)
+	s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
+	// A protocol Flush: the upstream holds its responses until Sync or
+	// Flush, and the answer is needed now.
+	s.fe.Send(&pgproto3.Flush{})
+	if err := s.fe.Flush(); err != nil {
+		return err
+	}
+	desc := <-hd.ready
+	switch {
+	case desc == nil:
+		// The upstream is skipping to Sync after an earlier error (or
+		// the session is ending): this Execute will not run either.
+		s.push(&slot{kind: slotExecute, masks: d.Masks, recRef: ref, start: time.Now()})
+		s.fe.Send(m)
+	case desc.blocked != "":
+		s.push(&slot{kind: slotParse, deny: &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: "gatehouse: " + desc.blocked}})
+		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
+	default:
+		s.recordMasked(ref, desc)
+		s.push(&slot{kind: slotExecute, masks: d.Masks, desc: desc, recRef: ref, start: time.Now()})
+		s.fe.Send(m)
+	}
+	return nil
+}
+
+// functionCall decides a fast-path call by the function's name.
+func (s *session) functionCall(m *pgproto3.FunctionCall) {
+	name, err := s.srv.catalog.functionName(s.cs.Resource(), m.Function)
+	var req *celpolicy.PostgresRequest
+	if err != nil {
+		req = &celpolicy.PostgresRequest{Kind: "function_call", Problem: fmt.Sprintf("function %d could not be identified: %v", m.Function, err)}
+	} else {
+		req = celpolicy.FunctionCall(name)
+	}
+	d := s.cs.Decide(req, true)
+	if d.Effect == bundle.EffectReview {
+		// A fast-path call is not SQL text an approver can read and a
+		// hash can bind; it is refused, and SELECT f(...) can be held.
+		d.Effect = bundle.EffectDeny
+		d.Reasons = append([]string{"a fast-path function call cannot be held for approval; call the function with SELECT instead"}, d.Reasons...)
+		s.cs.Tally(false)
+	}
+	ref, rerr := s.record("function_call", name, req, d)
+	if rerr != nil || d.Effect != bundle.EffectAllow {
+		deny := s.unrecorded()
+		if rerr == nil {
+			deny = s.denial(d, req)
+		}
+		s.push(&slot{kind: slotFunctionCall, deny: deny})
+		s.fe.Send(&pgproto3.Query{String: deniedSQL})
+		return
+	}
+	s.push(&slot{kind: slotFunctionCall, recRef: ref, start: time.Now()})
+	s.fe.Send(m)
+}
