@@ -17,11 +17,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/internal/clock"
 	"github.com/gatehouse-dev/gatehouse/internal/oidctest"
 	"github.com/gatehouse-dev/gatehouse/internal/pgtest"
 )
@@ -149,6 +151,13 @@ type env struct {
 // logger and recorder).
 func startEnv(t testing.TB, opts ...core.Option) *env {
 	t.Helper()
+	return startEnvClock(t, clock.Real, opts...)
+}
+
+// startEnvClock starts the setup with the core's token expiry read from
+// clk, so a test moves time instead of sleeping for a token to expire.
+func startEnvClock(t testing.TB, clk clock.Clock, opts ...core.Option) *env {
+	t.Helper()
 	pg := pgtest.Start(t, pgtest.WithStatementLog())
 	pgPass := "upstream-" + fmt.Sprint(time.Now().UnixNano())
 	pg.CreateRole(t, "gatehouse", pgPass)
@@ -178,7 +187,8 @@ func startEnv(t testing.TB, opts ...core.Option) *env {
 		}
 	})
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.store = bundlestore.New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), t.TempDir(), bundlestore.WithLogger(log))
+	e.store = bundlestore.New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), t.TempDir(), bundlestore.WithLogger(log),
+		bundlestore.WithAuthOptions(auth.WithClock(clk.Now)))
 	e.publish(t, e.policyF(e.issuer.URL, pg.Addr()))
 	res := secrets.Resolver{Getenv: func(name string) (string, bool) {
 		if name == "ORDERS_DB_PASSWORD" {
@@ -200,7 +210,7 @@ func startEnv(t testing.TB, opts ...core.Option) *env {
 		t.Fatal(err)
 	}
 	e.recKeys = bundle.NewKeyring(recKey.Public().(ed25519.PublicKey))
-	e.core = core.New(e.store, append([]core.Option{core.WithLogger(log), core.WithRecorder(e.rec)}, opts...)...)
+	e.core = core.New(e.store, append([]core.Option{core.WithLogger(log), core.WithRecorder(e.rec), core.WithClock(clk)}, opts...)...)
 	e.srv = New(Config{InsecurePlaintext: true}, e.core, WithLogger(log), WithSecrets(res))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

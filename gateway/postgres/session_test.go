@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/gatehouse-dev/gatehouse/internal/clock"
 )
 
 func pgCode(err error) string {
@@ -26,13 +28,14 @@ func pgCode(err error) string {
 }
 
 // TestTokenExpiryEndsSession: a token that expires mid-session ends the
-// session at the next statement with FATAL 28000.
+// session at the next statement with FATAL 28000. The core's clock moves;
+// nothing sleeps.
 func TestTokenExpiryEndsSession(t *testing.T) {
-	e := startEnv(t)
+	clk := clock.NewFake(time.Now())
+	e := startEnvClock(t, clk)
 	ctx := context.Background()
 	c := e.issuer.Claims("billing-service", "gatehouse")
-	// Valid now; past its expiry (and the 30 s skew) in two seconds.
-	c["exp"] = time.Now().Add(-28 * time.Second).Unix()
+	c["exp"] = clk.Now().Add(time.Minute).Unix()
 	conn, err := pgx.Connect(ctx, e.connString(e.issuer.Sign(t, c)))
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +44,12 @@ func TestTokenExpiryEndsSession(t *testing.T) {
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond)
+	// Just before the expiry plus the default 30 s skew: still valid.
+	clk.Advance(time.Minute + 29*time.Second)
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("within the skew: %v", err)
+	}
+	clk.Advance(2 * time.Second)
 	_, err = conn.Exec(ctx, "SELECT 1")
 	if pgCode(err) != "28000" || !strings.Contains(err.Error(), "token expired") {
 		t.Fatalf("after expiry: %v", err)
