@@ -340,7 +340,11 @@ type Test struct {
 // must name kinds of its policy's resource kind.
 var RequestKinds = map[string][]string{
 	KindPostgres:   {"connect", "query", "function_call"},
-	KindSSHHost:    {"connect", "exec", "shell", "subsystem", "forward"},
+	// ssh_host: a session (connect), a command (exec), an interactive
+	// shell, a subsystem (sftp), a local forward (direct-tcpip), a
+	// terminal (pty), an environment variable (env), X11 forwarding, agent
+	// forwarding, and a remote forward (tcpip-forward).
+	KindSSHHost: {"connect", "exec", "shell", "subsystem", "forward", "pty", "env", "x11", "agent", "remote_forward"},
 	KindKubernetes: {"api"},
 }
 

@@ -341,7 +341,7 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 		add("subsystem sftp", &SSHRequest{Kind: "subsystem", Subsystem: "sftp"})
 		add("forward localhost:5432", &SSHRequest{Kind: "forward", ForwardHost: "localhost", ForwardPort: 5432})
 		for _, l := range sortedKeys(literals) {
-			add("exec: "+l, &SSHRequest{Kind: "exec", Command: l})
+			add("exec: "+l, Exec(l))
 		}
 		for _, t := range tests {
 			if r, err := an.ParseRequest(kind, []byte(t.Request)); err == nil {

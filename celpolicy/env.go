@@ -87,12 +87,33 @@ type PostgresRequest struct {
 
 // SSHRequest is an SSH request.
 type SSHRequest struct {
-	// Kind is "connect", "exec", "shell", "subsystem" or "forward".
-	Kind        string `cel:"kind" json:"kind"`
-	Command     string `cel:"command" json:"command,omitempty"`
-	Subsystem   string `cel:"subsystem" json:"subsystem,omitempty"`
+	// Kind is "connect", "exec", "shell", "subsystem", "forward" (a local
+	// forward, direct-tcpip), "pty", "env", "x11", "agent" or
+	// "remote_forward" (tcpip-forward).
+	Kind string `cel:"kind" json:"kind"`
+	// Command is an exec's command line, exactly as sent.
+	Command string `cel:"command" json:"command,omitempty"`
+	// Argv are the command's words, parsed with a POSIX shell parser, when
+	// the command is one simple command of literal words (Simple); empty
+	// otherwise. A rule that reads argv should also require simple: a
+	// command with pipes, lists, redirections, substitutions or variables
+	// has no argv that says what it does.
+	Argv   []string `cel:"argv" json:"argv,omitempty"`
+	Simple bool     `cel:"simple" json:"simple,omitempty"`
+	// Subsystem is a subsystem's name ("sftp").
+	Subsystem string `cel:"subsystem" json:"subsystem,omitempty"`
+	// ForwardHost and ForwardPort are where a forward connects (forward)
+	// or the address a remote forward binds (remote_forward).
 	ForwardHost string `cel:"forward_host" json:"forward_host,omitempty"`
 	ForwardPort int64  `cel:"forward_port" json:"forward_port,omitempty"`
+	// Env is an env request's variable name (its value is neither decided
+	// on nor recorded: it may be a secret).
+	Env string `cel:"env" json:"env,omitempty"`
+	// Term is a pty request's terminal type; Cols and Rows its size (for
+	// replay, not for rules).
+	Term string `cel:"term" json:"term,omitempty"`
+	Cols int    `cel:"-" json:"cols,omitempty"`
+	Rows int    `cel:"-" json:"rows,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
 }

@@ -8,6 +8,7 @@ import (
 	"cel.dev/cel-go/ext"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/shellcmd"
 )
 
 // kindSpec is everything celpolicy knows about one resource kind's
@@ -39,7 +40,12 @@ var kinds = [...]kindSpec{
 		},
 		parse: parsePostgres,
 	},
-	{resource: bundle.KindSSHHost, goType: reflect.TypeFor[SSHRequest](), parse: parseSSH},
+	{
+		resource:   bundle.KindSSHHost,
+		goType:     reflect.TypeFor[SSHRequest](),
+		sizeBounds: map[string]uint64{"request.argv": 256},
+		parse:      parseSSH,
+	},
 	{resource: bundle.KindKubernetes, goType: reflect.TypeFor[KubernetesRequest](), parse: parseKubernetes},
 }
 
@@ -93,7 +99,24 @@ func parseSSH(_ *Policy, decode func(any) error) (Request, error) {
 	if r.ForwardPort < 0 || r.ForwardPort > 65535 {
 		return nil, fmt.Errorf("ssh_host request: forward_port %d is not a port (0-65535)", r.ForwardPort)
 	}
+	if r.Kind == "exec" && r.Argv == nil && !r.Simple {
+		return Exec(r.Command), nil
+	}
 	return &r, nil
+}
+
+// Exec builds an SSH exec request from a command line, with its words
+// parsed as the upstream's shell would read them (package shellcmd). A
+// command that does not parse is invalid, and denied.
+func Exec(command string) *SSHRequest {
+	r := &SSHRequest{Kind: "exec", Command: command}
+	facts, err := shellcmd.Analyze(command)
+	if err != nil {
+		r.Problem = err.Error() + "; a command that cannot be parsed is denied"
+		return r
+	}
+	r.Argv, r.Simple = facts.Argv, facts.Simple
+	return r
 }
 
 func parseKubernetes(_ *Policy, decode func(any) error) (Request, error) {
@@ -132,8 +155,12 @@ func (r *SSHRequest) Describe() string {
 		return "exec: " + r.Command
 	case "subsystem":
 		return "subsystem: " + r.Subsystem
-	case "forward":
-		return fmt.Sprintf("forward: %s:%d", r.ForwardHost, r.ForwardPort)
+	case "forward", "remote_forward":
+		return fmt.Sprintf("%s: %s:%d", r.Kind, r.ForwardHost, r.ForwardPort)
+	case "env":
+		return "env: " + r.Env
+	case "pty":
+		return "pty: " + r.Term
 	}
 	return r.Kind
 }
