@@ -26,6 +26,8 @@ type Config struct {
 	// Postgres is the PostgreSQL listener; nil when the gateway serves no
 	// PostgreSQL clients. At least one protocol listener is required.
 	Postgres *PostgresListener
+	// SSH is the SSH listener; nil when the gateway serves no SSH clients.
+	SSH *SSHListener
 	// Bundle says where the signed bundle comes from and whom to trust.
 	Bundle BundleSource
 	// Admin is the admin HTTP listener; empty Listen disables it.
@@ -41,6 +43,20 @@ type PostgresListener struct {
 	Listen            string
 	TLSCert, TLSKey   string
 	InsecurePlaintext bool
+}
+
+// SSHListener configures the SSH listener.
+type SSHListener struct {
+	Listen string
+	// HostKey is the gateway's own SSH host key (OpenSSH PEM), created on
+	// first start. Default DATA_DIR/ssh_host_ed25519_key.
+	HostKey string
+	// RecordShellInput records what callers type into interactive shells
+	// (off by default: typed passwords would be recorded).
+	RecordShellInput bool
+	// RecordLimit bounds the bytes recorded per stream of one channel.
+	// Default 16 MiB.
+	RecordLimit int64
 }
 
 // BundleSource configures where the bundle comes from.
@@ -80,6 +96,17 @@ postgres {
                                       # only accepted when listen is a loopback address
 }
 
+ssh {
+  listen             = "0.0.0.0:2222"  # required in the block; host:port for SSH clients
+                                       # (ssh HOST@gateway -p 2222: the user names the ssh_host)
+  host_key           = "/var/lib/gatehouse/ssh_host_ed25519_key"  # default DATA_DIR/ssh_host_ed25519_key,
+                                       # created on first start; its fingerprint is logged
+  record_shell_input = false           # record what callers type into shells (off: typed
+                                       # passwords would land in recordings); exec input is recorded
+  record_limit       = 16777216        # bytes recorded per stream of a channel (default 16 MiB);
+                                       # beyond it bytes are counted, not kept
+}
+
 bundle {
   file          = "/var/lib/gatehouse/policy.bundle"  # required; watched and polled
   trusted_keys  = ["/etc/gatehouse/gatehouse.pub"]    # required; PKIX PEM ed25519 public keys;
@@ -111,11 +138,14 @@ var (
 	configSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "data_dir", Required: true}},
 		Blocks: []hcl.BlockHeaderSchema{
-			{Type: "postgres"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"},
+			{Type: "postgres"}, {Type: "ssh"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"},
 		},
 	}
 	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "insecure_plaintext"},
+	}}
+	sshSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "listen", Required: true}, {Name: "host_key"}, {Name: "record_shell_input"}, {Name: "record_limit"},
 	}}
 	bundleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "file", Required: true}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
@@ -171,6 +201,13 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			if cfg.Postgres.InsecurePlaintext && !isLoopback(cfg.Postgres.Listen) {
 				d.errorf(c["insecure_plaintext"].Expr.Range(), "Plaintext outside loopback", "insecure_plaintext is only accepted when listen is a loopback address (127.0.0.1, [::1], localhost); tokens would cross the network in the clear")
 			}
+		case "ssh":
+			c := d.content(b.Body, sshSchema)
+			cfg.SSH = &SSHListener{Listen: d.str(c["listen"]), HostKey: d.str(c["host_key"]), RecordShellInput: d.boolean(c["record_shell_input"])}
+			d.checkListen(c["listen"], cfg.SSH.Listen)
+			if a := c["record_limit"]; a != nil {
+				cfg.SSH.RecordLimit = d.integer(a, 0, 1<<40)
+			}
 		case "bundle":
 			c := d.content(b.Body, bundleSchema)
 			cfg.Bundle.File = d.str(c["file"])
@@ -207,7 +244,7 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 	}
 	if !cfg.servesAProtocol() {
 		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No protocol listener",
-			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" } (see gatehouse gateway --help)"})
+			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" } or ssh { listen = \"127.0.0.1:2222\" } (see gatehouse gateway --help)"})
 	}
 	if _, ok := seen["bundle"]; !ok {
 		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file and the trusted keys"})
@@ -219,7 +256,7 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 }
 
 // servesAProtocol reports whether any protocol listener is configured.
-func (c *Config) servesAProtocol() bool { return c.Postgres != nil }
+func (c *Config) servesAProtocol() bool { return c.Postgres != nil || c.SSH != nil }
 
 type decoder struct{ diags hcl.Diagnostics }
 
@@ -276,6 +313,20 @@ func (d *decoder) strs(a *hcl.Attribute) []string {
 func (d *decoder) boolean(a *hcl.Attribute) bool {
 	v, ok := d.value(a, cty.Bool)
 	return ok && v.True()
+}
+
+func (d *decoder) integer(a *hcl.Attribute, lo, hi int64) int64 {
+	v, ok := d.value(a, cty.Number)
+	if !ok {
+		return 0
+	}
+	bf := v.AsBigFloat()
+	n, acc := bf.Int64()
+	if !bf.IsInt() || acc != 0 || n < lo || n > hi {
+		d.errorf(a.Expr.Range(), "Invalid number", "%s must be a whole number between %d and %d", a.Name, lo, hi)
+		return 0
+	}
+	return n
 }
 
 func (d *decoder) duration(a *hcl.Attribute, lo, hi time.Duration) time.Duration {

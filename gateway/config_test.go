@@ -1,9 +1,19 @@
 package gateway
 
 import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 const goodConfig = `data_dir = "/tmp/gh"
@@ -80,5 +90,98 @@ func TestConfigNeedsAProtocol(t *testing.T) {
 	}
 	if _, err := New(&Config{DataDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no protocol listener") {
 		t.Fatalf("New with no protocol: %v", err)
+	}
+}
+
+// TestGatewayWithoutPostgres: a gateway that serves SSH only starts with no
+// postgres block, binds no PostgreSQL listener, and answers SSH.
+func TestGatewayWithoutPostgres(t *testing.T) {
+	dir := t.TempDir()
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	if err := os.WriteFile(filepath.Join(dir, "trusted.pub"), pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := fmt.Sprintf(`data_dir = %q
+
+ssh {
+  listen = "127.0.0.1:0"
+}
+
+bundle {
+  file         = %q
+  trusted_keys = [%q]
+}
+`, filepath.Join(dir, "data"), filepath.Join(dir, "policy.bundle"), filepath.Join(dir, "trusted.pub"))
+	cfg, _, diags := ParseConfig([]byte(src), "gateway.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if cfg.Postgres != nil || cfg.SSH == nil {
+		t.Fatalf("config %+v", cfg)
+	}
+	g, err := New(cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	select {
+	case <-g.Ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+	if g.Addr("postgres") != "" || g.Addr("ssh") == "" {
+		t.Fatalf("addresses: postgres %q ssh %q", g.Addr("postgres"), g.Addr("ssh"))
+	}
+	c, err := net.Dial("tcp", g.Addr("ssh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if !strings.HasPrefix(line, "SSH-2.0-Gatehouse") {
+		t.Errorf("banner %q", line)
+	}
+	if _, err := os.Stat(SSHHostKeyPath(cfg.DataDir)); err != nil {
+		t.Errorf("the host key was not created: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestGatewayBindsAllOrNothing: when one listener cannot bind, the others
+// are closed and Run fails naming it.
+func TestGatewayBindsAllOrNothing(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	k, _ := bundle.GenerateKey()
+	pub, _ := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	_ = os.WriteFile(filepath.Join(dir, "trusted.pub"), pub, 0o644)
+	cfg := &Config{DataDir: filepath.Join(dir, "data"), Bundle: BundleSource{File: filepath.Join(dir, "b"), TrustedKeys: []string{filepath.Join(dir, "trusted.pub")}},
+		Postgres: &PostgresListener{Listen: "127.0.0.1:0", InsecurePlaintext: true}, SSH: &SSHListener{Listen: busy.Addr().String()}}
+	g, err := New(cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = g.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "ssh listener") {
+		t.Fatalf("Run: %v", err)
+	}
+	if pg := g.Addr("postgres"); pg != "" {
+		if c, err := net.Dial("tcp", pg); err == nil {
+			c.Close()
+			t.Errorf("the postgres listener %s stayed open", pg)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	"github.com/gatehouse-dev/gatehouse/gateway/session"
+	"github.com/gatehouse-dev/gatehouse/gateway/ssh"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
 )
 
@@ -104,7 +105,7 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		g.log = NewLogger(cfg.Log, os.Stderr)
 	}
 	if !cfg.servesAProtocol() {
-		return nil, errors.New("gateway: no protocol listener is configured (add a postgres block)")
+		return nil, errors.New("gateway: no protocol listener is configured (add a postgres or ssh block)")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: data_dir: %w", err)
@@ -170,8 +171,28 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 			postgres.WithLogger(g.log), postgres.WithSecrets(res))
 		g.listeners = append(g.listeners, listener{proxy: p, addr: pg.Listen})
 	}
+	if sc := g.cfg.SSH; sc != nil {
+		path := sc.HostKey
+		if path == "" {
+			path = SSHHostKeyPath(g.cfg.DataDir)
+		}
+		key, err := ssh.LoadOrCreateHostKey(path)
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		p, err := ssh.New(ssh.Config{HostKey: key, RecordShellInput: sc.RecordShellInput, RecordLimit: sc.RecordLimit}, g.core,
+			ssh.WithLogger(g.log), ssh.WithSecrets(res))
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.log.Info("ssh host key", "fingerprint", p.Fingerprint(), "path", path)
+		g.listeners = append(g.listeners, listener{proxy: p, addr: sc.Listen})
+	}
 	return nil
 }
+
+// SSHHostKeyPath is the gateway's SSH host key in a data directory.
+func SSHHostKeyPath(dataDir string) string { return filepath.Join(dataDir, "ssh_host_ed25519_key") }
 
 // ApprovalsDir is where a data directory keeps approval requests.
 func ApprovalsDir(dataDir string) string { return filepath.Join(dataDir, "approvals") }

@@ -115,9 +115,11 @@ type Event struct {
 	// result: how a forwarded request ended.
 	DurationMS float64 `json:"duration_ms,omitempty"`
 	Rows       int64   `json:"rows,omitempty"`
-	// Status is an HTTP status; ExitCode an exec's exit status.
+	// Status is an HTTP status; ExitCode an exec's exit status; Bytes
+	// what a stream (a forward, a file transfer) carried.
 	Status   int    `json:"status,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
 	Error    string `json:"error,omitempty"`
 
 	// masked: which fields were masked and how ("schema.table.column=redact"),
@@ -166,7 +168,8 @@ func (ev *Event) MaskedFields() []string {
 }
 
 // Frame is one asciicast v2 event: seconds since the session started, the
-// stream ("o" output, "i" input) and the data. It is written as the
+// stream ("o" output, "i" input, "m" a marker: what the gateway notes, such
+// as bytes beyond the recording limit) and the data. It is written as the
 // asciicast array [t, "o", "data"].
 type Frame struct {
 	T      float64

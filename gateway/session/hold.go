@@ -36,6 +36,11 @@ type Held struct {
 	// waits: gone is closed if the caller disconnects; stop ends the
 	// watching and returns once it has.
 	Watch func() (gone <-chan struct{}, stop func())
+	// Immediate: the protocol cannot keep this request waiting (an
+	// interactive shell, a file transfer, a forward). The approval request
+	// is opened as for hold = false, and the caller refused at once with
+	// its id; a retry after approval passes.
+	Immediate bool
 }
 
 // Verdict is how a hold ended.
@@ -131,7 +136,7 @@ func (s *Session) hold(ctx context.Context, h Held) Verdict {
 		}
 		return Verdict{Refusal: s.Unrecorded()}
 	}
-	if !r.Hold {
+	if !r.Hold || h.Immediate {
 		return Verdict{Decision: d, Ref: ref, Refusal: s.approvalRefusal(Pending, r.ID,
 			fmt.Sprintf("approval required: request %s is open for %s (rule %s: %s)", r.ID, s.resource, strings.Join(r.Rules(), ", "), Reasons(&r)),
 			fmt.Sprintf("It needs %s, and expires at %s. Once it is approved, run the same %s again: it passes within %s of the approval.",

@@ -69,11 +69,12 @@ func (s *Session) Note(ev recorder.Event) {
 // Outcome is how a forwarded request ended.
 type Outcome struct {
 	Duration time.Duration
-	// Rows (PostgreSQL), Status (HTTP) and ExitCode (exec): whichever
-	// applies.
+	// Rows (PostgreSQL), Status (HTTP), ExitCode (exec) and Bytes (a
+	// stream): whichever apply.
 	Rows     int64
 	Status   int
 	ExitCode *int
+	Bytes    int64
 	// Error is the target's error, if it failed. It must not quote a
 	// masked value: the protocol withholds such messages.
 	Error string
@@ -84,7 +85,7 @@ func (s *Session) NoteOutcome(ref int, o Outcome) {
 	if ref == 0 {
 		return
 	}
-	s.Note(recorder.Event{Type: recorder.TypeResult, Ref: ref, Rows: o.Rows, Status: o.Status, ExitCode: o.ExitCode,
+	s.Note(recorder.Event{Type: recorder.TypeResult, Ref: ref, Rows: o.Rows, Status: o.Status, ExitCode: o.ExitCode, Bytes: o.Bytes,
 		Error: o.Error, DurationMS: float64(o.Duration.Microseconds()) / 1000})
 }
 

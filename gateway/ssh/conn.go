@@ -1,0 +1,197 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
+)
+
+// extSession is the Permissions extension that carries the admitted
+// session's id from the authentication that succeeded.
+const extSession = "gatehouse-session"
+
+// errUseToken is what public-key authentication gets.
+var errUseToken = errors.New("public-key authentication is not accepted")
+
+// conn is one caller's SSH connection: its core session, its upstream, and
+// its channels.
+type conn struct {
+	srv   *Server
+	id    uint64
+	log   *slog.Logger
+	nc    net.Conn
+	sconn *gossh.ServerConn
+
+	// cs is the session admitted by the authentication that succeeded.
+	cs        *core.Session
+	toldToken atomic.Bool
+
+	upMu sync.Mutex
+	up   *upstream
+	// gone is closed when the caller's connection ends.
+	gone     chan struct{}
+	channels atomic.Int32
+	ending   atomic.Bool
+
+	// allowed records what the policy granted that the upstream may use
+	// later: X11 and agent channels, remote forwards.
+	allowMu       sync.Mutex
+	x11, agent    bool
+	remoteForward map[string]bool
+}
+
+// handle runs one client connection. A panic is contained: it ends that
+// connection, never the gateway.
+func (s *Server) handle(ctx context.Context, nc net.Conn) {
+	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]bool{}}
+	c.log = s.log.With("session", c.id, "client", nc.RemoteAddr().String())
+	defer nc.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("ssh session failed", "panic", r)
+		}
+	}()
+	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	sconn, chans, reqs, err := gossh.NewServerConn(nc, c.serverConfig(ctx))
+	if err != nil {
+		if c.cs != nil {
+			c.cs.End("the SSH handshake failed after authentication")
+		}
+		c.log.Debug("ssh handshake failed", "err", err)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	// CVE-2024-45337: authorise only on what the authentication that
+	// succeeded returned, never on what a callback saw last.
+	if c.cs == nil || sconn.Permissions == nil || sconn.Permissions.Extensions[extSession] != c.cs.ID() {
+		c.log.Error("ssh authentication state does not match the connection; closed")
+		if c.cs != nil {
+			c.cs.End("authentication state mismatch")
+		}
+		sconn.Close()
+		return
+	}
+	c.sconn = sconn
+	c.log = c.cs.Log()
+	c.log.Info("session started", "subject", c.cs.Identity().Subject, "user", sconn.User())
+	c.serve(ctx, chans, reqs)
+}
+
+// serve runs the connection until the caller leaves or the gateway stops.
+func (c *conn) serve(ctx context.Context, chans <-chan gossh.NewChannel, reqs <-chan *gossh.Request) {
+	stop := context.AfterFunc(ctx, func() { c.end("the gateway is shutting down") })
+	defer stop()
+	go func() {
+		_ = c.sconn.Wait()
+		close(c.gone)
+	}()
+	go c.globalRequests(ctx, reqs)
+	var wg sync.WaitGroup
+	for nch := range chans {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.channel(ctx, nch)
+		}()
+	}
+	wg.Wait()
+	c.closeUpstream()
+	reason := "client disconnected"
+	if c.ending.Load() {
+		reason = "ended by the gateway"
+	}
+	c.cs.End(reason)
+}
+
+// serverConfig is the connection's SSH server configuration: the token is
+// the password or the keyboard-interactive answer; public keys are refused
+// with a message that says so.
+func (c *conn) serverConfig(ctx context.Context) *gossh.ServerConfig {
+	cfg := &gossh.ServerConfig{
+		MaxAuthTries:  6,
+		ServerVersion: "SSH-2.0-Gatehouse",
+		PasswordCallback: func(meta gossh.ConnMetadata, password []byte) (*gossh.Permissions, error) {
+			return c.admit(ctx, meta, string(password))
+		},
+		KeyboardInteractiveCallback: func(meta gossh.ConnMetadata, challenge gossh.KeyboardInteractiveChallenge) (*gossh.Permissions, error) {
+			answers, err := challenge("", "Gatehouse: authenticate with an OIDC access token.", []string{"Access token: "}, []bool{false})
+			if err != nil {
+				return nil, err
+			}
+			if len(answers) != 1 {
+				return nil, errors.New("one answer expected")
+			}
+			return c.admit(ctx, meta, answers[0])
+		},
+		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+			if c.toldToken.Swap(true) {
+				return nil, errUseToken
+			}
+			return nil, &gossh.BannerError{Err: errUseToken, Message: "gatehouse: SSH keys are not accepted here. Authenticate with an OIDC access token as the password\n" +
+				"(for example: ssh -o PreferredAuthentications=keyboard-interactive,password " + meta.User() + "@HOST).\n"}
+		},
+	}
+	cfg.AddHostKey(c.srv.cfg.HostKey)
+	return cfg
+}
+
+// admit has the core admit the caller: the SSH user names the ssh_host
+// resource, the token verifies, the identity resolves, the policy allows
+// the connection, and the recording starts. A refusal is shown to the
+// caller as a banner (its message holds no secret).
+func (c *conn) admit(ctx context.Context, meta gossh.ConnMetadata, token string) (*gossh.Permissions, error) {
+	if c.cs != nil {
+		return nil, errors.New("already authenticated")
+	}
+	cs, ref := c.srv.core.Admit(ctx, core.Admission{
+		Protocol: Protocol, Kind: bundle.KindSSHHost, Resource: meta.User(), Token: token,
+		ClientAddr: meta.RemoteAddr().String(), ID: c.id, Log: c.log, Noun: "command",
+	})
+	if ref != nil {
+		msg := ref.Message
+		if ref.Code == core.UnknownResource {
+			msg = fmt.Sprintf("gatehouse: %q is not an ssh_host of this gateway's bundle: use the host's name as the SSH user (ssh HOST@gateway)", meta.User())
+		}
+		return nil, &gossh.BannerError{Err: errors.New(ref.Code.String()), Message: msg + "\n"}
+	}
+	c.cs = cs
+	return &gossh.Permissions{Extensions: map[string]string{extSession: cs.ID()}}, nil
+}
+
+// check runs before every new channel and request: a refusal ends the
+// whole connection, after telling the caller on w (when there is one).
+func (c *conn) check(ctx context.Context, stderr interface{ Write([]byte) (int, error) }) bool {
+	ref := c.cs.Check(ctx)
+	if ref == nil {
+		return true
+	}
+	if stderr != nil {
+		_, _ = stderr.Write([]byte(ref.Message + "\r\n"))
+	}
+	c.log.Warn("session ended by the gateway", "code", ref.Code.String(), "reason", ref.Message)
+	c.end(ref.Message)
+	return false
+}
+
+// end closes the connection (and with it every channel).
+func (c *conn) end(reason string) {
+	if !c.ending.CompareAndSwap(false, true) {
+		return
+	}
+	c.log.Info("closing the ssh connection", "reason", reason)
+	c.cs.Close()
+	if c.sconn != nil {
+		c.sconn.Close()
+	}
+	c.closeUpstream()
+}

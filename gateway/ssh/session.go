@@ -1,0 +1,394 @@
+package ssh
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
+)
+
+// exitRefused is the exit status of a command the gateway refused, as a
+// shell's for a command it cannot run.
+const exitRefused = 126
+
+// sessionChannel relays one session channel: its requests are decided one
+// by one, the program (exec, shell or subsystem) starts only when allowed,
+// and its data flows between the caller's channel and the gateway's own
+// channel upstream, recorded on the way.
+type sessionChannel struct {
+	c    *conn
+	down gossh.Channel
+	up   gossh.Channel
+
+	// program is the kind of program started ("" before one is); ref its
+	// recorded request.
+	program string
+	ref     int
+	started time.Time
+	out, in *stream
+
+	// exit is the program's exit status or signal, from upstream.
+	exitMu  sync.Mutex
+	exitReq *gossh.Request
+
+	closeOnce  sync.Once
+	downClosed chan struct{}
+	outputDone chan struct{}
+	upClosed   chan struct{}
+}
+
+// session opens the gateway's own session channel upstream, then accepts
+// the caller's, and relays it.
+func (c *conn) session(ctx context.Context, nch gossh.NewChannel) {
+	client, err := c.upstream(ctx)
+	if err != nil {
+		_ = nch.Reject(gossh.ConnectionFailed, "gatehouse: "+err.Error())
+		return
+	}
+	up, upReqs, err := client.OpenChannel("session", nil)
+	if err != nil {
+		_ = nch.Reject(gossh.ConnectionFailed, "gatehouse: the upstream refused a session: "+err.Error())
+		return
+	}
+	down, downReqs, err := nch.Accept()
+	if err != nil {
+		up.Close()
+		return
+	}
+	sc := &sessionChannel{c: c, down: down, up: up, downClosed: make(chan struct{}), outputDone: make(chan struct{}), upClosed: make(chan struct{}),
+		out: newStream(c.cs, "o", c.srv.cfg.RecordLimit)}
+	sc.run(ctx, downReqs, upReqs)
+}
+
+func (sc *sessionChannel) run(ctx context.Context, downReqs, upReqs <-chan *gossh.Request) {
+	go sc.upstreamRequests(upReqs)
+	go sc.pumpOutput()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		<-sc.outputDone
+		<-sc.upClosed
+		sc.finish()
+	}()
+	// Requests are read as they come and handled in order by one worker,
+	// so a request held for approval neither blocks the connection nor
+	// loses the ones after it.
+	queue := make(chan *gossh.Request, 64)
+	go func() {
+		defer close(queue)
+		defer close(sc.downClosed)
+		for r := range downReqs {
+			select {
+			case queue <- r:
+			default:
+				// A caller that floods requests while one is held.
+				if r.WantReply {
+					_ = r.Reply(false, nil)
+				}
+			}
+		}
+	}()
+	for r := range queue {
+		sc.request(ctx, r)
+	}
+	// The caller closed the channel: so does the upstream's.
+	sc.up.Close()
+	<-finished
+}
+
+// request handles one request on the session channel.
+func (sc *sessionChannel) request(ctx context.Context, r *gossh.Request) {
+	switch r.Type {
+	case "exec", "shell", "subsystem":
+		if sc.program != "" {
+			reply(r, false)
+			return
+		}
+		sc.start(ctx, r)
+	case "pty-req":
+		var p struct {
+			Term                         string
+			Columns, Rows, Width, Height uint32
+			Modes                        string
+		}
+		if gossh.Unmarshal(r.Payload, &p) != nil {
+			reply(r, false)
+			return
+		}
+		sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "pty", Term: p.Term, Cols: int(p.Columns), Rows: int(p.Rows)}, "pty "+p.Term)
+	case "env":
+		var p struct{ Name, Value string }
+		if gossh.Unmarshal(r.Payload, &p) != nil {
+			reply(r, false)
+			return
+		}
+		sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "env", Env: p.Name}, "env "+p.Name)
+	case "x11-req":
+		if sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "x11"}, "x11") {
+			sc.c.allowMu.Lock()
+			sc.c.x11 = true
+			sc.c.allowMu.Unlock()
+		}
+	case "auth-agent-req@openssh.com":
+		if sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "agent"}, "agent forwarding") {
+			sc.c.allowMu.Lock()
+			sc.c.agent = true
+			sc.c.allowMu.Unlock()
+		}
+	case "window-change", "signal", "break":
+		// Part of a session the policy allowed: passed on, once they are
+		// known to be well formed (a malformed one would make the upstream
+		// drop the channel).
+		if !wellFormed(r) {
+			reply(r, false)
+			return
+		}
+		sc.forwardRequest(r)
+	default:
+		reply(r, false)
+	}
+}
+
+// grant decides a request that sets up the session (a terminal, an
+// environment variable, forwarding), and passes it upstream when allowed.
+// A refusal is told on stderr and the request fails; the session goes on.
+func (sc *sessionChannel) grant(ctx context.Context, r *gossh.Request, req *celpolicy.SSHRequest, text string) bool {
+	if !sc.c.check(ctx, sc.down.Stderr()) {
+		reply(r, false)
+		return false
+	}
+	dec := sc.c.decide(ctx, req.Kind, text, req, nil)
+	if dec.gone {
+		reply(r, false)
+		return false
+	}
+	if dec.refusal != nil {
+		_, _ = io.WriteString(sc.down.Stderr(), crlf(refusalText(dec.refusal))+"\r\n")
+		reply(r, false)
+		return false
+	}
+	return sc.forwardRequest(r)
+}
+
+// forwardRequest passes a request upstream and its answer back.
+func (sc *sessionChannel) forwardRequest(r *gossh.Request) bool {
+	ok, err := sc.up.SendRequest(r.Type, r.WantReply, r.Payload)
+	if err != nil {
+		ok = false
+	}
+	reply(r, ok)
+	return ok
+}
+
+// start decides the program and, when allowed, starts it upstream and
+// lets the caller's input through. The request itself succeeds at once:
+// the caller's side of the channel is ready, and what it runs is the
+// program (once allowed, and approved when under review) or the gateway's
+// refusal on stderr with exit status 126. Clients wait for that answer
+// before they read anything, so holding it would hide the hold's notice.
+func (sc *sessionChannel) start(ctx context.Context, r *gossh.Request) {
+	req, text, ok := programRequest(r)
+	if !ok {
+		reply(r, false)
+		return
+	}
+	reply(r, true)
+	if !sc.c.check(ctx, sc.down.Stderr()) {
+		return
+	}
+	var hold *holdSpec
+	if req.Kind == "exec" {
+		// Only a command can wait for approvers: it has not started, and
+		// the caller sees why on stderr. A shell or a file transfer under
+		// review is refused with the approval's id.
+		hold = sc.c.stderrHold(sc.down.Stderr(), sc.downClosed)
+	}
+	sc.program = req.Kind
+	dec := sc.c.decide(ctx, req.Kind, text, req, hold)
+	switch {
+	case dec.gone:
+		sc.close()
+		return
+	case dec.refusal != nil:
+		sc.refuse(dec.refusal, dec.ref)
+		return
+	}
+	sc.ref, sc.started = dec.ref, time.Now()
+	limit := sc.c.srv.cfg.RecordLimit
+	if req.Kind == "subsystem" {
+		limit = 0 // a file transfer's bytes are counted, not kept
+	}
+	sc.out.attach(sc.ref)
+	if req.Kind == "exec" || sc.c.srv.cfg.RecordShellInput {
+		sc.in = newStream(sc.c.cs, "i", limit)
+	} else {
+		sc.in = newStream(sc.c.cs, "i", 0)
+	}
+	sc.in.attach(sc.ref)
+	sc.out.setLimit(limit)
+	if ok, err := sc.up.SendRequest(r.Type, true, r.Payload); err != nil || !ok {
+		msg := "gatehouse: the upstream refused to start the " + req.Kind
+		_, _ = io.WriteString(sc.down.Stderr(), msg+"\r\n")
+		sc.sendExit(exitRefused + 1)
+		code := exitRefused + 1
+		sc.c.cs.NoteOutcome(sc.ref, core.Outcome{Duration: time.Since(sc.started), ExitCode: &code, Error: msg})
+		sc.ref = 0
+		sc.close()
+		return
+	}
+	go func() {
+		_, _ = io.Copy(sc.up, io.TeeReader(sc.down, sc.in))
+		_ = sc.up.CloseWrite()
+	}()
+}
+
+// programRequest reads an exec, shell or subsystem request.
+func programRequest(r *gossh.Request) (*celpolicy.SSHRequest, string, bool) {
+	switch r.Type {
+	case "exec":
+		var p struct{ Command string }
+		if gossh.Unmarshal(r.Payload, &p) != nil {
+			return nil, "", false
+		}
+		return celpolicy.Exec(p.Command), p.Command, true
+	case "subsystem":
+		var p struct{ Name string }
+		if gossh.Unmarshal(r.Payload, &p) != nil {
+			return nil, "", false
+		}
+		return &celpolicy.SSHRequest{Kind: "subsystem", Subsystem: p.Name}, "subsystem " + p.Name, true
+	}
+	return &celpolicy.SSHRequest{Kind: "shell"}, "shell", true
+}
+
+// refuse gives the caller the refusal on stderr and exit status 126, and
+// closes the channel; the connection stays usable for what is allowed.
+func (sc *sessionChannel) refuse(ref *core.Refusal, recorded int) {
+	_, _ = io.WriteString(sc.down.Stderr(), crlf(refusalText(ref))+"\r\n")
+	sc.sendExit(exitRefused)
+	code := exitRefused
+	if recorded != 0 {
+		sc.c.cs.NoteOutcome(recorded, core.Outcome{ExitCode: &code, Error: ref.Message})
+	}
+	sc.close()
+}
+
+// pumpOutput copies the program's output to the caller, recorded.
+func (sc *sessionChannel) pumpOutput() {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(sc.down, io.TeeReader(sc.up, sc.out))
+	}()
+	go func() {
+		defer wg.Done()
+		_, _ = io.Copy(sc.down.Stderr(), io.TeeReader(sc.up.Stderr(), sc.out))
+	}()
+	wg.Wait()
+	_ = sc.down.CloseWrite()
+	close(sc.outputDone)
+}
+
+// upstreamRequests keeps the program's exit status, to pass it on once
+// its output has been.
+func (sc *sessionChannel) upstreamRequests(reqs <-chan *gossh.Request) {
+	for r := range reqs {
+		switch r.Type {
+		case "exit-status", "exit-signal":
+			sc.exitMu.Lock()
+			sc.exitReq = r
+			sc.exitMu.Unlock()
+		}
+		reply(r, false)
+	}
+	close(sc.upClosed)
+}
+
+// finish runs once the upstream channel is done: the exit status goes to
+// the caller, the outcome and the rest of the output to the recording.
+func (sc *sessionChannel) finish() {
+	sc.exitMu.Lock()
+	exit := sc.exitReq
+	sc.exitMu.Unlock()
+	var code *int
+	if exit != nil {
+		_, _ = sc.down.SendRequest(exit.Type, false, exit.Payload)
+		if exit.Type == "exit-status" {
+			var p struct{ Status uint32 }
+			if gossh.Unmarshal(exit.Payload, &p) == nil {
+				n := int(p.Status)
+				code = &n
+			}
+		}
+	}
+	if sc.ref != 0 {
+		o := core.Outcome{Duration: time.Since(sc.started), ExitCode: code}
+		o.Bytes = sc.out.close()
+		if sc.in != nil {
+			o.Bytes += sc.in.close()
+		}
+		if exit != nil && exit.Type == "exit-signal" {
+			var p struct{ Signal string }
+			_ = gossh.Unmarshal(exit.Payload, &p)
+			o.Error = "killed by signal " + p.Signal
+		}
+		sc.c.cs.NoteOutcome(sc.ref, o)
+	}
+	sc.close()
+}
+
+func (sc *sessionChannel) sendExit(code int) {
+	_, _ = sc.down.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{uint32(code)}))
+}
+
+func (sc *sessionChannel) close() {
+	sc.closeOnce.Do(func() {
+		_ = sc.down.Close()
+		_ = sc.up.Close()
+	})
+}
+
+// wellFormed reports whether a window-change or signal request's payload
+// is what the protocol says.
+func wellFormed(r *gossh.Request) bool {
+	switch r.Type {
+	case "window-change":
+		var p struct{ Columns, Rows, Width, Height uint32 }
+		return gossh.Unmarshal(r.Payload, &p) == nil
+	case "signal":
+		var p struct{ Signal string }
+		return gossh.Unmarshal(r.Payload, &p) == nil
+	case "break":
+		var p struct{ Length uint32 }
+		return gossh.Unmarshal(r.Payload, &p) == nil
+	}
+	return false
+}
+
+func reply(r *gossh.Request, ok bool) {
+	if r.WantReply {
+		if err := r.Reply(ok, nil); err != nil && !errors.Is(err, io.EOF) {
+			return
+		}
+	}
+}
+
+// crlf makes line ends terminal line ends: a caller with a terminal is in
+// raw mode.
+func crlf(s string) string {
+	out := make([]byte, 0, len(s)+8)
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' && (i == 0 || s[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
