@@ -73,7 +73,9 @@ type Option func(*config)
 func WithPasswordUser(name string) Option { return func(c *config) { c.passwordUser = name } }
 
 // WithConfig adds sshd_config lines.
-func WithConfig(lines ...string) Option { return func(c *config) { c.extra = append(c.extra, lines...) } }
+func WithConfig(lines ...string) Option {
+	return func(c *config) { c.extra = append(c.extra, lines...) }
+}
 
 // Available says whether sshd can be run here, and how to get it when not.
 func Available() error {
