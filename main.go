@@ -16,5 +16,10 @@ func main() {
 	if os.Getenv("TF_PLUGIN_MAGIC_COOKIE") != "" || filepath.Base(os.Args[0]) == "terraform-provider-gatehouse" {
 		os.Exit(cli.ServeProvider())
 	}
+	// SSH_ASKPASS names a program, not a command line: a gatehouse-askpass
+	// link to this binary is `gatehouse ssh-askpass`.
+	if filepath.Base(os.Args[0]) == "gatehouse-askpass" {
+		os.Exit(cli.Execute(append([]string{"ssh-askpass"}, os.Args[1:]...)))
+	}
 	os.Exit(cli.Execute(os.Args[1:]))
 }

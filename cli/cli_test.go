@@ -1238,3 +1238,25 @@ func TestVerifyOfADirectoryIsAUsageError(t *testing.T) {
 	r := mustRun(t, exitUsage, "bundle", "verify", quickstart, "--trust", filepath.Join(pub, "gatehouse.pub"))
 	assertContains(t, "stderr", r.stderr, "is a directory")
 }
+
+// TestTokenPart: the askpass answers each of the gateway's prompts with the
+// part it asks for, so a token longer than OpenSSH's 1023-byte prompts
+// arrives whole.
+func TestTokenPart(t *testing.T) {
+	token := strings.Repeat("a", 1000) + strings.Repeat("b", 1000) + "ccc"
+	if got := tokenPart(token, "Access token: "); got != strings.Repeat("a", 1000) {
+		t.Errorf("part 1: %d bytes", len(got))
+	}
+	if got := tokenPart(token, "Access token, part 2: "); got != strings.Repeat("b", 1000) {
+		t.Errorf("part 2: %q", got[:10])
+	}
+	if got := tokenPart(token, "Access token, part 3: "); got != "ccc" {
+		t.Errorf("part 3: %q", got)
+	}
+	if got := tokenPart(strings.Repeat("x", 2000), "Access token, part 3: "); got != "" {
+		t.Errorf("past the end: %q", got)
+	}
+	if got := tokenPart("short", "bastion@gw's password: "); got != "short" {
+		t.Errorf("password prompt: %q", got)
+	}
+}

@@ -102,6 +102,7 @@ Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2
 		newDevCmd(),
 		newProviderCmd(),
 		newExportCmd(),
+		newSSHAskpassCmd(),
 	)
 	return root
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -94,47 +93,6 @@ open, or to a gateway that stopped abruptly. Use 'gatehouse audit verify' to che
 	list.Flags().StringVar(&since, "since", "", "only sessions started in this last duration (24h) or after this RFC 3339 time")
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.AddCommand(list)
-	return cmd
-}
-
-func newReplayCmd() *cobra.Command {
-	var dataDir, key string
-	cmd := &cobra.Command{
-		Use:   "replay SESSION",
-		Short: "Show a recorded session as a readable timeline",
-		Long: `Show a recorded session: who connected to what under which bundle revision, then every statement
-with the decision, the rules that decided it, the columns masked, and how it ended (rows, time,
-error). Recordings of every format and protocol are read. SESSION is a session id from 'gatehouse sessions list' or a recording's path. The
-recording's integrity is verified and shown at the end.`,
-		Example: `  gatehouse replay 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse`,
-		Args:    cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			path := sessionPath(dataDir, args[0])
-			evs, err := recorder.ReadEvents(path)
-			if err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
-			w := cmd.OutOrStdout()
-			writeTimeline(w, evs)
-			kr, kerr := recorderKeys(dataDir, key)
-			if kerr != nil {
-				fmt.Fprintf(w, "\nintegrity not checked: %v\n", kerr)
-				return nil
-			}
-			rep, err := recorder.Verify(path, kr)
-			if err != nil {
-				return failed("%w", err)
-			}
-			fmt.Fprintln(w)
-			writeReport(w, rep)
-			if len(rep.Problems) > 0 {
-				return silentFailure(errors.New("recording altered"))
-			}
-			return nil
-		},
-	}
-	dataDirFlag(cmd, &dataDir)
-	cmd.Flags().StringVar(&key, "key", "", "the recorder's public key (default DATA_DIR/recorder.pub)")
 	return cmd
 }
 

@@ -124,14 +124,11 @@ func (c *conn) serverConfig(ctx context.Context) *gossh.ServerConfig {
 			return c.admit(ctx, meta, string(password))
 		},
 		KeyboardInteractiveCallback: func(meta gossh.ConnMetadata, challenge gossh.KeyboardInteractiveChallenge) (*gossh.Permissions, error) {
-			answers, err := challenge("", "Gatehouse: authenticate with an OIDC access token.", []string{"Access token: "}, []bool{false})
+			token, err := readToken(challenge)
 			if err != nil {
 				return nil, err
 			}
-			if len(answers) != 1 {
-				return nil, errors.New("one answer expected")
-			}
-			return c.admit(ctx, meta, answers[0])
+			return c.admit(ctx, meta, token)
 		},
 		PublicKeyCallback: func(meta gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
 			if c.toldToken.Swap(true) {
@@ -143,6 +140,42 @@ func (c *conn) serverConfig(ctx context.Context) *gossh.ServerConfig {
 	}
 	cfg.AddHostKey(c.srv.cfg.HostKey)
 	return cfg
+}
+
+// TokenPart is the size of the parts a long token is given in. OpenSSH's
+// client reads at most 1023 bytes per password or prompt (its askpass and
+// terminal buffers are 1024 bytes), and an OIDC token with an RSA
+// signature is often longer: so keyboard-interactive asks again while an
+// answer is at least TokenPart bytes long, and the parts are joined.
+// `gatehouse ssh-askpass` answers these prompts from a token.
+const TokenPart = 1000
+
+// maxTokenParts bounds the prompts (64 KB of token).
+const maxTokenParts = 64
+
+// readToken asks for the token, in parts when it is long.
+func readToken(challenge gossh.KeyboardInteractiveChallenge) (string, error) {
+	var token []byte
+	for part := 1; part <= maxTokenParts; part++ {
+		instruction, prompt := "", "Access token: "
+		if part == 1 {
+			instruction = "Gatehouse: authenticate with an OIDC access token."
+		} else {
+			prompt = fmt.Sprintf("Access token, part %d: ", part)
+		}
+		answers, err := challenge("", instruction, []string{prompt}, []bool{false})
+		if err != nil {
+			return "", err
+		}
+		if len(answers) != 1 {
+			return "", errors.New("one answer expected")
+		}
+		token = append(token, answers[0]...)
+		if len(answers[0]) < TokenPart {
+			return string(token), nil
+		}
+	}
+	return "", fmt.Errorf("the token is longer than %d parts", maxTokenParts)
 }
 
 // admit has the core admit the caller: the SSH user names the ssh_host
