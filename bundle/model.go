@@ -339,12 +339,12 @@ type Test struct {
 // RequestKinds lists the request kinds of each resource kind. A rule's `on`
 // must name kinds of its policy's resource kind.
 var RequestKinds = map[string][]string{
-	KindPostgres:   {"connect", "query", "function_call"},
+	KindPostgres: {"connect", "query", "function_call"},
 	// ssh_host: a session (connect), a command (exec), an interactive
 	// shell, a subsystem (sftp), a local forward (direct-tcpip), a
 	// terminal (pty), an environment variable (env), X11 forwarding, agent
 	// forwarding, and a remote forward (tcpip-forward).
-	KindSSHHost: {"connect", "exec", "shell", "subsystem", "forward", "pty", "env", "x11", "agent", "remote_forward"},
+	KindSSHHost:    {"connect", "exec", "shell", "subsystem", "forward", "pty", "env", "x11", "agent", "remote_forward"},
 	KindKubernetes: {"api"},
 }
 
