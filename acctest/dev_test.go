@@ -20,7 +20,7 @@ func TestDevDemo(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Fatalf("psql is required: %v (apt package postgresql-client-15)", err)
 	}
-	out, code := ghRun(t, "dev", "--exit", "--listen", "127.0.0.1:0")
+	out, code := ghRun(t, "dev", "--exit", "--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0")
 	if code != 0 {
 		t.Fatalf("gatehouse dev --exit: exit %d\n%s", code, out)
 	}
@@ -39,7 +39,12 @@ func TestDevDemo(t *testing.T) {
 		"APPROV ap-",
 		"approve by dev-approver-dba",
 		"the payment for order 2 was written once a DBA approved it",
-		"All 8 statements went as scripted, one held and approved; 3 sessions recorded, sealed and verified.",
+		"All 8 statements went as scripted, one held and approved; 3 ssh commands as scripted; 6 sessions recorded, sealed and verified.",
+		"load average",
+		"gatehouse: permission denied by rule bastion-ops/no-destructive",
+		"administratively prohibited: gatehouse: permission denied by rule bastion-ops/no-forwarding",
+		"ALLOW  uptime   [bastion-ops/diagnostics]",
+		"(ssh)",
 		`psql "host=127.0.0.1 port=`,
 	} {
 		if !strings.Contains(out, want) {

@@ -21,7 +21,7 @@ import (
 )
 
 func newDevCmd() *cobra.Command {
-	var listen, logFile string
+	var listen, sshListen, logFile string
 	var seeds []string
 	var exit, noScript, verbose bool
 	cmd := &cobra.Command{
@@ -30,6 +30,8 @@ func newDevCmd() *cobra.Command {
 		Long: `Start everything a gateway needs on this machine, on loopback, in a temp dir:
 
   - a private PostgreSQL (the system's binaries), seeded with sample rows;
+  - for each ssh_host, a private OpenSSH sshd (the system's binary), logged in to with a key made
+    for the run, its host key pinned in the bundle;
   - a DEVELOPMENT-ONLY OIDC issuer that signs a token for anyone on this machine who asks
     (its URLs say DEV-ONLY-NOT-FOR-PRODUCTION, and it never listens beyond loopback);
   - the real gateway, enforcing the policy as a bundle signed with a key made for this run.
@@ -41,18 +43,22 @@ identity are written to the temp dir: its subject, or for a match-based identity
 claims of the first policy test that names it.
 
 On the quickstart it then runs a scripted psql session: an allowed SELECT with masked columns, a
-denied DROP, a denied DELETE without WHERE; it checks on the database that nothing denied ran,
-and replays and verifies the recordings. Then it prints how to connect your own psql, and runs
-until Ctrl-C (or exits at once with --exit). Everything is removed on exit.
+denied DROP, a denied DELETE without WHERE, a write held for approval and approved from the CLI;
+then ssh through the gateway: uptime allowed, rm -rf ./build denied by rule, a port forward
+denied. It checks on the database that nothing denied ran, and replays and verifies the
+recordings. Then it prints how to connect your own psql and ssh, and runs until Ctrl-C (or exits
+at once with --exit). Everything is removed on exit.
 
-Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15).`,
+Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15), and for the
+SSH part OpenSSH's server and client (apt-get install openssh-server openssh-client); make demo
+installs them.`,
 		Example: `  gatehouse dev                         # the quickstart, the scripted session, then wait
   gatehouse dev --exit                  # the scripted session only (what make demo's CI check runs)
   gatehouse dev policies/ --seed orders=schema.sql`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w := cmd.OutOrStdout()
-			opts := devenv.Options{Listen: listen, Progress: w, Seeds: map[string]string{}}
+			opts := devenv.Options{Listen: listen, SSHListen: sshListen, Progress: w, Seeds: map[string]string{}}
 			if len(args) == 1 {
 				opts.PolicyDir = args[0]
 			}
@@ -117,6 +123,7 @@ Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "", "the gateway's PostgreSQL address, on loopback (default "+devenv.DefaultListen+", or a free port when that is taken)")
+	f.StringVar(&sshListen, "ssh-listen", "", "the gateway's SSH address, on loopback (default "+devenv.DefaultSSHListen+", or a free port when that is taken)")
 	f.StringArrayVar(&seeds, "seed", nil, "RESOURCE=FILE: SQL run on the resource's database at start, as its upstream role (repeatable)")
 	f.BoolVar(&exit, "exit", false, "exit after the scripted session instead of waiting for Ctrl-C")
 	f.BoolVar(&noScript, "no-script", false, "skip the scripted psql session")
@@ -142,6 +149,7 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	if approvalErr != nil {
 		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! not what the demo expects: "+approvalErr.Error()))
 	}
+	sshRan, sshErr := runSSHDemo(ctx, env, self, w, p)
 
 	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== What reached the database (asked directly, around the gateway) =="))
 	checkErr := env.RunChecks(ctx, devenv.QuickstartChecks, w)
@@ -156,16 +164,22 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 		return failed("%w", err)
 	}
 	bad := 0
-	approvalReplayed := false
+	approvalReplayed, sshReplayed := false, false
 	for i, s := range sessions {
 		path := filepath.Join(gateway.RecordingsDir(env.DataDir), s.Session+".jsonl")
 		evs, err := recorder.ReadEvents(path)
 		if err != nil {
 			return failed("%w", err)
 		}
-		if i == 0 || (approvalID != "" && holdsApproval(evs, approvalID)) {
-			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s\n\n", s.Session, env.DataDir)
+		isSSH := len(evs) > 0 && evs[0].Protocol == "ssh"
+		if i == 0 || (approvalID != "" && holdsApproval(evs, approvalID)) || (isSSH && !sshReplayed) {
+			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s --format timeline\n\n", s.Session, env.DataDir)
 			writeTimeline(w, evs)
+		}
+		if isSSH && !sshReplayed {
+			sshReplayed = true
+			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s    # its terminal output, as it came\n", s.Session, env.DataDir)
+			playTerminal(w, evs, 100, 0)
 		}
 		if i == 0 {
 			if missing := missingEvents(evs); missing != "" {
@@ -203,14 +217,63 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	if checkErr != nil {
 		return failed("the database does not look as the script expects:\n%w", checkErr)
 	}
+	if sshErr != nil {
+		return failed("%w", sshErr)
+	}
 	if bad > 0 {
 		return failed("%d recording(s) did not verify", bad)
 	}
-	if want := len(devenv.QuickstartScript) + 1; len(sessions) != want {
+	want := len(devenv.QuickstartScript) + 1
+	if sshRan {
+		// Each ssh command is a connection of its own: a session each.
+		want += len(devenv.QuickstartSSH)
+		if !sshReplayed {
+			return failed("no recording of the SSH session")
+		}
+	}
+	if len(sessions) != want {
 		return failed("%d recording(s), want one per scripted session (%d)", len(sessions), want)
 	}
-	fmt.Fprintf(w, "\nAll %d statements went as scripted, one held and approved; %d sessions recorded, sealed and verified.\n", len(results)+1, len(sessions))
+	summary := fmt.Sprintf("All %d statements went as scripted, one held and approved", len(results)+1)
+	if sshRan {
+		summary += fmt.Sprintf("; %d ssh commands as scripted", len(devenv.QuickstartSSH))
+	}
+	fmt.Fprintf(w, "\n%s; %d sessions recorded, sealed and verified.\n", summary, len(sessions))
 	return nil
+}
+
+// runSSHDemo runs the SSH part of the demo when the environment serves an
+// SSH host: ssh through the gateway with the token given by a
+// gatehouse-askpass link to this binary. ran is false when there is no SSH
+// host to show (sshd is not installed).
+func runSSHDemo(ctx context.Context, env *devenv.Env, self string, w io.Writer, p painter) (ran bool, err error) {
+	if len(env.SSH) == 0 {
+		return false, nil
+	}
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== ssh through the gateway: a command per rule =="))
+	askpass, err := askpassLink(env.Dir, self)
+	if err != nil {
+		return true, err
+	}
+	err = env.RunSSHScript(ctx, env.SSH[0].Name, devenv.QuickstartSSH, askpass, w, p.color)
+	if err != nil {
+		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! not what the demo expects: "+err.Error()))
+	}
+	return true, err
+}
+
+// askpassLink makes dir/bin/gatehouse-askpass, a link to this binary, for
+// SSH_ASKPASS (which names a program, not a command line).
+func askpassLink(dir, self string) (string, error) {
+	bin := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return "", err
+	}
+	link := filepath.Join(bin, "gatehouse-askpass")
+	if _, err := os.Lstat(link); err == nil {
+		return link, nil
+	}
+	return link, os.Symlink(self, link)
 }
 
 // missingEvents checks that the scripted billing session's recording holds
@@ -276,6 +339,16 @@ func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {
 	fmt.Fprintf(w, "\nA fresh token, with any subject and claims (DEVELOPMENT ONLY):\n")
 	for _, p := range env.Model.IdentityProviders {
 		fmt.Fprintf(w, "  curl -s '%s?sub=SUBJECT&CLAIM=VALUE'\n", env.Issuer.TokenURL(p.Name))
+	}
+	if len(env.SSH) > 0 && env.SSHCaller != nil {
+		if self, err := os.Executable(); err == nil {
+			if askpass, err := askpassLink(env.Dir, self); err == nil {
+				fmt.Fprintf(w, "\nssh through the gateway as %s (the token is the password; the askpass link answers for you):\n", env.SSHCaller.Identity)
+				fmt.Fprintf(w, "  SSH_ASKPASS=%s SSH_ASKPASS_REQUIRE=force GATEHOUSE_TOKEN_FILE=%s \\\n    ssh %s uptime\n",
+					askpass, env.SSHCaller.TokenFile, strings.Join(env.SSHArgs(env.SSH[0].Name), " "))
+				fmt.Fprintf(w, "  # or paste the token at the password prompt: cat %s\n", env.SSHCaller.TokenFile)
+			}
+		}
 	}
 	if len(env.Approvers) > 0 {
 		fmt.Fprintf(w, "\nApprove what review rules hold (DEVELOPMENT ONLY approver tokens):\n")

@@ -65,6 +65,10 @@ type Options struct {
 	LogLevel slog.Level
 	// Progress receives one line per start-up step (default: discarded).
 	Progress io.Writer
+	// SSHListen is the gateway's SSH listener (a loopback address), used
+	// when the policy has ssh_host resources. Empty means
+	// DefaultSSHListen, or a random port when that is taken.
+	SSHListen string
 }
 
 // Caller is an identity of the policy that the development issuer can
@@ -108,8 +112,15 @@ type Env struct {
 	// LogFile is the gateway's log when Options.Log was nil.
 	LogFile string
 	// Skipped lists resources the development environment does not serve
-	// (ssh_host, kubernetes_cluster), with why.
+	// (a kubernetes_cluster, an ssh_host without sshd installed), with why.
 	Skipped []string
+	// SSH are the ssh_host resources served, each by a throwaway sshd.
+	SSH []SSHHost
+	// SSHCaller holds a token for a caller the policy lets onto the SSH
+	// hosts (nil when none is known).
+	SSHCaller *Caller
+	// KnownHosts pins the gateway's SSH host key for ssh clients.
+	KnownHosts string
 
 	PG      *pgcluster.Server
 	Issuer  *Issuer
@@ -148,11 +159,8 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	e.Model = m
 	step("policy: %s (%d identities, %d postgres resources, %d rules, %d tests pass)",
 		e.policyName(), len(m.Identities), len(m.Postgres), res.Policy.RuleCount(), len(m.Tests))
-	if len(m.Postgres) == 0 {
-		return nil, errors.New("dev: the policy has no postgres resource; gatehouse dev serves PostgreSQL resources")
-	}
-	for _, r := range m.SSHHosts {
-		e.Skipped = append(e.Skipped, fmt.Sprintf("ssh_host %q (the SSH gateway is not built yet)", r.Name))
+	if len(m.Postgres) == 0 && len(m.SSHHosts) == 0 {
+		return nil, errors.New("dev: the policy has no postgres or ssh_host resource; gatehouse dev serves those")
 	}
 	for _, r := range m.KubernetesClusters {
 		e.Skipped = append(e.Skipped, fmt.Sprintf("kubernetes_cluster %q (the Kubernetes gateway is not built yet)", r.Name))
@@ -178,6 +186,9 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := e.setUpDatabases(seeds, step); err != nil {
 		return nil, err
 	}
+	if err := e.setUpSSHHosts(step); err != nil {
+		return nil, err
+	}
 
 	e.Issuer, err = StartIssuer("127.0.0.1:0")
 	if err != nil {
@@ -201,7 +212,14 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := e.startGateway(ctx, opts, certFile, keyFile); err != nil {
 		return nil, err
 	}
-	step("gateway: postgres on %s (TLS), admin on http://%s", e.Gateway.Addr("postgres"), e.Gateway.AdminAddr)
+	if err := e.writeKnownHosts(); err != nil {
+		return nil, err
+	}
+	if a := e.Gateway.Addr("ssh"); a != "" {
+		step("gateway: postgres on %s (TLS), ssh on %s, admin on http://%s", e.Gateway.Addr("postgres"), a, e.Gateway.AdminAddr)
+	} else {
+		step("gateway: postgres on %s (TLS), admin on http://%s", e.Gateway.Addr("postgres"), e.Gateway.AdminAddr)
+	}
 	return e, nil
 }
 
@@ -355,6 +373,9 @@ func (e *Env) mintCallers() error {
 		e.Callers = append(e.Callers, c)
 	}
 	sort.Slice(e.Callers, func(i, j int) bool { return e.Callers[i].Identity < e.Callers[j].Identity })
+	if err := e.mintSSHCaller(groupsClaim); err != nil {
+		return err
+	}
 	return e.mintApprovers(tokens, groupsClaim)
 }
 
@@ -450,11 +471,20 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 	}
 	cfg := &gateway.Config{
 		DataDir:   e.DataDir,
-		Postgres:  &gateway.PostgresListener{Listen: listen, TLSCert: certFile, TLSKey: keyFile},
 		Bundle:    gateway.BundleSource{File: e.BundleFile, TrustedKeys: []string{filepath.Join(e.Dir, "bundle.pub")}, PollInterval: time.Second},
 		Admin:     gateway.AdminListener{Listen: "127.0.0.1:0"},
 		Log:       gateway.LogConfig{Level: opts.LogLevel.String(), Format: "text"},
 		ClockSkew: 30 * time.Second,
+	}
+	if len(e.Model.Postgres) > 0 {
+		cfg.Postgres = &gateway.PostgresListener{Listen: listen, TLSCert: certFile, TLSKey: keyFile}
+	}
+	if len(e.SSH) > 0 {
+		sl, err := sshListen(opts.SSHListen)
+		if err != nil {
+			return err
+		}
+		cfg.SSH = &gateway.SSHListener{Listen: sl}
 	}
 	logw := opts.Log
 	if logw == nil {
@@ -499,8 +529,8 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 	return nil
 }
 
-// Close stops the gateway (which ends and seals its sessions), the issuer
-// and PostgreSQL, and removes Dir.
+// Close stops the gateway (which ends and seals its sessions), the issuer,
+// PostgreSQL and the SSH hosts, and removes Dir.
 func (e *Env) Close() error {
 	var errs []error
 	if e.stop != nil {
@@ -519,6 +549,9 @@ func (e *Env) Close() error {
 	}
 	if e.PG != nil {
 		errs = append(errs, e.PG.Close())
+	}
+	for _, h := range e.SSH {
+		errs = append(errs, h.Server.Close())
 	}
 	if e.logFile != nil {
 		errs = append(errs, e.logFile.Close())

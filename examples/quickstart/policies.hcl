@@ -158,9 +158,16 @@ policy "bastion-ops" {
     reason = "read-only diagnostics"
   }
 
+  rule "no-destructive" {
+    effect = "deny"
+    on     = ["exec"]
+    when   = "!request.simple || request.argv[0] in ['rm', 'dd', 'mkfs', 'shutdown', 'reboot', 'kill']"
+    reason = "destructive or compound commands are not run through the bastion"
+  }
+
   rule "no-forwarding" {
     effect = "deny"
-    on     = ["forward"]
+    on     = ["forward", "remote_forward"]
     reason = "port forwarding through the bastion is not allowed"
   }
 }

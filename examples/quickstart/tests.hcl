@@ -345,6 +345,26 @@ test "DBAs may run diagnostics on the bastion" {
   expect   = "allow"
 }
 
+test "no destructive commands on the bastion" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "bastion"
+  request      = { kind = "exec", command = "rm -rf ./build" }
+  expect       = "deny"
+  expect_rules = ["bastion-ops/no-destructive"]
+}
+
+test "no compound commands on the bastion" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "bastion"
+  request      = { kind = "exec", command = "uptime; cat /etc/shadow" }
+  expect       = "deny"
+  expect_rules = ["bastion-ops/no-destructive"]
+}
+
 test "no shell on the bastion" {
   provider = "corp"
   subject  = "alice"

@@ -32,7 +32,7 @@ import (
 // policyHCL is the tests' policy: ops may connect, run diagnostics, open a
 // shell, use sftp, and run `echo approved` once a second ops member
 // approves; dev may connect and run uptime only; nobody forwards ports.
-func policyHCL(issuer string, up *sshd.Server, hostKey string) string {
+func policyHCL(issuer string, up *sshd.Server, hostKey, user, credential string) string {
 	return fmt.Sprintf(`
 identity_provider "corp" {
   issuer    = %q
@@ -51,10 +51,10 @@ identity "dev" {
 }
 
 ssh_host "bastion" {
-  address     = %q
-  user        = %q
-  host_key    = %q
-  private_key = "env:BASTION_KEY"
+  address  = %q
+  user     = %q
+  host_key = %q
+  %s
 }
 
 policy "everyone" {
@@ -109,7 +109,7 @@ policy "ops" {
     }
   }
 }
-`, issuer, up.Addr, up.User, hostKey)
+`, issuer, up.Addr, user, hostKey, credential)
 }
 
 type env struct {
@@ -128,14 +128,21 @@ type env struct {
 	rev     atomic.Uint64
 	logs    *syncWriter
 	hostKey string
+	// user and credential are the ssh_host's login (default: the sshd
+	// user, by key).
+	user, credential string
 }
 
 func startEnv(t *testing.T) *env { return startEnvClock(t, clock.Real) }
 
-func startEnvClock(t *testing.T, clk clock.Clock) *env {
+func startEnvClock(t *testing.T, clk clock.Clock, opts ...sshd.Option) *env {
 	t.Helper()
-	e := &env{up: sshdtest.Start(t), issuer: oidctest.Start(t), clock: clk, logs: &syncWriter{}}
+	e := &env{up: sshdtest.Start(t, opts...), issuer: oidctest.Start(t), clock: clk, logs: &syncWriter{}}
 	e.hostKey = e.up.HostKey
+	e.user, e.credential = e.up.User, `private_key = "env:BASTION_KEY"`
+	if e.up.PasswordUser != "" {
+		e.user, e.credential = e.up.PasswordUser, `password = "env:BASTION_PASSWORD"`
+	}
 	var err error
 	if e.key, err = bundle.GenerateKey(); err != nil {
 		t.Fatal(err)
@@ -165,8 +172,11 @@ func startEnvClock(t *testing.T, clk clock.Clock) *env {
 		t.Fatal(err)
 	}
 	res := secrets.Resolver{Getenv: func(name string) (string, bool) {
-		if name == "BASTION_KEY" {
+		switch name {
+		case "BASTION_KEY":
 			return string(e.up.ClientKey), true
+		case "BASTION_PASSWORD":
+			return e.up.Password, e.up.Password != ""
 		}
 		return "", false
 	}}
@@ -195,7 +205,7 @@ func startEnvClock(t *testing.T, clk clock.Clock) *env {
 // it at the next revision.
 func (e *env) publish(t *testing.T, extra ...string) {
 	t.Helper()
-	src := policyHCL(e.issuer.URL, e.up, e.hostKey) + strings.Join(extra, "\n")
+	src := policyHCL(e.issuer.URL, e.up, e.hostKey, e.user, e.credential) + strings.Join(extra, "\n")
 	res, diags := hclconfig.LoadFiles(map[string][]byte{"p.hcl": []byte(src)})
 	if diags.HasErrors() {
 		t.Fatal(diags)

@@ -15,6 +15,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
+	"github.com/gatehouse-dev/gatehouse/internal/sshd"
 )
 
 // TestExecAllowedAndDenied: each command is decided on its own; a denied
@@ -370,5 +371,30 @@ func TestMalformedPayloads(t *testing.T) {
 	}
 	if out, _, code := run(t, c, "uptime"); code != 0 || out == "" {
 		t.Fatalf("after garbage: %q %d", out, code)
+	}
+}
+
+// TestPasswordCredential: the gateway logs in upstream with a password it
+// holds (a system user with a password; needs root), and the password
+// appears in no output, log or recording.
+func TestPasswordCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a password login needs a system user (useradd, chpasswd): run as root, as CI does")
+	}
+	e := startEnvClock(t, clock.Real, sshd.WithPasswordUser("gatehouse-pwtest"))
+	c := e.dial(t, "ops")
+	out, _, code := run(t, c, "echo logged in with a password")
+	if code != 0 || out != "logged in with a password\n" {
+		t.Fatalf("exec: %q %d", out, code)
+	}
+	c.Close()
+	waitSealed(t, e, 1)
+	if strings.Contains(e.logs.String(), e.up.Password) {
+		t.Error("the log holds the upstream password")
+	}
+	for path := range e.recordings(t) {
+		if b, _ := os.ReadFile(path); strings.Contains(string(b), e.up.Password) {
+			t.Errorf("%s holds the upstream password", path)
+		}
 	}
 }

@@ -122,10 +122,17 @@ resource "gatehouse_policy" "bastion-ops" {
     on     = ["exec"]
   }
   rule {
+    name   = "no-destructive"
+    effect = "deny"
+    when   = "!request.simple || request.argv[0] in ['rm', 'dd', 'mkfs', 'shutdown', 'reboot', 'kill']"
+    reason = "destructive or compound commands are not run through the bastion"
+    on     = ["exec"]
+  }
+  rule {
     name   = "no-forwarding"
     effect = "deny"
     reason = "port forwarding through the bastion is not allowed"
-    on     = ["forward"]
+    on     = ["forward", "remote_forward"]
   }
 }
 
@@ -582,6 +589,34 @@ resource "gatehouse_policy_test" "new_functions_are_denied" {
   expect            = "deny"
 }
 
+resource "gatehouse_policy_test" "no_compound_commands_on_the_bastion" {
+  name              = "no compound commands on the bastion"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "alice"
+  groups            = ["dba"]
+  resource          = gatehouse_ssh_host.bastion.name
+  request = jsonencode({
+    command = "uptime; cat /etc/shadow"
+    kind    = "exec"
+  })
+  expect       = "deny"
+  expect_rules = ["bastion-ops/no-destructive"]
+}
+
+resource "gatehouse_policy_test" "no_destructive_commands_on_the_bastion" {
+  name              = "no destructive commands on the bastion"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "alice"
+  groups            = ["dba"]
+  resource          = gatehouse_ssh_host.bastion.name
+  request = jsonencode({
+    command = "rm -rf ./build"
+    kind    = "exec"
+  })
+  expect       = "deny"
+  expect_rules = ["bastion-ops/no-destructive"]
+}
+
 resource "gatehouse_policy_test" "no_port_forwarding_through_the_bastion" {
   name              = "no port forwarding through the bastion"
   identity_provider = gatehouse_identity_provider.corp.name
@@ -766,6 +801,8 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy_test.delete_with_a_filter_is_allowed.spec,
     gatehouse_policy_test.delete_without_where_is_denied.spec,
     gatehouse_policy_test.new_functions_are_denied.spec,
+    gatehouse_policy_test.no_compound_commands_on_the_bastion.spec,
+    gatehouse_policy_test.no_destructive_commands_on_the_bastion.spec,
     gatehouse_policy_test.no_port_forwarding_through_the_bastion.spec,
     gatehouse_policy_test.no_shell_on_the_bastion.spec,
     gatehouse_policy_test.nobody_may_drop.spec,
