@@ -147,7 +147,7 @@ var kinds = []kindSpec{
 			{name: "effect", required: true, desc: "`allow`, `deny` or `review`."},
 			{name: "when", desc: "When the rule applies; empty means always." + celDesc},
 			{name: "reason", required: true, desc: "Shown to the caller and recorded."},
-			{name: "on", kind: aStrings, desc: "Request kinds it applies to (postgres: `connect`, `query`, `function_call`); default all."},
+			{name: "on", kind: aStrings, desc: "Request kinds it applies to (postgres: `connect`, `query`, `function_call`; ssh_host: `connect`, `exec`, `shell`, `subsystem`, `forward`, `pty`, `env`, `x11`, `agent`, `remote_forward`; kubernetes_cluster: `api`); default all."},
 		}, blocks: []blockSpec{{name: "approval", desc: "Who approves a `review` rule's requests. Required on, and only allowed on, review rules.", attrs: []attrSpec{
 			{name: "groups", kind: aStrings, required: true, desc: "Approvers' groups."},
 			{name: "count", kind: aInt, desc: "Distinct approvals needed, 1 to 10. Default 1."},
