@@ -184,10 +184,6 @@ const (
 	EffectReview Effect = "review"
 )
 
-// Effects lists every effect, in the order of precedence a decision gives
-// them (a deny wins).
-var Effects = [...]Effect{EffectDeny, EffectReview, EffectAllow}
-
 // Rank orders effects by how much they let through: deny 0, review 1,
 // allow 2 (an unknown effect ranks with deny).
 func (e Effect) Rank() int {

@@ -177,14 +177,16 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 	}
 
-	start := time.Now()
-	e.PG, err = pgcluster.Start(pgcluster.WithTLS(ca.CertPEM, ca.KeyPEM))
-	if err != nil {
-		return nil, fmt.Errorf("dev: PostgreSQL: %w", err)
-	}
-	step("postgres: a throwaway cluster on %s (%s)", e.PG.Addr(), time.Since(start).Round(time.Millisecond))
-	if err := e.setUpDatabases(seeds, step); err != nil {
-		return nil, err
+	if len(m.Postgres) > 0 {
+		start := time.Now()
+		e.PG, err = pgcluster.Start(pgcluster.WithTLS(ca.CertPEM, ca.KeyPEM))
+		if err != nil {
+			return nil, fmt.Errorf("dev: PostgreSQL: %w", err)
+		}
+		step("postgres: a throwaway cluster on %s (%s)", e.PG.Addr(), time.Since(start).Round(time.Millisecond))
+		if err := e.setUpDatabases(seeds, step); err != nil {
+			return nil, err
+		}
 	}
 	if err := e.setUpSSHHosts(step); err != nil {
 		return nil, err
@@ -215,11 +217,14 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := e.writeKnownHosts(); err != nil {
 		return nil, err
 	}
-	if a := e.Gateway.Addr("ssh"); a != "" {
-		step("gateway: postgres on %s (TLS), ssh on %s, admin on http://%s", e.Gateway.Addr("postgres"), a, e.Gateway.AdminAddr)
-	} else {
-		step("gateway: postgres on %s (TLS), admin on http://%s", e.Gateway.Addr("postgres"), e.Gateway.AdminAddr)
+	var served []string
+	if a := e.Gateway.Addr("postgres"); a != "" {
+		served = append(served, "postgres on "+a+" (TLS)")
 	}
+	if a := e.Gateway.Addr("ssh"); a != "" {
+		served = append(served, "ssh on "+a)
+	}
+	step("gateway: %s, admin on http://%s", strings.Join(served, ", "), e.Gateway.AdminAddr)
 	return e, nil
 }
 

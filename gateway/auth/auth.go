@@ -24,7 +24,7 @@ import (
 )
 
 // DefaultAlgorithms are accepted when a provider names none.
-var DefaultAlgorithms = []string{"RS256", "ES256"}
+func DefaultAlgorithms() []string { return []string{"RS256", "ES256"} }
 
 // DefaultSkew is the clock skew allowed on exp and nbf.
 const DefaultSkew = 30 * time.Second
@@ -118,7 +118,7 @@ func New(providers []bundle.IdentityProvider, opts ...Option) *Verifier {
 	for _, p := range providers {
 		algs := p.Algorithms
 		if len(algs) == 0 {
-			algs = DefaultAlgorithms
+			algs = DefaultAlgorithms()
 		}
 		v.byIssuer[p.Issuer] = &provider{cfg: p, algs: algs}
 	}
