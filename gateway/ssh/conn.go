@@ -118,6 +118,7 @@ func (c *conn) serve(ctx context.Context, chans <-chan gossh.NewChannel, reqs <-
 // with a message that says so.
 func (c *conn) serverConfig(ctx context.Context) *gossh.ServerConfig {
 	cfg := &gossh.ServerConfig{
+		Config:        gossh.Config{Ciphers: c.srv.cfg.Ciphers},
 		MaxAuthTries:  6,
 		ServerVersion: "SSH-2.0-Gatehouse",
 		PasswordCallback: func(meta gossh.ConnMetadata, password []byte) (*gossh.Permissions, error) {

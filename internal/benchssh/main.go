@@ -26,6 +26,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,6 +96,7 @@ func main() {
 	sizeMiB := flag.Int("size", 256, "MiB copied with scp")
 	sessions := flag.Int("sessions", 20, "sessions opened one at a time (twice as many 8 at a time)")
 	idle := flag.Int("idle", 100, "idle sessions for the memory measurement")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the scp runs (the gateway's side) to this file")
 	flag.Parse()
 	if *hold > 0 {
 		if err := holdSessions(*addr, *tokenFile, *hold, *shells); err != nil {
@@ -103,7 +105,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*sizeMiB, *sessions, *idle); err != nil {
+	if err := run(*sizeMiB, *sessions, *idle, *cpuprofile); err != nil {
 		fmt.Fprintln(os.Stderr, "benchssh:", err)
 		os.Exit(1)
 	}
@@ -125,7 +127,7 @@ type setup struct {
 	hostPinned gossh.PublicKey
 }
 
-func run(sizeMiB, sessions, idle int) error {
+func run(sizeMiB, sessions, idle int, cpuprofile string) error {
 	ctx := context.Background()
 	work, err := os.MkdirTemp("", "gatehouse-benchssh-")
 	if err != nil {
@@ -154,7 +156,20 @@ func run(sizeMiB, sessions, idle int) error {
 	}
 	var report bytes.Buffer
 	fmt.Fprintf(&report, "SSH gateway benchmark, %d CPUs, %s\n\n", runtime.NumCPU(), time.Now().UTC().Format("2006-01-02"))
-	if err := s.scp(&report, sizeMiB); err != nil {
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	err = s.scp(&report, sizeMiB)
+	if cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	if err != nil {
 		return err
 	}
 	if err := s.newSessions(&report, sessions); err != nil {
