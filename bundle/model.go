@@ -11,6 +11,8 @@
 // This package is a leaf: it imports nothing else from Gatehouse.
 package bundle
 
+import "slices"
+
 // SchemaVersion is the payload schema this build writes and the only one it
 // accepts. A gateway refuses a bundle with any other value rather than guessing
 // at fields it does not understand.
@@ -98,6 +100,11 @@ type TLS struct {
 	CAFile string `json:"ca_file,omitempty"`
 	// ServerName overrides the name verified in the certificate.
 	ServerName string `json:"server_name,omitempty"`
+	// CertFile is the gateway's client certificate (PEM, a path on the
+	// gateway host), for databases that authenticate it by certificate.
+	CertFile string `json:"cert_file,omitempty"`
+	// Key is a secret reference to the client certificate's private key.
+	Key string `json:"key,omitempty"`
 }
 
 // Postgres is a PostgreSQL database reached through the gateway. Callers
@@ -115,9 +122,82 @@ type Postgres struct {
 	// Password is a secret reference (env:, file:, k8s:), never a value.
 	Password string `json:"password,omitempty"`
 	TLS      *TLS   `json:"tls,omitempty"`
-	// DenyUnresolvedColumns refuses result columns whose origin cannot be
-	// resolved to a table column while masks apply to this resource.
+	// DenyUnresolvedColumns is deprecated and has no effect: masks follow
+	// each result column's lineage, decided before a statement runs, so a
+	// computed column is masked (or the statement refused) without it.
+	// Kept so that older configurations still load.
 	DenyUnresolvedColumns bool `json:"deny_unresolved_columns,omitempty"`
+	// Admins is a CEL predicate over the caller (identity) that holds for
+	// the resource's administrators. Other sessions' SQL (in
+	// pg_stat_activity, pg_stat_statements) is hidden from everyone else.
+	// Empty: nobody is an administrator.
+	Admins string `json:"admins,omitempty"`
+	// UpstreamRoles, when set, runs each caller's session as a database
+	// role mapped from its identity, so that database grants apply on top
+	// of policy.
+	UpstreamRoles *UpstreamRoles `json:"upstream_roles,omitempty"`
+}
+
+// UpstreamRolesOrNil is the resource's role mapping; nil for a nil
+// resource or none configured.
+func (p *Postgres) UpstreamRolesOrNil() *UpstreamRoles {
+	if p == nil {
+		return nil
+	}
+	return p.UpstreamRoles
+}
+
+// UpstreamRoles maps callers to database roles.
+type UpstreamRoles struct {
+	// Method is how the session takes the role: "set_role" (SET ROLE after
+	// the gateway logs in; the login role must be a member of each role),
+	// "set_session_authorization" (the login role must be a superuser),
+	// or "login" (the gateway logs in as the role itself, with its own
+	// credential: a client certificate the database maps to the roles,
+	// pg_ident.conf). Default set_role.
+	Method string `json:"method,omitempty"`
+	// Identities maps identity names to roles.
+	Identities map[string]string `json:"identities,omitempty"`
+	// Groups maps group names to roles, for callers that no identity
+	// entry maps; when several of a caller's groups are mapped, the
+	// first in sorted order of group name wins.
+	Groups map[string]string `json:"groups,omitempty"`
+	// Default is the role of callers nothing else maps. Empty: such
+	// callers are refused at connect.
+	Default string `json:"default,omitempty"`
+}
+
+// The upstream role methods.
+const (
+	RoleSetRole                 = "set_role"
+	RoleSetSessionAuthorization = "set_session_authorization"
+	RoleLogin                   = "login"
+)
+
+// Role returns the role a caller runs as, and false when none is mapped.
+func (u *UpstreamRoles) Role(identity string, groups []string) (string, bool) {
+	if r, ok := u.Identities[identity]; ok && identity != "" {
+		return r, true
+	}
+	sorted := slices.Clone(groups)
+	slices.Sort(sorted)
+	for _, g := range sorted {
+		if r, ok := u.Groups[g]; ok {
+			return r, true
+		}
+	}
+	if u.Default != "" {
+		return u.Default, true
+	}
+	return "", false
+}
+
+// MethodOrDefault is Method, or set_role when empty.
+func (u *UpstreamRoles) MethodOrDefault() string {
+	if u.Method == "" {
+		return RoleSetRole
+	}
+	return u.Method
 }
 
 // SSHHost is an OpenSSH server reached through the gateway. Callers select
@@ -296,6 +376,11 @@ type Mask struct {
 	HashKey string `json:"hash_key,omitempty"`
 	// Unless is a CEL predicate; when it is true the mask does not apply.
 	Unless string `json:"unless,omitempty"`
+	// AllowInPredicates lets statements filter, join, sort, group and
+	// compute on the masked columns. Off by default: each such use
+	// answers a question about the values (WHERE card LIKE '4111%' is a
+	// yes or no), and enough questions reveal them.
+	AllowInPredicates bool `json:"allow_in_predicates,omitempty"`
 }
 
 // Test is a policy test: a caller, a resource and a request, with the

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"regexp"
@@ -338,6 +339,35 @@ func (v *validator) postgres(r Postgres) {
 	v.labels(ref, r.Labels)
 	if r.TLS != nil && r.TLS.Mode != "" {
 		v.oneOf(ref.Attribute("tls.mode"), r.TLS.Mode, tlsModes)
+	}
+	if r.TLS != nil {
+		v.secret(ref.Attribute("tls.key"), r.TLS.Key)
+		if (r.TLS.CertFile == "") != (r.TLS.Key == "") {
+			v.add(CodeMissingAttribute, ref.Attribute("tls.cert_file"), "tls.cert_file and tls.key go together: a client certificate and a secret reference to its private key")
+		}
+		if r.TLS.CertFile != "" && (r.TLS.Mode == "" || r.TLS.Mode == "disable") {
+			v.add(CodeInvalidValue, ref.Attribute("tls.mode"), "a client certificate needs TLS: set tls.mode to require, verify-ca or verify-full")
+		}
+	}
+	if u := r.UpstreamRoles; u != nil {
+		if u.Method != "" {
+			v.oneOf(ref.Attribute("upstream_roles.method"), u.Method, []string{RoleSetRole, RoleSetSessionAuthorization, RoleLogin})
+		}
+		if len(u.Identities) == 0 && len(u.Groups) == 0 && u.Default == "" {
+			v.add(CodeMissingAttribute, ref.Attribute("upstream_roles"), "upstream_roles maps no caller to a role: set identities, groups or default")
+		}
+		for _, id := range slices.Sorted(maps.Keys(u.Identities)) {
+			if !v.identities[id] {
+				v.add(CodeUnknownReference, ref.Attribute("upstream_roles.identities"), "upstream_roles.identities names identity %q, which is not defined", id)
+			}
+		}
+		for _, m := range []map[string]string{u.Identities, u.Groups} {
+			for k, role := range m {
+				if strings.TrimSpace(role) == "" {
+					v.add(CodeInvalidValue, ref.Attribute("upstream_roles"), "upstream_roles maps %q to an empty role name", k)
+				}
+			}
+		}
 	}
 }
 

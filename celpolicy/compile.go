@@ -24,8 +24,12 @@ type Policy struct {
 	model    *bundle.Model
 	revision uint64
 	// sql analyses SQL text (WithSQL); nil in the gateway runtime.
-	sql  func(string) *PostgresRequest
-	envs *envs
+	sql func(string) *PostgresRequest
+	// guard applies the PostgreSQL gateway's own checks and mask plan to
+	// a query's decision (WithSQL); nil in the gateway runtime, which
+	// applies them itself with its catalog.
+	guard func(*bundle.Postgres, *PostgresRequest, Decision) Decision
+	envs  *envs
 
 	resources  map[string]*resourceEntry
 	providers  map[string]*bundle.IdentityProvider // by name
@@ -84,6 +88,10 @@ type resourceEntry struct {
 	// cost independent of the number of unrelated resources and rules.
 	rules map[string][]*compiledRule
 	masks []*compiledMask
+	// postgres is the resource's definition, for a PostgreSQL resource.
+	postgres *bundle.Postgres
+	// admins is a PostgreSQL resource's admins predicate.
+	admins cel.Program
 }
 
 // Option configures Compile.
@@ -93,11 +101,14 @@ type Option func(*Policy)
 func WithRevision(rev uint64) Option { return func(p *Policy) { p.revision = rev } }
 
 // WithSQL gives the policy SQL analysis (sqlfacts.Query), which test
-// blocks with `sql`, `eval` requests and diffs need. The gateway's runtime
-// compiles without it: its PostgreSQL proxy analyses statements itself.
-// Without it, SQL is not understood and is denied.
-func WithSQL(query func(sql string) *PostgresRequest) Option {
-	return func(p *Policy) { p.sql = query }
+// blocks with `sql`, `eval` requests and diffs need, and the PostgreSQL
+// gateway's own checks and mask plan (sqlfacts.StaticGuard), applied to
+// every query decision so that tests and eval decide as the gateway does.
+// The gateway's runtime compiles without it: its PostgreSQL proxy
+// analyses statements and applies the guard itself, with the database's
+// catalog. Without it, SQL is not understood and is denied.
+func WithSQL(query func(sql string) *PostgresRequest, guard func(*bundle.Postgres, *PostgresRequest, Decision) Decision) Option {
+	return func(p *Policy) { p.sql, p.guard = query, guard }
 }
 
 // FromPayload compiles a verified bundle payload.
@@ -189,6 +200,14 @@ func (c *compiler) run() {
 		p.resources[r.Name] = &resourceEntry{
 			value: Resource{Name: r.Name, Kind: r.Kind, Labels: r.Labels},
 			rules: map[string][]*compiledRule{},
+		}
+	}
+	for i := range m.Postgres {
+		pgr := &m.Postgres[i]
+		e := p.resources[pgr.Name]
+		e.postgres = pgr
+		if strings.TrimSpace(pgr.Admins) != "" {
+			c.compile(p.envs.byKind[bundle.KindPostgres], pgr.Admins, bundle.At("postgres", pgr.Name).Attribute("admins"), func(prg cel.Program) { e.admins = prg })
 		}
 	}
 	for i := range m.Policies {

@@ -39,6 +39,10 @@ type Decision struct {
 	Approvals []ApprovalNeed `json:"approvals,omitempty"`
 	// BundleRevision is the revision of the bundle that decided.
 	BundleRevision uint64 `json:"bundle_revision"`
+	// Admin is true when the caller administers the resource (a
+	// PostgreSQL resource's admins predicate): other sessions' SQL is not
+	// hidden from administrators.
+	Admin bool `json:"admin,omitempty"`
 }
 
 // MatchedRule is a rule whose condition held.
@@ -54,6 +58,9 @@ type MaskAction struct {
 	Method string     `json:"method"`
 	// Mask names the mask block.
 	Mask string `json:"mask"`
+	// AllowInPredicates lets statements filter, join, sort, group and
+	// compute on the column (the mask's allow_in_predicates).
+	AllowInPredicates bool `json:"allow_in_predicates,omitempty"`
 }
 
 // ApprovalNeed says who must approve a review decision, and how the
@@ -191,6 +198,14 @@ func (p *Policy) Decide(in *Input) Decision {
 		return d
 	}
 	d.Masks = p.masks(e, act)
+	if e.admins != nil {
+		d.Admin, _ = eval(e.admins, act)
+	}
+	if p.guard != nil {
+		if req, ok := in.Request.(*PostgresRequest); ok && req.Kind == "query" && e.postgres != nil {
+			d = p.guard(e.postgres, req, d)
+		}
+	}
 	return d
 }
 
@@ -233,7 +248,7 @@ func (p *Policy) masks(e *resourceEntry, act *activation) []MaskAction {
 		add := func(target MaskTarget) {
 			cur, ok := byTarget[target]
 			if !ok || bundle.MaskStrength(m.mask.Method) > bundle.MaskStrength(cur.Method) {
-				byTarget[target] = MaskAction{Target: target, Method: m.mask.Method, Mask: m.mask.Name}
+				byTarget[target] = MaskAction{Target: target, Method: m.mask.Method, Mask: m.mask.Name, AllowInPredicates: m.mask.AllowInPredicates}
 			}
 		}
 		for _, c := range m.columns {

@@ -328,7 +328,7 @@ func TestParseRequest(t *testing.T) {
 		"kubernetes verb": {"kubernetes_cluster", `{"resource":"pods"}`, "", "verb is required"},
 		"trailing data":   {"ssh_host", `{"kind":"shell"} {}`, "", "data after"},
 	}
-	p := celpolicy.MustCompile(t, testModel(), celpolicy.WithSQL(sqlfacts.Query))
+	p := celpolicy.MustCompile(t, testModel(), sqlfacts.Analysis())
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			r, err := p.ParseRequest(tc.kind, []byte(tc.js))

@@ -83,6 +83,10 @@ type PostgresRequest struct {
 	Statements []Statement `cel:"statements" json:"statements"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
+	// Masking is how the results will be masked, decided with the
+	// request's decision (by the PostgreSQL guard) before the request
+	// reaches the database. Nil when no mask applies.
+	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
 }
 
 // SSHRequest is an SSH request.
@@ -116,6 +120,10 @@ type SSHRequest struct {
 	Rows int    `cel:"-" json:"rows,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
+	// Masking is how the results will be masked, decided with the
+	// request's decision (by the PostgreSQL guard) before the request
+	// reaches the database. Nil when no mask applies.
+	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
 }
 
 // KubernetesRequest is a Kubernetes API request.
@@ -130,6 +138,10 @@ type KubernetesRequest struct {
 	Name        string `cel:"name" json:"name,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
+	// Masking is how the results will be masked, decided with the
+	// request's decision (by the PostgreSQL guard) before the request
+	// reaches the database. Nil when no mask applies.
+	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
 }
 
 func (*PostgresRequest) ResourceKind() string   { return bundle.KindPostgres }

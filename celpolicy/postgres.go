@@ -68,7 +68,43 @@ type Statement struct {
 	// Fingerprint identifies the statement's shape regardless of constants
 	// (pg_query fingerprint, hex).
 	Fingerprint string `cel:"fingerprint" json:"fingerprint"`
+	// Calls are the functions called, with what PostgreSQL's catalog says
+	// of them, in first-seen order (see Call).
+	Calls []Call `cel:"calls" json:"calls"`
+	// VolatileFunctions names the called functions that may have side
+	// effects: declared VOLATILE, or of unknown volatility (not built in,
+	// and no database to ask). A function declared STABLE or IMMUTABLE
+	// cannot modify data, so "only reads" is "no volatile function".
+	VolatileFunctions []string `cel:"volatile_functions" json:"volatile_functions"`
+	// ColumnUses are the columns whose values decide something other than
+	// a result value, by clause: where, join, group, having, order,
+	// window, distinct, set, case, filter, limit, expression (a
+	// computation), conflict, execute. Columns are schema.table.column
+	// as far as names resolve without the database's catalog (an
+	// unqualified column of a join may be attributed to either side).
+	ColumnUses []ColumnUse `cel:"column_uses" json:"column_uses"`
 	// Text is the statement's source text. It is deliberately not visible
 	// to CEL: policy must reason over parsed facts, not match text.
 	Text string `cel:"-" json:"text"`
+}
+
+// Call is a function a statement calls.
+type Call struct {
+	// Name is the function's name, without schema.
+	Name string `cel:"name" json:"name"`
+	// Schema is where the function lives: "pg_catalog" for a built-in,
+	// as written for a qualified call, else "" when not known.
+	Schema string `cel:"schema" json:"schema"`
+	// Volatility is "immutable", "stable", "volatile", or "unknown" for a
+	// function that is neither built in nor resolved through the
+	// database's catalog. With several overloads, the most volatile.
+	Volatility string `cel:"volatility" json:"volatility"`
+	// Builtin is true for PostgreSQL's own functions.
+	Builtin bool `cel:"builtin" json:"builtin"`
+}
+
+// ColumnUse is a column used in a clause.
+type ColumnUse struct {
+	Column string `cel:"column" json:"column"`
+	Clause string `cel:"clause" json:"clause"`
 }

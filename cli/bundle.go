@@ -156,7 +156,7 @@ Exit status 0 when all hold; 1 with the reason otherwise.`,
 			if err != nil {
 				return failed("%s: %w", args[0], err)
 			}
-			pol, err := celpolicy.FromPayload(v.Payload, celpolicy.WithSQL(sqlfacts.Query))
+			pol, err := celpolicy.FromPayload(v.Payload, sqlfacts.Analysis())
 			if err != nil {
 				return failed("%s: signature is valid but the policy does not compile: %v", args[0], err)
 			}

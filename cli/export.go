@@ -146,15 +146,23 @@ provider "gatehouse" {
 		}, "")
 	}
 	for _, r := range m.Postgres {
-		var tls string
+		var body string
 		if r.TLS != nil {
-			tls = e.nested("tls", []attr{{"mode", e.opt(r.TLS.Mode)}, {"ca_file", e.opt(r.TLS.CAFile)}, {"server_name", e.opt(r.TLS.ServerName)}}, "  ")
+			body = e.nested("tls", []attr{{"mode", e.opt(r.TLS.Mode)}, {"ca_file", e.opt(r.TLS.CAFile)}, {"server_name", e.opt(r.TLS.ServerName)},
+				{"cert_file", e.opt(r.TLS.CertFile)}, {"key", e.opt(r.TLS.Key)}}, "  ")
+		}
+		if u := r.UpstreamRoles; u != nil {
+			if body != "" {
+				body += "\n"
+			}
+			body += e.nested("upstream_roles", []attr{{"method", e.opt(u.Method)}, {"identities", e.optMap(u.Identities)},
+				{"groups", e.optMap(u.Groups)}, {"default", e.opt(u.Default)}}, "  ")
 		}
 		e.block(bundle.KindPostgres, "postgres", r.Name, r.Description, []attr{
 			{"address", e.str(r.Address)}, {"database", e.str(r.Database)}, {"username", e.str(r.Username)},
 			{"password", e.opt(r.Password)}, {"deny_unresolved_columns", e.optBool(r.DenyUnresolvedColumns)},
-			{"labels", e.optMap(r.Labels)},
-		}, tls)
+			{"admins", e.optText(r.Admins, "CEL", 1)}, {"labels", e.optMap(r.Labels)},
+		}, body)
 	}
 	for _, r := range m.SSHHosts {
 		e.block(bundle.KindSSHHost, "ssh_host", r.Name, r.Description, []attr{
@@ -193,7 +201,7 @@ provider "gatehouse" {
 		e.block("mask", "mask", x.Name, x.Description, []attr{
 			{"resources", e.refs("resource", x.Resources)}, {"columns", e.optList(x.Columns)},
 			{"detectors", e.optList(x.Detectors)}, {"method", e.str(x.Method)}, {"hash_key", e.opt(x.HashKey)},
-			{"unless", e.optText(x.Unless, "CEL", 1)},
+			{"unless", e.optText(x.Unless, "CEL", 1)}, {"allow_in_predicates", e.optBool(x.AllowInPredicates)},
 		}, "")
 	}
 	for _, x := range m.Tests {

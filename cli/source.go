@@ -76,7 +76,7 @@ func loadSource(path string, trust []string, stderr io.Writer) (*source, error) 
 			src.digest = bundle.Digest(raw)
 		}
 	}
-	pol, err := celpolicy.FromPayload(src.payload, celpolicy.WithSQL(sqlfacts.Query))
+	pol, err := celpolicy.FromPayload(src.payload, sqlfacts.Analysis())
 	if err != nil {
 		return nil, failed("%s: bundle does not compile: %w", path, err)
 	}

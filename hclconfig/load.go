@@ -145,7 +145,7 @@ func LoadFiles(files map[string][]byte) (*Result, hcl.Diagnostics) {
 		return res, d.diags
 	}
 	d.model.Normalize()
-	pol, err := celpolicy.Compile(&d.model, celpolicy.WithSQL(sqlfacts.Query))
+	pol, err := celpolicy.Compile(&d.model, sqlfacts.Analysis())
 	if err != nil {
 		var ps bundle.Problems
 		if errors.As(err, &ps) {
@@ -174,6 +174,11 @@ func newDecoder() *decoder {
 func (d *decoder) errorf(rng hcl.Range, summary, format string, args ...any) {
 	r := rng
 	d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: fmt.Sprintf(format, args...), Subject: &r})
+}
+
+func (d *decoder) warnf(rng hcl.Range, summary, format string, args ...any) {
+	r := rng
+	d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagWarning, Summary: summary, Detail: fmt.Sprintf(format, args...), Subject: &r})
 }
 
 func (d *decoder) file(f *hcl.File) {
@@ -242,14 +247,27 @@ func (d *decoder) postgres(ref bundle.Ref, b *hcl.Block) {
 		Name: ref.Name, Description: a.str("description"), Labels: a.strMap("labels"),
 		Address: a.str("address"), Database: a.str("database"), Username: a.str("username"),
 		Password: a.secret("password"), DenyUnresolvedColumns: a.boolean("deny_unresolved_columns"),
+		Admins: a.str("admins"),
 	}
-	for i, tb := range content.Blocks {
-		if i > 0 {
-			d.errorf(tb.DefRange, "Duplicate tls block", "only one tls block is allowed in postgres %q", ref.Name)
+	if a.present("deny_unresolved_columns") {
+		d.warnf(a.attrs["deny_unresolved_columns"].NameRange, "Deprecated attribute",
+			"deny_unresolved_columns no longer has an effect in postgres %q: masks follow each result column's lineage, and a value computed from a masked column is masked or refused before the statement runs. Remove the attribute.", ref.Name)
+	}
+	seen := map[string]bool{}
+	for _, tb := range content.Blocks {
+		if seen[tb.Type] {
+			d.errorf(tb.DefRange, "Duplicate "+tb.Type+" block", "only one %s block is allowed in postgres %q", tb.Type, ref.Name)
 			continue
 		}
-		t, _ := d.body(ref, "tls.", tb.Body, tlsSchema)
-		r.TLS = &bundle.TLS{Mode: t.str("mode"), CAFile: t.str("ca_file"), ServerName: t.str("server_name")}
+		seen[tb.Type] = true
+		switch tb.Type {
+		case "tls":
+			t, _ := d.body(ref, "tls.", tb.Body, tlsSchema)
+			r.TLS = &bundle.TLS{Mode: t.str("mode"), CAFile: t.str("ca_file"), ServerName: t.str("server_name"), CertFile: t.str("cert_file"), Key: t.secret("key")}
+		case "upstream_roles":
+			u, _ := d.body(ref, "upstream_roles.", tb.Body, upstreamRolesSchema)
+			r.UpstreamRoles = &bundle.UpstreamRoles{Method: u.str("method"), Identities: u.strMap("identities"), Groups: u.strMap("groups"), Default: u.str("default")}
+		}
 	}
 	d.model.Postgres = append(d.model.Postgres, r)
 }
@@ -323,7 +341,7 @@ func (d *decoder) mask(ref bundle.Ref, b *hcl.Block) {
 	d.model.Masks = append(d.model.Masks, bundle.Mask{
 		Name: ref.Name, Description: a.str("description"), Resources: a.strs("resources"),
 		Columns: a.strs("columns"), Detectors: a.strs("detectors"), Method: a.str("method"),
-		HashKey: a.secret("hash_key"), Unless: a.str("unless"),
+		HashKey: a.secret("hash_key"), Unless: a.str("unless"), AllowInPredicates: a.boolean("allow_in_predicates"),
 	})
 }
 

@@ -30,11 +30,12 @@ var (
 	identitySchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "provider", "subject", "match", "groups")}
 	postgresSchema = &hcl.BodySchema{
-		Attributes: attrs("description", "labels", "address", "database", "username", "password", "deny_unresolved_columns"),
-		Blocks:     []hcl.BlockHeaderSchema{{Type: "tls"}},
+		Attributes: attrs("description", "labels", "address", "database", "username", "password", "deny_unresolved_columns", "admins"),
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "upstream_roles"}},
 	}
-	tlsSchema     = &hcl.BodySchema{Attributes: attrs("mode", "ca_file", "server_name")}
-	sshHostSchema = &hcl.BodySchema{Attributes: attrs(
+	tlsSchema           = &hcl.BodySchema{Attributes: attrs("mode", "ca_file", "server_name", "cert_file", "key")}
+	upstreamRolesSchema = &hcl.BodySchema{Attributes: attrs("method", "identities", "groups", "default")}
+	sshHostSchema       = &hcl.BodySchema{Attributes: attrs(
 		"description", "labels", "address", "user", "host_key", "private_key", "password")}
 	kubernetesSchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "labels", "server", "kubeconfig", "token", "ca_file", "impersonate")}
@@ -50,7 +51,7 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{{Type: "webhook"}}}
 	webhookSchema = &hcl.BodySchema{Attributes: attrs("url", "secret")}
 	maskSchema    = &hcl.BodySchema{Attributes: attrs(
-		"description", "resources", "columns", "detectors", "method", "hash_key", "unless")}
+		"description", "resources", "columns", "detectors", "method", "hash_key", "unless", "allow_in_predicates")}
 	testSchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "identity", "provider", "subject", "groups", "claims", "resource", "sql", "request",
 		"now", "expect", "expect_rules", "expect_masks")}
@@ -90,6 +91,7 @@ var blockSchemas = map[string]*hcl.BodySchema{
 	"identity":                     identitySchema,
 	"postgres":                     postgresSchema,
 	"postgres.tls":                 tlsSchema,
+	"postgres.upstream_roles":      upstreamRolesSchema,
 	"ssh_host":                     sshHostSchema,
 	"kubernetes_cluster":           kubernetesSchema,
 	"policy":                       policySchema,

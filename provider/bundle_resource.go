@@ -123,7 +123,7 @@ func compileSpecs(specs []string, runTests bool, diags *diag.Diagnostics) (*bund
 		return nil, false
 	}
 	m.Normalize()
-	pol, err := celpolicy.Compile(m, celpolicy.WithSQL(sqlfacts.Query))
+	pol, err := celpolicy.Compile(m, sqlfacts.Analysis())
 	var ps bundle.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {

@@ -109,7 +109,7 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 			resp.Diagnostics.AddAttributeError(path.Root("bundle_file"), "Cannot read the bundle", err.Error())
 			return
 		}
-		if pol, err = celpolicy.FromPayload(p, celpolicy.WithSQL(sqlfacts.Query)); err != nil {
+		if pol, err = celpolicy.FromPayload(p, sqlfacts.Analysis()); err != nil {
 			resp.Diagnostics.AddAttributeError(path.Root("bundle_file"), "Cannot compile the bundle", err.Error())
 			return
 		}
@@ -121,7 +121,7 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 			return
 		}
 		var err error
-		if pol, err = celpolicy.Compile(model, celpolicy.WithSQL(sqlfacts.Query)); err != nil {
+		if pol, err = celpolicy.Compile(model, sqlfacts.Analysis()); err != nil {
 			resp.Diagnostics.AddAttributeError(path.Root("objects"), "Cannot compile the policy", err.Error())
 			return
 		}

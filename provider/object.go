@@ -87,6 +87,10 @@ func checkAlone(kind string, obj any) bundle.Problems {
 		if strings.TrimSpace(o.Unless) != "" {
 			out = append(out, withRef(celpolicy.CheckExpression(bundle.KindPostgres, o.Unless), bundle.At("mask", o.Name).Attribute("unless"))...)
 		}
+	case *bundle.Postgres:
+		if strings.TrimSpace(o.Admins) != "" {
+			out = append(out, withRef(celpolicy.CheckExpression(bundle.KindPostgres, o.Admins), bundle.At(bundle.KindPostgres, o.Name).Attribute("admins"))...)
+		}
 	case *bundle.Policy:
 		for _, rule := range o.Rules {
 			if strings.TrimSpace(rule.When) != "" {

@@ -98,12 +98,20 @@ var kinds = []kindSpec{
 			{name: "database", required: true, desc: "The upstream database name."},
 			{name: "username", required: true, desc: "The upstream role the gateway logs in as."},
 			{name: "password", desc: "The upstream password." + refDesc},
-			{name: "deny_unresolved_columns", kind: aBool, desc: "While masks apply, withhold result columns whose origin is not a table column (computed expressions, UNION)."},
+			{name: "deny_unresolved_columns", kind: aBool, desc: "Deprecated; no effect. Masks follow each result column's lineage, decided before a statement runs."},
+			{name: "admins", desc: "Who administers the database: a CEL predicate over the caller (`'dba' in identity.groups`). Other sessions' SQL (`pg_stat_activity`, `pg_stat_statements`) is hidden from everyone else." + celDesc},
 		},
 		blocks: []blockSpec{{name: "tls", desc: "How the gateway connects upstream.", attrs: []attrSpec{
 			{name: "mode", desc: "`disable`, `require`, `verify-ca` or `verify-full`."},
 			{name: "ca_file", desc: "A CA bundle on the gateway host that the server's certificate must chain to."},
 			{name: "server_name", desc: "The name verified in the server's certificate, when not the address's host."},
+			{name: "cert_file", desc: "The gateway's client certificate (PEM, a path on the gateway host), for databases that authenticate it by certificate."},
+			{name: "key", desc: "The client certificate's private key." + refDesc},
+		}}, {name: "upstream_roles", desc: "Run each caller's session as a database role mapped from its identity, so that database grants apply on top of policy and `pg_stat_activity` tells callers apart.", attrs: []attrSpec{
+			{name: "method", desc: "`set_role` (default: `SET ROLE` after the gateway logs in; its login role must be a member of each role), `set_session_authorization` (the login role must be a superuser) or `login` (the gateway logs in as the role, with its client certificate mapped to the roles by `pg_ident.conf`; each session then shows under its own role in `pg_stat_activity`)."},
+			{name: "identities", kind: aStringMap, desc: "Roles by identity name."},
+			{name: "groups", kind: aStringMap, desc: "Roles by group, for callers no identity entry maps (the first of the caller's groups, in sorted order, that is mapped)."},
+			{name: "default", desc: "The role of callers nothing else maps; unset, they are refused at connect."},
 		}}},
 	},
 	{
@@ -172,6 +180,7 @@ var kinds = []kindSpec{
 			{name: "method", required: true, desc: "`redact`, `partial`, `hash` or `null`."},
 			{name: "hash_key", desc: "The HMAC key of the `hash` method." + refDesc},
 			{name: "unless", desc: "When true, the mask does not apply (`'pci' in identity.groups`)." + celDesc},
+			{name: "allow_in_predicates", kind: aBool, desc: "Let statements filter, join, sort, group and compute on the masked columns. Off by default: each such use answers a question about the values (`WHERE card LIKE '4111%'`), and enough questions reveal them."},
 		},
 	},
 	{

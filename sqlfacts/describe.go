@@ -221,6 +221,10 @@ func describe(st *Statement, n any) {
 		st.Command = "NOTIFY"
 	case *pg.DiscardStmt:
 		st.Command = "DISCARD"
+		if x.Target == pg.DiscardMode_DISCARD_ALL {
+			// DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT.
+			st.Setting = "session_authorization"
+		}
 	case *pg.AlterSystemStmt:
 		st.Command = "ALTER SYSTEM"
 		st.Setting = setName(x.Setstmt)

@@ -38,6 +38,8 @@ const maxBodyDepth = 4
 type (
 	Statement = celpolicy.Statement
 	Table     = celpolicy.Table
+	Call      = celpolicy.Call
+	ColumnUse = celpolicy.ColumnUse
 )
 
 // Access says whether a statement reads or writes a table.
@@ -101,9 +103,13 @@ func analyze(sql, via string, depth int) ([]Statement, error) {
 				fp = f
 			}
 		}
+		idx := len(a.out)
 		a.emit(raw.Stmt, via, text, fp, nil)
 		if a.err != nil {
 			return nil, a.err
+		}
+		if via == "" && idx < len(a.out) {
+			a.out[idx].ColumnUses = columnUses(raw.Stmt, tree.Version)
 		}
 	}
 	return a.out, nil
@@ -145,4 +151,16 @@ func Query(sql string) *celpolicy.PostgresRequest {
 		return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
 	}
 	return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts}
+}
+
+// columnUses is a statement's column uses as far as they resolve without a
+// database.
+func columnUses(n *pg.Node, version int32) []ColumnUse {
+	w := &lw{cat: NewStaticCatalog(nil), version: version, rels: map[string]*RelationInfo{}}
+	w.statement(n)
+	out := make([]ColumnUse, 0, len(w.out.Uses))
+	for _, u := range w.out.Uses {
+		out = append(out, ColumnUse{Column: u.Column, Clause: u.Clause})
+	}
+	return out
 }

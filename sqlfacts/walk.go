@@ -185,7 +185,47 @@ func (a *analyzer) emitMessage(m protoreflect.Message, via, text, fingerprint st
 		st.Functions = append(st.Functions, f)
 	}
 	slices.Sort(st.Functions)
+	st.Calls = w.calls
+	if st.Calls == nil {
+		st.Calls = []Call{}
+	}
+	st.VolatileFunctions = VolatileFunctions(st.Calls)
+	st.ColumnUses = []ColumnUse{}
 	a.out[idx] = st
+}
+
+// call records a function call with what PostgreSQL 15's own catalog says
+// of it; the gateway resolves the others through the database
+// (ResolveCalls).
+func (w *walker) call(funcname []*pg.Node) {
+	q := names(funcname)
+	if len(q) == 0 {
+		return
+	}
+	c := Call{Name: q[len(q)-1], Volatility: Unknown}
+	if len(q) >= 2 {
+		c.Schema = q[len(q)-2]
+	}
+	if c.Schema == "" || c.Schema == "pg_catalog" {
+		if f, ok := BuiltinFunction(c.Name); ok {
+			c.Schema, c.Volatility, c.Builtin = "pg_catalog", f.Volatility, true
+		}
+	}
+	if !slices.Contains(w.calls, c) {
+		w.calls = append(w.calls, c)
+	}
+}
+
+// VolatileFunctions names the calls that may have side effects: volatile,
+// or of unknown volatility.
+func VolatileFunctions(calls []Call) []string {
+	out := []string{}
+	for _, c := range calls {
+		if c.Volatility != Immutable && c.Volatility != Stable && !slices.Contains(out, c.Name) {
+			out = append(out, c.Name)
+		}
+	}
+	return out
 }
 
 // functionBody parses the body of a LANGUAGE sql function given as a string,
@@ -224,6 +264,7 @@ type walker struct {
 	tables    map[[2]string]int // schema,name -> index in tableList
 	tableList []Table
 	funcs     map[string]bool
+	calls     []Call
 	// quiet > 0 while walking a nested statement that was already emitted.
 	quiet int
 	// wrapped is set while walking straight into a wrapper field, whose
@@ -329,6 +370,7 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 		if len(x.Funcname) > 0 {
 			if s := x.Funcname[len(x.Funcname)-1].GetString_(); s != nil {
 				w.funcs[s.Sval] = true
+				w.call(x.Funcname)
 				if s.Sval == "set_config" && w.setting == "" {
 					// set_config('name', value, is_local) changes a
 					// setting like SET does; a name that is not a

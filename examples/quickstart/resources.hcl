@@ -6,9 +6,6 @@ postgres "orders" {
   database    = "orders"
   username    = "gatehouse"
   password    = "env:ORDERS_DB_PASSWORD"
-  # Withhold computed and UNION columns while masks apply: they have no
-  # table column of origin for a mask to follow (lower(email), c::text).
-  deny_unresolved_columns = true
   labels = {
     env  = "prod"
     team = "billing"

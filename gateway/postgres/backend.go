@@ -140,20 +140,12 @@ func (s *session) rowDescription(m *pgproto3.RowDescription, h *slot) (pgproto3.
 	case is(h, slotDescribe):
 		s.q.pop()
 		if h.hidden {
-			h.resolve(s.describe(m, h.masks, h.uncertain))
+			h.resolve(s.describe(m, h.masking, 0))
 			return nil, false, true
 		}
 	case is(h, slotQuery):
-		if len(h.masks) > 0 {
-			h.desc = s.describe(m, h.masks, h.uncertain)
-			if h.desc.blocked != "" {
-				// The statement has already run: the gateway cannot
-				// withhold the rows and keep the upstream's state true,
-				// so it ends the session, which aborts the upstream
-				// transaction.
-				s.end("42501", "gatehouse: "+h.desc.blocked+"; the session is ended so that the statement's transaction is rolled back")
-				return nil, false, false
-			}
+		if h.masking != nil {
+			h.desc = s.describe(m, h.masking, h.index)
 			s.recordMasked(h.recRef, h.desc)
 		}
 	default:
@@ -166,7 +158,7 @@ func (s *session) dataRow(m *pgproto3.DataRow, h *slot) (pgproto3.BackendMessage
 	if !is(h, slotQuery, slotExecute) {
 		return s.outOfStep("DataRow without a query")
 	}
-	if len(h.masks) == 0 {
+	if h.masking == nil {
 		return m, false, true
 	}
 	if h.desc == nil {
@@ -178,12 +170,20 @@ func (s *session) dataRow(m *pgproto3.DataRow, h *slot) (pgproto3.BackendMessage
 func (s *session) commandEnd(msg pgproto3.BackendMessage, h *slot) (pgproto3.BackendMessage, bool, bool) {
 	if cc, ok := msg.(*pgproto3.CommandComplete); ok && h != nil {
 		s.recordOutcome(h, rowsOf(cc.CommandTag), "")
+		if h.index < len(h.effects) {
+			// The statement succeeded: what it defined or created is
+			// real now.
+			s.cat.apply(h.effects[h.index])
+		}
 	}
 	switch {
 	case is(h, slotExecute):
 		s.q.pop()
 	case is(h, slotQuery):
-		h.desc = nil // a multi-statement query: the next result has its own
+		// A multi-statement query: the next result is the next
+		// statement's, with its own layout.
+		h.desc = nil
+		h.index++
 	default:
 		return s.outOfStep(fmt.Sprintf("%T without a query", msg))
 	}
@@ -195,7 +195,7 @@ func (s *session) commandEnd(msg pgproto3.BackendMessage, h *slot) (pgproto3.Bac
 // placeholder's, and follows the upstream into skipping to Sync.
 func (s *session) errorResponse(m *pgproto3.ErrorResponse, h *slot) (pgproto3.BackendMessage, bool, bool) {
 	var out pgproto3.BackendMessage = m
-	withhold := s.cs.Masked() || (h != nil && len(h.masks) > 0)
+	withhold := s.cs.Masked() || (h != nil && h.masking.withholdsErrors())
 	if withhold {
 		out = scrubError(m)
 	}

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // catalogs answers questions about an upstream's catalog that the gateway
@@ -29,8 +31,30 @@ type catalog struct {
 	conn     *pgconn.PgConn
 	revision uint64
 	columns  map[uint32]map[uint16]string // relation oid -> attnum -> schema.table.column (canonical)
-	funcs    map[uint32]string
+	funcs    map[uint32]fastPathFunc
+	// Lineage's lookups, by search path and name; entries expire after
+	// catalogTTL so that changes made outside the gateway are seen.
+	relations map[string]cached[*sqlfacts.RelationInfo]
+	functions map[string]cached[*sqlfacts.FunctionInfo]
+	// generation counts invalidations, for the sessions' lineage caches.
+	generation uint64
 }
+
+type cached[T any] struct {
+	v  T
+	at time.Time
+}
+
+// fastPathFunc is what a fast-path call's OID names.
+type fastPathFunc struct {
+	schema, name, volatility string
+}
+
+// catalogTTL bounds how long a relation's or function's definition is
+// trusted before it is read again. Changes made through the gateway are
+// seen at once (invalidate); changes made directly on the database, within
+// this time.
+const catalogTTL = 30 * time.Second
 
 func newCatalogs(s *Server) *catalogs { return &catalogs{srv: s, by: map[string]*catalog{}} }
 
@@ -49,9 +73,37 @@ func (c *catalogs) get(resource string) (*catalog, *bundle.Postgres, error) {
 	c.mu.Unlock()
 	cat.mu.Lock()
 	if cat.revision != active.Revision {
-		cat.columns, cat.funcs, cat.revision = map[uint32]map[uint16]string{}, map[uint32]string{}, active.Revision
+		cat.reset()
+		cat.revision = active.Revision
 	}
 	return cat, res, nil // returned locked
+}
+
+func (cat *catalog) reset() {
+	cat.columns, cat.funcs = map[uint32]map[uint16]string{}, map[uint32]fastPathFunc{}
+	cat.relations, cat.functions = map[string]cached[*sqlfacts.RelationInfo]{}, map[string]cached[*sqlfacts.FunctionInfo]{}
+	cat.generation++
+}
+
+// invalidate forgets what the catalog said about a resource: a statement
+// through the gateway changed its definitions.
+func (c *catalogs) invalidate(resource string) {
+	cat, _, err := c.get(resource)
+	if err != nil {
+		return
+	}
+	cat.reset()
+	cat.mu.Unlock()
+}
+
+// generation says when a resource's cached definitions last changed.
+func (c *catalogs) generation(resource string) uint64 {
+	cat, _, err := c.get(resource)
+	if err != nil {
+		return 0
+	}
+	defer cat.mu.Unlock()
+	return cat.generation
 }
 
 func (c *catalogs) close() {
@@ -66,21 +118,30 @@ func (c *catalogs) close() {
 	}
 }
 
+// connect opens the gateway's own catalog connection when it has none.
+func (cat *catalog) connect(c *catalogs, res *bundle.Postgres) error {
+	if cat.conn != nil && !cat.conn.IsClosed() {
+		return nil
+	}
+	cfg, err := c.srv.upstreamConfig(res, "")
+	if err != nil {
+		return err
+	}
+	cfg.RuntimeParams["application_name"] = "gatehouse:catalog"
+	ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.UpstreamTimeout)
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	cat.conn = conn
+	return nil
+}
+
 func (cat *catalog) exec(c *catalogs, res *bundle.Postgres, sql string) ([][][]byte, error) {
 	for attempt := 0; attempt < 2; attempt++ {
-		if cat.conn == nil || cat.conn.IsClosed() {
-			cfg, err := c.srv.upstreamConfig(res)
-			if err != nil {
-				return nil, err
-			}
-			cfg.RuntimeParams["application_name"] = "gatehouse:catalog"
-			ctx, cancel := context.WithTimeout(context.Background(), c.srv.cfg.UpstreamTimeout)
-			conn, err := pgconn.ConnectConfig(ctx, cfg)
-			cancel()
-			if err != nil {
-				return nil, err
-			}
-			cat.conn = conn
+		if err := cat.connect(c, res); err != nil {
+			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		res, err := cat.conn.Exec(ctx, sql).ReadAll()
@@ -94,6 +155,33 @@ func (cat *catalog) exec(c *catalogs, res *bundle.Postgres, sql string) ([][][]b
 			return nil, fmt.Errorf("catalog query failed")
 		}
 		return res[0].Rows, nil
+	}
+	return nil, fmt.Errorf("catalog connection to %q failed", res.Name)
+}
+
+// query runs one of the gateway's own parameterised catalog queries.
+func (cat *catalog) query(c *catalogs, res *bundle.Postgres, sql string, params ...string) ([][][]byte, error) {
+	args := make([][]byte, len(params))
+	for i, p := range params {
+		args[i] = []byte(p)
+	}
+	for attempt := 0; attempt < 2; attempt++ {
+		if err := cat.connect(c, res); err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r := cat.conn.ExecParams(ctx, sql, args, nil, nil, nil).Read()
+		cancel()
+		if r.Err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(r.Err, &pgErr) {
+				return nil, fmt.Errorf("catalog query failed: %s", pgErr.Message)
+			}
+			cat.conn.Close(context.Background())
+			cat.conn = nil
+			continue
+		}
+		return r.Rows, nil
 	}
 	return nil, fmt.Errorf("catalog connection to %q failed", res.Name)
 }
@@ -140,24 +228,177 @@ WHERE a.attrelid IN (`+strings.Join(missing, ",")+`) AND a.attnum > 0 AND NOT a.
 	return out, nil
 }
 
-// functionName returns the name of the function an OID names, for deciding
-// a fast-path call.
-func (c *catalogs) functionName(resource string, oid uint32) (string, error) {
+// fastPathFunction returns what an OID names, for deciding a fast-path
+// call.
+func (c *catalogs) fastPathFunction(resource string, oid uint32) (fastPathFunc, error) {
 	cat, res, err := c.get(resource)
 	if err != nil {
-		return "", err
+		return fastPathFunc{}, err
 	}
 	defer cat.mu.Unlock()
-	if n, ok := cat.funcs[oid]; ok {
-		return n, nil
+	if f, ok := cat.funcs[oid]; ok {
+		return f, nil
 	}
-	rows, err := cat.exec(c, res, fmt.Sprintf("SELECT proname FROM pg_catalog.pg_proc WHERE oid = %d", oid))
+	rows, err := cat.exec(c, res, fmt.Sprintf("SELECT n.nspname, p.proname, p.provolatile FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = %d", oid))
 	if err != nil {
-		return "", err
+		return fastPathFunc{}, err
 	}
 	if len(rows) != 1 {
-		return "", fmt.Errorf("no function has oid %d", oid)
+		return fastPathFunc{}, fmt.Errorf("no function has oid %d", oid)
 	}
-	cat.funcs[oid] = string(rows[0][0])
-	return cat.funcs[oid], nil
+	f := fastPathFunc{schema: string(rows[0][0]), name: string(rows[0][1]), volatility: sqlfacts.VolatilityName(string(rows[0][2]))}
+	cat.funcs[oid] = f
+	return f, nil
+}
+
+// relationSQL resolves a relation name in a list of schemas, first match
+// wins, as the search path does. Names are parameters: no caller text is
+// ever part of the gateway's own SQL.
+const relationSQL = `SELECT n.nspname, c.relname, c.relkind::text,
+       coalesce(CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, ''),
+       coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY a.attnum), ',')
+                 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
+WHERE c.relname = $1
+ORDER BY s.ord LIMIT 1`
+
+// functionSQL finds every function of a name in a list of schemas.
+const functionSQL = `SELECT n.nspname, p.provolatile::text, p.prokind::text, p.proretset,
+       coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(u.n) ORDER BY u.i), ',')
+                 FROM ROWS FROM (pg_catalog.unnest(p.proargnames), pg_catalog.unnest(p.proargmodes::text[])) WITH ORDINALITY AS u(n, m, i) WHERE u.m IN ('o', 't', 'b')), '')
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
+WHERE p.proname = $1
+ORDER BY s.ord, p.oid`
+
+// relation resolves a relation in the given schemas (the session's search
+// path, or the one schema of a qualified name).
+func (c *catalogs) relation(resource string, schemas []string, name string) (*sqlfacts.RelationInfo, error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return nil, err
+	}
+	defer cat.mu.Unlock()
+	key := strings.Join(schemas, "\x00") + "\x01" + name
+	if e, ok := cat.relations[key]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, nil
+	}
+	rows, err := cat.query(c, res, relationSQL, name, textArray(schemas))
+	if err != nil {
+		return nil, err
+	}
+	var info *sqlfacts.RelationInfo
+	if len(rows) == 1 {
+		r := rows[0]
+		info = &sqlfacts.RelationInfo{Schema: string(r[0]), Name: string(r[1]), Kind: sqlfacts.RelationKind(string(r[2])), View: strings.TrimSpace(string(r[3]))}
+		if info.Columns, err = splitIdentList(string(r[4])); err != nil {
+			return nil, err
+		}
+	}
+	cat.relations[key] = cached[*sqlfacts.RelationInfo]{v: info, at: time.Now()}
+	return info, nil
+}
+
+// function describes the functions a call may resolve to: every candidate
+// of the name in the schemas, the most volatile, built in only when all are.
+func (c *catalogs) function(resource string, schemas []string, name string) (*sqlfacts.FunctionInfo, error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return nil, err
+	}
+	defer cat.mu.Unlock()
+	key := strings.Join(schemas, "\x00") + "\x01" + name
+	if e, ok := cat.functions[key]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, nil
+	}
+	rows, err := cat.query(c, res, functionSQL, name, textArray(schemas))
+	if err != nil {
+		return nil, err
+	}
+	var info *sqlfacts.FunctionInfo
+	rank := map[string]int{sqlfacts.Immutable: 0, sqlfacts.Stable: 1, sqlfacts.Volatile: 2, sqlfacts.Unknown: 3}
+	for i, r := range rows {
+		vol := sqlfacts.VolatilityName(string(r[1]))
+		if i == 0 {
+			info = &sqlfacts.FunctionInfo{Schema: string(r[0]), Name: name, Volatility: vol, Builtin: true, Retset: string(r[3]) == "t"}
+			if info.Out, err = splitIdentList(string(r[4])); err != nil {
+				return nil, err
+			}
+		}
+		if rank[vol] > rank[info.Volatility] {
+			info.Volatility = vol
+		}
+		if string(r[0]) != "pg_catalog" {
+			info.Builtin = false
+		}
+		info.Aggregate = info.Aggregate || string(r[2]) == "a"
+		info.Window = info.Window || string(r[2]) == "w"
+	}
+	cat.functions[key] = cached[*sqlfacts.FunctionInfo]{v: info, at: time.Now()}
+	return info, nil
+}
+
+// textArray writes a text[] literal.
+func textArray(xs []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, x := range xs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		b.WriteString(strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(x))
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// splitIdentList reads a comma-separated list of quote_ident names.
+func splitIdentList(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []string
+	for len(s) > 0 {
+		var name string
+		if s[0] == '"' {
+			var b strings.Builder
+			i := 1
+			for {
+				if i >= len(s) {
+					return nil, fmt.Errorf("catalog: unterminated quoted name")
+				}
+				if s[i] == '"' {
+					if i+1 < len(s) && s[i+1] == '"' {
+						b.WriteByte('"')
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				b.WriteByte(s[i])
+				i++
+			}
+			name, s = b.String(), s[i:]
+		} else {
+			j := strings.IndexByte(s, ',')
+			if j < 0 {
+				j = len(s)
+			}
+			name, s = s[:j], s[j:]
+		}
+		out = append(out, name)
+		if len(s) > 0 {
+			if s[0] != ',' {
+				return nil, fmt.Errorf("catalog: malformed name list")
+			}
+			s = s[1:]
+		}
+	}
+	return out, nil
 }

@@ -11,7 +11,18 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
+
+// hasColumnMasks reports whether a decision masks any column.
+func hasColumnMasks(d celpolicy.Decision) bool {
+	for _, m := range d.Masks {
+		if m.Target.Column != "" {
+			return true
+		}
+	}
+	return false
+}
 
 // execute decides an Execute by the statement its portal will really run,
 // as the upstream will have it, with the bundle active now: rules that use
@@ -118,17 +129,19 @@ func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *porta
 	return &heldExecute{d: v.Decision, ref: v.Ref}, nil
 }
 
-// forwardExecute sends an allowed Execute. To mask rows the gateway must
-// know their columns' origins, and to withhold a result it cannot mask it
-// must know before the statement runs: with masks, it describes the portal
-// first and waits for the answer.
+// forwardExecute sends an allowed Execute. Its masks were planned with
+// the decision; to apply them the gateway needs the rows' layout (formats
+// and types), which an Execute's response does not carry, so it describes
+// the portal first and waits for the answer.
 func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
-	if len(d.Masks) == 0 {
-		s.push(&slot{kind: slotExecute, recRef: ref, start: time.Now()})
+	ms := maskSetOf(req, d)
+	eff := s.effectsOf(req)
+	if ms == nil {
+		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 		return nil
 	}
-	hd := &slot{kind: slotDescribe, hidden: true, masks: d.Masks, uncertain: setOperation(req.Statements), ready: make(chan *resultDesc, 1)}
+	hd := &slot{kind: slotDescribe, hidden: true, masking: ms, ready: make(chan *resultDesc, 1)}
 	s.push(hd)
 	s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
 	// A protocol Flush: the upstream holds its responses until Sync or
@@ -138,26 +151,20 @@ func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresReq
 		return err
 	}
 	desc := <-hd.ready
-	switch {
-	case desc == nil:
-		// The upstream is skipping to Sync after an earlier error (or
-		// the session is ending): this Execute will not run either.
-		s.push(&slot{kind: slotExecute, masks: d.Masks, recRef: ref, start: time.Now()})
-		s.fe.Send(m)
-	case desc.blocked != "":
-		s.push(&slot{kind: slotParse, deny: &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: "gatehouse: " + desc.blocked}})
-		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
-	default:
+	if desc != nil {
 		s.recordMasked(ref, desc)
-		s.push(&slot{kind: slotExecute, masks: d.Masks, desc: desc, recRef: ref, start: time.Now()})
-		s.fe.Send(m)
 	}
+	// With no layout, the upstream is skipping to Sync after an earlier
+	// error (or the session is ending): this Execute will not run either.
+	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now()})
+	s.fe.Send(m)
 	return nil
 }
 
 // functionCall decides a fast-path call by the function's name.
 func (s *session) functionCall(m *pgproto3.FunctionCall) {
-	name, err := s.srv.catalog.functionName(s.cs.Resource(), m.Function)
+	fn, err := s.srv.catalog.fastPathFunction(s.cs.Resource(), m.Function)
+	name := fn.name
 	var req *celpolicy.PostgresRequest
 	if err != nil {
 		req = &celpolicy.PostgresRequest{Kind: "function_call", Problem: fmt.Sprintf("function %d could not be identified: %v", m.Function, err)}
@@ -165,6 +172,14 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 		req = celpolicy.FunctionCall(name)
 	}
 	d := s.cs.Decide(req, true)
+	if d.Effect == bundle.EffectAllow && err == nil && hasColumnMasks(d) && (fn.schema != "pg_catalog" || sqlfacts.RunsSQL(fn.name)) {
+		// What a user function reads is unknown: while masks apply, its
+		// result could carry a masked value no plan can follow.
+		d.Effect = bundle.EffectDeny
+		d.Reasons = []string{sqlfacts.Refused + fmt.Sprintf("function %s.%s is not built in (or runs SQL given as text): while masks apply, every value's origin must be known", fn.schema, fn.name)}
+		d.Masks = nil
+		s.cs.Tally(false)
+	}
 	if d.Effect == bundle.EffectReview {
 		// A fast-path call is not SQL text an approver can read and a
 		// hash can bind; it is refused, and SELECT f(...) can be held.

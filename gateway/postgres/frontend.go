@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
@@ -117,6 +118,7 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		return errStop
 	}
 	req := sqlfacts.Query(m.String)
+	s.resolveCalls(req)
 	d := s.cs.Decide(req, true)
 	var ref int
 	var rerr error
@@ -157,7 +159,7 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		s.push(&slot{kind: slotQuery, deny: s.denial(d, req)})
 		s.fe.Send(&pgproto3.Query{String: deniedSQL})
 	default:
-		s.push(&slot{kind: slotQuery, masks: d.Masks, uncertain: setOperation(req.Statements), recRef: ref, start: time.Now()})
+		s.push(&slot{kind: slotQuery, masking: maskSetOf(req, d), effects: s.effectsOf(req), recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 	}
 	return s.fe.Flush()
@@ -171,6 +173,7 @@ func (s *session) parse(ctx context.Context, m *pgproto3.Parse) error {
 		return errStop
 	}
 	req := sqlfacts.Query(m.Query)
+	s.resolveCalls(req)
 	d := s.cs.Decide(req, false)
 	stmt := &prepared{req: req, sql: m.Query}
 	if len(m.ParameterOIDs) > 0 {
@@ -207,11 +210,21 @@ func (s *session) bind(m *pgproto3.Bind) error {
 	return nil
 }
 
-func setOperation(stmts []sqlfacts.Statement) bool {
-	for _, st := range stmts {
-		if st.SetOperation {
-			return true
+// effectsOf lists, per statement sent, what it changes in the session's
+// view of the catalog when it succeeds.
+func (s *session) effectsOf(req *celpolicy.PostgresRequest) []*effects {
+	var out []*effects
+	any := false
+	for _, st := range req.Statements {
+		if st.Via != "" {
+			continue
 		}
+		e := s.cat.effectsOf(st)
+		any = any || e != nil
+		out = append(out, e)
 	}
-	return false
+	if !any {
+		return nil
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,7 +145,7 @@ func BenchmarkStatementOverhead(b *testing.B) {
 					}
 					// The slot would wait for the upstream's answer; the
 					// response side is not running, so drop it.
-					if sl := s.q.pop(); sl == nil || sl.kind != slotQuery || len(sl.masks) == 0 {
+					if sl := s.q.pop(); sl == nil || sl.kind != slotQuery || !sl.masking.plan.Masked() {
 						b.Fatalf("the query was not forwarded with its masks: %+v", sl)
 					}
 				}
@@ -345,17 +346,30 @@ func (r *overheadRig) session(b *testing.B, sync bool) *benchSession {
 	col := func(name string) string {
 		return bundle.QuoteIdent("public") + "." + bundle.QuoteIdent("customers") + "." + bundle.QuoteIdent(name)
 	}
-	srv.catalog.by["orders"] = &catalog{revision: active.Revision, funcs: map[uint32]string{},
-		columns: map[uint32]map[uint16]string{customersOID: {1: col("id"), 2: col("name"), 3: col("email"), 4: col("card_number")}}}
+	cat := &catalog{revision: active.Revision}
+	cat.reset()
+	cat.columns[customersOID] = map[uint16]string{1: col("id"), 2: col("name"), 3: col("email"), 4: col("card_number")}
+	// And the lineage lookups the statement makes, as they are cached.
+	searchPath := []string{"pg_catalog", "public"}
+	cat.relations[strings.Join(searchPath, "\x00")+"\x01customers"] = cached[*sqlfacts.RelationInfo]{at: time.Now().Add(time.Hour),
+		v: &sqlfacts.RelationInfo{Schema: "public", Name: "customers", Kind: "table", Columns: []string{"id", "name", "email", "card_number"}}}
+	srv.catalog.by["orders"] = cat
+	var s *session
 	cs, ref := c.Admit(context.Background(), core.Admission{Protocol: Protocol, Kind: bundle.KindPostgres, Resource: "orders",
-		Token: r.issuer.Token(b, "billing-service", "gatehouse"), ClientAddr: "bench", Guard: guard, Noun: "statement"})
+		Token: r.issuer.Token(b, "billing-service", "gatehouse"), ClientAddr: "bench", Noun: "statement",
+		Guard: func(req celpolicy.Request, d celpolicy.Decision) celpolicy.Decision {
+			if s == nil {
+				return d
+			}
+			return s.guard(req, d)
+		}})
 	if ref != nil {
 		b.Fatalf("admission: %v", ref)
 	}
 	if cs.Identity().Name != "billing-service" {
 		b.Fatalf("identity: %+v", cs.Identity())
 	}
-	s := &session{srv: srv, cs: cs, log: r.log, names: newNames(), q: newQueue()}
+	s = &session{srv: srv, cs: cs, log: r.log, names: newNames(), q: newQueue(), cat: newSessionCatalog(srv, "orders", searchPath)}
 	b.Cleanup(func() { cs.End("benchmark done") })
 	return &benchSession{session: s, rec: rec}
 }

@@ -57,6 +57,9 @@ func TestRecording(t *testing.T) {
 	}
 	// PostgreSQL quotes the value it could not convert: with masks in
 	// force, the message must not carry it to the caller or the recording.
+	// (A computation over a masked column is refused unless the mask
+	// allows it; these masks do.)
+	e.publish(t, strings.ReplaceAll(e.policyF(e.issuer.URL, e.pg.Addr()), `  method    = "`, "  allow_in_predicates = true\n  method    = \""))
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
 		for _, q := range []string{"SELECT (SELECT card_number FROM customers WHERE id = 1)::int", "SELECT (SELECT email FROM customers WHERE id = 1)::int"} {
 			_, err := c.Exec(ctx, q, mode)

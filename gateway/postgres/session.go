@@ -48,6 +48,11 @@ type session struct {
 
 	names *names
 	q     *queue
+	// cat is the catalog as this session sees it, for masks' lineage.
+	cat *sessionCatalog
+	// role is the database role the session runs as ("" for the
+	// resource's login role).
+	role string
 
 	// Owned by the request side.
 	batch     uint64 // counts Syncs sent
@@ -104,11 +109,18 @@ type slot struct {
 	// hidden: the gateway sent this request itself; its responses are
 	// not forwarded.
 	hidden bool
-	// masks to apply to this request's rows, and the rows' layout;
-	// uncertain when the statement's column origins cannot be trusted.
-	masks     []celpolicy.MaskAction
-	desc      *resultDesc
-	uncertain bool
+	// masking is how this request's rows are masked: the plan decided
+	// with the statement (per statement of a simple query), the detector
+	// masks, and whether column masks applied at all (errors are then
+	// withheld: they may quote a value). desc is the current result's
+	// layout with each column's mask; stmt counts the statements of a
+	// simple query that have completed.
+	masking *maskSet
+	desc    *resultDesc
+	index   int
+	// effects are what each statement changes in the session's view of
+	// the catalog once it succeeds (by statement index).
+	effects []*effects
 	// mut is the change to a statement or portal this request makes if
 	// it succeeds.
 	mut *mutation

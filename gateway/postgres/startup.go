@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 )
 
@@ -71,15 +73,22 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	if err != nil {
 		return nil, err
 	}
+	var sess *session
 	cs, ref := s.core.Admit(ctx, core.Admission{
 		Protocol: Protocol, Kind: bundle.KindPostgres, Resource: database, Token: token,
-		ClientAddr: h.conn.RemoteAddr().String(), ID: id, Log: log, Guard: guard, Noun: "statement",
+		ClientAddr: h.conn.RemoteAddr().String(), ID: id, Log: log, Noun: "statement",
+		Guard: func(r celpolicy.Request, d celpolicy.Decision) celpolicy.Decision {
+			if sess == nil {
+				return d // the connect decision: no statement yet
+			}
+			return sess.guard(r, d)
+		},
 	})
 	if ref != nil {
 		fatal(be, sqlstate(ref), ref.Message)
 		return nil, errHandled
 	}
-	sess := &session{srv: s, cs: cs, log: cs.Log(), client: h.conn, be: be, reader: h.reader,
+	next := &session{srv: s, cs: cs, log: cs.Log(), client: h.conn, be: be, reader: h.reader,
 		names: newNames(), q: newQueue()}
 	res := findPostgres(&s.core.Bundles().Current().Payload.Model, database)
 	if res == nil {
@@ -87,22 +96,32 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		fatal(be, "3D000", fmt.Sprintf("gatehouse: database %q is no longer a postgres resource", database))
 		return nil, errHandled
 	}
-	up, err := s.connectUpstream(ctx, res, cs.Identity().Name, cs.Identity().Subject)
+	up, err := s.connectUpstream(ctx, res, cs.Identity())
 	if err != nil {
+		var re *errRole
+		if errors.As(err, &re) {
+			cs.End("no upstream role")
+			next.log.Warn("upstream role refused", "err", err)
+			fatal(be, "28000", "gatehouse: "+re.msg)
+			return nil, errHandled
+		}
 		cs.End("upstream connection failed")
-		sess.log.Error("upstream connection failed", "err", err)
+		next.log.Error("upstream connection failed", "err", err)
 		fatal(be, "08006", fmt.Sprintf("gatehouse: cannot reach the %q database upstream; the error is in the gateway's log (session %d)", res.Name, id))
 		return nil, errHandled
 	}
-	sess.up, sess.fe = up, up.Frontend
-	sess.txStatus.Store(uint32(up.TxStatus))
-	if err := sess.welcome(); err != nil {
+	next.up, next.fe = up.conn, up.conn.Frontend
+	next.role = up.role
+	next.cat = newSessionCatalog(s, res.Name, up.searchPath)
+	next.txStatus.Store(uint32(up.conn.TxStatus))
+	if err := next.welcome(); err != nil {
 		cs.End("the client left during the handshake")
-		up.Conn.Close()
+		up.conn.Conn.Close()
 		return nil, err
 	}
+	sess = next
 	_ = h.conn.SetDeadline(time.Time{})
-	sess.log.Info("session started", "subject", cs.Identity().Subject, "revision", s.core.Bundles().Current().Revision, "tls", h.secure)
+	sess.log.Info("session started", "subject", cs.Identity().Subject, "revision", s.core.Bundles().Current().Revision, "tls", h.secure, "role", up.role)
 	return sess, nil
 }
 

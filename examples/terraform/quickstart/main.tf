@@ -41,13 +41,12 @@ resource "gatehouse_identity" "billing-service" {
 }
 
 resource "gatehouse_postgres" "orders" {
-  name                    = "orders"
-  description             = "Orders, customers and payments (public) plus the billing schema"
-  address                 = "orders-db.internal:5432"
-  database                = "orders"
-  username                = "gatehouse"
-  password                = "env:ORDERS_DB_PASSWORD"
-  deny_unresolved_columns = true
+  name        = "orders"
+  description = "Orders, customers and payments (public) plus the billing schema"
+  address     = "orders-db.internal:5432"
+  database    = "orders"
+  username    = "gatehouse"
+  password    = "env:ORDERS_DB_PASSWORD"
   labels = {
     "env"  = "prod"
     "team" = "billing"

@@ -1,0 +1,246 @@
+package postgres
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
+)
+
+// sessionCatalog is the database's catalog as one caller's session sees
+// it: names resolve through the session's search path, and relations,
+// prepared statements and cursors the session created through the gateway
+// are known before (or without) the shared catalog seeing them. It is what
+// masks are planned with (sqlfacts.Guard).
+type sessionCatalog struct {
+	srv        *Server
+	resource   string
+	searchPath []string
+
+	mu      sync.Mutex
+	named   map[string]string // kind \x00 name -> SQL
+	created map[string]*sqlfacts.RelationInfo
+	// lineage caches a statement's lineage, valid while neither the
+	// shared catalog nor this session's definitions change.
+	lineage    map[string][]sqlfacts.Lineage
+	generation uint64 // the shared catalog's, when lineage was filled
+	local      uint64 // bumped by this session's own definitions
+	cachedAt   uint64
+}
+
+// maxLineageCache bounds the per-session lineage cache.
+const maxLineageCache = 256
+
+func newSessionCatalog(srv *Server, resource string, searchPath []string) *sessionCatalog {
+	if len(searchPath) == 0 {
+		searchPath = []string{"pg_catalog", "public"}
+	}
+	return &sessionCatalog{srv: srv, resource: resource, searchPath: searchPath,
+		named: map[string]string{}, created: map[string]*sqlfacts.RelationInfo{}, lineage: map[string][]sqlfacts.Lineage{}}
+}
+
+// Relation implements sqlfacts.Catalog.
+func (c *sessionCatalog) Relation(schema, name string) (*sqlfacts.RelationInfo, error) {
+	c.mu.Lock()
+	mine := c.created[schema+"\x00"+name]
+	if mine == nil && schema == "" {
+		mine = c.created["pg_temp\x00"+name]
+	}
+	c.mu.Unlock()
+	schemas := []string{schema}
+	if schema == "" {
+		schemas = c.searchPath
+	}
+	if schema == "pg_temp" {
+		if mine == nil {
+			return nil, nil
+		}
+		return mine, nil
+	}
+	shared, err := c.srv.catalog.relation(c.resource, schemas, name)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case mine == nil:
+		return shared, nil
+	case shared == nil || (shared.Schema == mine.Schema && shared.Name == mine.Name):
+		return mine, nil
+	}
+	// Which one the statement reads depends on whether this session's
+	// relation still exists: no lineage can be sure.
+	return nil, fmt.Errorf("%s is both a relation this session created (%s.%s) and %s.%s in the database", name, mine.Schema, mine.Name, shared.Schema, shared.Name)
+}
+
+// Function implements sqlfacts.Catalog.
+func (c *sessionCatalog) Function(schema, name string) (*sqlfacts.FunctionInfo, error) {
+	schemas := []string{schema}
+	if schema == "" {
+		schemas = c.searchPath
+	}
+	return c.srv.catalog.function(c.resource, schemas, name)
+}
+
+// Named implements sqlfacts.Session.
+func (c *sessionCatalog) Named(kind, name string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q, ok := c.named[kind+"\x00"+name]
+	return q, ok
+}
+
+// lineageOf is sqlfacts.LineageOf, cached.
+func (c *sessionCatalog) lineageOf(sql string) ([]sqlfacts.Lineage, error) {
+	gen := c.srv.catalog.generation(c.resource)
+	c.mu.Lock()
+	if gen != c.generation || c.local != c.cachedAt || len(c.lineage) >= maxLineageCache {
+		c.lineage = map[string][]sqlfacts.Lineage{}
+		c.generation, c.cachedAt = gen, c.local
+	}
+	if l, ok := c.lineage[sql]; ok {
+		c.mu.Unlock()
+		return l, nil
+	}
+	c.mu.Unlock()
+	l, err := sqlfacts.LineageOf(sql, c, c)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if gen == c.generation {
+		c.lineage[sql] = l
+	}
+	c.mu.Unlock()
+	return l, nil
+}
+
+// effects is what a statement changes in the session's view of the
+// catalog once it has succeeded.
+type effects struct {
+	defines *sqlfacts.Named
+	creates []sqlfacts.Created
+	// ddl: the shared catalog's cached definitions are stale.
+	ddl bool
+}
+
+// effectsOf works out a statement's effects from its facts and lineage.
+func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
+	e := &effects{}
+	switch {
+	case strings.HasPrefix(st.Command, "CREATE "), strings.HasPrefix(st.Command, "ALTER "), strings.HasPrefix(st.Command, "DROP "),
+		st.Command == "SELECT INTO", st.Command == "COMMENT", st.Command == "GRANT", st.Command == "REVOKE":
+		e.ddl = true
+	}
+	// A name that DEALLOCATE or CLOSE removed stays known here: the
+	// database refuses EXECUTE or FETCH of it, and defining it again
+	// replaces it.
+	if st.Command != "PREPARE" && st.Command != "DECLARE CURSOR" && !e.ddl {
+		return nil
+	}
+	lins, err := c.lineageOf(st.Text)
+	if err != nil {
+		return e
+	}
+	for _, l := range lins {
+		if l.Defines != nil {
+			e.defines = l.Defines
+		}
+		e.creates = append(e.creates, l.Creates...)
+	}
+	return e
+}
+
+// apply records a statement's effects after it succeeded.
+func (c *sessionCatalog) apply(e *effects) {
+	if e == nil {
+		return
+	}
+	if e.ddl {
+		c.srv.catalog.invalidate(c.resource)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.local++
+	if e.defines != nil && e.defines.Query != "" {
+		c.named[e.defines.Kind+"\x00"+e.defines.Name] = e.defines.Query
+	}
+	for _, cr := range e.creates {
+		info := &sqlfacts.RelationInfo{Schema: cr.Schema, Name: cr.Name, Kind: cr.Kind}
+		for _, col := range cr.Columns {
+			info.Columns = append(info.Columns, col.Name)
+		}
+		c.created[cr.Schema+"\x00"+cr.Name] = info
+		if !cr.Temp && !slices.Contains(c.searchPath, cr.Schema) {
+			continue
+		}
+		c.created["\x00"+cr.Name] = info
+	}
+}
+
+// guard is the session's PostgreSQL guard (core.Admission.Guard): the
+// wire's invariants and the mask plan, with this session's catalog.
+func (s *session) guard(r celpolicy.Request, d celpolicy.Decision) celpolicy.Decision {
+	req, ok := r.(*celpolicy.PostgresRequest)
+	if !ok || s.cat == nil {
+		return d
+	}
+	res := findPostgres(&s.srv.core.Bundles().Current().Payload.Model, s.cs.Resource())
+	g := sqlfacts.Guard{Resource: res, Catalog: s.cat, Session: s.cat, Lineage: s.cat.lineageOf}
+	return g.Apply(req, d)
+}
+
+// resolveCalls fills in what the database's catalog says of the functions
+// a request calls: built-in or not, and volatility, with the session's
+// search path. A function that cannot be looked up stays unknown
+// (volatile, not built in).
+func (s *session) resolveCalls(req *celpolicy.PostgresRequest) {
+	if s.cat == nil {
+		return
+	}
+	for i := range req.Statements {
+		st := &req.Statements[i]
+		changed := false
+		for j := range st.Calls {
+			c := &st.Calls[j]
+			schema := c.Schema
+			if c.Builtin {
+				schema = "" // as written: unqualified, which a user function could shadow
+			}
+			info, err := s.cat.Function(schema, c.Name)
+			if err != nil || info == nil {
+				if c.Builtin {
+					c.Builtin, c.Volatility, changed = false, sqlfacts.Unknown, true
+				}
+				continue
+			}
+			if info.Builtin != c.Builtin || info.Volatility != c.Volatility || info.Schema != c.Schema {
+				c.Builtin, c.Volatility, c.Schema, changed = info.Builtin, info.Volatility, info.Schema, true
+			}
+		}
+		if changed {
+			st.VolatileFunctions = sqlfacts.VolatileFunctions(st.Calls)
+		}
+	}
+}
+
+// detectorsOf lists the value-detector masks of a decision.
+func detectorsOf(masks []celpolicy.MaskAction) []celpolicy.MaskAction {
+	var out []celpolicy.MaskAction
+	for _, m := range masks {
+		if m.Target.Detector != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// planOf is a statement's masks in a request's plan, or nil.
+func planOf(p *celpolicy.MaskPlan, i int) *celpolicy.StatementMasks {
+	if p == nil || i < 0 || i >= len(p.Statements) {
+		return nil
+	}
+	return &p.Statements[i]
+}
