@@ -233,15 +233,6 @@ func (g *Guard) plan(lin *Lineage, ms []masked, columnMasks bool, st celpolicy.S
 			return sm, fmt.Sprintf("%s; while masks apply, every value's origin must be known", lin.Opaque[0])
 		}
 	}
-	for _, u := range lin.Uses {
-		if m, ok := g.find(ms, u.Column); ok && !m.allow {
-			why := fmt.Sprintf("%s is masked (mask %q) and may not be used in %s: the answer would reveal what the mask hides", u.Column, m.mask, clauseName(u.Clause))
-			if !m.system {
-				why += fmt.Sprintf("; the mask may allow it with allow_in_predicates = true")
-			}
-			return sm, why
-		}
-	}
 	for _, fl := range lin.Flows {
 		for _, s := range fl.Sources {
 			m, ok := g.find(ms, s.Column)
@@ -252,6 +243,15 @@ func (g *Guard) plan(lin *Lineage, ms []masked, columnMasks bool, st celpolicy.S
 				continue // back into a column the same mask covers
 			}
 			return sm, fmt.Sprintf("masked values of %s (mask %q) would be written to %s, where they could be read back unmasked", s.Column, m.mask, fl.Into)
+		}
+	}
+	for _, u := range lin.Uses {
+		if m, ok := g.find(ms, u.Column); ok && !m.allow {
+			why := fmt.Sprintf("%s is masked (mask %q) and may not be used in %s: the answer would reveal what the mask hides", u.Column, m.mask, clauseName(u.Clause))
+			if !m.system {
+				why += "; the mask may allow it with allow_in_predicates = true"
+			}
+			return sm, why
 		}
 	}
 	for _, rel := range lin.Alters {

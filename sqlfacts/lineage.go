@@ -145,7 +145,23 @@ type lw struct {
 	view int
 	// depth counts nested query levels, against runaway recursion.
 	depth int
+	// steps counts the work done: recursive CTEs inside recursive CTEs
+	// are walked again and again, and a statement built to make that
+	// explode is refused instead.
+	steps int
 	rels  map[string]*RelationInfo
+}
+
+// maxSteps bounds the expressions and queries walked for one statement.
+const maxSteps = 1 << 18
+
+// tooMuch counts a step and reports whether the budget is spent.
+func (w *lw) tooMuch() bool {
+	w.steps++
+	if w.steps == maxSteps {
+		w.problem("the statement is too complex to follow its values (more than %d steps)", maxSteps)
+	}
+	return w.steps >= maxSteps
 }
 
 func (w *lw) problem(format string, args ...any) {
@@ -381,7 +397,7 @@ func outputRange(alias string, outs []Output, colnames []*pg.Node) *lrange {
 // query walks any statement that returns rows (a CTE's or subquery's),
 // with parent as the enclosing query level.
 func (w *lw) query(n *pg.Node, parent *frame, ctes *cteScope) []Output {
-	if n == nil {
+	if n == nil || w.tooMuch() {
 		return nil
 	}
 	w.depth++

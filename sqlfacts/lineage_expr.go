@@ -57,7 +57,7 @@ func protectedOutput(info *FunctionInfo, col string) string {
 // value); a computation over columns records them as used, in clause or
 // as "expression".
 func (w *lw) expr(n *pg.Node, f *frame, clause string) []Source {
-	if n == nil || n.Node == nil {
+	if n == nil || n.Node == nil || w.tooMuch() {
 		return nil
 	}
 	if f == nil {
@@ -238,7 +238,7 @@ func (w *lw) indirection(ind *pg.A_Indirection, f *frame, clause string) []Sourc
 					if len(q) >= 2 {
 						schema = q[len(q)-2]
 					}
-					if _, isCol := f.column(alias); !isCol || len(q) > 1 {
+					if _, isCol, exact := f.columnExact(alias); !isCol || !exact || len(q) > 1 {
 						if r := f.rangeFor(schema, alias); r != nil {
 							srcs, _, _ := r.lookup(field.Sval)
 							return srcs
@@ -290,13 +290,16 @@ func (w *lw) columnRef(cr *pg.ColumnRef, f *frame) []Source {
 	case 0:
 		return nil
 	case 1:
-		if srcs, ok := f.column(q[0]); ok {
+		srcs, ok, exact := f.columnExact(q[0])
+		if ok && exact {
 			return srcs
 		}
 		if r := f.rangeFor("", q[0]); r != nil {
-			return r.whole()
+			// A relation's name alone is its whole row (unless it is a
+			// column, which without a database cannot be ruled out).
+			return mergeSources(r.whole(), srcs)
 		}
-		return nil
+		return srcs
 	}
 	col := q[len(q)-1]
 	rel := q[len(q)-2]

@@ -175,6 +175,13 @@ func (c *cteScope) find(name string) *lrange {
 // a column known to exist (a masked one) anywhere in scope is preferred to
 // a guess that it belongs to an open relation.
 func (f *frame) column(name string) ([]Source, bool) {
+	srcs, found, _ := f.columnExact(name)
+	return srcs, found
+}
+
+// columnExact is column, and whether the answer is known rather than
+// guessed into an open relation.
+func (f *frame) columnExact(name string) ([]Source, bool, bool) {
 	for fr := f; fr != nil; fr = fr.parent {
 		var srcs []Source
 		found := false
@@ -184,7 +191,7 @@ func (f *frame) column(name string) ([]Source, bool) {
 			}
 		}
 		if found {
-			return srcs, true
+			return srcs, true, true
 		}
 	}
 	for fr := f; fr != nil; fr = fr.parent {
@@ -196,10 +203,10 @@ func (f *frame) column(name string) ([]Source, bool) {
 			}
 		}
 		if found {
-			return srcs, true
+			return srcs, true, false
 		}
 	}
-	return nil, false
+	return nil, false, false
 }
 
 // rangeFor finds the range a qualifier names, innermost level first.
