@@ -39,7 +39,7 @@ func TestDevDemo(t *testing.T) {
 		"APPROV ap-",
 		"approve by dev-approver-dba",
 		"the payment for order 2 was written once a DBA approved it",
-		"All 8 statements went as scripted, one held and approved; 3 ssh commands as scripted; 6 sessions recorded, sealed and verified.",
+		"All 17 statements went as scripted, one held and approved; 3 ssh commands as scripted; 6 sessions recorded, sealed and verified.",
 		"load average",
 		"gatehouse: permission denied by rule bastion-ops/no-destructive",
 		"administratively prohibited: gatehouse: permission denied by rule bastion-ops/no-forwarding",

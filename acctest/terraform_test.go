@@ -142,7 +142,7 @@ func payload(t *testing.T, file string) *bundle.Payload {
 func TestTerraformQuickstart(t *testing.T) {
 	x := newTF(t)
 	out := x.must("apply", "-auto-approve", "-no-color")
-	if !strings.Contains(out, "Apply complete! Resources: 57 added") {
+	if !strings.Contains(out, "Apply complete! Resources: 66 added") {
 		t.Fatalf("apply:\n%s", out)
 	}
 	bundleFile, pub := filepath.Join(x.dir, "policy.bundle"), filepath.Join(x.dir, "keys", "gatehouse.pub")

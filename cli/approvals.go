@@ -256,10 +256,12 @@ gateway's approval state, and in the session's recording when the statement is r
 	return cmd
 }
 
+// oneLine shortens text to one line of at most n characters (runes, so
+// that a multi-byte character is never cut in two).
 func oneLine(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n-1] + "…"
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
 	}
 	return s
 }

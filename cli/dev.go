@@ -291,8 +291,8 @@ func missingEvents(evs []recorder.Event) string {
 		}
 	}
 	switch {
-	case denied != 2:
-		return fmt.Sprintf("the two denied statements (it has %d)", denied)
+	case denied != 3:
+		return fmt.Sprintf("the three denied statements (it has %d)", denied)
 	case masked != 2:
 		return fmt.Sprintf("the two masked results (it has %d)", masked)
 	case results != 3:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 func newEvalCmd() *cobra.Command {
@@ -139,12 +140,68 @@ func writeDecision(w io.Writer, in *celpolicy.Input, d celpolicy.Decision) {
 				}
 				fmt.Fprintf(w, "     tables:    %s\n", strings.Join(ts, ", "))
 			}
-			if len(s.Functions) > 0 {
-				fmt.Fprintf(w, "     functions: %s\n", strings.Join(s.Functions, ", "))
+			if len(s.Calls) > 0 {
+				cs := make([]string, len(s.Calls))
+				unknown := false
+				for j, c := range s.Calls {
+					switch {
+					case c.Volatility == sqlfacts.Unknown:
+						cs[j] = c.Name + " (unknown)"
+						unknown = true
+					case c.Builtin:
+						cs[j] = fmt.Sprintf("%s (%s, built in)", c.Name, c.Volatility)
+					default:
+						cs[j] = fmt.Sprintf("%s.%s (%s)", c.Schema, c.Name, c.Volatility)
+					}
+				}
+				fmt.Fprintf(w, "     functions: %s\n", strings.Join(cs, ", "))
+				if unknown {
+					fmt.Fprintf(w, "                unknown: not a PostgreSQL 15 built-in; without a database its volatility is unknown and it counts as volatile\n")
+				}
+			}
+			if len(s.ColumnUses) > 0 {
+				us := make([]string, len(s.ColumnUses))
+				for j, u := range s.ColumnUses {
+					us[j] = u.Column + " (" + u.Clause + ")"
+				}
+				fmt.Fprintf(w, "     uses:      %s\n", strings.Join(us, ", "))
 			}
 			if s.Command == "UPDATE" || s.Command == "DELETE" || s.Command == "SELECT" {
 				fmt.Fprintf(w, "     has_where: %t\n", s.HasWhere)
 			}
 		}
+		writeMasking(w, pr.Masking)
+	}
+}
+
+// writeMasking shows how each result column would be masked.
+func writeMasking(w io.Writer, p *celpolicy.MaskPlan) {
+	if p == nil || !p.Masked() {
+		return
+	}
+	fmt.Fprintf(w, "results\n")
+	for i, st := range p.Statements {
+		fmt.Fprintf(w, "  %d. %s\n", i+1, oneLine(st.Text, 70))
+		for _, o := range st.Outputs {
+			name := o.Name
+			if o.Columns == 0 {
+				name += " (columns not known without a database)"
+			}
+			if o.Method == "" {
+				fmt.Fprintf(w, "     %-24s in clear\n", name)
+				continue
+			}
+			srcs := make([]string, len(o.Sources))
+			for j, src := range o.Sources {
+				srcs[j] = src.Column
+				if src.Derived {
+					srcs[j] += " (computed)"
+				}
+			}
+			fmt.Fprintf(w, "     %-24s %s (mask %s: %s)\n", name, o.Method, o.Mask, strings.Join(srcs, ", "))
+		}
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "  note: %s\n", n)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path"
@@ -311,6 +312,9 @@ func (e *Env) setUpDatabases(seeds map[string]string, step func(string, ...any))
 			}
 			databases[r.Database] = true
 		}
+		if err := e.createUpstreamRoles(r, pw, roles); err != nil {
+			return err
+		}
 		pwFile := filepath.Join(secrets, r.Name+".password")
 		if err := os.WriteFile(pwFile, []byte(pw), 0o600); err != nil {
 			return fmt.Errorf("dev: %w", err)
@@ -327,6 +331,52 @@ func (e *Env) setUpDatabases(seeds map[string]string, step func(string, ...any))
 			step("database %q: seeded, owned by role %q (the gateway's upstream role)", r.Database, r.Username)
 		} else {
 			step("database %q: empty, owned by role %q", r.Database, r.Username)
+		}
+	}
+	return nil
+}
+
+// createUpstreamRoles creates the roles a resource's upstream_roles maps
+// callers to, as an operator would: NOLOGIN roles granted to the gateway's
+// login role (set_role), or, for method login, LOGIN roles with the same
+// password (a production database would map the gateway's client
+// certificate to them instead). The seed grants them privileges.
+func (e *Env) createUpstreamRoles(r *bundle.Postgres, pw string, existing map[string]string) error {
+	u := r.UpstreamRoles
+	if u == nil {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, m := range []map[string]string{u.Identities, u.Groups} {
+		for _, role := range m {
+			want[role] = true
+		}
+	}
+	if u.Default != "" {
+		want[u.Default] = true
+	}
+	for _, role := range slices.Sorted(maps.Keys(want)) {
+		if role == r.Username {
+			continue // a role may always SET ROLE to itself
+		}
+		id := pgx.Identifier{role}.Sanitize()
+		if _, ok := existing[role]; !ok {
+			var err error
+			switch u.MethodOrDefault() {
+			case bundle.RoleLogin:
+				err = e.PG.CreateRole(role, pw)
+			default:
+				err = e.PG.Exec("postgres", "CREATE ROLE "+id+" NOLOGIN")
+			}
+			if err != nil {
+				return fmt.Errorf("dev: resource %q: upstream role %q: %w", r.Name, role, err)
+			}
+			existing[role] = pw
+		}
+		if u.MethodOrDefault() == bundle.RoleSetRole {
+			if err := e.PG.Exec("postgres", "GRANT "+id+" TO "+pgx.Identifier{r.Username}.Sanitize()); err != nil {
+				return fmt.Errorf("dev: resource %q: upstream role %q: %w", r.Name, role, err)
+			}
 		}
 	}
 	return nil

@@ -6,6 +6,9 @@ postgres "orders" {
   database    = "orders"
   username    = "gatehouse"
   password    = "env:ORDERS_DB_PASSWORD"
+  # DBAs see every session's SQL in pg_stat_activity; everyone else sees
+  # only that a session exists.
+  admins = "'dba' in identity.groups"
   labels = {
     env  = "prod"
     team = "billing"
@@ -14,6 +17,20 @@ postgres "orders" {
   tls {
     mode    = "verify-full"
     ca_file = "/etc/gatehouse/ca/orders-db.pem"
+  }
+
+  # Each caller's session runs as its own database role (SET ROLE after the
+  # gateway logs in as "gatehouse", which is a member of each): the
+  # database's grants apply on top of the policy, and callers cannot change
+  # the role. DBAs run as the owner.
+  upstream_roles {
+    identities = {
+      "analytics-job"   = "analytics"
+      "billing-service" = "billing"
+    }
+    groups = {
+      dba = "gatehouse"
+    }
   }
 }
 

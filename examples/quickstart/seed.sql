@@ -27,7 +27,8 @@ CREATE TABLE billing.invoices (
   id       serial PRIMARY KEY,
   order_id int NOT NULL REFERENCES orders,
   amount   numeric(10, 2) NOT NULL,
-  issued   date NOT NULL DEFAULT current_date
+  issued   date NOT NULL DEFAULT current_date,
+  memo     text
 );
 
 INSERT INTO customers VALUES
@@ -44,3 +45,17 @@ INSERT INTO orders (customer_id, total, created_at) VALUES
 INSERT INTO payments (order_id, amount) VALUES (1, 120.50), (3, 980.00);
 
 INSERT INTO billing.invoices (order_id, amount) VALUES (1, 120.50), (2, 35.00), (3, 980.00);
+
+-- The roles callers run as (upstream_roles in resources.hcl; `gatehouse dev`
+-- creates them and makes the gateway's login role a member of each). The
+-- database's grants apply on top of the policy: analytics may read orders
+-- and customers but not payments, whatever its policy allows.
+GRANT USAGE ON SCHEMA public, billing TO analytics, billing;
+GRANT SELECT ON customers, orders TO analytics;
+GRANT SELECT ON ALL TABLES IN SCHEMA public, billing TO billing;
+GRANT INSERT, UPDATE, DELETE ON payments, billing.invoices TO billing;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public, billing TO billing;
+
+-- Statistics, as autovacuum would gather them on a real database: the
+-- gateway must not let them show masked values.
+ANALYZE;

@@ -383,3 +383,88 @@ test "no port forwarding through the bastion" {
   expect       = "deny"
   expect_rules = ["bastion-ops/no-forwarding"]
 }
+
+# --- masks hold against a determined caller --------------------------------
+# The gateway decides these before the statement reaches PostgreSQL: a
+# masked column may not be filtered, sorted, grouped or joined on, or
+# computed with, and masked values may not be copied where they can be read
+# back. `gatehouse eval` shows the reason.
+
+test "analytics runs SELECT 1, count(*) and now()" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT 1; SELECT count(*) FROM orders; SELECT now()"
+  expect   = "allow"
+}
+
+test "analytics lists tables as psql's \\dt does" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1, 2"
+  expect   = "allow"
+}
+
+test "analytics cannot call functions with side effects" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT pg_terminate_backend(42); SELECT set_config('work_mem', '1GB', false); SELECT lo_import('/etc/passwd'); SELECT nextval('orders_id_seq')"
+  expect   = "deny"
+}
+
+test "analytics cannot guess card numbers with a filter" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT count(*) FROM customers WHERE card_number LIKE '4111%'"
+  expect   = "deny"
+}
+
+test "analytics cannot sort by email" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "orders"
+  sql      = "SELECT id FROM customers ORDER BY email"
+  expect   = "deny"
+}
+
+test "a DBA outside pci cannot copy card numbers into a table" {
+  provider = "corp"
+  subject  = "dba-alice"
+  groups   = ["dba"]
+  resource = "orders"
+  sql      = "CREATE TEMP TABLE cards AS SELECT id, card_number FROM customers"
+  expect   = "deny"
+}
+
+test "a DBA in pci may copy card numbers, not emails" {
+  provider = "corp"
+  subject  = "dba-bob"
+  groups   = ["dba", "pci"]
+  resource = "orders"
+  sql      = "CREATE TEMP TABLE cards AS SELECT id, card_number FROM customers"
+  expect   = "allow"
+}
+
+test "a DBA in pci cannot copy emails" {
+  provider = "corp"
+  subject  = "dba-bob"
+  groups   = ["dba", "pci"]
+  resource = "orders"
+  sql      = "CREATE TEMP TABLE mails AS SELECT id, email FROM customers"
+  expect   = "deny"
+}
+
+test "billing cannot copy card numbers into a table it writes" {
+  identity = "billing-service"
+  resource = "orders"
+  sql      = "INSERT INTO billing.invoices (order_id, amount, memo) SELECT 1, 0, card_number FROM customers RETURNING memo"
+  expect   = "deny"
+}

@@ -47,6 +47,7 @@ resource "gatehouse_postgres" "orders" {
   database    = "orders"
   username    = "gatehouse"
   password    = "env:ORDERS_DB_PASSWORD"
+  admins      = "'dba' in identity.groups"
   labels = {
     "env"  = "prod"
     "team" = "billing"
@@ -55,6 +56,16 @@ resource "gatehouse_postgres" "orders" {
   tls {
     mode    = "verify-full"
     ca_file = "/etc/gatehouse/ca/orders-db.pem"
+  }
+
+  upstream_roles {
+    identities = {
+      "analytics-job"   = "analytics"
+      "billing-service" = "billing"
+    }
+    groups = {
+      "dba" = "gatehouse"
+    }
   }
 }
 
@@ -95,7 +106,7 @@ resource "gatehouse_policy" "analytics-read-only" {
         s.command in ['SELECT', 'EXPLAIN', 'SHOW', 'BEGIN', 'COMMIT', 'ROLLBACK'] &&
         s.tables.all(t, t.access == 'read') &&
         s.locking == '' &&
-        s.functions.all(f, f in ['count', 'sum', 'avg', 'min', 'max', 'now', 'date_trunc', 'lower', 'upper', 'round', 'length', 'concat']))
+        s.volatile_functions.all(f, f in ['random', 'pg_partition_ancestors', 'pg_table_size', 'pg_relation_size', 'pg_total_relation_size']))
     CEL
     reason = "analytics may run read-only queries"
   }
@@ -372,6 +383,36 @@ resource "gatehouse_policy_test" "set_role_is_denied" {
   expect            = "deny"
 }
 
+resource "gatehouse_policy_test" "a_dba_in_pci_cannot_copy_emails" {
+  name              = "a DBA in pci cannot copy emails"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "dba-bob"
+  groups            = ["dba", "pci"]
+  resource          = gatehouse_postgres.orders.name
+  sql               = "CREATE TEMP TABLE mails AS SELECT id, email FROM customers"
+  expect            = "deny"
+}
+
+resource "gatehouse_policy_test" "a_dba_in_pci_may_copy_card_numbers_not_emails" {
+  name              = "a DBA in pci may copy card numbers, not emails"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "dba-bob"
+  groups            = ["dba", "pci"]
+  resource          = gatehouse_postgres.orders.name
+  sql               = "CREATE TEMP TABLE cards AS SELECT id, card_number FROM customers"
+  expect            = "allow"
+}
+
+resource "gatehouse_policy_test" "a_dba_outside_pci_cannot_copy_card_numbers_into_a_table" {
+  name              = "a DBA outside pci cannot copy card numbers into a table"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "dba-alice"
+  groups            = ["dba"]
+  resource          = gatehouse_postgres.orders.name
+  sql               = "CREATE TEMP TABLE cards AS SELECT id, card_number FROM customers"
+  expect            = "deny"
+}
+
 resource "gatehouse_policy_test" "a_dollar-quoted_drop_is_only_a_string" {
   name              = "a dollar-quoted DROP is only a string"
   identity_provider = gatehouse_identity_provider.corp.name
@@ -391,6 +432,30 @@ resource "gatehouse_policy_test" "a_staging_analytics_token_is_not_the_analytics
   })
   resource = gatehouse_postgres.orders.name
   sql      = "SELECT 1"
+  expect   = "deny"
+}
+
+resource "gatehouse_policy_test" "analytics_cannot_call_functions_with_side_effects" {
+  name     = "analytics cannot call functions with side effects"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_postgres.orders.name
+  sql      = "SELECT pg_terminate_backend(42); SELECT set_config('work_mem', '1GB', false); SELECT lo_import('/etc/passwd'); SELECT nextval('orders_id_seq')"
+  expect   = "deny"
+}
+
+resource "gatehouse_policy_test" "analytics_cannot_guess_card_numbers_with_a_filter" {
+  name     = "analytics cannot guess card numbers with a filter"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_postgres.orders.name
+  sql      = "SELECT count(*) FROM customers WHERE card_number LIKE '4111%'"
   expect   = "deny"
 }
 
@@ -447,6 +512,18 @@ resource "gatehouse_policy_test" "analytics_cannot_read_cluster_secrets" {
   expect = "deny"
 }
 
+resource "gatehouse_policy_test" "analytics_cannot_sort_by_email" {
+  name     = "analytics cannot sort by email"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_postgres.orders.name
+  sql      = "SELECT id FROM customers ORDER BY email"
+  expect   = "deny"
+}
+
 resource "gatehouse_policy_test" "analytics_cannot_write" {
   name     = "analytics cannot write"
   identity = gatehouse_identity.analytics-job.name
@@ -457,6 +534,18 @@ resource "gatehouse_policy_test" "analytics_cannot_write" {
   resource = gatehouse_postgres.orders.name
   sql      = "INSERT INTO orders (customer_id, total) VALUES (1, 10)"
   expect   = "deny"
+}
+
+resource "gatehouse_policy_test" "analytics_lists_tables_as_psql_s_dt_does" {
+  name     = "analytics lists tables as psql's \\dt does"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_postgres.orders.name
+  sql      = "SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 1, 2"
+  expect   = "allow"
 }
 
 resource "gatehouse_policy_test" "analytics_may_connect" {
@@ -504,6 +593,26 @@ resource "gatehouse_policy_test" "analytics_reads_orders_and_customers" {
     "public.customers.card_number" = "redact"
     "public.customers.email"       = "partial"
   }
+}
+
+resource "gatehouse_policy_test" "analytics_runs_select_1_count_and_now" {
+  name     = "analytics runs SELECT 1, count(*) and now()"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_postgres.orders.name
+  sql      = "SELECT 1; SELECT count(*) FROM orders; SELECT now()"
+  expect   = "allow"
+}
+
+resource "gatehouse_policy_test" "billing_cannot_copy_card_numbers_into_a_table_it_writes" {
+  name     = "billing cannot copy card numbers into a table it writes"
+  identity = gatehouse_identity.billing-service.name
+  resource = gatehouse_postgres.orders.name
+  sql      = "INSERT INTO billing.invoices (order_id, amount, memo) SELECT 1, 0, card_number FROM customers RETURNING memo"
+  expect   = "deny"
 }
 
 resource "gatehouse_policy_test" "billing_cannot_write_orders" {
@@ -781,16 +890,25 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy_test.dbas_may_run_diagnostics_on_the_bastion.spec,
     gatehouse_policy_test.do_blocks_are_denied.spec,
     gatehouse_policy_test.set_role_is_denied.spec,
+    gatehouse_policy_test.a_dba_in_pci_cannot_copy_emails.spec,
+    gatehouse_policy_test.a_dba_in_pci_may_copy_card_numbers_not_emails.spec,
+    gatehouse_policy_test.a_dba_outside_pci_cannot_copy_card_numbers_into_a_table.spec,
     gatehouse_policy_test.a_dollar-quoted_drop_is_only_a_string.spec,
     gatehouse_policy_test.a_staging_analytics_token_is_not_the_analytics_job.spec,
+    gatehouse_policy_test.analytics_cannot_call_functions_with_side_effects.spec,
+    gatehouse_policy_test.analytics_cannot_guess_card_numbers_with_a_filter.spec,
     gatehouse_policy_test.analytics_cannot_hide_a_write_in_a_cte.spec,
     gatehouse_policy_test.analytics_cannot_lock_rows.spec,
     gatehouse_policy_test.analytics_cannot_move_a_sequence_with_a_select.spec,
     gatehouse_policy_test.analytics_cannot_read_cluster_secrets.spec,
+    gatehouse_policy_test.analytics_cannot_sort_by_email.spec,
     gatehouse_policy_test.analytics_cannot_write.spec,
+    gatehouse_policy_test.analytics_lists_tables_as_psql_s_dt_does.spec,
     gatehouse_policy_test.analytics_may_connect.spec,
     gatehouse_policy_test.analytics_reads_cluster_workloads.spec,
     gatehouse_policy_test.analytics_reads_orders_and_customers.spec,
+    gatehouse_policy_test.analytics_runs_select_1_count_and_now.spec,
+    gatehouse_policy_test.billing_cannot_copy_card_numbers_into_a_table_it_writes.spec,
     gatehouse_policy_test.billing_cannot_write_orders.spec,
     gatehouse_policy_test.billing_reads.spec,
     gatehouse_policy_test.billing_write_to_payments_is_held_for_review.spec,
