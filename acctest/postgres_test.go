@@ -222,6 +222,7 @@ type stack struct {
 	killed    bool // the test killed the gateway on purpose
 	cfgFile   string
 	env       []string
+	policyDir string // the policy the bundle was built from
 }
 
 // stackOptions vary the stack.
@@ -231,6 +232,7 @@ type stackOptions struct {
 	schema  string                             // extra SQL for the orders database
 	clients []string                           // Hydra clients (default billing-service, analytics-job)
 	env     []string                           // extra gateway environment
+	pgOpts  []pgtest.Option                    // extra PostgreSQL settings
 }
 
 // startStack runs PostgreSQL, Hydra and `gatehouse gateway` with a bundle
@@ -251,7 +253,7 @@ func startStackWith(t *testing.T, o stackOptions) *stack {
 	if o.clients == nil {
 		o.clients = []string{"billing-service", "analytics-job"}
 	}
-	s := &stack{pg: pgtest.Start(t, pgtest.WithStatementLog()), hydra: hydratest.Start(t), pgPass: "acc-" + rand.Text()}
+	s := &stack{pg: pgtest.Start(t, append([]pgtest.Option{pgtest.WithStatementLog()}, o.pgOpts...)...), hydra: hydratest.Start(t), pgPass: "acc-" + rand.Text()}
 	s.pg.CreateRole(t, "gatehouse", s.pgPass)
 	s.pg.CreateDatabase(t, "orders", "gatehouse")
 	c, err := pgx.Connect(context.Background(), s.pg.ConnString("gatehouse", s.pgPass, "orders"))
@@ -271,6 +273,7 @@ func startStackWith(t *testing.T, o stackOptions) *stack {
 	if err := os.MkdirAll(policies, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	s.policyDir = policies
 	if err := os.WriteFile(filepath.Join(policies, "policy.hcl"), []byte(o.policy(s.hydra.Issuer(), s.pg.Addr())), 0o644); err != nil {
 		t.Fatal(err)
 	}

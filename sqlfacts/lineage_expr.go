@@ -364,6 +364,9 @@ func (w *lw) call(n *pg.Node, f *frame, clause string) ([]Source, *FunctionInfo)
 	switch {
 	case info == nil:
 		w.opaque("function %s is not known to the gateway", displayName(schema, name))
+	case len(protectedColumns(info)) > 0:
+		// pg_stat_statements (an extension's): what it returns is known,
+		// and protected.
 	case !info.Builtin:
 		w.opaque("function %s.%s is not built in: the gateway cannot know what it reads", info.Schema, name)
 	case dynamicSQL[name]:
