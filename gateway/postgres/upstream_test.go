@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"github.com/gatehouse-dev/gatehouse/gateway/masking"
 	"math/big"
 	"net"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/gatehouse-dev/gatehouse/gateway/masking"
 	"github.com/gatehouse-dev/gatehouse/internal/pgtest"
 )
 

@@ -62,8 +62,28 @@ type setting struct{ key, value string }
 
 type config struct {
 	tlsCert, tlsKey []byte
+	clientCA        []byte
+	hba, ident      []string
 	settings        []setting
 	statementLog    bool
+}
+
+// WithClientCA makes the server trust client certificates signed by this
+// CA (ssl_ca_file), for cert authentication (WithHBA). Needs WithTLS.
+func WithClientCA(caPEM []byte) Option {
+	return func(c *config) { c.clientCA = bytes.Clone(caPEM) }
+}
+
+// WithHBA puts pg_hba.conf lines before the default ones (the first line
+// that matches a connection decides), such as
+// "hostssl all all 127.0.0.1/32 cert map=gw".
+func WithHBA(lines ...string) Option {
+	return func(c *config) { c.hba = append(c.hba, lines...) }
+}
+
+// WithIdent adds pg_ident.conf lines ("MAP SYSTEM-USER PG-ROLE").
+func WithIdent(lines ...string) Option {
+	return func(c *config) { c.ident = append(c.ident, lines...) }
 }
 
 // WithTLS enables ssl=on with the given PEM certificate (chain) and private
@@ -450,6 +470,28 @@ func (s *Server) writeConfig(cred *syscall.Credential, cfg *config) error {
 			return err
 		}
 		settings = append(settings, setting{"ssl", "on"}, setting{"ssl_cert_file", crt}, setting{"ssl_key_file", key})
+		if cfg.clientCA != nil {
+			ca := filepath.Join(s.dir, "root.crt")
+			if err := s.writeFile(cred, ca, cfg.clientCA); err != nil {
+				return err
+			}
+			settings = append(settings, setting{"ssl_ca_file", ca})
+		}
+	}
+	if len(cfg.hba) > 0 {
+		path := filepath.Join(s.dataDir, "pg_hba.conf")
+		old, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read pg_hba.conf: %w", err)
+		}
+		if err := s.writeFile(cred, path, append([]byte(strings.Join(cfg.hba, "\n")+"\n"), old...)); err != nil {
+			return err
+		}
+	}
+	if len(cfg.ident) > 0 {
+		if err := s.writeFile(cred, filepath.Join(s.dataDir, "pg_ident.conf"), []byte(strings.Join(cfg.ident, "\n")+"\n")); err != nil {
+			return err
+		}
 	}
 	settings = append(settings, cfg.settings...)
 

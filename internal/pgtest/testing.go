@@ -45,6 +45,11 @@ var (
 	WithConfig = pgcluster.WithConfig
 	// WithStatementLog sets log_statement=all for Statements and QueryLog.
 	WithStatementLog = pgcluster.WithStatementLog
+	// WithClientCA, WithHBA and WithIdent set up certificate
+	// authentication.
+	WithClientCA = pgcluster.WithClientCA
+	WithHBA      = pgcluster.WithHBA
+	WithIdent    = pgcluster.WithIdent
 )
 
 // FindBinDir returns the directory holding the PostgreSQL server binaries.

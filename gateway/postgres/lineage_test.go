@@ -1,0 +1,168 @@
+package postgres
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/masking"
+)
+
+// ddlPolicy lets pci-auditor (exempt from the card mask, not the email
+// one) define things, and analytics prepare statements and use cursors.
+func ddlPolicy(e *env) string {
+	p := e.policyF(e.issuer.URL, e.pg.Addr())
+	p = strings.Replace(p, `s.command in ['SELECT', 'BEGIN', 'COMMIT', 'ROLLBACK', 'SHOW']`, `s.command in ['SELECT', 'BEGIN', 'COMMIT', 'ROLLBACK', 'SHOW', 'PREPARE', 'EXECUTE', 'DECLARE CURSOR', 'FETCH', 'CLOSE', 'DEALLOCATE']`, 1)
+	return p + `
+policy "auditor-ddl" {
+  resources  = ["orders"]
+  identities = ["pci-auditor"]
+
+  rule "define" {
+    effect = "allow"
+    reason = "the auditor builds views"
+  }
+}
+`
+}
+
+func one(t *testing.T, c *pgx.Conn, sql string) []string {
+	t.Helper()
+	rows, err := c.Query(context.Background(), sql, pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		for _, v := range rows.RawValues() {
+			out = append(out, string(v))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+// TestLineageThroughTheCatalog: what only the database's catalog knows
+// decides masks too: a view's definition (made outside the gateway, or by
+// a caller the mask exempts, and changed through the gateway), relations
+// and prepared statements the session itself created.
+func TestLineageThroughTheCatalog(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, ddlPolicy(e))
+	ctx := context.Background()
+	e.pg.Exec(t, "orders", "CREATE VIEW public.v_cards AS SELECT id, card_number, upper(email) AS e FROM customers; GRANT SELECT ON v_cards TO gatehouse")
+	a := e.connect(t, "analytics-job")
+	if got := strings.Join(one(t, a, "SELECT * FROM v_cards WHERE id = 1"), "|"); got != "1|"+masking.Redacted+"|"+masking.Redacted {
+		t.Fatalf("a view over masked columns: %q", got)
+	}
+	if _, err := a.Exec(ctx, "SELECT id FROM v_cards WHERE card_number LIKE '4%'"); pgCode(err) != "42501" {
+		t.Fatalf("a predicate through a view: %v", err)
+	}
+
+	// The auditor (card exempt) builds a view through the gateway; the
+	// analytics job reads it masked. Replacing it is seen at once.
+	p := e.connect(t, "pci-auditor")
+	if _, err := p.Exec(ctx, "CREATE VIEW public.v_ids AS SELECT id FROM customers"); err != nil {
+		t.Fatal(err)
+	}
+	one(t, a, "SELECT * FROM v_ids")
+	if _, err := p.Exec(ctx, "CREATE OR REPLACE VIEW public.v_ids AS SELECT id, card_number FROM customers"); err != nil {
+		t.Fatal(err)
+	}
+	if got := one(t, a, "SELECT * FROM v_ids WHERE id = 2"); len(got) != 2 || got[1] != masking.Redacted {
+		t.Fatalf("a view replaced through the gateway: %q", got)
+	}
+	// Its own temporary view resolves for the auditor, though the shared
+	// catalog cannot see it: the card number in clear (exempt), and the
+	// statement is not refused for naming an unknown relation.
+	if _, err := p.Exec(ctx, "CREATE TEMP VIEW mine AS SELECT id, card_number FROM customers WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := one(t, p, "SELECT * FROM mine"); len(got) != 2 || got[1] != "4111 1111 1111 1111" {
+		t.Fatalf("a temporary view: %q", got)
+	}
+	// But not copies of emails, which its mask does not exempt.
+	if _, err := p.Exec(ctx, "CREATE TEMP TABLE mails AS SELECT email FROM customers"); pgCode(err) != "42501" {
+		t.Fatalf("copying emails: %v", err)
+	}
+
+	// Prepared statements and cursors made with SQL are masked when run.
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		if _, err := a.Exec(ctx, "DEALLOCATE ALL", pgx.QueryExecModeSimpleProtocol); err != nil && pgCode(err) != "42501" {
+			t.Fatal(err)
+		}
+		if _, err := a.Exec(ctx, "PREPARE p AS SELECT email, card_number FROM customers WHERE id = 1", mode); err != nil {
+			t.Fatal(err)
+		}
+		rows, _ := a.Query(ctx, "EXECUTE p", mode)
+		var got []string
+		for rows.Next() {
+			for _, v := range rows.RawValues() {
+				got = append(got, string(v))
+			}
+		}
+		rows.Close()
+		if rows.Err() != nil || len(got) != 2 || got[0] != "j***@example.com" || got[1] != masking.Redacted {
+			t.Fatalf("%v EXECUTE: %q %v", mode, got, rows.Err())
+		}
+		if _, err := a.Exec(ctx, "PREPARE q AS SELECT id FROM customers WHERE card_number LIKE $1", mode); pgCode(err) != "42501" {
+			t.Fatalf("%v PREPARE with a predicate on a masked column: %v", mode, err)
+		}
+		_, _ = a.Exec(ctx, "DEALLOCATE p", pgx.QueryExecModeSimpleProtocol)
+	}
+	if _, err := a.Exec(ctx, "EXECUTE never_prepared"); pgCode(err) != "42501" {
+		t.Fatalf("EXECUTE of a name the gateway never saw: %v", err)
+	}
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "DECLARE c CURSOR FOR SELECT card_number FROM customers ORDER BY id"); err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := tx.Query(ctx, "FETCH ALL FROM c")
+	var cards []string
+	for rows.Next() {
+		cards = append(cards, string(rows.RawValues()[0]))
+	}
+	rows.Close()
+	if rows.Err() != nil || len(cards) != 2 || cards[0] != masking.Redacted {
+		t.Fatalf("FETCH: %q %v", cards, rows.Err())
+	}
+	_ = tx.Rollback(ctx)
+}
+
+// TestVolatilityFromTheCatalog: a user function's volatility comes from
+// pg_proc, so a rule that allows only functions without side effects
+// allows a STABLE user function and not a VOLATILE one, and a user
+// function shadowing a built-in's name is not taken for the built-in.
+func TestVolatilityFromTheCatalog(t *testing.T) {
+	e := startEnv(t)
+	e.pg.Exec(t, "orders", "CREATE FUNCTION public.gh_answer() RETURNS int STABLE LANGUAGE sql AS 'SELECT 42'")
+	e.pg.Exec(t, "orders", "CREATE FUNCTION public.upper(varchar) RETURNS text VOLATILE LANGUAGE sql AS 'SELECT $1::text'")
+	p := e.policyF(e.issuer.URL, e.pg.Addr())
+	p = p[:strings.Index(p, `mask "email"`)] // no masks: user functions are then allowed at all
+	p = strings.Replace(p, `s.functions.all(f, f in ['count', 'now', 'lower'])`, `s.volatile_functions.size() == 0`, 1)
+	e.publish(t, p)
+	ctx := context.Background()
+	a := e.connect(t, "analytics-job")
+	var n int
+	if err := a.QueryRow(ctx, "SELECT gh_answer()").Scan(&n); err != nil || n != 42 {
+		t.Fatalf("a STABLE user function: %d %v", n, err)
+	}
+	if _, err := a.Exec(ctx, "SELECT gh_wipe()"); pgCode(err) != "42501" {
+		t.Fatalf("a VOLATILE user function: %v", err)
+	}
+	if _, err := a.Exec(ctx, "SELECT upper('x'::varchar)"); pgCode(err) != "42501" {
+		t.Fatalf("a user function shadowing upper: %v", err)
+	}
+	var v string
+	if err := a.QueryRow(ctx, "SELECT lower('X')").Scan(&v); err != nil || v != "x" {
+		t.Fatalf("a built-in: %q %v", v, err)
+	}
+}
