@@ -63,6 +63,14 @@ type FunctionInfo struct {
 	Retset bool
 }
 
+// schemaOr is the function's schema, "" for a nil one.
+func (f *FunctionInfo) schemaOr() string {
+	if f == nil {
+		return ""
+	}
+	return f.Schema
+}
+
 // Volatility classes, as pg_proc.provolatile spells them in words.
 const (
 	Immutable = "immutable"

@@ -1,6 +1,7 @@
 package sqlfacts
 
 import (
+	"cmp"
 	"slices"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -200,6 +201,10 @@ func (w *lw) rangeFunction(rf *pg.RangeFunction, f *frame) *lrange {
 		}
 		if len(cols) == 0 {
 			cols = []string{fname}
+			if info == nil || !info.Builtin {
+				// Not a built-in: its columns are not known here.
+				r.open, r.base = true, QualifiedName(cmp.Or(info.schemaOr(), "public"), fname)
+			}
 		}
 		for _, c := range cols {
 			colSrcs := srcs
