@@ -10,21 +10,30 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 func newEvalCmd() *cobra.Command {
 	var (
-		t      bundle.Test
-		format string
-		trust  []string
+		t        bundle.Test
+		format   string
+		trust    []string
+		database string
 	)
 	cmd := &cobra.Command{
 		Use:   "eval DIR|BUNDLE --resource NAME (--identity NAME | --provider P --subject S) (--sql SQL | --request JSON)",
 		Short: "Decide one request and explain the decision",
 		Long: `Decide one request against a policy directory or a bundle, exactly as the gateway would, and
 explain it: the effect, the rules that matched, the reasons, the masks, and the facts the rules
-saw (for SQL: each statement's command, tables and functions).
+saw (for SQL: each statement's command, tables, functions and their volatility, the columns
+each clause uses, and how each result column would be masked).
+
+For SQL, names resolve without a database by default: PostgreSQL 15's own catalog is built in,
+user tables are taken to have the masked columns the policy names, and views and user functions
+are unknown (eval says so). With --database, they resolve through that database's catalog as the
+gateway resolves them (connect as a role that sees what callers see; the search path is the
+connection's).
 
 The caller is a named identity (--identity), or an ad-hoc token (--provider and --subject), plus
 any --group and --claims the token carries. Identity resolution runs as in the gateway, so
@@ -57,6 +66,16 @@ Exit status 0 whatever the decision (the decision is the output); 1 if it cannot
 			if err != nil {
 				return err
 			}
+			if database != "" {
+				cat, err := postgres.OpenCatalog(cmd.Context(), database)
+				if err != nil {
+					return failed("--database: %w", err)
+				}
+				defer cat.Close()
+				if src.policy, err = celpolicy.Compile(src.model, celpolicy.WithRevision(src.revision()), sqlfacts.AnalysisWith(cat)); err != nil {
+					return failed("%w", err)
+				}
+			}
 			in, err := src.policy.TestInput(&t)
 			if err != nil {
 				return failed("%w", err)
@@ -86,6 +105,7 @@ Exit status 0 whatever the decision (the decision is the output); 1 if it cannot
 	f.StringVar(&t.Now, "now", "", "evaluation time, RFC 3339 (default: now)")
 	f.StringVar(&format, "format", "text", "output format: text or json")
 	f.StringArrayVar(&trust, "trust", nil, "verify a bundle's signature against this public key")
+	f.StringVar(&database, "database", "", "resolve SQL names through this database's catalog (a libpq URL or key=value string), as the gateway does")
 	return cmd
 }
 

@@ -83,3 +83,11 @@ func loadSource(path string, trust []string, stderr io.Writer) (*source, error) 
 	src.policy, src.model = pol, &src.payload.Model
 	return src, nil
 }
+
+// revision is the bundle's revision, 0 for a policy directory.
+func (s *source) revision() uint64 {
+	if s.payload != nil {
+		return s.payload.Revision
+	}
+	return 0
+}

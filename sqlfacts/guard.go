@@ -299,3 +299,51 @@ func DerivedMethod(method string) string {
 	}
 	return method
 }
+
+// ResolveCalls fills in what a catalog says of the functions a request
+// calls: built in or not, and volatility. Every call is looked up as
+// written (a built-in's unqualified name too: a user function could shadow
+// it), and one that cannot be looked up becomes unknown: volatile, not
+// built in.
+func ResolveCalls(req *celpolicy.PostgresRequest, cat Catalog) {
+	for i := range req.Statements {
+		st := &req.Statements[i]
+		changed := false
+		for j := range st.Calls {
+			c := &st.Calls[j]
+			schema := c.Schema
+			if c.Builtin {
+				schema = ""
+			}
+			info, err := cat.Function(schema, c.Name)
+			if err != nil || info == nil {
+				if c.Builtin || c.Volatility != Unknown {
+					c.Builtin, c.Volatility, changed = false, Unknown, true
+				}
+				continue
+			}
+			if info.Builtin != c.Builtin || info.Volatility != c.Volatility || info.Schema != c.Schema {
+				c.Builtin, c.Volatility, c.Schema, changed = info.Builtin, info.Volatility, info.Schema, true
+			}
+		}
+		if changed {
+			st.VolatileFunctions = VolatileFunctions(st.Calls)
+		}
+	}
+}
+
+// AnalysisWith is Analysis with a database's catalog: user functions'
+// volatility, views and column lists resolve as the gateway resolves them
+// (`gatehouse eval --database`).
+func AnalysisWith(cat Catalog) celpolicy.Option {
+	query := func(sql string) *celpolicy.PostgresRequest {
+		req := Query(sql)
+		ResolveCalls(req, cat)
+		return req
+	}
+	guard := func(res *bundle.Postgres, req *celpolicy.PostgresRequest, d celpolicy.Decision) celpolicy.Decision {
+		g := Guard{Resource: res, Catalog: cat}
+		return g.Apply(req, d)
+	}
+	return celpolicy.WithSQL(query, guard)
+}

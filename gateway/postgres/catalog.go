@@ -290,13 +290,9 @@ func (c *catalogs) relation(resource string, schemas []string, name string) (*sq
 	if err != nil {
 		return nil, err
 	}
-	var info *sqlfacts.RelationInfo
-	if len(rows) == 1 {
-		r := rows[0]
-		info = &sqlfacts.RelationInfo{Schema: string(r[0]), Name: string(r[1]), Kind: sqlfacts.RelationKind(string(r[2])), View: strings.TrimSpace(string(r[3]))}
-		if info.Columns, err = splitIdentList(string(r[4])); err != nil {
-			return nil, err
-		}
+	info, err := relationOf(rows)
+	if err != nil {
+		return nil, err
 	}
 	cat.relations[key] = cached[*sqlfacts.RelationInfo]{v: info, at: time.Now()}
 	return info, nil
@@ -318,12 +314,38 @@ func (c *catalogs) function(resource string, schemas []string, name string) (*sq
 	if err != nil {
 		return nil, err
 	}
+	info, err := functionOf(rows, name)
+	if err != nil {
+		return nil, err
+	}
+	cat.functions[key] = cached[*sqlfacts.FunctionInfo]{v: info, at: time.Now()}
+	return info, nil
+}
+
+// relationOf reads relationSQL's answer: nil when no row.
+func relationOf(rows [][][]byte) (*sqlfacts.RelationInfo, error) {
+	if len(rows) != 1 {
+		return nil, nil
+	}
+	r := rows[0]
+	info := &sqlfacts.RelationInfo{Schema: string(r[0]), Name: string(r[1]), Kind: sqlfacts.RelationKind(string(r[2])), View: strings.TrimSpace(string(r[3]))}
+	var err error
+	if info.Columns, err = splitIdentList(string(r[4])); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// functionOf reads functionSQL's answer: every candidate of the name, the
+// most volatile, built in only when all are; nil when none.
+func functionOf(rows [][][]byte, name string) (*sqlfacts.FunctionInfo, error) {
 	var info *sqlfacts.FunctionInfo
 	rank := map[string]int{sqlfacts.Immutable: 0, sqlfacts.Stable: 1, sqlfacts.Volatile: 2, sqlfacts.Unknown: 3}
 	for i, r := range rows {
 		vol := sqlfacts.VolatilityName(string(r[1]))
 		if i == 0 {
 			info = &sqlfacts.FunctionInfo{Schema: string(r[0]), Name: name, Volatility: vol, Builtin: true, Retset: string(r[3]) == "t"}
+			var err error
 			if info.Out, err = splitIdentList(string(r[4])); err != nil {
 				return nil, err
 			}
@@ -337,7 +359,6 @@ func (c *catalogs) function(resource string, schemas []string, name string) (*sq
 		info.Aggregate = info.Aggregate || string(r[2]) == "a"
 		info.Window = info.Window || string(r[2]) == "w"
 	}
-	cat.functions[key] = cached[*sqlfacts.FunctionInfo]{v: info, at: time.Now()}
 	return info, nil
 }
 

@@ -193,36 +193,10 @@ func (s *session) guard(r celpolicy.Request, d celpolicy.Decision) celpolicy.Dec
 }
 
 // resolveCalls fills in what the database's catalog says of the functions
-// a request calls: built-in or not, and volatility, with the session's
-// search path. A function that cannot be looked up stays unknown
-// (volatile, not built in).
+// a request calls (sqlfacts.ResolveCalls), with the session's search path.
 func (s *session) resolveCalls(req *celpolicy.PostgresRequest) {
-	if s.cat == nil {
-		return
-	}
-	for i := range req.Statements {
-		st := &req.Statements[i]
-		changed := false
-		for j := range st.Calls {
-			c := &st.Calls[j]
-			schema := c.Schema
-			if c.Builtin {
-				schema = "" // as written: unqualified, which a user function could shadow
-			}
-			info, err := s.cat.Function(schema, c.Name)
-			if err != nil || info == nil {
-				if c.Builtin {
-					c.Builtin, c.Volatility, changed = false, sqlfacts.Unknown, true
-				}
-				continue
-			}
-			if info.Builtin != c.Builtin || info.Volatility != c.Volatility || info.Schema != c.Schema {
-				c.Builtin, c.Volatility, c.Schema, changed = info.Builtin, info.Volatility, info.Schema, true
-			}
-		}
-		if changed {
-			st.VolatileFunctions = sqlfacts.VolatileFunctions(st.Calls)
-		}
+	if s.cat != nil {
+		sqlfacts.ResolveCalls(req, s.cat)
 	}
 }
 
