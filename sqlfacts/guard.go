@@ -128,11 +128,9 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 		return d
 	}
 	hasColumnMasks := slices.ContainsFunc(ms, func(m masked) bool { return !m.system })
-	if hasColumnMasks {
-		for _, st := range req.Statements {
-			if st.Command != "SHOW" && st.Setting == "search_path" {
-				return refuse(d, "changing search_path is refused while masks apply to you: masks follow table names, and the gateway resolves names as your session does")
-			}
+	for _, st := range req.Statements {
+		if st.Command != "SHOW" && st.Setting == "search_path" {
+			return refuse(d, "changing search_path is refused while masks apply to you (other sessions' SQL is masked for callers who are not the resource's admins): masks follow names, and the gateway resolves names as your session did when it started")
 		}
 	}
 	plan := &celpolicy.MaskPlan{Statements: []celpolicy.StatementMasks{}}
@@ -164,6 +162,18 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 	}
 	req.Masking = plan
 	return d
+}
+
+// ProtectedFunction reports whether a function's result is covered by a
+// protection that applies to a caller (admin says whether the caller
+// administers the resource), for fast-path calls, which have no lineage.
+func ProtectedFunction(schema, name string, admin bool) bool {
+	if admin {
+		return false
+	}
+	_, ok := ProtectedFunctions[schema+"."+name]
+	_, any := ProtectedFunctions["*."+name]
+	return ok || any
 }
 
 // Refused is the prefix of the reasons the guard gives, so that callers

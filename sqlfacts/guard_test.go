@@ -210,6 +210,14 @@ func TestGuardExemptions(t *testing.T) {
 	if _, d := guarded(t, "SELECT query FROM pg_stat_activity WHERE query LIKE '%x%'", nil, false); d.Effect != bundle.EffectDeny {
 		t.Error("a caller who is not an admin filtered on other sessions' SQL")
 	}
+	// Names must resolve as the session's do: only administrators (whom
+	// no mask or protection covers) may change the search path.
+	if _, d := guarded(t, "SET search_path = evil, pg_catalog", nil, false); d.Effect != bundle.EffectDeny {
+		t.Error("a caller who is not an admin changed search_path")
+	}
+	if _, d := guarded(t, "SET search_path = evil, pg_catalog", nil, true); d.Effect != bundle.EffectAllow {
+		t.Errorf("an admin without masks: %v", d.Reasons)
+	}
 	// Without column masks, statistics are not protected.
 	if req, d := guarded(t, "SELECT most_common_vals FROM pg_stats", nil, true); d.Effect != bundle.EffectAllow || req.Masking != nil {
 		t.Errorf("unmasked admin reading pg_stats: %v %+v", d.Reasons, req.Masking)

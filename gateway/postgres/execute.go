@@ -172,6 +172,12 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 		req = celpolicy.FunctionCall(name)
 	}
 	d := s.cs.Decide(req, true)
+	if d.Effect == bundle.EffectAllow && err == nil && sqlfacts.ProtectedFunction(fn.schema, fn.name, d.Admin) {
+		d.Effect = bundle.EffectDeny
+		d.Reasons = []string{sqlfacts.Refused + fmt.Sprintf("function %s.%s returns other sessions' SQL, which only the resource's admins may see; its result cannot be masked in a fast-path call", fn.schema, fn.name)}
+		d.Masks = nil
+		s.cs.Tally(false)
+	}
 	if d.Effect == bundle.EffectAllow && err == nil && hasColumnMasks(d) && (fn.schema != "pg_catalog" || sqlfacts.RunsSQL(fn.name)) {
 		// What a user function reads is unknown: while masks apply, its
 		// result could carry a masked value no plan can follow.

@@ -175,3 +175,35 @@ func TestMalformedClientIsolated(t *testing.T) {
 	default:
 	}
 }
+
+// TestFastPathProtectedFunction: a fast-path call has no lineage to mask,
+// so one that returns other sessions' SQL is refused for a caller who is
+// not the resource's admin, whatever the policy allows.
+func TestFastPathProtectedFunction(t *testing.T) {
+	e := startEnv(t)
+	var oid uint32
+	if err := e.pg.Conn(t, "orders").QueryRow(context.Background(), "SELECT 'pg_stat_get_backend_activity(integer)'::regprocedure::oid").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `policy "billing" {`, `policy "fastpath" {
+  resources  = ["orders"]
+  identities = ["analytics-job"]
+
+  rule "any" {
+    effect = "allow"
+    on     = ["function_call"]
+    reason = "analytics may call anything by fast path"
+  }
+}
+
+policy "billing" {`, 1))
+	_, fe := rawSession(t, e, "analytics-job")
+	fe.Send(&pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("1")}, ResultFormatCode: 0})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msgs := until(t, fe)
+	if er, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || er.Code != "42501" || !strings.Contains(er.Message, "other sessions' SQL") {
+		t.Fatalf("fast-path pg_stat_get_backend_activity: %#v", msgs)
+	}
+}
