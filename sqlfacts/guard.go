@@ -235,6 +235,11 @@ func clauseName(c string) string {
 // plan decides one statement's masks, or why it must be refused.
 func (g *Guard) plan(lin *Lineage, ms []masked, columnMasks bool, st celpolicy.Statement) (celpolicy.StatementMasks, string) {
 	sm := celpolicy.StatementMasks{Outputs: []celpolicy.OutputMask{}}
+	if len(lin.Failures) > 0 {
+		// Whatever masks or protections apply, they cannot be planned
+		// without the catalog: fail closed.
+		return sm, fmt.Sprintf("%s; masks apply to you and cannot be planned without the database's catalog", lin.Failures[0])
+	}
 	if columnMasks {
 		if len(lin.Problems) > 0 {
 			return sm, fmt.Sprintf("%s; while masks apply, a statement must resolve completely", lin.Problems[0])

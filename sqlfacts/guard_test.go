@@ -1,6 +1,7 @@
 package sqlfacts_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -246,5 +247,32 @@ func TestGuardRoles(t *testing.T) {
 	res.UpstreamRoles.Method = bundle.RoleLogin
 	if d := sqlfacts.StaticGuard(res, sqlfacts.Query("DO $$ BEGIN END $$"), celpolicy.Decision{Effect: bundle.EffectAllow}); d.Effect != bundle.EffectAllow {
 		t.Errorf("DO with method login: %v", d.Reasons)
+	}
+}
+
+// failingCatalog cannot reach its database.
+type failingCatalog struct{}
+
+func (failingCatalog) Relation(string, string) (*sqlfacts.RelationInfo, error) {
+	return nil, errors.New("connection refused")
+}
+func (failingCatalog) Function(string, string) (*sqlfacts.FunctionInfo, error) {
+	return nil, errors.New("connection refused")
+}
+
+// TestGuardFailsClosedWithoutCatalog: when the catalog cannot be asked, a
+// statement is refused to anyone a mask or protection covers, even one
+// that would only read other sessions' SQL (a protection, not a column
+// mask); an administrator without masks is not held up.
+func TestGuardFailsClosedWithoutCatalog(t *testing.T) {
+	g := sqlfacts.Guard{Resource: &bundle.Postgres{Name: "orders"}, Catalog: failingCatalog{}}
+	req := sqlfacts.Query("SELECT query FROM pg_stat_activity")
+	d := g.Apply(req, celpolicy.Decision{Effect: bundle.EffectAllow})
+	if d.Effect != bundle.EffectDeny || !strings.Contains(strings.Join(d.Reasons, ""), "could not be looked up") {
+		t.Fatalf("not an admin: %v %v", d.Effect, d.Reasons)
+	}
+	req = sqlfacts.Query("SELECT query FROM pg_stat_activity")
+	if d := g.Apply(req, celpolicy.Decision{Effect: bundle.EffectAllow, Admin: true}); d.Effect != bundle.EffectAllow {
+		t.Fatalf("an admin without masks: %v", d.Reasons)
 	}
 }

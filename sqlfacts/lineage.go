@@ -32,6 +32,9 @@ type Lineage struct {
 	Opaque []string `json:"opaque,omitempty"`
 	// Problems are names that could not be resolved.
 	Problems []string `json:"problems,omitempty"`
+	// Failures are lookups the catalog could not answer (the database
+	// unreachable): nothing about the statement can be trusted.
+	Failures []string `json:"failures,omitempty"`
 	// Creates lists relations the statement creates, with their columns'
 	// sources, so that a session can resolve them before the database's
 	// catalog can see them (temporary ones never appear there).
@@ -171,6 +174,14 @@ func (w *lw) problem(format string, args ...any) {
 	}
 }
 
+func (w *lw) failure(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	w.problem("%s", msg)
+	if !slices.Contains(w.out.Failures, msg) {
+		w.out.Failures = append(w.out.Failures, msg)
+	}
+}
+
 func (w *lw) opaque(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	if !slices.Contains(w.out.Opaque, msg) {
@@ -223,7 +234,7 @@ func (w *lw) relation(schema, name string) *RelationInfo {
 	}
 	r, err := w.cat.Relation(schema, name)
 	if err != nil {
-		w.problem("relation %s could not be looked up: %v", displayName(schema, name), err)
+		w.failure("relation %s could not be looked up: %v", displayName(schema, name), err)
 		r = nil
 	}
 	w.rels[key] = r

@@ -343,7 +343,7 @@ func (w *lw) call(n *pg.Node, f *frame, clause string) ([]Source, *FunctionInfo)
 	}
 	info, err := w.cat.Function(schema, name)
 	if err != nil {
-		w.problem("function %s could not be looked up: %v", displayName(schema, name), err)
+		w.failure("function %s could not be looked up: %v", displayName(schema, name), err)
 	}
 	c := clause
 	if c == "" {
