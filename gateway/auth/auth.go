@@ -91,6 +91,9 @@ type Verifier struct {
 	now      func() time.Time
 	client   *http.Client
 	allowDev bool
+	// keys are the providers' key sets, shared across bundles when the
+	// store passes one cache to every verifier (WithKeyCache).
+	keys *KeyCache
 }
 
 type provider struct {
@@ -99,6 +102,7 @@ type provider struct {
 
 	mu       sync.Mutex
 	verifier *oidc.IDTokenVerifier // nil until the key set is known
+	remote   *keySet               // its key set, unless static
 	lastErr  time.Time
 }
 
@@ -115,6 +119,9 @@ func New(providers []bundle.IdentityProvider, opts ...Option) *Verifier {
 	for _, o := range opts {
 		o(v)
 	}
+	if v.keys == nil {
+		v.keys = NewKeyCache(v.client, v.now)
+	}
 	for _, p := range providers {
 		algs := p.Algorithms
 		if len(algs) == 0 {
@@ -125,6 +132,21 @@ func New(providers []bundle.IdentityProvider, opts ...Option) *Verifier {
 	return v
 }
 
+// PublicReason is what an unauthenticated caller is told about a failed
+// verification: the kind of failure, never the detail (a provider's URL,
+// a key id), which goes to the gateway's log.
+func PublicReason(err error) string {
+	for _, kind := range []error{ErrMalformed, ErrUnknownIssuer, ErrSignature, ErrAudience, ErrExpired, ErrNotYetValid, ErrMissingClaim, ErrDevIssuer} {
+		if errors.Is(err, kind) {
+			return kind.Error()
+		}
+	}
+	if errors.Is(err, ErrProviderFailed) {
+		return "the identity provider could not be reached to verify the token; try again shortly"
+	}
+	return "the token could not be verified"
+}
+
 // Verify checks a raw token. The error wraps one of the Err values.
 func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	raw = strings.TrimSpace(raw)
@@ -133,7 +155,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	}
 	// The issuer picks the keys, so it is read before the signature is
 	// checked; nothing else from the unverified payload is used.
-	iss, err := unverifiedIssuer(raw)
+	iss, kid, err := unverifiedIssuer(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -147,6 +169,13 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	ver, err := p.verifierFor(ctx, v)
 	if err != nil {
 		return nil, err
+	}
+	if p.remote != nil {
+		// go-oidc reports every key set error as a bad signature; an
+		// unreachable provider must be told apart.
+		if _, err := p.remote.keysFor(ctx, kid); errors.Is(err, ErrProviderFailed) {
+			return nil, err
+		}
 	}
 	tok, err := ver.Verify(ctx, raw)
 	if err != nil {
@@ -184,7 +213,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Verified, error) {
 	}, nil
 }
 
-func unverifiedIssuer(raw string) (string, error) {
+// unverifiedIssuer reads the issuer (which picks the keys) and the key id
+// from a token whose signature is not checked yet.
+func unverifiedIssuer(raw string) (iss, kid string, err error) {
 	// Parse with every asymmetric algorithm: the provider's own allowlist
 	// is enforced by the verifier once the provider is known.
 	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{
@@ -192,18 +223,21 @@ func unverifiedIssuer(raw string) (string, error) {
 		jose.PS256, jose.PS384, jose.PS512, jose.EdDSA,
 	})
 	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+		return "", "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if len(jws.Signatures) != 1 {
+		return "", "", fmt.Errorf("%w: %d signatures", ErrMalformed, len(jws.Signatures))
 	}
 	var c struct {
 		Issuer string `json:"iss"`
 	}
 	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &c); err != nil {
-		return "", fmt.Errorf("%w: payload is not a JSON object", ErrMalformed)
+		return "", "", fmt.Errorf("%w: payload is not a JSON object", ErrMalformed)
 	}
 	if c.Issuer == "" {
-		return "", fmt.Errorf("%w: iss", ErrMissingClaim)
+		return "", "", fmt.Errorf("%w: iss", ErrMissingClaim)
 	}
-	return c.Issuer, nil
+	return c.Issuer, jws.Signatures[0].Header.KeyID, nil
 }
 
 // retryAfter spaces out discovery attempts against a failing issuer.
@@ -218,7 +252,6 @@ func (p *provider) verifierFor(ctx context.Context, v *Verifier) (*oidc.IDTokenV
 	if !p.lastErr.IsZero() && v.now().Sub(p.lastErr) < retryAfter {
 		return nil, fmt.Errorf("%w: %s (retrying shortly)", ErrProviderFailed, p.cfg.Issuer)
 	}
-	ctx = oidc.ClientContext(ctx, v.client)
 	var keys oidc.KeySet
 	switch {
 	case p.cfg.JWKS != "":
@@ -232,25 +265,21 @@ func (p *provider) verifierFor(ctx context.Context, v *Verifier) (*oidc.IDTokenV
 		}
 		keys = &oidc.StaticKeySet{PublicKeys: pubs}
 	case p.cfg.JWKSURL != "":
-		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), v.client), p.cfg.JWKSURL)
+		p.remote = v.keys.set(p.cfg.JWKSURL)
+		keys = remoteKeys{p.remote}
 	default:
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		prov, err := oidc.NewProvider(dctx, p.cfg.Issuer)
+		url, err := v.keys.jwksURL(dctx, p.cfg.Issuer)
 		if err != nil {
 			p.lastErr = v.now()
 			return nil, fmt.Errorf("%w: discovery for %s: %v", ErrProviderFailed, p.cfg.Issuer, err)
 		}
-		var meta struct {
-			JWKSURL string `json:"jwks_uri"`
-		}
-		if err := prov.Claims(&meta); err != nil || meta.JWKSURL == "" {
-			p.lastErr = v.now()
-			return nil, fmt.Errorf("%w: discovery for %s has no jwks_uri", ErrProviderFailed, p.cfg.Issuer)
-		}
-		// The key set outlives this request: it refetches on an unknown
-		// key id, which is how an issuer's key rotation is picked up.
-		keys = oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), v.client), meta.JWKSURL)
+		// The key set is the cache's: it outlives this bundle, and
+		// refetches (at most every MinRefetchInterval) on an unknown key
+		// id, which is how an issuer's key rotation is picked up.
+		p.remote = v.keys.set(url)
+		keys = remoteKeys{p.remote}
 	}
 	p.verifier = oidc.NewVerifier(p.cfg.Issuer, keys, &oidc.Config{
 		SkipClientIDCheck:    true, // audiences are checked against the provider's list

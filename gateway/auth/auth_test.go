@@ -102,8 +102,94 @@ func TestVerifySkewAndRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	is.Rotate(t)
+	now = now.Add(MinRefetchInterval)
 	if _, err := v.Verify(ctx, is.Token(t, "svc", "gatehouse")); err != nil {
 		t.Errorf("after key rotation: %v", err)
+	}
+}
+
+// TestKeyFetchesAreBounded: forged tokens (an unknown key id, or a known
+// one with a bad signature) cannot make the gateway fetch the provider's
+// keys more than once per interval, and a bundle reload (a new verifier on
+// the same cache) fetches nothing.
+func TestKeyFetchesAreBounded(t *testing.T) {
+	is := oidctest.Start(t)
+	now := time.Now()
+	cache := NewKeyCache(nil, func() time.Time { return now })
+	providers := []bundle.IdentityProvider{{Name: "corp", Issuer: is.URL, Audiences: []string{"gatehouse"}}}
+	v := New(providers, WithKeyCache(cache), WithClock(func() time.Time { return now }))
+	ctx := context.Background()
+	if _, err := v.Verify(ctx, is.Token(t, "svc", "gatehouse")); err != nil {
+		t.Fatal(err)
+	}
+	base := is.Fetches()
+	foreign, _ := rsa.GenerateKey(rand.Reader, 2048)
+	unknownKid := oidctest.SignWith(t, jose.SigningKey{Algorithm: jose.RS256, Key: foreign}, "key-99", is.Claims("svc", "gatehouse"))
+	knownKid := oidctest.SignWith(t, jose.SigningKey{Algorithm: jose.RS256, Key: foreign}, "key-1", is.Claims("svc", "gatehouse"))
+	for i := 0; i < 1000; i++ {
+		tok := unknownKid
+		if i%2 == 1 {
+			tok = knownKid
+		}
+		if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrSignature) {
+			t.Fatalf("forged token %d: %v", i, err)
+		}
+		if i%100 == 0 {
+			now = now.Add(time.Second)
+		}
+	}
+	if n := is.Fetches() - base; n > 1 {
+		t.Errorf("1000 forged tokens caused %d key fetches, want at most 1", n)
+	}
+	// A bundle reload: a new verifier, the same cache.
+	base = is.Fetches()
+	v2 := New(providers, WithKeyCache(cache), WithClock(func() time.Time { return now }))
+	if _, err := v2.Verify(ctx, is.Token(t, "svc", "gatehouse")); err != nil {
+		t.Fatal(err)
+	}
+	if n := is.Fetches() - base; n != 0 {
+		t.Errorf("a reload fetched %d times", n)
+	}
+}
+
+// TestKeysOutliveAnOutage: while the provider is down, a bundle reload
+// still verifies tokens with the cached keys, up to MaxKeyAge; after that
+// the provider's failure is reported, without its URL in the public
+// reason.
+func TestKeysOutliveAnOutage(t *testing.T) {
+	is := oidctest.Start(t)
+	now := time.Now()
+	clock := func() time.Time { return now }
+	cache := NewKeyCache(nil, clock)
+	providers := []bundle.IdentityProvider{{Name: "corp", Issuer: is.URL, Audiences: []string{"gatehouse"}}}
+	ctx := context.Background()
+	token := func() string {
+		c := is.Claims("svc", "gatehouse")
+		c["exp"] = now.Add(time.Hour).Unix()
+		c["iat"] = now.Unix()
+		return is.Sign(t, c)
+	}
+	if _, err := New(providers, WithKeyCache(cache), WithClock(clock)).Verify(ctx, token()); err != nil {
+		t.Fatal(err)
+	}
+	is.SetDown(true)
+	now = now.Add(2 * RefreshAfter) // stale: a refresh is tried, fails, the old keys serve
+	v := New(providers, WithKeyCache(cache), WithClock(clock))
+	if _, err := v.Verify(ctx, token()); err != nil {
+		t.Fatalf("during an outage, after a reload: %v", err)
+	}
+	now = now.Add(MaxKeyAge)
+	_, err := v.Verify(ctx, token())
+	if !errors.Is(err, ErrProviderFailed) {
+		t.Fatalf("keys older than MaxKeyAge: %v", err)
+	}
+	if r := PublicReason(err); strings.Contains(r, is.URL) || strings.Contains(r, "127.0.0.1") {
+		t.Errorf("the public reason shows the provider: %q", r)
+	}
+	is.SetDown(false)
+	now = now.Add(MinRefetchInterval)
+	if _, err := v.Verify(ctx, token()); err != nil {
+		t.Fatalf("after the outage: %v", err)
 	}
 }
 

@@ -57,6 +57,8 @@ type Store struct {
 	mu    sync.Mutex // serialises Apply
 	cur   atomic.Pointer[Active]
 	Stats Stats
+	// keys are the identity providers' key sets, kept across bundles.
+	keys *auth.KeyCache
 }
 
 // Option configures a Store.
@@ -70,12 +72,15 @@ func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
 
 // New makes an empty store. dataDir may be empty (nothing is persisted).
 func New(trusted bundle.Keyring, dataDir string, opts ...Option) *Store {
-	s := &Store{trusted: trusted, dataDir: dataDir, log: slog.Default()}
+	s := &Store{trusted: trusted, dataDir: dataDir, log: slog.Default(), keys: auth.NewKeyCache(nil, nil)}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
+
+// Keys is the key cache every bundle's verifier shares.
+func (s *Store) Keys() *auth.KeyCache { return s.keys }
 
 // Current returns the active bundle, or nil before the first load.
 func (s *Store) Current() *Active { return s.cur.Load() }
@@ -124,7 +129,7 @@ func (s *Store) build(data []byte, source string, activeRevision uint64) (*Activ
 	}
 	return &Active{
 		Revision: v.Payload.Revision, Digest: v.Digest, KeyID: v.KeyID, Payload: v.Payload, Policy: pol,
-		Verifier: auth.New(v.Payload.Model.IdentityProviders, s.authOpts...),
+		Verifier: auth.New(v.Payload.Model.IdentityProviders, append(append([]auth.Option(nil), s.authOpts...), auth.WithKeyCache(s.keys))...),
 		LoadedAt: time.Now(), Source: source, raw: append([]byte(nil), data...),
 	}, nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
@@ -189,7 +190,9 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 	if err != nil {
 		st.AuthFailures.Add(1)
 		log.Warn("token rejected", "resource", a.Resource, "reason", err)
-		return nil, refuse(TokenRejected, "gatehouse: token rejected: "+err.Error())
+		// The caller is not authenticated: it is told the kind of failure,
+		// never the detail (a provider's URL), which is in the log.
+		return nil, refuse(TokenRejected, "gatehouse: token rejected: "+auth.PublicReason(err))
 	}
 	identity, err := active.Policy.ResolveIdentity(vtok.Provider, vtok.Token)
 	if err != nil {

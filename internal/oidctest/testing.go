@@ -28,6 +28,34 @@ type Issuer struct {
 	keys []*rsa.PrivateKey // keys[len-1] signs; all are published
 	kids []string
 	srv  *httptest.Server
+	down bool
+	hits int
+}
+
+// SetDown makes discovery and the JWKS answer 503 (a provider outage) or
+// serve again.
+func (is *Issuer) SetDown(down bool) {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.down = down
+}
+
+// Fetches counts discovery and JWKS requests served or refused.
+func (is *Issuer) Fetches() int {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	return is.hits
+}
+
+// count records a request and reports whether the issuer is down.
+func (is *Issuer) count(w http.ResponseWriter) bool {
+	is.mu.Lock()
+	defer is.mu.Unlock()
+	is.hits++
+	if is.down {
+		http.Error(w, "identity provider down", http.StatusServiceUnavailable)
+	}
+	return is.down
 }
 
 // Start runs an issuer on a loopback port until the test ends.
@@ -37,6 +65,9 @@ func Start(tb testing.TB) *Issuer {
 	is.Rotate(tb)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		if is.count(w) {
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{
 			"issuer":                                is.URL,
@@ -49,6 +80,9 @@ func Start(tb testing.TB) *Issuer {
 		})
 	})
 	mux.HandleFunc("/jwks", func(w http.ResponseWriter, r *http.Request) {
+		if is.count(w) {
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(is.JWKS())
 	})
