@@ -11,7 +11,10 @@
 // This package is a leaf: it imports nothing else from Gatehouse.
 package bundle
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // SchemaVersion is the payload schema this build writes and the only one it
 // accepts. A gateway refuses a bundle with any other value rather than guessing
@@ -127,6 +130,9 @@ type Postgres struct {
 	// computed column is masked (or the statement refused) without it.
 	// Kept so that older configurations still load.
 	DenyUnresolvedColumns bool `json:"deny_unresolved_columns,omitempty"`
+	// IdleTimeout ends a session its caller has not used for this long
+	// ("30m"; "0" never; default 1h).
+	IdleTimeout string `json:"idle_timeout,omitempty"`
 	// Admins is a CEL predicate over the caller (identity) that holds for
 	// the resource's administrators. Other sessions' SQL (in
 	// pg_stat_activity, pg_stat_statements) is hidden from everyone else.
@@ -215,6 +221,8 @@ type SSHHost struct {
 	PrivateKey string `json:"private_key,omitempty"`
 	// Password is a secret reference to the upstream password.
 	Password string `json:"password,omitempty"`
+	// IdleTimeout: see Postgres.IdleTimeout.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
 }
 
 // KubernetesCluster is a Kubernetes API server reached through the gateway.
@@ -233,6 +241,8 @@ type KubernetesCluster struct {
 	// Impersonate makes the gateway impersonate the caller's identity and
 	// groups upstream.
 	Impersonate bool `json:"impersonate,omitempty"`
+	// IdleTimeout: see Postgres.IdleTimeout.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
 }
 
 // Policy covers a set of resources and subjects with rules.
@@ -437,19 +447,38 @@ type Resource struct {
 	Kind   string
 	Name   string
 	Labels map[string]string
+	// IdleTimeout is the resource's idle_timeout, as written.
+	IdleTimeout string
+}
+
+// DefaultIdleTimeout ends a session its caller has not used for this long,
+// unless the resource's idle_timeout says otherwise.
+const DefaultIdleTimeout = time.Hour
+
+// IdleTimeoutOf is a resource's idle timeout: DefaultIdleTimeout when
+// unset, 0 (never) for "0".
+func IdleTimeoutOf(r Resource) time.Duration {
+	if r.IdleTimeout == "" {
+		return DefaultIdleTimeout
+	}
+	d, err := time.ParseDuration(r.IdleTimeout)
+	if err != nil || d < 0 {
+		return DefaultIdleTimeout // validation refuses such a bundle
+	}
+	return d
 }
 
 // Resources returns every resource of the model, sorted by name.
 func (m *Model) Resources() []Resource {
 	var out []Resource
 	for _, r := range m.Postgres {
-		out = append(out, Resource{Kind: KindPostgres, Name: r.Name, Labels: r.Labels})
+		out = append(out, Resource{Kind: KindPostgres, Name: r.Name, Labels: r.Labels, IdleTimeout: r.IdleTimeout})
 	}
 	for _, r := range m.SSHHosts {
-		out = append(out, Resource{Kind: KindSSHHost, Name: r.Name, Labels: r.Labels})
+		out = append(out, Resource{Kind: KindSSHHost, Name: r.Name, Labels: r.Labels, IdleTimeout: r.IdleTimeout})
 	}
 	for _, r := range m.KubernetesClusters {
-		out = append(out, Resource{Kind: KindKubernetes, Name: r.Name, Labels: r.Labels})
+		out = append(out, Resource{Kind: KindKubernetes, Name: r.Name, Labels: r.Labels, IdleTimeout: r.IdleTimeout})
 	}
 	sortByName(out, func(r Resource) string { return r.Name })
 	return out

@@ -330,8 +330,20 @@ func (v *validator) groups(ref Ref, groups []string) {
 	}
 }
 
+// idleTimeout checks a resource's idle_timeout.
+func (v *validator) idleTimeout(ref Ref, s string) {
+	if s == "" {
+		return
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 || (d > 0 && d < time.Second) || d > 30*24*time.Hour {
+		v.add(CodeInvalidValue, ref.Attribute("idle_timeout"), "idle_timeout %q must be a duration between 1s and 720h (\"30m\"), or \"0\" for none", s)
+	}
+}
+
 func (v *validator) postgres(r Postgres) {
 	ref := At(KindPostgres, r.Name)
+	v.idleTimeout(ref, r.IdleTimeout)
 	v.address(ref, r.Address)
 	v.required(ref, "database", r.Database)
 	v.required(ref, "username", r.Username)
@@ -373,6 +385,7 @@ func (v *validator) postgres(r Postgres) {
 
 func (v *validator) sshHost(r SSHHost) {
 	ref := At(KindSSHHost, r.Name)
+	v.idleTimeout(ref, r.IdleTimeout)
 	v.address(ref, r.Address)
 	v.required(ref, "user", r.User)
 	if v.required(ref, "host_key", r.HostKey) {
@@ -396,6 +409,7 @@ func (v *validator) sshHost(r SSHHost) {
 
 func (v *validator) kubernetes(r KubernetesCluster) {
 	ref := At(KindKubernetes, r.Name)
+	v.idleTimeout(ref, r.IdleTimeout)
 	if r.Server == "" && r.Kubeconfig == "" {
 		v.add(CodeMissingAttribute, ref, "set server (with token) or kubeconfig")
 	}

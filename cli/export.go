@@ -161,19 +161,19 @@ provider "gatehouse" {
 		e.block(bundle.KindPostgres, "postgres", r.Name, r.Description, []attr{
 			{"address", e.str(r.Address)}, {"database", e.str(r.Database)}, {"username", e.str(r.Username)},
 			{"password", e.opt(r.Password)}, {"deny_unresolved_columns", e.optBool(r.DenyUnresolvedColumns)},
-			{"admins", e.optText(r.Admins, "CEL", 1)}, {"labels", e.optMap(r.Labels)},
+			{"admins", e.optText(r.Admins, "CEL", 1)}, {"idle_timeout", e.opt(r.IdleTimeout)}, {"labels", e.optMap(r.Labels)},
 		}, body)
 	}
 	for _, r := range m.SSHHosts {
 		e.block(bundle.KindSSHHost, "ssh_host", r.Name, r.Description, []attr{
 			{"address", e.str(r.Address)}, {"user", e.str(r.User)}, {"host_key", e.str(r.HostKey)},
-			{"private_key", e.opt(r.PrivateKey)}, {"password", e.opt(r.Password)}, {"labels", e.optMap(r.Labels)},
+			{"private_key", e.opt(r.PrivateKey)}, {"password", e.opt(r.Password)}, {"idle_timeout", e.opt(r.IdleTimeout)}, {"labels", e.optMap(r.Labels)},
 		}, "")
 	}
 	for _, r := range m.KubernetesClusters {
 		e.block(bundle.KindKubernetes, "kubernetes_cluster", r.Name, r.Description, []attr{
 			{"server", e.opt(r.Server)}, {"kubeconfig", e.opt(r.Kubeconfig)}, {"token", e.opt(r.Token)},
-			{"ca_file", e.opt(r.CAFile)}, {"impersonate", e.optBool(r.Impersonate)}, {"labels", e.optMap(r.Labels)},
+			{"ca_file", e.opt(r.CAFile)}, {"impersonate", e.optBool(r.Impersonate)}, {"idle_timeout", e.opt(r.IdleTimeout)}, {"labels", e.optMap(r.Labels)},
 		}, "")
 	}
 	for _, p := range m.Policies {

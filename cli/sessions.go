@@ -145,6 +145,12 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				n += len(f.Data)
 			}
 			fmt.Fprintf(w, "%14s output: %d byte(s) in %d frame(s)\n", "", n, len(ev.Frames))
+		case recorder.TypeServer:
+			if ev.Kind == "notification" {
+				fmt.Fprintf(w, "%s  NOTIFY %s: %s\n", ts, approval.Printable(ev.Channel), approval.Printable(ev.Text))
+			} else {
+				fmt.Fprintf(w, "%s  SERVER %s\n", ts, approval.Printable(ev.Text))
+			}
 		case recorder.TypeRecheck:
 			fmt.Fprintf(w, "%s  RECHK  judged again by bundle revision %d (%s): %s\n", ts, ev.BundleRevision, ev.BundleDigest, ev.Identity)
 		case recorder.TypeApproval:

@@ -247,7 +247,7 @@ func (d *decoder) postgres(ref bundle.Ref, b *hcl.Block) {
 		Name: ref.Name, Description: a.str("description"), Labels: a.strMap("labels"),
 		Address: a.str("address"), Database: a.str("database"), Username: a.str("username"),
 		Password: a.secret("password"), DenyUnresolvedColumns: a.boolean("deny_unresolved_columns"),
-		Admins: a.str("admins"),
+		Admins: a.str("admins"), IdleTimeout: a.str("idle_timeout"),
 	}
 	if a.present("deny_unresolved_columns") {
 		d.warnf(a.attrs["deny_unresolved_columns"].NameRange, "Deprecated attribute",
@@ -277,7 +277,7 @@ func (d *decoder) sshHost(ref bundle.Ref, b *hcl.Block) {
 	d.model.SSHHosts = append(d.model.SSHHosts, bundle.SSHHost{
 		Name: ref.Name, Description: a.str("description"), Labels: a.strMap("labels"),
 		Address: a.str("address"), User: a.str("user"), HostKey: a.str("host_key"),
-		PrivateKey: a.secret("private_key"), Password: a.secret("password"),
+		PrivateKey: a.secret("private_key"), Password: a.secret("password"), IdleTimeout: a.str("idle_timeout"),
 	})
 }
 
@@ -286,7 +286,7 @@ func (d *decoder) kubernetes(ref bundle.Ref, b *hcl.Block) {
 	d.model.KubernetesClusters = append(d.model.KubernetesClusters, bundle.KubernetesCluster{
 		Name: ref.Name, Description: a.str("description"), Labels: a.strMap("labels"),
 		Server: a.str("server"), Kubeconfig: a.secret("kubeconfig"), Token: a.secret("token"),
-		CAFile: a.str("ca_file"), Impersonate: a.boolean("impersonate"),
+		CAFile: a.str("ca_file"), Impersonate: a.boolean("impersonate"), IdleTimeout: a.str("idle_timeout"),
 	})
 }
 

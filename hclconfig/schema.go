@@ -30,15 +30,15 @@ var (
 	identitySchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "provider", "subject", "match", "groups")}
 	postgresSchema = &hcl.BodySchema{
-		Attributes: attrs("description", "labels", "address", "database", "username", "password", "deny_unresolved_columns", "admins"),
+		Attributes: attrs("description", "labels", "address", "database", "username", "password", "deny_unresolved_columns", "admins", "idle_timeout"),
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "upstream_roles"}},
 	}
 	tlsSchema           = &hcl.BodySchema{Attributes: attrs("mode", "ca_file", "server_name", "cert_file", "key")}
 	upstreamRolesSchema = &hcl.BodySchema{Attributes: attrs("method", "identities", "groups", "default")}
 	sshHostSchema       = &hcl.BodySchema{Attributes: attrs(
-		"description", "labels", "address", "user", "host_key", "private_key", "password")}
+		"description", "labels", "address", "user", "host_key", "private_key", "password", "idle_timeout")}
 	kubernetesSchema = &hcl.BodySchema{Attributes: attrs(
-		"description", "labels", "server", "kubeconfig", "token", "ca_file", "impersonate")}
+		"description", "labels", "server", "kubeconfig", "token", "ca_file", "impersonate", "idle_timeout")}
 	policySchema = &hcl.BodySchema{
 		Attributes: attrs("description", "resources", "identities", "groups", "everyone"),
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "rule", LabelNames: []string{"name"}}},

@@ -99,6 +99,7 @@ var kinds = []kindSpec{
 			{name: "username", required: true, desc: "The upstream role the gateway logs in as."},
 			{name: "password", desc: "The upstream password." + refDesc},
 			{name: "deny_unresolved_columns", kind: aBool, desc: "Deprecated; no effect. Masks follow each result column's lineage, decided before a statement runs."},
+			{name: "idle_timeout", desc: "End a session its caller has not used for this long (`30m`; `0`: never; default `1h`)."},
 			{name: "admins", desc: "Who administers the database: a CEL predicate over the caller (`'dba' in identity.groups`). Other sessions' SQL (`pg_stat_activity`, `pg_stat_statements`) is hidden from everyone else." + celDesc},
 		},
 		blocks: []blockSpec{{name: "tls", desc: "How the gateway connects upstream.", attrs: []attrSpec{
@@ -125,6 +126,7 @@ var kinds = []kindSpec{
 			{name: "host_key", required: true, desc: "The upstream host key, in `authorized_keys` format; the gateway refuses any other."},
 			{name: "private_key", desc: "The upstream login key." + refDesc},
 			{name: "password", desc: "The upstream password." + refDesc},
+			{name: "idle_timeout", desc: "End a session its caller has not used for this long (`30m`; `0`: never; default `1h`)."},
 		},
 	},
 	{
@@ -138,6 +140,7 @@ var kinds = []kindSpec{
 			{name: "token", desc: "A bearer token." + refDesc},
 			{name: "ca_file", desc: "A CA bundle on the gateway host."},
 			{name: "impersonate", kind: aBool, desc: "Impersonate the caller's identity and groups upstream."},
+			{name: "idle_timeout", desc: "End a session its caller has not used for this long (`30m`; `0`: never; default `1h`)."},
 		},
 	},
 	{

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,18 @@ type Store struct {
 	Stats Stats
 	// keys are the identity providers' key sets, kept across bundles.
 	keys *auth.KeyCache
+	// onActivate are called, each in its own goroutine, after a bundle
+	// is activated.
+	hooksMu    sync.Mutex
+	onActivate []func(*Active)
+}
+
+// OnActivate registers fn to be called (in a goroutine of its own) each
+// time a bundle is activated: the core judges open sessions at once.
+func (s *Store) OnActivate(fn func(*Active)) {
+	s.hooksMu.Lock()
+	defer s.hooksMu.Unlock()
+	s.onActivate = append(s.onActivate, fn)
 }
 
 // Option configures a Store.
@@ -110,6 +123,12 @@ func (s *Store) Apply(data []byte, source string) (*Active, error) {
 	}
 	s.cur.Store(next)
 	s.Stats.Reloads.Add(1)
+	s.hooksMu.Lock()
+	hooks := slices.Clone(s.onActivate)
+	s.hooksMu.Unlock()
+	for _, fn := range hooks {
+		go fn(next)
+	}
 	if err := s.persist(data); err != nil {
 		// The bundle is active; only the restart copy failed. Say so
 		// loudly, because the next restart will come up with the older one.

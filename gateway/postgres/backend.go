@@ -1,11 +1,15 @@
 package postgres
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 )
 
 // responses forwards the upstream's messages to the caller, matching each
@@ -97,7 +101,7 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 	case *pgproto3.ReadyForQuery:
 		return s.readyForQuery(m, h)
 	case *pgproto3.ParameterStatus, *pgproto3.NoticeResponse, *pgproto3.NotificationResponse:
-		return s.asynchronous(msg)
+		return s.asynchronous(msg, h)
 	default:
 		return s.outOfStep(fmt.Sprintf("unexpected %T", msg))
 	}
@@ -253,8 +257,11 @@ func (s *session) readyForQuery(m *pgproto3.ReadyForQuery, h *slot) (pgproto3.Ba
 	return m, true, true
 }
 
-// asynchronous handles what the upstream may send at any time.
-func (s *session) asynchronous(msg pgproto3.BackendMessage) (pgproto3.BackendMessage, bool, bool) {
+// asynchronous handles what the upstream may send at any time. A
+// notification reaches the caller only while the session may still exist
+// (checked now: a session whose token expired, or that a new bundle
+// revoked, gets none), and is recorded as the caller received it.
+func (s *session) asynchronous(msg pgproto3.BackendMessage, h *slot) (pgproto3.BackendMessage, bool, bool) {
 	switch m := msg.(type) {
 	case *pgproto3.ParameterStatus:
 		if bad := unsafeParameter(m); bad != "" {
@@ -262,13 +269,30 @@ func (s *session) asynchronous(msg pgproto3.BackendMessage) (pgproto3.BackendMes
 			return nil, false, false
 		}
 	case *pgproto3.NoticeResponse:
+		out := m
 		if s.cs.Masked() {
-			return scrubNotice(m), false, true
+			out = scrubNotice(m)
 		}
+		if h == nil {
+			// Outside any statement: the server said it on its own.
+			s.cs.Note(recorder.Event{Type: recorder.TypeServer, Kind: "notice", Text: out.Severity + ": " + out.Message})
+		}
+		return out, h == nil, true
 	case *pgproto3.NotificationResponse:
-		if s.cs.Masked() && m.Payload != "" {
-			return &pgproto3.NotificationResponse{PID: m.PID, Channel: m.Channel, Payload: "(withheld by gatehouse: masks apply)"}, false, true
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		r := s.cs.Check(ctx)
+		cancel()
+		if r != nil {
+			s.cs.Terminate(r)
+			return nil, false, false
 		}
+		out := m
+		if s.cs.Masked() && m.Payload != "" {
+			out = &pgproto3.NotificationResponse{PID: m.PID, Channel: m.Channel, Payload: "(withheld by gatehouse: masks apply)"}
+		}
+		s.cs.Note(recorder.Event{Type: recorder.TypeServer, Kind: "notification", Channel: out.Channel, Text: out.Payload})
+		// Flush at once: a listening client is waiting for it.
+		return out, true, true
 	}
 	return msg, false, true
 }

@@ -27,6 +27,7 @@ func (s *session) requests(ctx context.Context) error {
 		if s.ending.Load() {
 			return nil
 		}
+		s.cs.Touch()
 		if s.copyIn.Load() {
 			// While the upstream receives COPY data it ignores Sync and
 			// Flush (they get no response) and refuses anything else.

@@ -172,6 +172,10 @@ func sqlstate(r *core.Refusal) string {
 		return "57014"
 	case core.TooMany:
 		return "53400"
+	case core.Limited:
+		return "53300" // too_many_connections
+	case core.Idle:
+		return "57P05" // idle_session_timeout
 	}
 	return "42501" // Denied, Revoked, Pending, ApprovalDenied
 }

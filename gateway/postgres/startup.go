@@ -120,6 +120,10 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		return nil, err
 	}
 	sess = next
+	// The core ends the session without waiting for a statement (token
+	// expiry, a revoking bundle, the idle timeout). A statement whose
+	// answer is still coming, or one held for approval, is not idleness.
+	cs.SetEnder(sess.endWith, func() bool { return sess.q.head(false) != nil })
 	_ = h.conn.SetDeadline(time.Time{})
 	sess.log.Info("session started", "subject", cs.Identity().Subject, "revision", s.core.Bundles().Current().Revision, "tls", h.secure, "role", up.role)
 	return sess, nil

@@ -64,6 +64,11 @@ const (
 	TypeGap = "gap"
 )
 
+// TypeServer is a message the target sent outside any request (a
+// PostgreSQL notification: Kind "notification", Channel, Text the payload
+// as the caller received it; or a notice: Kind "notice").
+const TypeServer = "server"
+
 // IsRequest reports whether an event type is a request, in either format.
 func IsRequest(typ string) bool { return typ == TypeRequest || typ == TypeStatement }
 
@@ -129,6 +134,9 @@ type Event struct {
 
 	// output: asciicast v2 frames.
 	Frames []Frame `json:"frames,omitempty"`
+
+	// server: the notification's channel.
+	Channel string `json:"channel,omitempty"`
 
 	// request (review) and approval: the approval request, how it was
 	// settled (approved, denied, expired, cancelled, pending when the wait

@@ -44,6 +44,7 @@ type Core struct {
 	nextID atomic.Uint64
 	mu     sync.Mutex
 	stats  map[string]*Stats
+	push   push
 }
 
 // Option configures a Core.
@@ -65,10 +66,11 @@ func WithLogger(l *slog.Logger) Option { return func(c *Core) { c.log = l } }
 
 // New makes the core that decides with the store's active bundle.
 func New(bundles *bundlestore.Store, opts ...Option) *Core {
-	c := &Core{bundles: bundles, clock: clock.Real, log: slog.Default(), stats: map[string]*Stats{}}
+	c := &Core{bundles: bundles, clock: clock.Real, log: slog.Default(), stats: map[string]*Stats{}, push: push{live: map[*Session]struct{}{}}}
 	for _, o := range opts {
 		o(c)
 	}
+	bundles.OnActivate(c.bundleActivated)
 	return c
 }
 
@@ -235,6 +237,10 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 	}
 	st.Sessions.Add(1)
 	st.Active.Add(1)
+	s.t.lastActive = s.started
+	c.register(s)
+	s.armExpiry()
+	s.armIdle()
 	return s, nil
 }
 

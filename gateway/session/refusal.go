@@ -38,13 +38,18 @@ const (
 	// Unavailable: state the decision needs (approvals) cannot be read or
 	// written.
 	Unavailable
+	// Idle: the session was idle longer than its resource allows.
+	Idle
+	// Limited: a session limit (per identity, per resource, overall) or
+	// the authentication failure rate of the caller's address was reached.
+	Limited
 )
 
 var codeNames = map[RefusalCode]string{
 	NotReady: "not_ready", UnknownResource: "unknown_resource", TokenRejected: "token_rejected",
 	TokenExpired: "token_expired", Denied: "denied", Revoked: "revoked", Unrecorded: "unrecorded",
 	Pending: "pending", ApprovalDenied: "approval_denied", Cancelled: "cancelled", TooMany: "too_many",
-	Unavailable: "unavailable",
+	Unavailable: "unavailable", Idle: "idle", Limited: "limited",
 }
 
 // String names the code (for logs and metrics).

@@ -52,6 +52,8 @@ type Session struct {
 	closeOnce  sync.Once
 	closed     chan struct{}
 	endOnce    sync.Once
+	// t are the checks that do not wait for a request (push.go).
+	t timers
 }
 
 // ID names the session: its recording's name, or its connection number
@@ -173,6 +175,7 @@ func (s *Session) Check(ctx context.Context) *Refusal {
 		s.revision = active.Revision
 	}
 	s.mu.Unlock()
+	s.armExpiry() // the token, verified again, may expire at another time
 	s.log.Info("session re-checked against a new bundle", "revision", active.Revision, "previous_revision", previous)
 	s.Note(recorder.Event{Type: recorder.TypeRecheck, Identity: IdentityName(id), Subject: id.Subject, Issuer: id.Issuer,
 		Groups: id.Groups, BundleRevision: active.Revision, BundleDigest: active.Digest})
@@ -256,6 +259,14 @@ func (s *Session) principal() approval.Principal {
 // the protocol calls it when the session is over, with why.
 func (s *Session) End(reason string) {
 	s.endOnce.Do(func() {
+		s.t.mu.Lock()
+		s.t.ended = true
+		s.stopTimersLocked()
+		s.t.mu.Unlock()
+		s.core.unregister(s)
+		if r := s.endedReason(); r != "" {
+			reason = r
+		}
 		s.Close()
 		if s.rec != nil {
 			if err := s.rec.End(reason); err != nil {

@@ -23,6 +23,7 @@ func (c *conn) channel(ctx context.Context, nch gossh.NewChannel) {
 		return
 	}
 	defer c.channels.Add(-1)
+	c.cs.Touch()
 	if ref := c.cs.Check(ctx); ref != nil {
 		_ = nch.Reject(gossh.Prohibited, ref.Message)
 		c.end(ref.Message)

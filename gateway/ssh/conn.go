@@ -42,6 +42,12 @@ type conn struct {
 	gone     chan struct{}
 	channels atomic.Int32
 	ending   atomic.Bool
+	// running counts programs (exec, shell, subsystem) running, and
+	// sessions the session channels open, told when the core ends the
+	// connection.
+	running atomic.Int32
+	openMu  sync.Mutex
+	open    map[*sessionChannel]struct{}
 
 	// allowed records what the policy granted that the upstream may use
 	// later: X11 and agent channels, remote forwards.
@@ -53,7 +59,7 @@ type conn struct {
 // handle runs one client connection. A panic is contained: it ends that
 // connection, never the gateway.
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
-	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]bool{}}
+	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]bool{}, open: map[*sessionChannel]struct{}{}}
 	c.log = s.log.With("session", c.id, "client", nc.RemoteAddr().String())
 	defer nc.Close()
 	defer func() {
@@ -83,6 +89,13 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	}
 	c.sconn = sconn
 	c.log = c.cs.Log()
+	// The core ends the connection without waiting for a request (token
+	// expiry, a revoking bundle, the idle timeout): every open session
+	// channel is told why on stderr first. A running program is not idle.
+	c.cs.SetEnder(func(r *core.Refusal) {
+		c.tellAll(r.Message)
+		c.end(r.Message)
+	}, func() bool { return c.running.Load() > 0 })
 	c.log.Info("session started", "subject", c.cs.Identity().Subject, "user", sconn.User())
 	c.serve(ctx, chans, reqs)
 }
@@ -215,6 +228,15 @@ func (c *conn) check(ctx context.Context, stderr interface{ Write([]byte) (int, 
 	c.log.Warn("session ended by the gateway", "code", ref.Code.String(), "reason", ref.Message)
 	c.end(ref.Message)
 	return false
+}
+
+// tellAll writes a line on every open session channel's stderr.
+func (c *conn) tellAll(msg string) {
+	c.openMu.Lock()
+	defer c.openMu.Unlock()
+	for sc := range c.open {
+		_, _ = sc.down.Stderr().Write([]byte("\r\n" + msg + "\r\n"))
+	}
 }
 
 // end closes the connection (and with it every channel).

@@ -37,6 +37,9 @@ type sessionChannel struct {
 	exitMu  sync.Mutex
 	exitReq *gossh.Request
 
+	// running: this channel's program counts in c.running.
+	running bool
+
 	closeOnce  sync.Once
 	downClosed chan struct{}
 	outputDone chan struct{}
@@ -63,6 +66,14 @@ func (c *conn) session(ctx context.Context, nch gossh.NewChannel) {
 	}
 	sc := &sessionChannel{c: c, down: down, up: up, downClosed: make(chan struct{}), outputDone: make(chan struct{}), upClosed: make(chan struct{}),
 		out: newStream(c.cs, "o", c.srv.cfg.RecordLimit)}
+	c.openMu.Lock()
+	c.open[sc] = struct{}{}
+	c.openMu.Unlock()
+	defer func() {
+		c.openMu.Lock()
+		delete(c.open, sc)
+		c.openMu.Unlock()
+	}()
 	sc.run(ctx, downReqs, upReqs)
 }
 
@@ -242,10 +253,28 @@ func (sc *sessionChannel) start(ctx context.Context, r *gossh.Request) {
 		sc.close()
 		return
 	}
+	if req.Kind != "shell" {
+		// A command or a file transfer is busy while it runs; a shell is
+		// idle when its user types nothing (activity, below).
+		sc.c.running.Add(1)
+		sc.running = true
+	}
 	go func() {
-		_, _ = io.Copy(sc.up, io.TeeReader(sc.down, sc.in))
+		_, _ = io.Copy(sc.up, io.TeeReader(sc.down, activity{sc.in, sc.c.cs}))
 		_ = sc.up.CloseWrite()
 	}()
+}
+
+// activity counts what the caller sends as activity against the idle
+// timeout, on its way to a stream.
+type activity struct {
+	w  io.Writer
+	cs *core.Session
+}
+
+func (a activity) Write(p []byte) (int, error) {
+	a.cs.Touch()
+	return a.w.Write(p)
 }
 
 // programRequest reads an exec, shell or subsystem request.
@@ -314,6 +343,9 @@ func (sc *sessionChannel) upstreamRequests(reqs <-chan *gossh.Request) {
 // finish runs once the upstream channel is done: the exit status goes to
 // the caller, the outcome and the rest of the output to the recording.
 func (sc *sessionChannel) finish() {
+	if sc.running {
+		sc.c.running.Add(-1)
+	}
 	sc.exitMu.Lock()
 	exit := sc.exitReq
 	sc.exitMu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,7 +267,8 @@ func keyBody(pem string) string {
 }
 
 // TestContinuousVerification: the token's expiry and a revoking bundle
-// take effect at the next channel or request, on the core's clock.
+// end the connection at once, without waiting for the caller's next
+// channel: a running command's stderr says why, and the connection closes.
 func TestContinuousVerification(t *testing.T) {
 	clk := clock.NewFake(time.Now())
 	e := startEnvClock(t, clk)
@@ -280,15 +282,16 @@ func TestContinuousVerification(t *testing.T) {
 	if _, _, code := run(t, c, "uptime"); code != 0 {
 		t.Fatal("uptime refused")
 	}
+	stderr := startLong(t, c)
 	clk.Advance(2 * time.Minute)
-	if _, err := c.NewSession(); err == nil || !strings.Contains(err.Error(), "token expired") {
-		t.Fatalf("a channel after expiry: %v", err)
-	}
+	waitEnded(t, c, stderr, "token expired")
+
 	// A bundle that revokes the connection.
 	c2 := e.dial(t, "dev")
 	if _, _, code := run(t, c2, "uptime"); code != 0 {
 		t.Fatal("uptime refused")
 	}
+	stderr = startLong(t, c2)
 	e.publish(t, `
 policy "revoke" {
   resources  = ["bastion"]
@@ -299,9 +302,60 @@ policy "revoke" {
     reason = "dev is off the bastion"
   }
 }`)
-	if _, err := c2.NewSession(); err == nil || !strings.Contains(err.Error(), "dev is off the bastion") {
-		t.Fatalf("a channel after a revoking bundle: %v", err)
+	waitEnded(t, c2, stderr, "dev is off the bastion")
+}
+
+// startLong starts a command that runs until the connection ends, and
+// returns what its stderr will say.
+func startLong(t *testing.T, c *gossh.Client) *syncBuffer {
+	t.Helper()
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
 	}
+	errb := &syncBuffer{}
+	s.Stderr = errb
+	if err := s.Start("sleep 30"); err != nil {
+		t.Fatal(err)
+	}
+	return errb
+}
+
+// waitEnded waits (at most a second) for the gateway to close the
+// connection, and checks that the caller was told why.
+func waitEnded(t *testing.T, c *gossh.Client, stderr *syncBuffer, why string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatalf("the connection was not ended within a second (%s)", why)
+	}
+	for deadline := time.Now().Add(time.Second); !strings.Contains(stderr.String(), why) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(stderr.String(), why) {
+		t.Fatalf("stderr %q does not say %q", stderr.String(), why)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestExecHeldForApproval: a command under review waits, the caller sees
