@@ -223,6 +223,8 @@ type stack struct {
 	cfgFile   string
 	env       []string
 	policyDir string // the policy the bundle was built from
+	// keyFile signs bundles; bundleFile is where the gateway reads them.
+	keyFile, bundleFile string
 }
 
 // stackOptions vary the stack.
@@ -233,6 +235,13 @@ type stackOptions struct {
 	clients []string                           // Hydra clients (default billing-service, analytics-job)
 	env     []string                           // extra gateway environment
 	pgOpts  []pgtest.Option                    // extra PostgreSQL settings
+	// hydraOpts configure Hydra (token lifetimes).
+	hydraOpts []hydratest.Option
+	// extraConfig is appended to gateway.hcl; postgresLimits goes inside
+	// its postgres block; readyDiskFree sets admin.ready_disk_free.
+	extraConfig    string
+	postgresLimits string
+	readyDiskFree  int64
 }
 
 // startStack runs PostgreSQL, Hydra and `gatehouse gateway` with a bundle
@@ -253,7 +262,7 @@ func startStackWith(t *testing.T, o stackOptions) *stack {
 	if o.clients == nil {
 		o.clients = []string{"billing-service", "analytics-job"}
 	}
-	s := &stack{pg: pgtest.Start(t, append([]pgtest.Option{pgtest.WithStatementLog()}, o.pgOpts...)...), hydra: hydratest.Start(t), pgPass: "acc-" + rand.Text()}
+	s := &stack{pg: pgtest.Start(t, append([]pgtest.Option{pgtest.WithStatementLog()}, o.pgOpts...)...), hydra: hydratest.Start(t, o.hydraOpts...), pgPass: "acc-" + rand.Text()}
 	s.pg.CreateRole(t, "gatehouse", s.pgPass)
 	s.pg.CreateDatabase(t, "orders", "gatehouse")
 	c, err := pgx.Connect(context.Background(), s.pg.ConnString("gatehouse", s.pgPass, "orders"))
@@ -279,6 +288,7 @@ func startStackWith(t *testing.T, o stackOptions) *stack {
 	}
 	gh(t, "keygen", "--out", filepath.Join(dir, "keys"))
 	bundleFile := filepath.Join(dir, "policy.bundle")
+	s.keyFile, s.bundleFile = filepath.Join(dir, "keys", "gatehouse.key"), bundleFile
 	gh(t, "bundle", "build", policies, "--key", filepath.Join(dir, "keys", "gatehouse.key"), "--out", bundleFile)
 	var cert, key string
 	s.caFile, cert, key = tlsFiles(t, dir)
@@ -296,7 +306,7 @@ postgres {
   listen   = %q
   tls_cert = %q
   tls_key  = %q
-}
+%s}
 
 bundle {
   file          = %q
@@ -306,12 +316,12 @@ bundle {
 
 admin {
   listen = %q
-}
+%s}
 
 log {
   level = "debug"
 }
-`, dataDir, s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr)
+%s`, dataDir, s.pgAddr, cert, key, o.postgresLimits, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr, readyDisk(o.readyDiskFree), o.extraConfig)
 	s.cfgFile = filepath.Join(dir, "gateway.hcl")
 	if err := os.WriteFile(s.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -527,4 +537,11 @@ func TestPostgresWithHydra(t *testing.T) {
 	if strings.Contains(s.logs.String(), s.pgPass) || strings.Contains(s.logs.String(), billing) {
 		t.Error("the gateway log holds a secret")
 	}
+}
+
+func readyDisk(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  ready_disk_free = %d\n", n)
 }

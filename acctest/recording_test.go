@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,7 +128,7 @@ func TestFullDataDirRefusesStatements(t *testing.T) {
 		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("umount", "-l", data).Run() })
-	s := startStackIn(t, data)
+	s := startStackWith(t, stackOptions{dataDir: data, readyDiskFree: 512 << 10})
 	billing := s.token(t, "billing-service")
 	c, err := s.pgx(t, billing)
 	if err != nil {
@@ -154,6 +156,10 @@ func TestFullDataDirRefusesStatements(t *testing.T) {
 	if refused == "" {
 		t.Fatal("no statement was refused with the data directory full")
 	}
+	// /readyz sends traffic elsewhere while the recorder cannot write.
+	if code, body := s.readyz(t); code != http.StatusServiceUnavailable || !strings.Contains(body, "ready_disk_free") {
+		t.Errorf("/readyz with the data directory full: %d %q", code, body)
+	}
 	if strings.Contains(s.pg.QueryLog(t), refused) {
 		t.Fatal("an unrecorded statement reached the database")
 	}
@@ -164,7 +170,22 @@ func TestFullDataDirRefusesStatements(t *testing.T) {
 	if _, err := c.Exec(ctx, "INSERT INTO billing.invoices (order_id, amount) VALUES (1, 23)"); err != nil {
 		t.Fatalf("after space was freed: %v", err)
 	}
+	if code, body := s.readyz(t); code != http.StatusOK {
+		t.Errorf("/readyz after space was freed: %d %q", code, body)
+	}
 	if !strings.Contains(s.logs.String(), "recording failed") {
 		t.Error("the gateway did not log the recording failure")
 	}
+}
+
+// readyz is the gateway's /readyz answer.
+func (s *stack) readyz(t *testing.T) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + s.adminAddr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -4,11 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 )
 
 // adminHandler is the admin listener's API: health, readiness, metrics,
@@ -18,18 +26,7 @@ func (g *Gateway) adminHandler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if g.store.Current() == nil {
-			http.Error(w, "no policy bundle loaded\n", http.StatusServiceUnavailable)
-			return
-		}
-		if err := g.rec.Healthy(); err != nil {
-			// Every request would be refused: send traffic elsewhere.
-			http.Error(w, "the session recorder cannot record: "+err.Error()+"\n", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = io.WriteString(w, "ok\n")
-	})
+	mux.HandleFunc("GET /readyz", g.readyz)
 	mux.Handle("GET /metrics", g.metricsHandler())
 	api := &approval.API{Store: g.approvals, Authenticate: g.authenticate, ApproverGroups: g.approverGroups, AdminGroups: g.cfg.Admin.AdminGroups}
 	api.Register(mux)
@@ -40,6 +37,12 @@ func (g *Gateway) adminHandler() http.Handler {
 		}
 		if e := g.store.Stats.LastError.Load(); e != nil {
 			status["last_error"] = *e
+		}
+		for name, t := range map[string]*time.Time{"last_attempt": g.store.Stats.LastAttempt.Load(),
+			"last_success": g.store.Stats.LastSuccess.Load(), "last_error_at": g.store.Stats.LastErrorAt.Load()} {
+			if t != nil {
+				status[name] = t.UTC().Format(time.RFC3339Nano)
+			}
 		}
 		if a := g.store.Current(); a != nil {
 			status["revision"], status["digest"], status["key_id"] = a.Revision, a.Digest, a.KeyID
@@ -84,5 +87,99 @@ func (g *Gateway) approverGroups() []string {
 			}
 		}
 	}
+	return out
+}
+
+// readyz says whether traffic should come here: a bundle is loaded and not
+// older than admin.max_bundle_age, and the recorder can write (its last
+// fdatasync did not fail, and its file system has admin.ready_disk_free
+// left), since a gateway that cannot record refuses every session. Each
+// upstream's reachability is reported too, but does not make the gateway
+// unready: other resources may still be served.
+func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
+	var problems, notes []string
+	a := g.store.Current()
+	switch {
+	case a == nil:
+		problems = append(problems, "no policy bundle loaded")
+	case g.cfg.Admin.MaxBundleAge > 0 && time.Since(a.LoadedAt) > g.cfg.Admin.MaxBundleAge:
+		problems = append(problems, fmt.Sprintf("bundle revision %d was loaded %s ago, over admin.max_bundle_age (%s)", a.Revision, time.Since(a.LoadedAt).Round(time.Second), g.cfg.Admin.MaxBundleAge))
+	}
+	if err := g.rec.Healthy(); err != nil {
+		problems = append(problems, "the session recorder cannot record: "+err.Error())
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(g.rec.Dir(), &fs); err != nil {
+		problems = append(problems, "the recordings' file system cannot be read: "+err.Error())
+	} else if free := int64(fs.Bavail) * int64(fs.Bsize); free < g.cfg.Admin.ReadyDiskFree {
+		problems = append(problems, fmt.Sprintf("the recordings' file system has %d bytes free, under admin.ready_disk_free (%d): new sessions would be refused", free, g.cfg.Admin.ReadyDiskFree))
+	}
+	notes = g.upstreams.report(r.Context(), a)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, p := range problems {
+			_, _ = io.WriteString(w, "not ready: "+p+"\n")
+		}
+	} else {
+		_, _ = io.WriteString(w, "ok\n")
+	}
+	for _, n := range notes {
+		_, _ = io.WriteString(w, n+"\n")
+	}
+}
+
+// upstreamProbe reports each upstream's reachability (a TCP connection),
+// at most every probeEvery, so that a busy health checker cannot make the
+// gateway hammer the databases.
+type upstreamProbe struct {
+	mu    sync.Mutex
+	at    time.Time
+	rev   uint64
+	lines []string
+}
+
+const probeEvery = 10 * time.Second
+
+func (p *upstreamProbe) report(ctx context.Context, a *bundlestore.Active) []string {
+	if a == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.rev == a.Revision && time.Since(p.at) < probeEvery {
+		return p.lines
+	}
+	targets := map[string]string{}
+	m := &a.Payload.Model
+	for _, r := range m.Postgres {
+		targets["postgres "+r.Name] = r.Address
+	}
+	for _, r := range m.SSHHosts {
+		targets["ssh_host "+r.Name] = r.Address
+	}
+	names := make([]string, 0, len(targets))
+	for n := range targets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]string, len(names))
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: time.Second}
+			c, err := d.DialContext(ctx, "tcp", targets[n])
+			if err != nil {
+				out[i] = fmt.Sprintf("upstream %s (%s): unreachable: %s", n, targets[n], strings.TrimSpace(err.Error()))
+				return
+			}
+			c.Close()
+			out[i] = fmt.Sprintf("upstream %s (%s): reachable", n, targets[n])
+		}()
+	}
+	wg.Wait()
+	p.at, p.rev, p.lines = time.Now(), a.Revision, out
 	return out
 }

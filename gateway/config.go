@@ -14,6 +14,8 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/session"
 )
 
 // Config is the gateway's configuration (gateway.hcl). It is not policy:
@@ -43,6 +45,8 @@ type PostgresListener struct {
 	Listen            string
 	TLSCert, TLSKey   string
 	InsecurePlaintext bool
+	// Limits bound the listener's sessions and pending connections.
+	Limits session.Limits
 }
 
 // SSHListener configures the SSH listener.
@@ -57,6 +61,8 @@ type SSHListener struct {
 	// RecordLimit bounds the bytes recorded per stream of one channel.
 	// Default 16 MiB.
 	RecordLimit int64
+	// Limits bound the listener's sessions and pending connections.
+	Limits session.Limits
 }
 
 // BundleSource configures where the bundle comes from.
@@ -74,6 +80,14 @@ type AdminListener struct {
 	// AdminGroups may read every approval request (approving takes a
 	// rule's approver group).
 	AdminGroups []string
+	// InsecurePlaintext allows plain HTTP on an address that is not
+	// loopback (approvers' tokens cross this listener). Logged loudly.
+	InsecurePlaintext bool
+	// ReadyDiskFree is the free space (bytes) the recordings' file
+	// system must keep for /readyz to say ready; MaxBundleAge, when set,
+	// the age past which the active bundle makes /readyz fail.
+	ReadyDiskFree int64
+	MaxBundleAge  time.Duration
 }
 
 // LogConfig configures logging.
@@ -94,6 +108,17 @@ postgres {
   tls_key            = "/etc/gatehouse/tls/server.key"  # its PEM private key
   insecure_plaintext = false          # true allows the token (the password) without TLS;
                                       # only accepted when listen is a loopback address
+  limits {                            # optional; what one listener's callers may hold
+    max_sessions              = 1000  # open sessions (0: no limit)
+    max_sessions_per_identity = 50    # open sessions of one caller (an identity, or a subject)
+    max_sessions_per_resource = 0     # open sessions of one resource: keep it below the
+                                      # database's max_connections (default 0: no limit)
+    max_pending               = 256   # connections not authenticated yet; the oldest is
+                                      # closed to make room for a new one
+    login_timeout             = "10s" # time to authenticate
+    auth_failures_per_minute  = 0     # per source address; past it the address is refused
+                                      # for the rest of the minute (default 0: no limit)
+  }
 }
 
 ssh {
@@ -105,6 +130,7 @@ ssh {
                                        # passwords would land in recordings); exec input is recorded
   record_limit       = 16777216        # bytes recorded per stream of a channel (default 16 MiB);
                                        # beyond it bytes are counted, not kept
+  limits { }                           # as in the postgres block
 }
 
 bundle {
@@ -122,6 +148,11 @@ admin {
   tls_key      = "/etc/gatehouse/tls/admin.key"
   admin_groups = ["security"]        # optional: may read every approval request; approving
                                      # always takes one of the rule's approver groups
+  insecure_plaintext = false         # plain HTTP on an address that is not loopback is refused
+                                     # unless this is true (logged as a warning at every start)
+  ready_disk_free = 104857600        # /readyz fails when the recordings' file system has less
+                                     # free space than this (bytes; default 100 MiB)
+  max_bundle_age  = "0s"             # /readyz fails when the active bundle is older (0: never)
 }
 
 log {
@@ -143,16 +174,21 @@ var (
 	}
 	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "insecure_plaintext"},
-	}}
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "limits"}}}
 	sshSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "listen", Required: true}, {Name: "host_key"}, {Name: "record_shell_input"}, {Name: "record_limit"},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "limits"}}}
+	limitsSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "max_sessions"}, {Name: "max_sessions_per_identity"}, {Name: "max_sessions_per_resource"},
+		{Name: "max_pending"}, {Name: "login_timeout"}, {Name: "auth_failures_per_minute"},
 	}}
 	bundleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "file", Required: true}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
 	}}
-	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "admin_groups"}}}
-	logSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
-	authSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
+	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "admin_groups"},
+		{Name: "insecure_plaintext"}, {Name: "ready_disk_free"}, {Name: "max_bundle_age"}}}
+	logSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
+	authSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
 )
 
 // LoadConfig reads and checks a gateway.hcl file. Problems are diagnostics
@@ -173,7 +209,8 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 		return nil, files, diags
 	}
 	d := &decoder{}
-	cfg := &Config{Log: LogConfig{Level: "info", Format: "text"}, ClockSkew: 30 * time.Second, Bundle: BundleSource{PollInterval: 5 * time.Second}}
+	cfg := &Config{Log: LogConfig{Level: "info", Format: "text"}, ClockSkew: 30 * time.Second, Bundle: BundleSource{PollInterval: 5 * time.Second},
+		Admin: AdminListener{ReadyDiskFree: DefaultReadyDiskFree}}
 	content, diags := f.Body.Content(configSchema)
 	d.diags = append(d.diags, diags...)
 	cfg.DataDir = d.str(content.Attributes["data_dir"])
@@ -186,10 +223,10 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 		seen[b.Type] = b.DefRange
 		switch b.Type {
 		case "postgres":
-			c := d.content(b.Body, postgresSchema)
+			c, blocks := d.contentBlocks(b.Body, postgresSchema)
 			cfg.Postgres = &PostgresListener{
 				Listen: d.str(c["listen"]), TLSCert: d.str(c["tls_cert"]), TLSKey: d.str(c["tls_key"]),
-				InsecurePlaintext: d.boolean(c["insecure_plaintext"]),
+				InsecurePlaintext: d.boolean(c["insecure_plaintext"]), Limits: d.limits(blocks),
 			}
 			d.checkListen(c["listen"], cfg.Postgres.Listen)
 			switch {
@@ -202,8 +239,9 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 				d.errorf(c["insecure_plaintext"].Expr.Range(), "Plaintext outside loopback", "insecure_plaintext is only accepted when listen is a loopback address (127.0.0.1, [::1], localhost); tokens would cross the network in the clear")
 			}
 		case "ssh":
-			c := d.content(b.Body, sshSchema)
-			cfg.SSH = &SSHListener{Listen: d.str(c["listen"]), HostKey: d.str(c["host_key"]), RecordShellInput: d.boolean(c["record_shell_input"])}
+			c, blocks := d.contentBlocks(b.Body, sshSchema)
+			cfg.SSH = &SSHListener{Listen: d.str(c["listen"]), HostKey: d.str(c["host_key"]), RecordShellInput: d.boolean(c["record_shell_input"]),
+				Limits: d.limits(blocks)}
 			d.checkListen(c["listen"], cfg.SSH.Listen)
 			if a := c["record_limit"]; a != nil {
 				cfg.SSH.RecordLimit = d.integer(a, 0, 1<<40)
@@ -224,8 +262,19 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			d.checkListen(c["listen"], cfg.Admin.Listen)
 			cfg.Admin.TLSCert, cfg.Admin.TLSKey = d.str(c["tls_cert"]), d.str(c["tls_key"])
 			cfg.Admin.AdminGroups = d.strs(c["admin_groups"])
-			if (cfg.Admin.TLSCert == "") != (cfg.Admin.TLSKey == "") {
+			cfg.Admin.InsecurePlaintext = d.boolean(c["insecure_plaintext"])
+			if a := c["ready_disk_free"]; a != nil {
+				cfg.Admin.ReadyDiskFree = d.integer(a, 0, 1<<50)
+			}
+			if a := c["max_bundle_age"]; a != nil {
+				cfg.Admin.MaxBundleAge = d.duration(a, 0, 365*24*time.Hour)
+			}
+			switch {
+			case (cfg.Admin.TLSCert == "") != (cfg.Admin.TLSKey == ""):
 				d.errorf(b.DefRange, "Incomplete TLS settings", "admin: set both tls_cert and tls_key, or neither")
+			case cfg.Admin.TLSCert == "" && cfg.Admin.Listen != "" && !isLoopback(cfg.Admin.Listen) && !cfg.Admin.InsecurePlaintext:
+				d.errorf(c["listen"].Expr.Range(), "TLS required off loopback",
+					"the admin listener %s is not a loopback address, and approvers' bearer tokens cross it: set tls_cert and tls_key, or insecure_plaintext = true to accept plain HTTP (logged as a warning)", cfg.Admin.Listen)
 			}
 		case "log":
 			c := d.content(b.Body, logSchema)
@@ -263,6 +312,44 @@ type decoder struct{ diags hcl.Diagnostics }
 func (d *decoder) errorf(rng hcl.Range, summary, format string, args ...any) {
 	r := rng
 	d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: summary, Detail: fmt.Sprintf(format, args...), Subject: &r})
+}
+
+// contentBlocks is content with the body's blocks.
+func (d *decoder) contentBlocks(body hcl.Body, schema *hcl.BodySchema) (hcl.Attributes, hcl.Blocks) {
+	c, diags := body.Content(schema)
+	d.diags = append(d.diags, diags...)
+	return c.Attributes, c.Blocks
+}
+
+// limits reads a listener's limits block: an absent setting takes the
+// default, 0 means no limit.
+func (d *decoder) limits(blocks hcl.Blocks) session.Limits {
+	var l session.Limits
+	for i, b := range blocks {
+		if i > 0 {
+			d.errorf(b.DefRange, "Duplicate block", "only one limits block is allowed")
+			continue
+		}
+		c := d.content(b.Body, limitsSchema)
+		count := func(name string, into *int) {
+			if a := c[name]; a != nil {
+				if n := int(d.integer(a, 0, 1<<30)); n == 0 {
+					*into = -1 // none
+				} else {
+					*into = n
+				}
+			}
+		}
+		count("max_sessions", &l.MaxSessions)
+		count("max_sessions_per_identity", &l.MaxSessionsPerIdentity)
+		count("max_sessions_per_resource", &l.MaxSessionsPerResource)
+		count("max_pending", &l.MaxPending)
+		count("auth_failures_per_minute", &l.AuthFailuresPerMinute)
+		if a := c["login_timeout"]; a != nil {
+			l.LoginTimeout = d.duration(a, time.Second, 10*time.Minute)
+		}
+	}
+	return l
 }
 
 func (d *decoder) content(body hcl.Body, schema *hcl.BodySchema) hcl.Attributes {
@@ -370,3 +457,7 @@ func isLoopback(addr string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
+
+// DefaultReadyDiskFree is the free space the recordings' file system must
+// keep for /readyz to report ready.
+const DefaultReadyDiskFree = 100 << 20

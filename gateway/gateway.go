@@ -52,6 +52,7 @@ type Gateway struct {
 	approvals *approval.FileStore
 	notifier  *approval.Notifier
 	adminTLS  *tls.Config
+	upstreams upstreamProbe
 	listeners []listener
 
 	devIssuers bool
@@ -167,6 +168,7 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 			}
 			tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		}
+		g.core.SetLimits(postgres.Protocol, pg.Limits)
 		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext}, g.core,
 			postgres.WithLogger(g.log), postgres.WithSecrets(res))
 		g.listeners = append(g.listeners, listener{proxy: p, addr: pg.Listen})
@@ -180,6 +182,7 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 		if err != nil {
 			return fmt.Errorf("gateway: %w", err)
 		}
+		g.core.SetLimits(ssh.Protocol, sc.Limits)
 		p, err := ssh.New(ssh.Config{HostKey: key, RecordShellInput: sc.RecordShellInput, RecordLimit: sc.RecordLimit}, g.core,
 			ssh.WithLogger(g.log), ssh.WithSecrets(res))
 		if err != nil {
@@ -331,7 +334,8 @@ func (g *Gateway) serveAdmin(ctx context.Context, ln net.Listener) error {
 	if g.adminTLS != nil {
 		ln = tls.NewListener(ln, g.adminTLS)
 	} else if host, _, _ := net.SplitHostPort(g.AdminAddr); !net.ParseIP(host).IsLoopback() {
-		g.log.Warn("the admin listener serves plain HTTP on a non-loopback address: approvers' tokens cross it in the clear; set admin.tls_cert and admin.tls_key", "admin", g.AdminAddr)
+		// The config refuses this unless admin.insecure_plaintext says so.
+		g.log.Warn("INSECURE: the admin listener serves plain HTTP on a non-loopback address (admin.insecure_plaintext = true): approvers' bearer tokens cross it in the clear; set admin.tls_cert and admin.tls_key", "admin", g.AdminAddr)
 	}
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("gateway: admin: %w", err)

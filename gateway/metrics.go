@@ -28,11 +28,13 @@ var (
 	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make an event durable (successful writes).", nil, nil)
 	descApprovals      = prometheus.NewDesc("gatehouse_approvals", "Approval requests kept, by state.", []string{"state"}, nil)
 	descWebhooks       = prometheus.NewDesc("gatehouse_approval_webhook_deliveries_total", "Approval webhook deliveries, by result (delivered, failed after retries, dropped on a full queue).", []string{"result"}, nil)
+	descLimited        = prometheus.NewDesc("gatehouse_sessions_refused_total", "Connections refused or closed by a limit, by protocol and limit (sessions, per_identity, per_resource, pending: the oldest unauthenticated connection closed for a new one, auth_failures).", []string{"protocol", "limit"}, nil)
+	descKeyFetches     = prometheus.NewDesc("gatehouse_identity_key_fetches_total", "Fetches of identity providers' discovery documents and key sets.", nil, nil)
 	descRecHealthy     = prometheus.NewDesc("gatehouse_recorder_healthy", "1 while the recorder can record; 0 after a failed fdatasync, until restart (every request is refused).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy, descApprovals, descWebhooks} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
 		ch <- d
 	}
 }
@@ -52,7 +54,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(st.Allowed.Load()), p, "allow")
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(st.Denied.Load()), p, "deny")
 		ch <- prometheus.MustNewConstMetric(descReviewed, prometheus.CounterValue, float64(st.Reviewed.Load()), p)
+		for limit, n := range g.core.LimitStats(p) {
+			ch <- prometheus.MustNewConstMetric(descLimited, prometheus.CounterValue, float64(n), p, limit)
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(descKeyFetches, prometheus.CounterValue, float64(g.store.Keys().Fetches.Load()))
 	if counts, err := g.approvals.Counts(context.Background()); err == nil {
 		for s, n := range counts {
 			ch <- prometheus.MustNewConstMetric(descApprovals, prometheus.GaugeValue, float64(n), string(s))

@@ -45,7 +45,12 @@ type Active struct {
 type Stats struct {
 	Reloads        atomic.Int64
 	ReloadFailures atomic.Int64
-	LastError      atomic.Pointer[string]
+	// LastError is the last refused bundle's error, cleared when a later
+	// one is activated; the times say when each happened.
+	LastError   atomic.Pointer[string]
+	LastAttempt atomic.Pointer[time.Time]
+	LastSuccess atomic.Pointer[time.Time]
+	LastErrorAt atomic.Pointer[time.Time]
 }
 
 // Store holds the active bundle.
@@ -114,15 +119,20 @@ func (s *Store) Apply(data []byte, source string) (*Active, error) {
 		}
 		active = cur.Revision
 	}
+	now := time.Now()
+	s.Stats.LastAttempt.Store(&now)
 	next, err := s.build(data, source, active)
 	if err != nil {
 		s.Stats.ReloadFailures.Add(1)
 		msg := err.Error()
 		s.Stats.LastError.Store(&msg)
+		s.Stats.LastErrorAt.Store(&now)
 		return nil, err
 	}
 	s.cur.Store(next)
 	s.Stats.Reloads.Add(1)
+	s.Stats.LastSuccess.Store(&now)
+	s.Stats.LastError.Store(nil)
 	s.hooksMu.Lock()
 	hooks := slices.Clone(s.onActivate)
 	s.hooksMu.Unlock()

@@ -145,6 +145,8 @@ type env struct {
 	rec      *recorder.Recorder
 	recKeys  bundle.Keyring
 	policyF  func(issuer, addr string) string
+	// shutdown stops the gateway (as SIGTERM does) and waits for it.
+	shutdown func()
 }
 
 // startEnv starts the setup; opts are added to the core's (after the
@@ -220,12 +222,16 @@ func startEnvClock(t testing.TB, clk clock.Clock, opts ...core.Option) *env {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	var once sync.Once
+	e.shutdown = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(e.shutdown)
 	return e
 }
 

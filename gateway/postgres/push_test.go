@@ -158,3 +158,49 @@ func sealedEvents(t *testing.T, e *env) []recorder.Event {
 	}
 	return evs
 }
+
+// TestShutdownCancelsInFlight: a statement still running when the gateway
+// shuts down is cancelled upstream (it would otherwise run on), and its
+// cancellation is recorded.
+func TestShutdownCancelsInFlight(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	c := e.connect(t, "billing-service")
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "SELECT pg_sleep(60)")
+		errc <- err
+	}()
+	direct := e.pg.Conn(t, "orders")
+	running := func() int {
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); running() == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the statement never started")
+		}
+	}
+	e.shutdown()
+	if err := <-errc; err == nil {
+		t.Fatal("the statement finished as if nothing happened")
+	}
+	for deadline := time.Now().Add(3 * time.Second); running() != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the statement still runs on the server after the gateway stopped")
+		}
+	}
+	evs := sealedEvents(t, e)
+	found := false
+	for _, ev := range evs {
+		if ev.Type == recorder.TypeResult && strings.HasPrefix(ev.Error, "57014") {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("the cancellation is not recorded: %+v", evs)
+	}
+}

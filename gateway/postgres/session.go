@@ -155,6 +155,7 @@ func (s *session) run(ctx context.Context) {
 		if id, ok := s.cs.Held(); ok {
 			msg += fmt.Sprintf("; the statement held for approval %s was not run. The request stays open: once it is approved, reconnect and run the same statement again", id)
 		}
+		s.cancelInFlight()
 		s.end("57P01", msg)
 	})
 	defer func() {
@@ -171,6 +172,24 @@ func (s *session) run(ctx context.Context) {
 	err := s.requests(ctx)
 	if err != nil && !s.ending.Load() && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, net.ErrClosed) {
 		s.log.Warn("session ended", "err", err)
+	}
+}
+
+// cancelInFlight cancels, upstream, a statement still running when the
+// gateway shuts down: closing the connection alone would leave it running
+// on the server. Its result (SQLSTATE 57014) is recorded as it comes back,
+// for up to a few seconds.
+func (s *session) cancelInFlight() {
+	if s.q.head(false) == nil {
+		return
+	}
+	if err := s.cancelUpstream(); err != nil {
+		s.log.Warn("the statement in flight could not be cancelled upstream at shutdown", "err", err)
+		return
+	}
+	s.log.Info("cancelled the statement in flight upstream: the gateway is shutting down")
+	for deadline := time.Now().Add(3 * time.Second); s.q.head(false) != nil && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -41,8 +41,11 @@ type handshake struct {
 
 // startup runs the handshake, has the core admit the caller, connects
 // upstream and tells the client it is in.
-func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slog.Logger) (*session, error) {
-	_ = conn.SetDeadline(time.Now().Add(s.cfg.StartupTimeout))
+func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slog.Logger, deadline time.Time) (*session, error) {
+	if d := time.Now().Add(s.cfg.StartupTimeout); d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
 	h, err := s.negotiate(ctx, conn)
 	if err != nil {
 		return nil, err

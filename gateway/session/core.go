@@ -45,6 +45,8 @@ type Core struct {
 	mu     sync.Mutex
 	stats  map[string]*Stats
 	push   push
+	// limiters are each protocol's session limits and counts.
+	limiters map[string]*limiter
 }
 
 // Option configures a Core.
@@ -66,7 +68,7 @@ func WithLogger(l *slog.Logger) Option { return func(c *Core) { c.log = l } }
 
 // New makes the core that decides with the store's active bundle.
 func New(bundles *bundlestore.Store, opts ...Option) *Core {
-	c := &Core{bundles: bundles, clock: clock.Real, log: slog.Default(), stats: map[string]*Stats{}, push: push{live: map[*Session]struct{}{}}}
+	c := &Core{bundles: bundles, clock: clock.Real, log: slog.Default(), stats: map[string]*Stats{}, push: push{live: map[*Session]struct{}{}}, limiters: map[string]*limiter{}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -188,8 +190,15 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 	if ref != nil {
 		return nil, ref
 	}
+	lim := c.limiter(a.Protocol)
+	if lim.authThrottled(a.ClientAddr, c.clock.Now()) {
+		lim.Refused.AuthFailures.Add(1)
+		log.Warn("authentication refused: too many failures from this address", "resource", a.Resource)
+		return nil, refuse(Limited, "gatehouse: too many failed authentications from your address; wait a minute")
+	}
 	vtok, err := active.Verifier.Verify(ctx, a.Token)
 	if err != nil {
+		lim.authFailed(a.ClientAddr, c.clock.Now())
 		st.AuthFailures.Add(1)
 		log.Warn("token rejected", "resource", a.Resource, "reason", err)
 		// The caller is not authenticated: it is told the kind of failure,
@@ -198,6 +207,7 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 	}
 	identity, err := active.Policy.ResolveIdentity(vtok.Provider, vtok.Token)
 	if err != nil {
+		lim.authFailed(a.ClientAddr, c.clock.Now())
 		st.AuthFailures.Add(1)
 		log.Warn("identity not resolved", "resource", a.Resource, "subject", vtok.Token.Subject, "reason", err)
 		return nil, refuse(TokenRejected, "gatehouse: "+err.Error())
@@ -218,6 +228,12 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 				Message: fmt.Sprintf("gatehouse: connection to %q denied by bundle revision %d: %s", a.Resource, active.Revision, strings.Join(d.Reasons, "; "))}
 		}
 	}
+	s.limitKey = IdentityName(identity)
+	if r := lim.reserve(s.limitKey, a.Resource); r != nil {
+		s.log.Warn("session refused by a limit", "reason", r.Message)
+		return nil, r
+	}
+	s.limiter = lim
 	if c.rec != nil {
 		var rnd [4]byte
 		_, _ = rand.Read(rnd[:])
@@ -228,6 +244,7 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 			ClientAddr: a.ClientAddr,
 		})
 		if err != nil {
+			lim.release(s.limitKey, a.Resource)
 			s.log.Error("session not recorded; refused", "err", err)
 			return nil, refuse(Unrecorded, "gatehouse: the session cannot be recorded, so it is refused (the gateway's log has the cause)")
 		}

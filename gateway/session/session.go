@@ -54,6 +54,10 @@ type Session struct {
 	endOnce    sync.Once
 	// t are the checks that do not wait for a request (push.go).
 	t timers
+	// limiter holds the session's place under its protocol's limits, as
+	// limitKey (the caller as admitted).
+	limiter  *limiter
+	limitKey string
 }
 
 // ID names the session: its recording's name, or its connection number
@@ -264,6 +268,9 @@ func (s *Session) End(reason string) {
 		s.stopTimersLocked()
 		s.t.mu.Unlock()
 		s.core.unregister(s)
+		if s.limiter != nil {
+			s.limiter.release(s.limitKey, s.resource)
+		}
 		if r := s.endedReason(); r != "" {
 			reason = r
 		}

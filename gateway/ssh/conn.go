@@ -67,8 +67,13 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 			c.log.Error("ssh session failed", "panic", r)
 		}
 	}()
-	_ = nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	// Until it authenticates the connection is pending: bounded in number
+	// (the oldest is closed to make room) and in time.
+	done, timeout := s.core.Pending(Protocol, func() { nc.Close() })
+	deadline := time.Now().Add(min(timeout, s.cfg.HandshakeTimeout))
+	_ = nc.SetDeadline(deadline)
 	sconn, chans, reqs, err := gossh.NewServerConn(nc, c.serverConfig(ctx))
+	done()
 	if err != nil {
 		if c.cs != nil {
 			c.cs.End("the SSH handshake failed after authentication")

@@ -371,6 +371,15 @@ func (h *Hydra) ready() (string, bool) {
 	return disc.Issuer, true
 }
 
+// Stop stops Hydra now (an identity provider outage); the cleanup then
+// has nothing left to do.
+func (h *Hydra) Stop(tb testing.TB) {
+	tb.Helper()
+	if err := h.stop(); err != nil {
+		tb.Errorf("hydratest: %v", err)
+	}
+}
+
 // stop asks Hydra to shut down and kills it if it takes too long; its
 // database is in memory, so nothing is lost either way.
 func (h *Hydra) stop() error {

@@ -1,0 +1,244 @@
+package session
+
+import (
+	"container/list"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Limits bound what one protocol listener's callers may hold, so that one
+// caller cannot take every upstream connection or every socket. Zero
+// values take the defaults; a negative value means no limit.
+type Limits struct {
+	// MaxSessions bounds the listener's open sessions.
+	MaxSessions int
+	// MaxSessionsPerIdentity bounds one caller's (one identity's, or one
+	// subject's when it resolved to none) open sessions.
+	MaxSessionsPerIdentity int
+	// MaxSessionsPerResource bounds one resource's open sessions (set it
+	// below the upstream's own connection limit).
+	MaxSessionsPerResource int
+	// MaxPending bounds connections that have not authenticated yet: the
+	// oldest is closed to make room for a new one.
+	MaxPending int
+	// LoginTimeout bounds the time to authenticate.
+	LoginTimeout time.Duration
+	// AuthFailuresPerMinute bounds failed authentications per source
+	// address; past it the address is refused for the rest of the minute.
+	AuthFailuresPerMinute int
+}
+
+// Default limits.
+const (
+	DefaultMaxSessions            = 1000
+	DefaultMaxSessionsPerIdentity = 50
+	DefaultMaxPending             = 256
+	DefaultLoginTimeout           = 10 * time.Second
+)
+
+// withDefaults fills zero fields.
+func (l Limits) withDefaults() Limits {
+	if l.MaxSessions == 0 {
+		l.MaxSessions = DefaultMaxSessions
+	}
+	if l.MaxSessionsPerIdentity == 0 {
+		l.MaxSessionsPerIdentity = DefaultMaxSessionsPerIdentity
+	}
+	if l.MaxPending == 0 {
+		l.MaxPending = DefaultMaxPending
+	}
+	if l.LoginTimeout == 0 {
+		l.LoginTimeout = DefaultLoginTimeout
+	}
+	return l
+}
+
+// limiter is one protocol's counts.
+type limiter struct {
+	limits Limits
+
+	mu         sync.Mutex
+	total      int
+	byIdentity map[string]int
+	byResource map[string]int
+	pending    *list.List // of *pendingConn, oldest first
+	failures   map[string][]time.Time
+
+	// Refused counts refusals by limit, for metrics.
+	Refused struct {
+		Sessions, PerIdentity, PerResource, Pending, AuthFailures atomic.Int64
+	}
+}
+
+type pendingConn struct {
+	close func()
+}
+
+// SetLimits sets a protocol's limits (call before it serves).
+func (c *Core) SetLimits(protocol string, l Limits) {
+	lim := c.limiter(protocol)
+	lim.mu.Lock()
+	lim.limits = l.withDefaults()
+	lim.mu.Unlock()
+}
+
+// Limits returns a protocol's limits, defaults filled in.
+func (c *Core) Limits(protocol string) Limits {
+	lim := c.limiter(protocol)
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	return lim.limits
+}
+
+func (c *Core) limiter(protocol string) *limiter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.limiters[protocol]
+	if !ok {
+		l = &limiter{limits: Limits{}.withDefaults(), byIdentity: map[string]int{}, byResource: map[string]int{},
+			pending: list.New(), failures: map[string][]time.Time{}}
+		c.limiters[protocol] = l
+	}
+	return l
+}
+
+// LimitStats are a protocol's refusals by limit.
+func (c *Core) LimitStats(protocol string) map[string]int64 {
+	l := c.limiter(protocol)
+	return map[string]int64{
+		"sessions": l.Refused.Sessions.Load(), "per_identity": l.Refused.PerIdentity.Load(),
+		"per_resource": l.Refused.PerResource.Load(), "pending": l.Refused.Pending.Load(),
+		"auth_failures": l.Refused.AuthFailures.Load(),
+	}
+}
+
+// Pending registers a connection that has not authenticated yet. When the
+// protocol has too many, the oldest is closed (its close is called) to
+// make room, so that a flood of silent sockets cannot lock out callers who
+// do authenticate. done must be called once the connection has
+// authenticated or gone; it has LoginTimeout to authenticate.
+func (c *Core) Pending(protocol string, close func()) (done func(), timeout time.Duration) {
+	l := c.limiter(protocol)
+	l.mu.Lock()
+	e := l.pending.PushBack(&pendingConn{close: close})
+	var evict []*pendingConn
+	for l.limits.MaxPending > 0 && l.pending.Len() > l.limits.MaxPending {
+		oldest := l.pending.Front()
+		l.pending.Remove(oldest)
+		evict = append(evict, oldest.Value.(*pendingConn))
+	}
+	timeout = l.limits.LoginTimeout
+	l.mu.Unlock()
+	for _, p := range evict {
+		l.Refused.Pending.Add(1)
+		p.close()
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			for x := l.pending.Front(); x != nil; x = x.Next() {
+				if x == e {
+					l.pending.Remove(e)
+					break
+				}
+			}
+			l.mu.Unlock()
+		})
+	}, timeout
+}
+
+// hostOf is the address part of host:port.
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+// authThrottled reports whether addr has failed to authenticate too often
+// in the last minute.
+func (l *limiter) authThrottled(addr string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	max := l.limits.AuthFailuresPerMinute
+	if max <= 0 {
+		return false
+	}
+	recent := l.recentLocked(hostOf(addr), now)
+	return len(recent) >= max
+}
+
+func (l *limiter) recentLocked(host string, now time.Time) []time.Time {
+	kept := l.failures[host][:0]
+	for _, t := range l.failures[host] {
+		if now.Sub(t) < time.Minute {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == 0 {
+		delete(l.failures, host)
+		return nil
+	}
+	l.failures[host] = kept
+	return kept
+}
+
+// authFailed counts a failed authentication from addr.
+func (l *limiter) authFailed(addr string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.limits.AuthFailuresPerMinute <= 0 {
+		return
+	}
+	host := hostOf(addr)
+	l.failures[host] = append(l.recentLocked(host, now), now)
+	if len(l.failures) > 100000 {
+		// A spray of addresses: forget the oldest rather than grow.
+		for h := range l.failures {
+			delete(l.failures, h)
+			if len(l.failures) <= 50000 {
+				break
+			}
+		}
+	}
+}
+
+// reserve takes a session's place under the limits, or says which limit
+// refuses it.
+func (l *limiter) reserve(caller, resource string) *Refusal {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lm := l.limits
+	switch {
+	case lm.MaxSessions > 0 && l.total >= lm.MaxSessions:
+		l.Refused.Sessions.Add(1)
+		return refuse(Limited, fmt.Sprintf("gatehouse: too many sessions on this gateway (%d); try again later", lm.MaxSessions))
+	case lm.MaxSessionsPerIdentity > 0 && l.byIdentity[caller] >= lm.MaxSessionsPerIdentity:
+		l.Refused.PerIdentity.Add(1)
+		return refuse(Limited, fmt.Sprintf("gatehouse: %s already has %d open sessions, its limit; close one first", caller, lm.MaxSessionsPerIdentity))
+	case lm.MaxSessionsPerResource > 0 && l.byResource[resource] >= lm.MaxSessionsPerResource:
+		l.Refused.PerResource.Add(1)
+		return refuse(Limited, fmt.Sprintf("gatehouse: %q already has %d open sessions, its limit; try again later", resource, lm.MaxSessionsPerResource))
+	}
+	l.total++
+	l.byIdentity[caller]++
+	l.byResource[resource]++
+	return nil
+}
+
+// release gives a session's place back.
+func (l *limiter) release(caller, resource string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.byIdentity[caller]--; l.byIdentity[caller] <= 0 {
+		delete(l.byIdentity, caller)
+	}
+	if l.byResource[resource]--; l.byResource[resource] <= 0 {
+		delete(l.byResource, resource)
+	}
+}
