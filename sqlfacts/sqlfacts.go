@@ -145,7 +145,22 @@ func HasCommand(stmts []Statement, command string) bool {
 // Query builds the PostgreSQL query request policy decides from SQL text.
 // Text that does not parse yields a request that Decide denies, with the
 // parse error as the reason.
+//
+// Facts of a statement shape already analysed come from a cache (see
+// cache.go): only those that cannot depend on a constant's value.
 func Query(sql string) *celpolicy.PostgresRequest {
+	if req, key, ok := cachedQuery(sql); ok {
+		return req
+	} else if key != "" {
+		stmts, err := Analyze(sql)
+		if err != nil {
+			return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
+		}
+		if cacheable(stmts) {
+			factsCache.put(key, cloneStatement(stmts[0]))
+		}
+		return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts}
+	}
 	stmts, err := Analyze(sql)
 	if err != nil {
 		return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
