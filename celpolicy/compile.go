@@ -40,6 +40,10 @@ type Policy struct {
 	// literals are the string constants of all CEL expressions; Diff
 	// builds probe requests from them.
 	literals map[string]bool
+	// dynamic are the programs that read now or session.
+	dynamic map[cel.Program]bool
+	// cacheable memoizes Cacheable by resource and request kind.
+	cacheable sync.Map
 }
 
 type compiledIdentity struct {
@@ -146,6 +150,7 @@ func Compile(m *bundle.Model, opts ...Option) (*Policy, error) {
 		identity:   map[string]*compiledIdentity{},
 		rules:      map[string]*compiledRule{},
 		literals:   map[string]bool{},
+		dynamic:    map[cel.Program]bool{},
 	}
 	for _, o := range opts {
 		o(p)
@@ -274,6 +279,9 @@ type compiled struct {
 	prg      cel.Program
 	problems []bundle.Problem // Ref not yet set
 	literals []string
+	// dynamic: the expression reads now or session, so its result can
+	// change for the same caller and request.
+	dynamic bool
 }
 
 // compile queues an expression; run compiles the queue.
@@ -331,6 +339,9 @@ func (c *compiler) compileAll() {
 		}
 		if r.prg != nil {
 			j.set(r.prg)
+			if r.dynamic {
+				c.p.dynamic[r.prg] = true
+			}
 		}
 	}
 }
@@ -352,9 +363,14 @@ func compileOne(env *cel.Env, src string) *compiled {
 	}
 	r := &compiled{}
 	celast.PreOrderVisit(checked.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
-		if e.Kind() == celast.LiteralKind {
+		switch e.Kind() {
+		case celast.LiteralKind:
 			if s, ok := e.AsLiteral().Value().(string); ok {
 				r.literals = append(r.literals, s)
+			}
+		case celast.IdentKind:
+			if n := e.AsIdent(); n == "now" || n == "session" {
+				r.dynamic = true
 			}
 		}
 	}))

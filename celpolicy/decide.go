@@ -43,6 +43,20 @@ type Decision struct {
 	// PostgreSQL resource's admins predicate): other sessions' SQL is not
 	// hidden from administrators.
 	Admin bool `json:"admin,omitempty"`
+	// Masking is the mask plan a protocol's guard decided with the
+	// decision (the same as the request's Masking), kept with it so that
+	// a reused decision carries its plan.
+	Masking *MaskPlan `json:"-"`
+}
+
+// Clone copies a decision's lists, so that a reused decision cannot be
+// changed through a copy.
+func (d Decision) Clone() Decision {
+	d.MatchedRules = slices.Clone(d.MatchedRules)
+	d.Reasons = slices.Clone(d.Reasons)
+	d.Masks = slices.Clone(d.Masks)
+	d.Approvals = slices.Clone(d.Approvals)
+	return d
 }
 
 // MatchedRule is a rule whose condition held.
@@ -264,4 +278,36 @@ func (p *Policy) masks(e *resourceEntry, act *activation) []MaskAction {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Target.String() < out[j].Target.String() })
 	return out
+}
+
+// Cacheable reports whether decisions for a resource's requests of a kind
+// depend only on the caller, the resource and the request: no rule, mask
+// condition or admins predicate that applies reads now or session. A
+// protocol may then reuse a decision for the same caller, request facts and
+// bundle revision (a Policy is one revision).
+func (p *Policy) Cacheable(resource, kind string) bool {
+	key := resource + "\x00" + kind
+	if v, ok := p.cacheable.Load(key); ok {
+		return v.(bool)
+	}
+	e, ok := p.resources[resource]
+	ok = ok && (e.admins == nil || !p.dynamic[e.admins])
+	if ok {
+		for _, r := range e.rules[kind] {
+			if r.prg != nil && p.dynamic[r.prg] {
+				ok = false
+				break
+			}
+		}
+	}
+	if ok {
+		for _, m := range e.masks {
+			if m.unless != nil && p.dynamic[m.unless] {
+				ok = false
+				break
+			}
+		}
+	}
+	p.cacheable.Store(key, ok)
+	return ok
 }

@@ -87,6 +87,19 @@ type PostgresRequest struct {
 	// request's decision (by the PostgreSQL guard) before the request
 	// reaches the database. Nil when no mask applies.
 	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
+	// Shape, when set, names the request's facts: every request with
+	// this shape has the same facts (sqlfacts caches them by it), so a
+	// decision may be reused for it (CacheKey).
+	Shape string `cel:"-" json:"-"`
+}
+
+// CacheKey is the key a decision of this request may be reused under, or
+// "" when it may not.
+func (r *PostgresRequest) CacheKey() string {
+	if r.Shape == "" || r.Problem != "" {
+		return ""
+	}
+	return r.Kind + "\x00" + r.Shape
 }
 
 // SSHRequest is an SSH request.
@@ -120,10 +133,6 @@ type SSHRequest struct {
 	Rows int    `cel:"-" json:"rows,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
-	// Masking is how the results will be masked, decided with the
-	// request's decision (by the PostgreSQL guard) before the request
-	// reaches the database. Nil when no mask applies.
-	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
 }
 
 // KubernetesRequest is a Kubernetes API request.
@@ -138,10 +147,6 @@ type KubernetesRequest struct {
 	Name        string `cel:"name" json:"name,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
-	// Masking is how the results will be masked, decided with the
-	// request's decision (by the PostgreSQL guard) before the request
-	// reaches the database. Nil when no mask applies.
-	Masking *MaskPlan `cel:"-" json:"masking,omitempty"`
 }
 
 func (*PostgresRequest) ResourceKind() string   { return bundle.KindPostgres }

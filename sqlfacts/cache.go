@@ -144,7 +144,7 @@ func cachedQuery(sql string) (*celpolicy.PostgresRequest, string, bool) {
 		return nil, key, false
 	}
 	st.Text = strings.TrimSpace(sql)
-	return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{cloneStatement(st)}}, key, true
+	return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{cloneStatement(st)}, Shape: key}, key, true
 }
 
 // cloneStatement copies a statement's lists, so that a caller that edits

@@ -161,6 +161,7 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 		}
 	}
 	req.Masking = plan
+	d.Masking = plan
 	return d
 }
 

@@ -158,6 +158,7 @@ func Query(sql string) *celpolicy.PostgresRequest {
 		}
 		if cacheable(stmts) {
 			factsCache.put(key, cloneStatement(stmts[0]))
+			return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts, Shape: key}
 		}
 		return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts}
 	}

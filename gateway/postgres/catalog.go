@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,8 +37,9 @@ type catalog struct {
 	// catalogTTL so that changes made outside the gateway are seen.
 	relations map[string]cached[*sqlfacts.RelationInfo]
 	functions map[string]cached[*sqlfacts.FunctionInfo]
-	// generation counts invalidations, for the sessions' lineage caches.
-	generation uint64
+	// generation counts invalidations, for the sessions' lineage and
+	// decision caches; read without the lock.
+	generation atomic.Uint64
 }
 
 type cached[T any] struct {
@@ -82,7 +84,7 @@ func (c *catalogs) get(resource string) (*catalog, *bundle.Postgres, error) {
 func (cat *catalog) reset() {
 	cat.columns, cat.funcs = map[uint32]map[uint16]string{}, map[uint32]fastPathFunc{}
 	cat.relations, cat.functions = map[string]cached[*sqlfacts.RelationInfo]{}, map[string]cached[*sqlfacts.FunctionInfo]{}
-	cat.generation++
+	cat.generation.Add(1)
 }
 
 // invalidate forgets what the catalog said about a resource: a statement
@@ -96,14 +98,18 @@ func (c *catalogs) invalidate(resource string) {
 	cat.mu.Unlock()
 }
 
-// generation says when a resource's cached definitions last changed.
+// generation says when a resource's cached definitions last changed. A new
+// bundle revision resets them too, and so does time: entries expire after
+// catalogTTL, so the generation moves on at least that often.
 func (c *catalogs) generation(resource string) uint64 {
-	cat, _, err := c.get(resource)
-	if err != nil {
-		return 0
+	c.mu.Lock()
+	cat, ok := c.by[resource]
+	c.mu.Unlock()
+	tick := uint64(time.Now().Unix() / int64(catalogTTL/time.Second))
+	if !ok {
+		return tick
 	}
-	defer cat.mu.Unlock()
-	return cat.generation
+	return cat.generation.Load()<<32 ^ tick
 }
 
 func (c *catalogs) close() {

@@ -84,6 +84,15 @@ func (c *sessionCatalog) Function(schema, name string) (*sqlfacts.FunctionInfo, 
 	return c.srv.catalog.function(c.resource, schemas, name)
 }
 
+// epoch changes whenever the session's view of the catalog may have: the
+// shared catalog's generation, and the session's own definitions.
+func (c *sessionCatalog) epoch() uint64 {
+	gen := c.srv.catalog.generation(c.resource)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return gen*1000003 + c.local
+}
+
 // Named implements sqlfacts.Session.
 func (c *sessionCatalog) Named(kind, name string) (string, bool) {
 	c.mu.Lock()

@@ -49,10 +49,7 @@ type maskSet struct {
 
 // maskSetOf is a request's masking, nil when nothing is masked.
 func maskSetOf(req *celpolicy.PostgresRequest, d celpolicy.Decision) *maskSet {
-	m := &maskSet{detectors: detectorsOf(d.Masks)}
-	if req != nil {
-		m.plan = req.Masking
-	}
+	m := &maskSet{detectors: detectorsOf(d.Masks), plan: d.Masking}
 	for _, a := range d.Masks {
 		if a.Target.Column != "" {
 			m.columns = append(m.columns, a)

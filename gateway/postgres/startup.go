@@ -86,6 +86,12 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 			}
 			return sess.guard(r, d)
 		},
+		Epoch: func() uint64 {
+			if sess == nil {
+				return 0
+			}
+			return sess.cat.epoch()
+		},
 	})
 	if ref != nil {
 		fatal(be, sqlstate(ref), ref.Message)

@@ -157,6 +157,10 @@ type Admission struct {
 	// the policy's (PostgreSQL refuses changes to settings its parser
 	// depends on, whatever the policy says). Nil for none.
 	Guard func(celpolicy.Request, celpolicy.Decision) celpolicy.Decision
+	// Epoch, when set, changes whenever what Guard reads besides the
+	// request and decision changes (the PostgreSQL catalog): a decision
+	// kept for reuse is valid only within one epoch.
+	Epoch func() uint64
 }
 
 // Lookup finds a resource in the active bundle before the caller has
@@ -214,7 +218,7 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 	}
 	s := &Session{
 		core: c, protocol: a.Protocol, kind: a.Kind, resource: a.Resource, clientAddr: a.ClientAddr,
-		num: a.ID, guard: a.Guard, noun: cmp.Or(a.Noun, "request"), stats: st, started: c.clock.Now(),
+		num: a.ID, guard: a.Guard, epoch: a.Epoch, noun: cmp.Or(a.Noun, "request"), stats: st, started: c.clock.Now(),
 		token: vtok, rawToken: a.Token, identity: identity, revision: active.Revision,
 		closed: make(chan struct{}),
 	}

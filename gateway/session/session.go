@@ -58,6 +58,10 @@ type Session struct {
 	// limitKey (the caller as admitted).
 	limiter  *limiter
 	limitKey string
+	// decisions are reusable decisions by request cache key (Judge);
+	// epoch is the protocol's (Admission.Epoch). Guarded by mu.
+	decisions map[string]cachedDecision
+	epoch     func() uint64
 }
 
 // ID names the session: its recording's name, or its connection number
@@ -188,9 +192,33 @@ func (s *Session) Check(ctx context.Context) *Refusal {
 
 // Judge decides req with the active bundle and the protocol's guard. It
 // counts nothing: use Decide for a request the caller makes.
+//
+// A request with a cache key (one whose facts are those of every request
+// of its shape) is decided once per bundle revision and protocol epoch
+// (what the protocol's guard reads changes it: the PostgreSQL catalog)
+// when no rule that applies reads the time or the session's counters.
 func (s *Session) Judge(req celpolicy.Request) celpolicy.Decision {
 	active := s.core.bundles.Current()
+	key := ""
+	if ck, ok := req.(interface{ CacheKey() string }); ok && active.Policy.Cacheable(s.resource, req.RequestKind()) {
+		key = ck.CacheKey()
+	}
+	epoch := uint64(0)
+	if key != "" && s.epoch != nil {
+		epoch = s.epoch()
+	}
 	s.mu.Lock()
+	if c, ok := s.decisions[key]; ok && key != "" && c.revision == active.Revision && c.epoch == epoch {
+		d := c.d.Clone()
+		s.mu.Unlock()
+		if pr, ok := req.(*celpolicy.PostgresRequest); ok {
+			pr.Masking = d.Masking
+		}
+		if len(d.Masks) > 0 {
+			s.masked.Store(true)
+		}
+		return d
+	}
 	d := active.Policy.Decide(s.input(req))
 	s.mu.Unlock()
 	if s.guard != nil {
@@ -199,7 +227,25 @@ func (s *Session) Judge(req celpolicy.Request) celpolicy.Decision {
 	if len(d.Masks) > 0 {
 		s.masked.Store(true)
 	}
+	if key != "" {
+		s.mu.Lock()
+		if s.decisions == nil || len(s.decisions) >= maxCachedDecisions {
+			s.decisions = map[string]cachedDecision{}
+		}
+		s.decisions[key] = cachedDecision{d: d.Clone(), revision: active.Revision, epoch: epoch}
+		s.mu.Unlock()
+	}
 	return d
+}
+
+// maxCachedDecisions bounds a session's decision cache.
+const maxCachedDecisions = 512
+
+// cachedDecision is a decision kept for reuse, with what it is valid for.
+type cachedDecision struct {
+	d        celpolicy.Decision
+	revision uint64
+	epoch    uint64
 }
 
 // Decide judges req and counts it. counted says whether this is a request

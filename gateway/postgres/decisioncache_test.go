@@ -1,0 +1,65 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	core "github.com/gatehouse-dev/gatehouse/gateway/session"
+	"github.com/gatehouse-dev/gatehouse/internal/clock"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
+)
+
+// TestDecisionCache: a decision reused for a statement of the same shape is
+// the decision a fresh evaluation gives, before and after a bundle swap; a
+// rule that reads the time is never served from the cache.
+func TestDecisionCache(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	e := startEnvClock(t, clk)
+	cs, ref := e.core.Admit(context.Background(), core.Admission{Protocol: Protocol, Kind: bundle.KindPostgres, Resource: "orders",
+		Token: e.issuer.Token(t, "analytics-job", "gatehouse"), ClientAddr: "test"})
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	defer cs.End("test done")
+	fresh := func(sql string) celpolicy.Decision {
+		active := e.core.Bundles().Current()
+		d := active.Policy.Decide(&celpolicy.Input{Identity: cs.Identity(), Resource: "orders", Request: sqlfacts.Query(sql), Now: clk.Now()})
+		return d
+	}
+	same := func(a, b celpolicy.Decision) bool {
+		a.Masking, b.Masking = nil, nil
+		return reflect.DeepEqual(a, b)
+	}
+	for i := 0; i < 3; i++ {
+		sql := fmt.Sprintf("SELECT count(*) FROM orders WHERE id = %d", i)
+		req := sqlfacts.Query(sql)
+		if req.CacheKey() == "" {
+			t.Fatalf("%q has no cache key", sql)
+		}
+		if got, want := cs.Judge(req), fresh(sql); !same(got, want) {
+			t.Fatalf("%q: cached %+v, fresh %+v", sql, got, want)
+		}
+	}
+	// A swap that denies: the next decision is the new bundle's.
+	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `identities = ["analytics-job", "pci-auditor", "billing-service"]`, `identities = ["pci-auditor", "billing-service"]`, 1))
+	d := cs.Judge(sqlfacts.Query("SELECT count(*) FROM orders WHERE id = 7"))
+	if d.Effect != bundle.EffectDeny || !same(d, fresh("SELECT count(*) FROM orders WHERE id = 7")) {
+		t.Fatalf("after a swap: %+v", d)
+	}
+	// A rule that reads the time: the decision follows the clock.
+	deadline := clk.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `s.locking == ''`, `s.locking == '' && now < timestamp('`+deadline+`')`, 1))
+	if d := cs.Judge(sqlfacts.Query("SELECT count(*) FROM orders WHERE id = 8")); d.Effect != bundle.EffectAllow {
+		t.Fatalf("before the deadline: %+v", d)
+	}
+	clk.Advance(2 * time.Hour)
+	if d := cs.Judge(sqlfacts.Query("SELECT count(*) FROM orders WHERE id = 9")); d.Effect != bundle.EffectDeny {
+		t.Fatalf("a decision that reads the time was served from the cache: %+v", d)
+	}
+}
