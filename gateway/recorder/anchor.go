@@ -228,21 +228,23 @@ func (e *exporter) kick() {
 	}
 }
 
-// run exports whenever kicked, until ctx ends. After a failure it waits
-// (1s, doubling up to a minute) rather than trying at every new entry.
-func (e *exporter) run(ctx context.Context) {
+// run exports whenever kicked, until stop is closed; ctx bounds the
+// requests (it ends only if an export outlives the stop's grace). After a
+// failure it waits (1s, doubling up to a minute) rather than trying at
+// every new entry.
+func (e *exporter) run(ctx context.Context, stop <-chan struct{}) {
 	var backoff time.Duration
 	for {
 		if backoff == 0 {
 			select {
-			case <-ctx.Done():
+			case <-stop:
 				return
 			case <-e.wake:
 			}
 		} else {
 			t := time.NewTimer(backoff)
 			select {
-			case <-ctx.Done():
+			case <-stop:
 				t.Stop()
 				return
 			case <-t.C:
@@ -362,10 +364,28 @@ func (r *Recorder) startBackground() {
 			}
 		}()
 	}
+	// The exporter is not cut off mid-request: an entry the anchor stored
+	// but the exporter did not see acknowledged would be sent again.
+	// Close lets a request in flight finish, for a few seconds.
+	expCtx, expCancel := context.WithCancel(context.Background())
+	stopExp := make(chan struct{})
+	expDone := make(chan struct{})
 	if r.exp != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); r.exp.run(ctx) }()
+		go func() { defer close(expDone); r.exp.run(expCtx, stopExp) }()
 		r.exp.kick() // what the last run left, and this one's open entry
+	} else {
+		close(expDone)
 	}
-	r.stopBG = sync.OnceFunc(func() { cancel(); wg.Wait() })
+	r.stopBG = sync.OnceFunc(func() {
+		cancel()
+		close(stopExp)
+		select {
+		case <-expDone:
+		case <-time.After(5 * time.Second):
+			expCancel()
+			<-expDone
+		}
+		expCancel()
+		wg.Wait()
+	})
 }

@@ -224,9 +224,9 @@ func AuditFiles(paths []string, o AuditOptions) (*AuditReport, error) {
 		if err != nil {
 			return nil, err
 		}
-		if view == nil {
+		if view == nil && rep.Format >= 3 {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("no ledger at %s: only the recording itself is checked (a cut tail at a line boundary reads as unsealed)", ledgerPath))
-		} else if view.sessions[rep.Session] == nil {
+		} else if view != nil && view.sessions[rep.Session] == nil {
 			if err := recheckUnnamed(ledgerPath, o.Keys, []*Report{rep}); err != nil {
 				return nil, err
 			}
@@ -288,7 +288,7 @@ func checkRecording(path string, keys bundle.Keyring, view *ledgerView) (*Report
 	}
 	switch {
 	case ls.crashSeal != nil && rep.Crashed:
-		n := fmt.Sprintf("sealed at the gateway's next start (ledger entry %d): its session never ended (a crash, a kill or a power loss)", ls.crashSeal.Entry)
+		n := fmt.Sprintf("the ledger holds its crash seal (entry %d)", ls.crashSeal.Entry)
 		if last := ls.crashSeal.Events - 1; ls.checkpointed < last {
 			n += fmt.Sprintf("; events %d to %d came after the last checkpoint, and rest on the recording alone", ls.checkpointed+1, last)
 		}
@@ -325,6 +325,15 @@ func recheckUnnamed(path string, keys bundle.Keyring, reps []*Report) error {
 func sessionOf(path string) string {
 	b := filepath.Base(path)
 	return b[:len(b)-len(filepath.Ext(b))]
+}
+
+// State is the recording's Status, or, for a report Verify made alone
+// (with no ledger), what its problems and seal say.
+func (r *Report) State() string {
+	if r.Status != "" {
+		return r.Status
+	}
+	return statusOf(r)
 }
 
 // statusOf sums a recording's report up.

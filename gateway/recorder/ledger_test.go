@@ -244,7 +244,7 @@ func TestLedgerRecordsSessions(t *testing.T) {
 	if v := a.Verdict(); v != VerdictOK || rep.Status != StatusCrashed || a.Ledger.Opens != 2 || a.Ledger.CrashSeals != 1 {
 		t.Fatalf("after the restart: verdict %d, %+v, ledger %+v", v, rep, a.Ledger)
 	}
-	if len(rep.Notes) == 0 || !strings.Contains(rep.Notes[0], "sealed at the gateway's next start") {
+	if len(rep.Notes) == 0 || !strings.Contains(rep.Notes[0], "the ledger holds its crash seal (entry 10)") {
 		t.Errorf("notes %q", rep.Notes)
 	}
 }
