@@ -233,6 +233,7 @@ type stackOptions struct {
 	clients []string                           // Hydra clients (default billing-service, analytics-job)
 	env     []string                           // extra gateway environment
 	pgOpts  []pgtest.Option                    // extra PostgreSQL settings
+	config  string                             // extra gateway.hcl blocks (a recorder block)
 }
 
 // startStack runs PostgreSQL, Hydra and `gatehouse gateway` with a bundle
@@ -311,7 +312,7 @@ admin {
 log {
   level = "debug"
 }
-`, dataDir, s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr)
+`, dataDir, s.pgAddr, cert, key, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr) + o.config
 	s.cfgFile = filepath.Join(dir, "gateway.hcl")
 	if err := os.WriteFile(s.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
