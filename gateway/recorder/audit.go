@@ -284,7 +284,13 @@ func checkRecording(path string, keys bundle.Keyring, view *ledgerView) (*Report
 		return rep, nil
 	}
 	if ls.adopted {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("adopted when the ledger began (entry %d): it predates the ledger, and is checked against its head then", ls.first))
+		if rep.Format >= 3 {
+			// Format 3 is written under a ledger: a new ledger adopting
+			// it means the one it was written under is gone.
+			rep.Problems = append(rep.Problems, Problem{0, ProblemLedger, fmt.Sprintf("adopted when this ledger began (entry %d), but written under an earlier ledger (format 3): that ledger was deleted or moved, and with it what it said of this recording", ls.first)})
+		} else {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("adopted when the ledger began (entry %d): it predates the ledger, and is checked against its head then", ls.first))
+		}
 	}
 	switch {
 	case ls.crashSeal != nil && rep.Crashed:

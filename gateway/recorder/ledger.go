@@ -407,7 +407,7 @@ func (r *Recorder) openLedger() error {
 	if sc.bad != "" {
 		if !tornTail(sc.tail) {
 			f.Close()
-			return fmt.Errorf("recorder: the ledger %s is broken after entry %d (%s), and not as a crash leaves it: run `gatehouse audit verify`; to start anyway, keep a copy and move the ledger aside (a new one then adopts the recordings as they are)", path, sc.last, sc.bad)
+			return fmt.Errorf("recorder: the ledger %s is broken after entry %d (%s), and not as a crash leaves it: run `gatehouse audit verify`; to start anyway, move the recordings directory's contents aside together (audit verify DIR still checks them against their ledger) and start with an empty one", path, sc.last, sc.bad)
 		}
 		if err := l.cutTail(sc); err != nil {
 			f.Close()

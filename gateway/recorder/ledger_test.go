@@ -370,6 +370,12 @@ func TestStolenKeyRewriteNeedsTheAnchor(t *testing.T) {
 	if !hasProblem(a.Anchor.Problems, ProblemAnchor, "entry 1 differs") || a.Ledger.Adopted != 3 {
 		t.Fatalf("a replaced ledger: %+v %+v", a.Anchor, a.Ledger)
 	}
+	// Without the anchor, the recordings it adopted say that they were
+	// written under another ledger.
+	a = audit(t, dir, kr, nil)
+	if rep := statusOfSession(a, "short"); a.Verdict() != VerdictAltered || !hasProblem(rep.Problems, ProblemLedger, "written under an earlier ledger") {
+		t.Fatalf("a replaced ledger, no anchor: %+v", rep)
+	}
 }
 
 // TestHTTPAnchor: entries are POSTed as JSON lines; while the anchor
