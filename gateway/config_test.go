@@ -207,6 +207,15 @@ recorder {
 	if rc := cfg.Recorder; rc.Key != "/etc/gatehouse/recorder.key" || rc.Anchor != "https://anchor.example/v1/ledger" || rc.AnchorToken != "env:ANCHOR_TOKEN" || rc.CheckpointInterval != 10*time.Second {
 		t.Errorf("recorder %+v", rc)
 	}
+	// The reference's recorder block is a valid one.
+	ref, _, ok := strings.Cut(ConfigReference[strings.Index(ConfigReference, "\nrecorder {\n")+1:], "\n}\n")
+	if !ok || !strings.HasPrefix(ref, "recorder {") {
+		t.Fatal("ConfigReference has no recorder block")
+	}
+	cfg, _, diags = ParseConfig([]byte(goodConfig+ref+"\n}\n"), "gateway.hcl")
+	if diags.HasErrors() || cfg.Recorder.Key != "/etc/gatehouse/recorder.key" || cfg.Recorder.AnchorCA == "" {
+		t.Fatalf("ConfigReference's recorder block: %v %+v", diags, cfg)
+	}
 	block := func(body string) string { return goodConfig + "\nrecorder {\n" + body + "}\n" }
 	const uri = "pkcs11:token=gatehouse;object=recorder?module-path=/usr/lib/softhsm/libsofthsm2.so"
 	tests := map[string]struct {
