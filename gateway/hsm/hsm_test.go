@@ -88,14 +88,19 @@ func TestSoftHSMSigner(t *testing.T) {
 	if _, err := s.Sign(nil, []byte("x"), crypto.SHA256); err == nil {
 		t.Error("a pre-hashed signature was accepted")
 	}
-	// A second signer of the same module and token shares the module.
+	// A second signer of the same module and token shares the module and
+	// the login; closing it leaves the first one's session as it was.
 	s2, err := Open(tt.URI, tt.PIN)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s2.Close()
+	sess := s.sess
 	if _, err := s.Sign(nil, []byte("after the other closed"), crypto.Hash(0)); err != nil {
 		t.Errorf("closing one signer broke the other: %v", err)
+	}
+	if s.sess != sess {
+		t.Error("closing one signer made the other reconnect")
 	}
 }
 

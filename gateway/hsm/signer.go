@@ -174,7 +174,10 @@ func (s *Signer) signLocked(msg []byte) ([]byte, error) {
 	return ctx.Sign(s.sess, msg)
 }
 
-// Close logs out, closes the session and releases the module.
+// Close closes the session and releases the module. It does not call
+// C_Logout: the login belongs to the whole process, and other signers of
+// the same token may still use it; closing the process's last session of
+// a token logs it out.
 func (s *Signer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -182,7 +185,6 @@ func (s *Signer) Close() error {
 		return nil
 	}
 	if s.open {
-		_ = s.mod.ctx.Logout(s.sess)
 		_ = s.mod.ctx.CloseSession(s.sess)
 		s.open = false
 	}
@@ -214,7 +216,6 @@ func Generate(u *URI, pin string) (ed25519.PublicKey, error) {
 	if err := ctx.Login(sess, pkcs11.CKU_USER, pin); err != nil && !isErr(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
 		return nil, fmt.Errorf("hsm: %s: log in: %w", u, err)
 	}
-	defer ctx.Logout(sess)
 	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
 		found, err := find(ctx, sess, keyTemplate(u, class))
 		if err != nil {

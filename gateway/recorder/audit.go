@@ -307,9 +307,10 @@ func checkRecording(path string, keys bundle.Keyring, view *ledgerView) (*Report
 
 // recheckUnnamed reads the ledger again for recordings the first read did
 // not name (sessions that started during the audit), and reports those it
-// still does not name. A recording of its start event alone, unsealed,
-// is what a crash (or a refused start) leaves before the ledger names it,
-// with nothing forwarded in it: the gateway's next start seals it.
+// still does not name. A recording of its start event alone (or empty),
+// unsealed, is what a crash (or a refused start) leaves before the ledger
+// names it, with nothing forwarded in it: the gateway's next start seals
+// (or removes) it.
 func recheckUnnamed(path string, keys bundle.Keyring, reps []*Report) error {
 	view, err := readLedger(path, keys)
 	if err != nil {
@@ -319,8 +320,8 @@ func recheckUnnamed(path string, keys bundle.Keyring, reps []*Report) error {
 		if view != nil && view.sessions[rep.Session] != nil {
 			continue
 		}
-		if !rep.Sealed && rep.Events == 1 && len(rep.Problems) == 0 {
-			rep.Notes = append(rep.Notes, "not in the ledger yet: its start event alone, in which nothing was forwarded (a session starting, or one a crash stopped while it started; the gateway's next start seals it)")
+		if !rep.Sealed && rep.Events <= 1 && len(rep.Problems) == 0 {
+			rep.Notes = append(rep.Notes, "not in the ledger yet: its start event alone (or nothing yet), in which nothing was forwarded (a session starting, or one a crash stopped while it started; the gateway's next start seals it)")
 			continue
 		}
 		rep.Problems = append(rep.Problems, Problem{0, ProblemUnlisted, "the ledger does not name this recording: it was added, or copied from elsewhere"})

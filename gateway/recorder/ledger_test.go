@@ -523,6 +523,21 @@ func TestCrashLeftovers(t *testing.T) {
 			t.Fatalf("%+v", rep)
 		}
 	})
+	t.Run("an empty recording of a start that never wrote is removed", func(t *testing.T) {
+		dir := t.TempDir()
+		openRec(t, dir, k).Close()
+		p := filepath.Join(dir, "empty.jsonl")
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r := openRec(t, dir, k)
+		if len(r.Recovered) != 0 {
+			t.Fatalf("problems %q", r.Recovered)
+		}
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("the empty recording is still there: %v", err)
+		}
+	})
 	t.Run("a deleted recording is reported at start", func(t *testing.T) {
 		dir := t.TempDir()
 		r := openRec(t, dir, k)

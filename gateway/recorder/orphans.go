@@ -108,17 +108,26 @@ func (r *Recorder) sealOrphan(id string, known bool, cp Head) error {
 			Reason: "sealed before the gateway stopped; the ledger entry is written at the next start"})
 		return err
 	}
+	fi, err := f.Stat()
+	if err != nil {
+		r.problem(fmt.Sprintf("%s: %v", path, err))
+		return nil
+	}
 	switch {
+	case c.seq == 0 && fi.Size() == 0 && !known:
+		// Start created the file and the crash came before its first
+		// event: nothing was recorded, acknowledged or served.
+		if err := os.Remove(path); err != nil {
+			r.problem(fmt.Sprintf("%s: %v", path, err))
+			return nil
+		}
+		r.log.Warn("removed an empty recording a crash left before its first event", "recording", id)
+		return nil
 	case c.seq == 0:
 		r.problem(fmt.Sprintf("%s has no intact event; not sealed", path))
 		return nil
 	case !known && c.seq != 1:
 		r.problem(fmt.Sprintf("%s is not in the ledger and holds %d events (a crash leaves only a start event unnamed); not sealed", path, c.seq))
-		return nil
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		r.problem(fmt.Sprintf("%s: %v", path, err))
 		return nil
 	}
 	if fi.Size() > c.offset {
