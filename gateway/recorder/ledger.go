@@ -428,36 +428,44 @@ func (r *Recorder) openLedger() error {
 		l.notify = r.exp.kick
 	}
 
-	genesis := sc.entries == 0
+	if err := r.opened(sc); err != nil {
+		l.close()
+		return err
+	}
+	if err := r.sealOrphans(sc); err != nil {
+		l.close()
+		return err
+	}
+	return nil
+}
+
+// opened writes the open entry: the gateway started, on a new ledger
+// (which adopts the recordings already there) or after a run that did
+// not close it.
+func (r *Recorder) opened(sc *ledgerScan) error {
 	open := LedgerEntry{Type: LedgerOpen}
 	var adopt []LedgerEntry
 	switch {
-	case genesis:
+	case sc.entries == 0:
+		var err error
 		if adopt, err = r.adoptable(); err != nil {
-			l.close()
 			return err
 		}
 		open.Reason = fmt.Sprintf("a new ledger; %d recording(s) already in the directory adopted as they are", len(adopt))
 	case !sc.closed:
 		open.Reason = "the previous run did not close the ledger (a crash, a kill or a power loss)"
 	}
-	if _, err := l.append(open); err != nil {
-		l.close()
+	if _, err := r.l.append(open); err != nil {
 		return err
 	}
 	for _, e := range adopt {
-		if _, err := l.append(e); err != nil {
-			l.close()
+		if _, err := r.l.append(e); err != nil {
 			return err
 		}
 		sc.known[e.Session] = true
 		if !e.Sealed {
 			sc.open[e.Session] = Head{e.Session, e.Events, e.Head}
 		}
-	}
-	if err := r.sealOrphans(sc); err != nil {
-		l.close()
-		return err
 	}
 	return nil
 }

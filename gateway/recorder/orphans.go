@@ -77,6 +77,9 @@ func (r *Recorder) problem(msg string) {
 	r.log.Error("recording not sealed at start; audit verify reports it", "problem", msg)
 }
 
+// sealOrphan puts right one recording the ledger does not hold as sealed:
+// it enters a seal the ledger never received, or seals the recording as
+// crashed when it is what a crash leaves, or reports it.
 func (r *Recorder) sealOrphan(id string, known bool, cp Head) error {
 	path := filepath.Join(r.dir, id+".jsonl")
 	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
@@ -91,27 +94,46 @@ func (r *Recorder) sealOrphan(id string, known bool, cp Head) error {
 		return nil
 	}
 	if c.sealed {
-		if !known {
-			r.problem(fmt.Sprintf("%s is sealed but the ledger does not name it", path))
-			return nil
-		}
-		rep, err := Verify(path, bundle.NewKeyring(r.pub))
-		if err != nil || !rep.OK() || rep.Events != c.seq {
-			r.problem(fmt.Sprintf("%s ends with a seal the ledger never received, and it does not verify with this recorder's key", path))
-			return nil
-		}
-		typ := LedgerSeal
-		if rep.Crashed {
-			typ = LedgerCrashSeal
-		}
-		_, err = r.l.append(LedgerEntry{Type: typ, Session: id, Events: c.seq, Head: c.prev,
-			Reason: "sealed before the gateway stopped; the ledger entry is written at the next start"})
+		return r.enterLateSeal(path, id, known, c)
+	}
+	ok, err := r.crashLeftover(f, path, id, known, cp, c, hashAt)
+	if !ok || err != nil {
 		return err
 	}
+	return r.crashSeal(f, path, id, known, cp, c)
+}
+
+// enterLateSeal writes the ledger entry of a seal the recording holds and
+// the ledger never received (a crash between the two), once the seal
+// verifies with this recorder's key.
+func (r *Recorder) enterLateSeal(path, id string, known bool, c chain) error {
+	if !known {
+		r.problem(fmt.Sprintf("%s is sealed but the ledger does not name it", path))
+		return nil
+	}
+	rep, err := Verify(path, bundle.NewKeyring(r.pub))
+	if err != nil || !rep.OK() || rep.Events != c.seq {
+		r.problem(fmt.Sprintf("%s ends with a seal the ledger never received, and it does not verify with this recorder's key", path))
+		return nil
+	}
+	typ := LedgerSeal
+	if rep.Crashed {
+		typ = LedgerCrashSeal
+	}
+	_, err = r.l.append(LedgerEntry{Type: typ, Session: id, Events: c.seq, Head: c.prev,
+		Reason: "sealed before the gateway stopped; the ledger entry is written at the next start"})
+	return err
+}
+
+// crashLeftover reports whether an unsealed recording is what a crash
+// leaves, and so may be sealed: it cuts a torn last line (never
+// acknowledged), removes an empty file the ledger does not name, and
+// reports anything else. An error means a write failed.
+func (r *Recorder) crashLeftover(f *os.File, path, id string, known bool, cp Head, c chain, hashAt string) (bool, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		r.problem(fmt.Sprintf("%s: %v", path, err))
-		return nil
+		return false, nil
 	}
 	switch {
 	case c.seq == 0 && fi.Size() == 0 && !known:
@@ -119,42 +141,47 @@ func (r *Recorder) sealOrphan(id string, known bool, cp Head) error {
 		// event: nothing was recorded, acknowledged or served.
 		if err := os.Remove(path); err != nil {
 			r.problem(fmt.Sprintf("%s: %v", path, err))
-			return nil
+			return false, nil
 		}
 		r.log.Warn("removed an empty recording a crash left before its first event", "recording", id)
-		return nil
+		return false, nil
 	case c.seq == 0:
 		r.problem(fmt.Sprintf("%s has no intact event; not sealed", path))
-		return nil
+		return false, nil
 	case !known && c.seq != 1:
 		r.problem(fmt.Sprintf("%s is not in the ledger and holds %d events (a crash leaves only a start event unnamed); not sealed", path, c.seq))
-		return nil
+		return false, nil
 	}
 	if fi.Size() > c.offset {
 		tail := make([]byte, fi.Size()-c.offset)
 		if _, err := f.ReadAt(tail, c.offset); err != nil && err != io.EOF {
 			r.problem(fmt.Sprintf("%s: %v", path, err))
-			return nil
+			return false, nil
 		}
 		if bytes.Contains(tail, []byte("\n")) {
 			r.problem(fmt.Sprintf("%s breaks after event %d, before its last line (not what a crash leaves); not sealed", path, c.seq))
-			return nil
+			return false, nil
 		}
-		// A torn last line: its event was never acknowledged.
 		if err := f.Truncate(c.offset); err != nil {
-			return fmt.Errorf("recorder: cut the torn last line of %s: %w", path, err)
+			return false, fmt.Errorf("recorder: cut the torn last line of %s: %w", path, err)
 		}
 	}
 	if known && cp.Events > 0 {
 		if c.seq < cp.Events {
 			r.problem(fmt.Sprintf("%s stops at event %d, below the ledger's last head for it (event %d): its tail was cut; not sealed", path, c.seq, cp.Events))
-			return nil
+			return false, nil
 		}
 		if hashAt != cp.Head {
 			r.problem(fmt.Sprintf("%s: event %d differs from the head the ledger holds for it; not sealed", path, cp.Events))
-			return nil
+			return false, nil
 		}
 	}
+	return true, nil
+}
+
+// crashSeal appends a crashed seal after the recording's last intact
+// event, makes it durable, and records it in the ledger.
+func (r *Recorder) crashSeal(f *os.File, path, id string, known bool, cp Head, c chain) error {
 	reason := "the gateway stopped without ending the session (a crash, a kill or a power loss); sealed at its next start"
 	if !known {
 		reason = "the gateway stopped while the session was starting, before the ledger named it (nothing was forwarded in it); sealed at its next start"

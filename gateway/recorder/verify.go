@@ -197,25 +197,7 @@ func VerifyPinned(path string, trusted bundle.Keyring, pins []Pin) (*Report, err
 			rep.Problems = append(rep.Problems, Problem{line, "incomplete", fmt.Sprintf("the gateway could not write %d event(s) here (%s): results or masks of earlier statements are missing", ev.Lost, ev.Reason)})
 		}
 		if ev.Type == TypeSeal {
-			msg := sealMessage(rep.Session, ev.Prev)
-			if ev.Kind == SealCrashed {
-				msg = crashSealMessage(rep.Session, ev.Prev)
-			}
-			sig, err := hex.DecodeString(ev.Signature)
-			pub, ok := trusted[ev.KeyID]
-			switch {
-			case ev.Kind != "" && ev.Kind != SealCrashed:
-				rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("a seal of unknown kind %q", ev.Kind)})
-			case ev.Kind == SealCrashed && ev.Ref != line-1:
-				rep.Problems = append(rep.Problems, Problem{line, "edited", fmt.Sprintf("the crashed seal names event %d as the last, and follows event %d", ev.Ref, line-1)})
-			case !ok:
-				rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("sealed by key %q, which is not trusted", ev.KeyID)})
-			case err != nil || !ed25519.Verify(pub, msg, sig):
-				rep.Problems = append(rep.Problems, Problem{line, "bad_seal", "the seal's signature does not verify: the recording was changed after it was sealed"})
-			default:
-				rep.Sealed = true
-				rep.Crashed = ev.Kind == SealCrashed
-			}
+			checkSeal(rep, line, &ev, trusted)
 		}
 		if !broken {
 			rep.Verified = line
@@ -232,6 +214,30 @@ func VerifyPinned(path string, trusted bundle.Keyring, pins []Pin) (*Report, err
 		rep.Problems = append(rep.Problems, Problem{rep.Events + 1, ProblemCut, fmt.Sprintf("the recording stops at event %d, and the ledger's %s entry %d holds it at event %d: events were cut from its tail", rep.Events, top.What, top.Entry, top.Events)})
 	}
 	return rep, nil
+}
+
+// checkSeal verifies a seal event at line: an ordinary seal, or a crashed
+// one (its own message, and Ref naming the event before it).
+func checkSeal(rep *Report, line int, ev *Event, trusted bundle.Keyring) {
+	msg := sealMessage(rep.Session, ev.Prev)
+	if ev.Kind == SealCrashed {
+		msg = crashSealMessage(rep.Session, ev.Prev)
+	}
+	sig, err := hex.DecodeString(ev.Signature)
+	pub, ok := trusted[ev.KeyID]
+	switch {
+	case ev.Kind != "" && ev.Kind != SealCrashed:
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("a seal of unknown kind %q", ev.Kind)})
+	case ev.Kind == SealCrashed && ev.Ref != line-1:
+		rep.Problems = append(rep.Problems, Problem{line, "edited", fmt.Sprintf("the crashed seal names event %d as the last, and follows event %d", ev.Ref, line-1)})
+	case !ok:
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("sealed by key %q, which is not trusted", ev.KeyID)})
+	case err != nil || !ed25519.Verify(pub, msg, sig):
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", "the seal's signature does not verify: the recording was changed after it was sealed"})
+	default:
+		rep.Sealed = true
+		rep.Crashed = ev.Kind == SealCrashed
+	}
 }
 
 func readLine(br *bufio.Reader) ([]byte, error) {
