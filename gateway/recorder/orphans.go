@@ -71,10 +71,10 @@ func (r *Recorder) sealOrphans(sc *ledgerScan) error {
 	return nil
 }
 
-// problem notes what Open could not put right.
+// problem notes what Open could not put right (the gateway logs
+// Recovered).
 func (r *Recorder) problem(msg string) {
 	r.Recovered = append(r.Recovered, msg)
-	r.log.Error("recording not sealed at start; audit verify reports it", "problem", msg)
 }
 
 // sealOrphan puts right one recording the ledger does not hold as sealed:
