@@ -647,9 +647,16 @@ func TestPeriodicCheckpoints(t *testing.T) {
 		}
 		waitFor(i)
 	}
-	n := strings.Count(types(readEntries(t, dir)), LedgerCheckpoint)
-	if n != 3 {
-		t.Errorf("%d checkpoints for 3 moves of the head: %s", n, types(readEntries(t, dir)))
+	// A checkpoint is written only when the head moved: no two hold the
+	// same head.
+	last := 0
+	for _, e := range readEntries(t, dir) {
+		if e.Type == LedgerCheckpoint {
+			if e.Sessions[0].Events <= last {
+				t.Errorf("a checkpoint repeats head %d: %s", e.Sessions[0].Events, types(readEntries(t, dir)))
+			}
+			last = e.Sessions[0].Events
+		}
 	}
 }
 

@@ -483,6 +483,11 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 		s.abandon()
 		return nil, err
 	}
+	// The start entry holds the first head: no checkpoint needs to
+	// repeat it.
+	s.mu.Lock()
+	s.checkpointed = max(s.checkpointed, 1)
+	s.mu.Unlock()
 	return s, nil
 }
 
