@@ -237,13 +237,12 @@ func AuditFiles(paths []string, o AuditOptions) (*AuditReport, error) {
 		a.Ledger = a.ledgers[0]
 	}
 	if o.Anchor != nil {
-		var view *ledgerView
-		if len(views) == 1 {
-			for _, v := range views {
-				view = v
-			}
+		if len(views) != 1 {
+			return nil, errors.New("an anchor is compared with one ledger: give recordings of one directory (or --ledger)")
 		}
-		a.Anchor = compareAnchor(view, o.Anchor, o.AnchorSource, o.Keys)
+		for _, v := range views {
+			a.Anchor = compareAnchor(v, o.Anchor, o.AnchorSource, o.Keys)
+		}
 	}
 	for _, r := range a.Recordings {
 		r.Status = statusOf(r)
