@@ -235,6 +235,7 @@ type stackOptions struct {
 	clients []string                           // Hydra clients (default billing-service, analytics-job)
 	env     []string                           // extra gateway environment
 	pgOpts  []pgtest.Option                    // extra PostgreSQL settings
+	config  string                             // extra gateway.hcl blocks (a recorder block)
 	// hydraOpts configure Hydra (token lifetimes).
 	hydraOpts []hydratest.Option
 	// extraConfig is appended to gateway.hcl; postgresLimits goes inside
@@ -321,7 +322,7 @@ admin {
 log {
   level = "debug"
 }
-%s`, dataDir, s.pgAddr, cert, key, o.postgresLimits, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr, readyDisk(o.readyDiskFree), o.extraConfig)
+%s`, dataDir, s.pgAddr, cert, key, o.postgresLimits, bundleFile, filepath.Join(dir, "keys", "gatehouse.pub"), adminAddr, readyDisk(o.readyDiskFree), o.extraConfig) + o.config
 	s.cfgFile = filepath.Join(dir, "gateway.hcl")
 	if err := os.WriteFile(s.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

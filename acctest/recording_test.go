@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -31,7 +30,8 @@ func ghRun(t *testing.T, args ...string) (string, int) {
 // TestRecordingsEndToEnd: sessions through the real gateway are recorded;
 // sessions list, replay and audit verify read them; an edited, deleted or
 // reordered line is caught with its event index; a gateway killed with
-// SIGKILL leaves recordings that verify up to their last event, unsealed.
+// SIGKILL leaves recordings that verify up to their last event, unsealed
+// (exit 3), and its next start seals them as crashed (exit 0).
 func TestRecordingsEndToEnd(t *testing.T) {
 	s := startStack(t)
 	billing := s.token(t, "billing-service")
@@ -101,18 +101,20 @@ func TestRecordingsEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.gateway.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
+	s.kill(t)
 	out, code := ghRun(t, "audit", "verify", "--data-dir", s.dataDir)
-	if code != 0 || !strings.Contains(out, "UNSEALED") || strings.Contains(out, "ALTERED") {
+	if code != 3 || !strings.Contains(out, "UNSEALED") || strings.Contains(out, "ALTERED") {
 		t.Errorf("after SIGKILL: exit %d\n%s", code, out)
 	}
 	if out, code := ghRun(t, "audit", "verify", "--data-dir", s.dataDir, "--strict"); code != 1 {
 		t.Errorf("--strict after SIGKILL: exit %d\n%s", code, out)
 	}
-	s.killed = true
+	// The next start seals the session the kill left open.
+	s.startGateway(t)
+	out, code = ghRun(t, "audit", "verify", "--data-dir", s.dataDir, "--strict")
+	if code != 0 || !strings.Contains(out, "CRASHED") || strings.Contains(out, "UNSEALED") {
+		t.Errorf("after the restart: exit %d\n%s", code, out)
+	}
 }
 
 // TestFullDataDirRefusesStatements: the data directory is a small tmpfs;

@@ -37,8 +37,9 @@ Formats:
   auto       terminal for a session with terminal output, timeline otherwise (the default)
 
 The integrity report goes to stdout after a timeline, and to stderr otherwise, so that the
-terminal and asciicast outputs stay exactly what was recorded. Exit status 1 when the recording
-was altered.`,
+terminal and asciicast outputs stay exactly what was recorded; the recording is also checked
+against the ledger beside it (a cut tail, a rewritten event). Exit status 1 when the recording was
+altered.`,
 		Example: `  gatehouse replay 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse
   gatehouse replay 20261126T101500Z-4-0f9e8d7c --speed 4
   gatehouse replay 20261126T101500Z-4-0f9e8d7c --format asciicast > session.cast && asciinema play session.cast`,
@@ -84,19 +85,24 @@ was altered.`,
 	return cmd
 }
 
+// verifyAfterReplay checks the recording, and against the ledger beside
+// it, and says what it found.
 func verifyAfterReplay(w io.Writer, path, dataDir, key string) error {
 	kr, kerr := recorderKeys(dataDir, key)
 	if kerr != nil {
 		fmt.Fprintf(w, "\nintegrity not checked: %v\n", kerr)
 		return nil
 	}
-	rep, err := recorder.Verify(path, kr)
+	a, err := recorder.AuditFiles([]string{path}, recorder.AuditOptions{Keys: kr})
 	if err != nil {
 		return failed("%w", err)
 	}
 	fmt.Fprintln(w)
-	writeReport(w, rep)
-	if len(rep.Problems) > 0 {
+	writeReport(w, a.Recordings[0])
+	if a.Ledger != nil && len(a.Ledger.Problems) > 0 {
+		writeLedgerReport(w, a.Ledger)
+	}
+	if a.Verdict() == recorder.VerdictAltered {
 		return silentFailure(errors.New("recording altered"))
 	}
 	return nil

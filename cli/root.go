@@ -17,6 +17,9 @@ const (
 	exitOK      = 0
 	exitFailure = 1 // the command ran and the answer is "no": tests failed, verification failed
 	exitUsage   = 2 // the command could not run as asked
+	// exitUnsealed is audit verify's "nothing altered, but not everything
+	// is sealed": a session still open, or a gap the gateway recorded.
+	exitUnsealed = 3
 )
 
 // exitError carries an exit code through cobra. Its message has already been
@@ -81,7 +84,8 @@ A typical loop:
   gatehouse bundle verify policy.bundle --trust keys/gatehouse.pub
   gatehouse bundle diff old.bundle policy.bundle
 
-Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2 usage error.`,
+Exit status: 0 success, 1 a check failed (tests, verification, policy errors), 2 usage error;
+audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -44,8 +44,10 @@ func newSessionsCmd() *cobra.Command {
 		Short: "List recorded sessions, oldest first",
 		Long: `List the sessions recorded in the gateway's data directory: when each started, who (the identity,
 or the token subject), which resource, how many events, and whether the recording is sealed. A
-recording is sealed when its session ended normally; an unsealed one belongs to a session still
-open, or to a gateway that stopped abruptly. Use 'gatehouse audit verify' to check integrity.`,
+recording is sealed when its session ended; "crashed" when the gateway stopped while the session
+was open and sealed it at its next start; an unsealed one belongs to a session still open (or to a
+gateway that has not started again since it stopped). Use 'gatehouse audit verify' to check
+integrity.`,
 		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -79,8 +81,11 @@ open, or to a gateway that stopped abruptly. Use 'gatehouse audit verify' to che
 			fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6s  %s\n", "SESSION", "STARTED", "IDENTITY", "RESOURCE", "EVENTS", "SEALED")
 			for _, s := range out {
 				sealed := "yes"
-				if !s.Sealed {
+				switch {
+				case !s.Sealed:
 					sealed = "no"
+				case s.Crashed:
+					sealed = "crashed"
 				}
 				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", s.Session, s.Started.UTC().Format("2006-01-02 15:04:05"), s.Identity, s.Resource, s.Events, sealed)
 			}
@@ -96,11 +101,24 @@ open, or to a gateway that stopped abruptly. Use 'gatehouse audit verify' to che
 	return cmd
 }
 
-func recorderKeys(dataDir, key string) (bundle.Keyring, error) {
-	if key == "" {
-		key = recorder.PublicKeyPath(gateway.RecorderKeyPath(dataDir))
+// recorderKeys loads the recorder keys to trust: the files given, or by
+// default DATA_DIR/recorder.pub and the earlier keys the gateway kept
+// beside it (recorder-KEYID.pub) when its key changed. Keys read from the
+// data directory are only as trustworthy as it is: an auditor of a host
+// they do not trust passes --key with a copy kept elsewhere.
+func recorderKeys(dataDir string, keys ...string) (bundle.Keyring, error) {
+	var paths []string
+	for _, k := range keys {
+		if k != "" {
+			paths = append(paths, k)
+		}
 	}
-	return bundle.LoadKeyring(key)
+	if len(paths) == 0 {
+		paths = append(paths, recorder.PublicKeyPath(gateway.RecorderKeyPath(dataDir)))
+		old, _ := filepath.Glob(filepath.Join(dataDir, "recorder-*.pub"))
+		paths = append(paths, old...)
+	}
+	return bundle.LoadKeyring(paths...)
 }
 
 func writeTimeline(w io.Writer, evs []recorder.Event) {
@@ -180,115 +198,13 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 		case recorder.TypeEnd:
 			fmt.Fprintf(w, "%s  end    %s\n", ts, ev.Reason)
 		case recorder.TypeSeal:
+			if ev.Kind == recorder.SealCrashed {
+				fmt.Fprintf(w, "%s  CRASH  %s\n%14s sealed at the gateway's next start by recorder key %s\n", ts, ev.Reason, "", shortID(ev.KeyID))
+				break
+			}
 			fmt.Fprintf(w, "%14s sealed by recorder key %s\n", "", shortID(ev.KeyID))
 		case recorder.TypeGap:
 			fmt.Fprintf(w, "%s  GAP    %d event(s) could not be written: %s\n", ts, ev.Lost, ev.Reason)
 		}
 	}
-}
-
-func writeReport(w io.Writer, rep *recorder.Report) {
-	incomplete := len(rep.Problems) > 0
-	for _, p := range rep.Problems {
-		incomplete = incomplete && p.Kind == "incomplete"
-	}
-	switch {
-	case incomplete:
-		fmt.Fprintf(w, "INCOMPLETE %s: %d event(s) intact, but the gateway could not write some\n", rep.Path, rep.Events)
-		for _, p := range rep.Problems {
-			fmt.Fprintf(w, "         event %d: %s\n", p.Line, p.Message)
-		}
-	case len(rep.Problems) > 0:
-		fmt.Fprintf(w, "ALTERED  %s: %d event(s), the first %d intact\n", rep.Path, rep.Events, rep.Verified)
-		for _, p := range rep.Problems {
-			fmt.Fprintf(w, "         event %d: %s: %s\n", p.Line, p.Kind, p.Message)
-		}
-	case !rep.Sealed:
-		fmt.Fprintf(w, "UNSEALED %s: %d event(s) intact, no seal (the session is open, or the gateway stopped abruptly)\n", rep.Path, rep.Verified)
-	default:
-		fmt.Fprintf(w, "OK       %s: %d event(s), sealed and verified\n", rep.Path, rep.Events)
-	}
-}
-
-func newAuditCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "audit", Short: "Verify session recordings"}
-	var dataDir, key string
-	var strict, asJSON bool
-	verify := &cobra.Command{
-		Use:   "verify [DIR|SESSION]",
-		Short: "Check recordings for edits, deletions, reordering and truncation",
-		Long: `Verify session recordings offline with the recorder's public key. Each event carries the SHA-256
-of the one before it, and a session's end is sealed with the gateway's ed25519 signature, so an
-edited, deleted or reordered event, a cut-off file, or a forged seal is found, and reported with
-the event where it shows.
-
-A recording without a seal is reported as UNSEALED: its session is still open, or the gateway
-stopped abruptly (its events up to the last intact one are verified). That is not tampering, so it
-exits 0 unless --strict.
-
-With no argument, every recording in DATA_DIR/recordings is verified. Exit status 1 when any
-recording was altered (or, with --strict, is unsealed).`,
-		Example: `  gatehouse audit verify --data-dir /var/lib/gatehouse
-  gatehouse audit verify /backups/recordings --key recorder.pub --strict`,
-		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			kr, err := recorderKeys(dataDir, key)
-			if err != nil {
-				return &exitError{code: exitUsage, err: err}
-			}
-			target := gateway.RecordingsDir(dataDir)
-			if len(args) == 1 {
-				target = args[0]
-			}
-			var paths []string
-			if fi, err := os.Stat(target); err == nil && fi.IsDir() {
-				entries, err := os.ReadDir(target)
-				if err != nil {
-					return failed("%w", err)
-				}
-				for _, e := range entries {
-					if strings.HasSuffix(e.Name(), ".jsonl") {
-						paths = append(paths, filepath.Join(target, e.Name()))
-					}
-				}
-			} else {
-				paths = []string{sessionPath(dataDir, target)}
-			}
-			bad := 0
-			var reps []*recorder.Report
-			for _, p := range paths {
-				rep, err := recorder.Verify(p, kr)
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				reps = append(reps, rep)
-				if len(rep.Problems) > 0 || (strict && !rep.Sealed) {
-					bad++
-				}
-			}
-			if asJSON {
-				if reps == nil {
-					reps = []*recorder.Report{}
-				}
-				if err := writeJSON(cmd.OutOrStdout(), reps); err != nil {
-					return err
-				}
-			} else {
-				for _, r := range reps {
-					writeReport(cmd.OutOrStdout(), r)
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%d recording(s) checked, %d with problems\n", len(reps), bad)
-			}
-			if bad > 0 {
-				return silentFailure(fmt.Errorf("%d recording(s) failed verification", bad))
-			}
-			return nil
-		},
-	}
-	dataDirFlag(verify, &dataDir)
-	verify.Flags().StringVar(&key, "key", "", "the recorder's public key (default DATA_DIR/recorder.pub)")
-	verify.Flags().BoolVar(&strict, "strict", false, "treat unsealed recordings as failures")
-	verify.Flags().BoolVar(&asJSON, "json", false, "print JSON reports")
-	cmd.AddCommand(verify)
-	return cmd
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/session"
 )
 
@@ -34,6 +35,9 @@ type Config struct {
 	Bundle BundleSource
 	// Admin is the admin HTTP listener; empty Listen disables it.
 	Admin AdminListener
+	// Recorder says where the recorder key lives, where the ledger is
+	// anchored, and how often it checkpoints (recording.go).
+	Recorder RecorderConfig
 	// Log configures logging.
 	Log LogConfig
 	// ClockSkew is allowed on token exp and nbf. Default 30s.
@@ -98,8 +102,9 @@ const ConfigReference = `# gateway.hcl: the gateway's own settings. Policy is no
 # the signed bundle named in the bundle block.
 
 data_dir = "/var/lib/gatehouse"      # required (created 0700): the last good bundle, session
-                                     # recordings (recordings/), the recorder key (recorder.key)
-                                     # and approval requests (approvals/)
+                                     # recordings and their ledger (recordings/), the recorder key
+                                     # (recorder.key, unless recorder.key says otherwise) and its
+                                     # public key (recorder.pub), and approval requests (approvals/)
 
 # At least one protocol block is required; each is optional on its own.
 postgres {
@@ -155,6 +160,29 @@ admin {
   max_bundle_age  = "0s"             # /readyz fails when the active bundle is older (0: never)
 }
 
+recorder {
+  # Optional. What an attacker who can write data_dir can do under each setting:
+  # docs/threat-model.md, Recordings.
+  key    = "/etc/gatehouse/recorder.key"   # the key that seals recordings and signs the ledger:
+                                     # a file (ed25519 PKCS#8 PEM, created on first start with
+                                     # its .pub beside it), default DATA_DIR/recorder.key; keep it
+                                     # outside data_dir, or name a key in a PKCS#11 token:
+  # key  = "pkcs11:token=gatehouse;object=recorder?module-path=/usr/lib/softhsm/libsofthsm2.so"
+                                     # (RFC 7512; an ed25519 key, signed with CKM_EDDSA;
+                                     # gatehouse keygen --pkcs11 makes one)
+  # pin  = "env:GATEHOUSE_HSM_PIN"   # the token's user PIN, for a PKCS#11 key: env:NAME or
+                                     # file:/path (or pin-source in the URI), never the PIN itself
+  anchor = "https://anchor.internal/v1/gatehouse/ledger"  # optional: every ledger entry is
+                                     # also sent here, off the host: an http(s) URL (POST of
+                                     # JSON lines; GET returns them for audit verify --anchor;
+                                     # http only to loopback) or an absolute file path on
+                                     # write-once or append-only storage (never in data_dir)
+  anchor_token = "env:ANCHOR_TOKEN"  # optional: Authorization: Bearer for an http(s) anchor
+  anchor_ca    = "/etc/gatehouse/tls/anchor-ca.pem"  # optional: CAs for an https anchor
+  checkpoint_interval = "30s"        # default 30s (1s to 1h): how often the ledger records the
+                                     # head of every open session that grew (and at shutdown)
+}
+
 log {
   level  = "info"                    # debug, info, warn, error
   format = "text"                    # text or json
@@ -169,7 +197,7 @@ var (
 	configSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "data_dir", Required: true}},
 		Blocks: []hcl.BlockHeaderSchema{
-			{Type: "postgres"}, {Type: "ssh"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"},
+			{Type: "postgres"}, {Type: "ssh"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"}, {Type: "recorder"},
 		},
 	}
 	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
@@ -210,7 +238,8 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 	}
 	d := &decoder{}
 	cfg := &Config{Log: LogConfig{Level: "info", Format: "text"}, ClockSkew: 30 * time.Second, Bundle: BundleSource{PollInterval: 5 * time.Second},
-		Admin: AdminListener{ReadyDiskFree: DefaultReadyDiskFree}}
+		Admin:    AdminListener{ReadyDiskFree: DefaultReadyDiskFree},
+		Recorder: RecorderConfig{CheckpointInterval: recorder.DefaultCheckpointInterval}}
 	content, diags := f.Body.Content(configSchema)
 	d.diags = append(d.diags, diags...)
 	cfg.DataDir = d.str(content.Attributes["data_dir"])
@@ -284,6 +313,8 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			if a := c["format"]; a != nil {
 				cfg.Log.Format = d.oneOf(a, "text", "json")
 			}
+		case "recorder":
+			cfg.Recorder = d.recorderBlock(b, cfg.DataDir)
 		case "auth":
 			c := d.content(b.Body, authSchema)
 			if a := c["clock_skew"]; a != nil {

@@ -185,3 +185,83 @@ func TestGatewayBindsAllOrNothing(t *testing.T) {
 		}
 	}
 }
+
+func TestRecorderBlock(t *testing.T) {
+	cfg, _, diags := ParseConfig([]byte(goodConfig), "gateway.hcl")
+	if diags.HasErrors() || cfg.Recorder.Key != "" || cfg.Recorder.CheckpointInterval != 30*time.Second {
+		t.Fatalf("defaults: %+v %v", cfg.Recorder, diags)
+	}
+	good := goodConfig + `
+recorder {
+  key                 = "/etc/gatehouse/recorder.key"
+  anchor              = "https://anchor.example/v1/ledger"
+  anchor_token        = "env:ANCHOR_TOKEN"
+  anchor_ca           = "/etc/gatehouse/anchor-ca.pem"
+  checkpoint_interval = "10s"
+}
+`
+	cfg, _, diags = ParseConfig([]byte(good), "gateway.hcl")
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	if rc := cfg.Recorder; rc.Key != "/etc/gatehouse/recorder.key" || rc.Anchor != "https://anchor.example/v1/ledger" || rc.AnchorToken != "env:ANCHOR_TOKEN" || rc.CheckpointInterval != 10*time.Second {
+		t.Errorf("recorder %+v", rc)
+	}
+	// The reference's recorder block is a valid one.
+	ref, _, ok := strings.Cut(ConfigReference[strings.Index(ConfigReference, "\nrecorder {\n")+1:], "\n}\n")
+	if !ok || !strings.HasPrefix(ref, "recorder {") {
+		t.Fatal("ConfigReference has no recorder block")
+	}
+	cfg, _, diags = ParseConfig([]byte(goodConfig+ref+"\n}\n"), "gateway.hcl")
+	if diags.HasErrors() || cfg.Recorder.Key != "/etc/gatehouse/recorder.key" || cfg.Recorder.AnchorCA == "" {
+		t.Fatalf("ConfigReference's recorder block: %v %+v", diags, cfg)
+	}
+	block := func(body string) string { return goodConfig + "\nrecorder {\n" + body + "}\n" }
+	const uri = "pkcs11:token=gatehouse;object=recorder?module-path=/usr/lib/softhsm/libsofthsm2.so"
+	tests := map[string]struct {
+		src, want string
+		line      int
+	}{
+		"pkcs11 with a PIN reference": {block(`  key = "` + uri + `"` + "\n" + `  pin = "file:/etc/gatehouse/hsm-pin"` + "\n"), "", 0},
+		"pkcs11 with pin-source":      {block(`  key = "` + uri + `&pin-source=file:/etc/gatehouse/hsm-pin"` + "\n"), "", 0},
+		"file anchor":                 {block(`  anchor = "/mnt/worm/gatehouse/ledger.jsonl"` + "\n"), "", 0},
+		"loopback http anchor":        {block(`  anchor = "http://127.0.0.1:8200/ledger"` + "\n"), "", 0},
+		"pkcs11 without a PIN":        {block(`  key = "` + uri + `"` + "\n"), "Missing PIN", 14},
+		"a PIN in clear":              {block(`  key = "` + uri + `"` + "\n" + `  pin = "123456"` + "\n"), "Not a secret reference", 16},
+		"pin-value in the URI":        {block(`  key = "` + uri + `&pin-value=1234"` + "\n" + `  pin = "env:PIN"` + "\n"), "Invalid PKCS#11 URI", 15},
+		"two PINs":                    {block(`  key = "` + uri + `&pin-source=file:/p"` + "\n" + `  pin = "env:PIN"` + "\n"), "Two PINs", 15},
+		"a PIN for a key file":        {block(`  key = "/etc/gatehouse/recorder.key"` + "\n" + `  pin = "env:PIN"` + "\n"), "PIN without a token", 16},
+		"a URI without a key":         {block(`  key = "pkcs11:token=t?module-path=/m.so"` + "\n" + `  pin = "env:PIN"` + "\n"), "Invalid PKCS#11 URI", 15},
+		"anchor in data_dir":          {block(`  anchor = "/tmp/gh/anchor.jsonl"` + "\n"), "Anchor inside data_dir", 15},
+		"relative anchor":             {block(`  anchor = "anchor.jsonl"` + "\n"), "Invalid anchor", 15},
+		"plain http off loopback":     {block(`  anchor = "http://anchor.example/ledger"` + "\n"), "Plaintext anchor outside loopback", 15},
+		"token for a file anchor":     {block(`  anchor = "/mnt/worm/l.jsonl"` + "\n" + `  anchor_token = "env:T"` + "\n"), "Token without an HTTP anchor", 16},
+		"a token in clear":            {block(`  anchor = "https://a.example/l"` + "\n" + `  anchor_token = "eyJhbGciOi"` + "\n"), "Not a secret reference", 16},
+		"CA for a file anchor":        {block(`  anchor = "/mnt/worm/l.jsonl"` + "\n" + `  anchor_ca = "/ca.pem"` + "\n"), "CA without an HTTPS anchor", 16},
+		"interval too short":          {block(`  checkpoint_interval = "10ms"` + "\n"), "Invalid duration", 15},
+		"unknown attribute":           {block(`  keyfile = "/k"` + "\n"), "Unsupported argument", 15},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, _, diags := ParseConfig([]byte(tc.src), "gateway.hcl")
+			if tc.want == "" {
+				if diags.HasErrors() {
+					t.Fatalf("unexpected: %v", diags)
+				}
+				return
+			}
+			for _, d := range diags {
+				if d.Summary == tc.want {
+					if d.Subject == nil || d.Subject.Start.Line != tc.line {
+						t.Errorf("at %v, want line %d", d.Subject, tc.line)
+					}
+					if strings.Contains(d.Detail, "123456") || strings.Contains(d.Detail, "eyJhbGciOi") {
+						t.Errorf("the diagnostic repeats a secret: %s", d.Detail)
+					}
+					return
+				}
+			}
+			t.Fatalf("diags %v, want %q", diags, tc.want)
+		})
+	}
+}

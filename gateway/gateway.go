@@ -127,15 +127,12 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		}
 		g.adminTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	// Every session is recorded, signed with the gateway's recorder key
-	// (created on first start; its .pub verifies recordings offline).
-	recKey, err := recorder.LoadOrCreateKey(RecorderKeyPath(cfg.DataDir))
+	// Every session is recorded, sealed with the recorder key (a file,
+	// by default DATA_DIR/recorder.key, or a PKCS#11 token) and named in
+	// the recordings' ledger (recording.go).
+	g.rec, err = openRecorder(cfg, g.log)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: recorder key: %w", err)
-	}
-	g.rec, err = recorder.Open(RecordingsDir(cfg.DataDir), recKey)
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, err
 	}
 	for _, p := range g.rec.Recovered {
 		g.log.Warn("a recording could not be repaired after a crash; audit verify reports it", "detail", p)

@@ -139,8 +139,8 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 	}()
 	// Until it authenticates the connection is pending: bounded in number
 	// (the oldest is closed to make room) and in time.
-	done, timeout := s.core.Pending(Protocol, func() { conn.Close() })
-	sess, err := s.startup(ctx, conn, id, log, time.Now().Add(timeout))
+	wrapped, done, timeout := s.core.Pending(Protocol, conn, func() { conn.Close() })
+	sess, err := s.startup(ctx, wrapped, id, log, time.Now().Add(timeout))
 	done()
 	if err != nil {
 		if !errors.Is(err, errHandled) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {

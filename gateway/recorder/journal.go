@@ -32,7 +32,8 @@ import (
 //
 // One recorder owns a recordings directory: Open takes an exclusive lock
 // (flock on recorder.lock), so a second gateway on the same data directory
-// fails to start instead of truncating a live journal.
+// fails to start instead of truncating a live journal or forking the
+// ledger.
 
 // JournalName is the journal's file name in the recordings directory.
 const JournalName = "recorder.journal"
@@ -276,7 +277,7 @@ func (j *journal) add(s *Session) error {
 	return nil
 }
 
-// close checkpoints and closes the journal and releases the directory.
+// close checkpoints and closes the journal.
 // Sessions still open keep their recordings, synced; their further events
 // fail. A failed checkpoint poisons (the journal stays for the next
 // recovery); a second close returns the first one's result.
@@ -297,7 +298,9 @@ func (j *journal) close() error {
 				err = j.fail(err)
 			}
 		}
-		j.closeErr = errors.Join(err, j.f.Close(), j.lock.Close())
+		// The directory stays locked: the ledger's close entry is written
+		// after this, and Recorder.Close unlocks it last.
+		j.closeErr = errors.Join(err, j.f.Close())
 		if err == nil {
 			j.markSynced()
 		}
@@ -430,24 +433,35 @@ type chain struct {
 // chainedPrefix reads a recording's longest prefix of complete lines that
 // run 1, 2, 3... with each line carrying the hash of the one before.
 func chainedPrefix(f *os.File) (chain, error) {
+	c, _, err := chainedPrefixAt(f, 0)
+	return c, err
+}
+
+// chainedPrefixAt is chainedPrefix, and the hash of event `at` when the
+// prefix reaches it.
+func chainedPrefixAt(f *os.File, at int) (chain, string, error) {
 	var c chain
+	var hashAt string
 	br := bufio.NewReaderSize(f, 64<<10)
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 && line[len(line)-1] == '\n' {
 			h := headOf(line)
 			if h.Seq != c.seq+1 || h.Prev != c.prev {
-				return c, nil
+				return c, hashAt, nil
 			}
 			c.seq, c.prev = h.Seq, hashLine(line[:len(line)-1])
 			c.offset += int64(len(line))
 			c.sealed = h.Type == TypeSeal
+			if c.seq == at {
+				hashAt = c.prev
+			}
 		}
 		if err == io.EOF {
-			return c, nil
+			return c, hashAt, nil
 		}
 		if err != nil {
-			return chain{}, err
+			return chain{}, "", err
 		}
 	}
 }

@@ -2,6 +2,10 @@
 // append-only JSONL file per session in which each event carries the
 // SHA-256 of the line before it, and the last event, the seal, carries an
 // ed25519 signature by the gateway's recorder key over the chain's head.
+// A ledger (ledger.go) chains every session's start, checkpoints and seal
+// across the whole recordings directory, so that a recording deleted, or
+// cut below what the ledger holds, is found; its entries can be anchored
+// outside the host (anchor.go).
 //
 // An event is durable before Record returns, and the proxy forwards a
 // statement only after its event is recorded: when the recorder cannot
@@ -10,16 +14,21 @@
 // fdatasyncs through a journal and a group commit (journal.go).
 //
 // Editing, deleting, reordering or truncating lines is detected by Verify,
-// which needs only the recorder's public key.
+// which needs only the recorder's public key; Audit checks a directory
+// against its ledger and an anchor.
 package recorder
 
 import (
+	"crypto"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -35,10 +44,19 @@ import (
 // FormatVersion is the recording format this build writes, in the
 // session_start event's "format". Format 1 (no "format" field) was written
 // before the protocol seam: PostgreSQL only, with "statement" events that
-// held the SQL and its facts, and "masked" events with "columns". Both
-// verify the same way (the chain and the seal do not depend on the
-// fields), and readers take either.
-const FormatVersion = 2
+// held the SQL and its facts, and "masked" events with "columns". Format 2
+// has the neutral events of every protocol. Format 3 has format 2's events
+// and says that the recording is named in its directory's ledger (so a
+// directory of format 3 recordings without a ledger has lost it), and its
+// seal may be of kind "crashed". All verify the same way (the chain and
+// the seal do not depend on the fields), and readers take any.
+const FormatVersion = 3
+
+// SealCrashed is the Kind of a seal made at the next start for a
+// recording whose session never ended (the gateway crashed, was killed,
+// or lost power). It signs a message of its own, so that it cannot be
+// passed off as an ordinary seal, and its Ref is the last event's index.
+const SealCrashed = "crashed"
 
 // Event types.
 const (
@@ -101,7 +119,7 @@ type Event struct {
 	ClientAddr     string   `json:"client_addr,omitempty"`
 
 	// request: how it came (Kind: query, parse, execute, function_call,
-	// exec, shell, api), what it says for people (Text), the protocol's
+	// exec, shell, api; for a seal, SealCrashed or empty), what it says for people (Text), the protocol's
 	// request as policy saw it (Request: celpolicy.Request JSON) and the
 	// decision.
 	Kind     string          `json:"kind,omitempty"`
@@ -115,7 +133,8 @@ type Event struct {
 	SQL   string          `json:"sql,omitempty"`
 	Facts json.RawMessage `json:"facts,omitempty"`
 
-	// result, masked, approval, output: the request event they belong to.
+	// result, masked, approval, output: the request event they belong to;
+	// a crashed seal: the last event before it.
 	Ref int `json:"ref,omitempty"`
 	// result: how a forwarded request ended.
 	DurationMS float64 `json:"duration_ms,omitempty"`
@@ -221,21 +240,39 @@ type Vote struct {
 // Recorder writes recordings into a directory.
 type Recorder struct {
 	dir   string
-	key   ed25519.PrivateKey
+	key   crypto.Signer
+	pub   ed25519.PublicKey
 	keyID string
+	log   *slog.Logger
 	// sync is the durability step (fdatasync; tests simulate a failing
 	// disk with WithSync).
 	sync func(*os.File) error
 	// checkpointBytes is the journal size past which it is emptied.
 	checkpointBytes int64
+	// interval is how often the ledger checkpoints open sessions.
+	interval time.Duration
+	anchor   Anchor
 
 	// Recovered lists what Open could not repair from a journal left by a
-	// crash (the gateway logs it; Verify reports those recordings).
+	// crash, and the recordings it could not seal (the gateway logs it;
+	// Audit reports those recordings).
 	Recovered []string
+	// CrashSealed lists the recordings Open sealed for sessions that a
+	// crash left open.
+	CrashSealed []string
 	// Stats count what the recorder did, for metrics.
 	Stats Stats
 
-	j *journal
+	j   *journal
+	l   *ledger
+	exp *exporter // nil without an anchor
+	// cpMu makes checkpoints one at a time; stopBG stops the checkpoint
+	// and export goroutines and waits for them.
+	cpMu   sync.Mutex
+	stopBG func()
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Option configures a Recorder.
@@ -249,14 +286,45 @@ func WithSync(fn func(*os.File) error) Option { return func(r *Recorder) { r.syn
 // (default 16 MiB).
 func WithCheckpointBytes(n int64) Option { return func(r *Recorder) { r.checkpointBytes = n } }
 
+// DefaultCheckpointInterval is how often the ledger records the head of
+// every open session unless WithCheckpointInterval says otherwise.
+const DefaultCheckpointInterval = 30 * time.Second
+
+// WithCheckpointInterval sets how often the ledger records the head of
+// every open session whose recording grew (default 30s; 0: only at
+// Close). Events after a session's last checkpoint are the ones a cut of
+// its tail can take unnoticed while the gateway is down.
+func WithCheckpointInterval(d time.Duration) Option { return func(r *Recorder) { r.interval = d } }
+
+// WithAnchor exports every ledger entry, once durable, to an anchor off
+// the host (anchor.go). Export is asynchronous: an anchor that cannot be
+// reached holds nothing up, is retried, and is logged.
+func WithAnchor(a Anchor) Option { return func(r *Recorder) { r.anchor = a } }
+
+// WithLogger sets where the recorder reports what it repaired, sealed
+// after a crash, or could not anchor (default: nowhere).
+func WithLogger(l *slog.Logger) Option { return func(r *Recorder) { r.log = l } }
+
 // Open prepares a recorder writing into dir (created 0700), which it locks
-// for its lifetime. A journal left by a recorder that did not close (a
-// crash) is replayed into the recordings first.
-func Open(dir string, key ed25519.PrivateKey, opts ...Option) (*Recorder, error) {
+// for its lifetime. key signs seals and ledger entries; it must have an
+// ed25519 public key (an ed25519.PrivateKey, or a key in a PKCS#11 token),
+// and when it is an io.Closer, Close closes it.
+//
+// What a crash left is put right first, in this order: the journal is
+// replayed into the recordings, the ledger's unsynced tail is cut, and
+// every recording whose session never ended is sealed as crashed, with a
+// ledger entry that says so. A ledger whose chain is broken before its
+// tail stops Open: that is not what a crash leaves.
+func Open(dir string, key crypto.Signer, opts ...Option) (*Recorder, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("recorder: %w", err)
 	}
-	r := &Recorder{dir: dir, key: key, keyID: bundle.KeyID(key.Public().(ed25519.PublicKey)), sync: fdatasync, checkpointBytes: 16 << 20}
+	pub, ok := key.Public().(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("recorder: the signing key is %T; recordings are sealed with ed25519 keys", key.Public())
+	}
+	r := &Recorder{dir: dir, key: key, pub: pub, keyID: bundle.KeyID(pub), sync: fdatasync, checkpointBytes: 16 << 20,
+		interval: DefaultCheckpointInterval, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -265,12 +333,50 @@ func Open(dir string, key ed25519.PrivateKey, opts ...Option) (*Recorder, error)
 		return nil, err
 	}
 	r.j = j
+	if err := r.openLedger(); err != nil {
+		_ = j.close()
+		j.lock.Close()
+		return nil, err
+	}
+	r.startBackground()
 	return r, nil
 }
 
-// Close syncs every open recording, empties the journal and unlocks the
-// directory. Events recorded after Close fail.
-func (r *Recorder) Close() error { return r.j.close() }
+// Close syncs every open recording, empties the journal, writes the
+// ledger's close entry with the head of every session still open, sends
+// what the anchor lacks (for a few seconds at most), and unlocks the
+// directory. Events recorded after Close fail; a second Close returns
+// the first one's result.
+func (r *Recorder) Close() error {
+	r.closeOnce.Do(func() {
+		r.stopBG()
+		err := r.j.close()
+		if err == nil {
+			_, err = r.l.append(LedgerEntry{Type: LedgerClose, Sessions: r.openHeads()})
+		}
+		r.exp.flush()
+		err = errors.Join(err, r.l.close())
+		r.j.lock.Close()
+		if c, ok := r.key.(io.Closer); ok {
+			err = errors.Join(err, c.Close())
+		}
+		r.closeErr = err
+	})
+	return r.closeErr
+}
+
+// sign signs msg with the recorder key (pure Ed25519).
+func (r *Recorder) sign(msg []byte) ([]byte, error) {
+	sig, err := r.key.Sign(rand.Reader, msg, crypto.Hash(0))
+	if err != nil {
+		return nil, fmt.Errorf("recorder: sign: %w", err)
+	}
+	return sig, nil
+}
+
+// PublicKey is the recorder key's public half, which verifies its seals
+// and ledger entries.
+func (r *Recorder) PublicKey() ed25519.PublicKey { return r.pub }
 
 // Healthy returns the error that keeps the recorder from recording
 // anything (a failed fdatasync), or nil.
@@ -325,6 +431,13 @@ func (r *Recorder) Dir() string { return r.dir }
 
 var sessionIDRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
 
+// isSessionFile reports whether a file name in a recordings directory is a
+// recording (and not the ledger).
+func isSessionFile(name string) bool {
+	id, ok := strings.CutSuffix(name, ".jsonl")
+	return ok && name != LedgerName && sessionIDRE.MatchString(id)
+}
+
 // Session is one session's recording. It is safe for concurrent use.
 type Session struct {
 	r      *Recorder
@@ -335,6 +448,10 @@ type Session struct {
 	seq    int
 	prev   string
 	sealed bool
+	// ticket is the journal entry of the last event written, and
+	// checkpointed the event the ledger last recorded as the head.
+	ticket       uint64
+	checkpointed int
 	// lost counts events that could not be written since the last one
 	// that was; the next write records a gap event first.
 	lost    int
@@ -344,7 +461,7 @@ type Session struct {
 
 // Start creates a session's recording and writes its first event.
 func (r *Recorder) Start(id string, start Event) (*Session, error) {
-	if !sessionIDRE.MatchString(id) {
+	if !sessionIDRE.MatchString(id) || id+".jsonl" == LedgerName {
 		return nil, fmt.Errorf("recorder: session id %q is not a file name", id)
 	}
 	path := filepath.Join(r.dir, id+".jsonl")
@@ -365,7 +482,35 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 		f.Close()
 		return nil, err
 	}
+	// The start event is durable before the ledger names the recording,
+	// so the ledger never names one a crash kept from being written. A
+	// crash between the two leaves a recording of its start alone, not in
+	// the ledger, in which nothing was forwarded: the next Open seals it.
+	if _, err := r.l.append(LedgerEntry{Type: LedgerStart, Session: id, Events: s.seq, Head: s.prev}); err != nil {
+		r.Stats.Errors.Add(1)
+		s.abandon()
+		return nil, err
+	}
+	// The start entry holds the first head: no checkpoint needs to
+	// repeat it.
+	s.mu.Lock()
+	s.checkpointed = max(s.checkpointed, 1)
+	s.mu.Unlock()
 	return s, nil
+}
+
+// abandon closes a recording whose session was refused after its start
+// event was written (the ledger could not name it). It stays as it is,
+// its start alone, for the next Open to seal.
+func (s *Session) abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sealed = true
+	if err := s.r.sync(s.f); err != nil {
+		_ = s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, err))
+	}
+	s.r.j.forget(s)
+	s.f.Close()
 }
 
 // ErrSealed is returned for events after the seal.
@@ -464,6 +609,7 @@ func (s *Session) write(ev Event) (uint64, error) {
 	}
 	s.seq = ev.Seq
 	s.prev = hashLine(line[:len(line)-1])
+	s.ticket = ticket
 	return ticket, nil
 }
 
@@ -478,10 +624,17 @@ func sealMessage(session, head string) []byte {
 	return []byte("gatehouse-recording-seal\x00" + session + "\x00" + head)
 }
 
+// crashSealMessage is what a crashed seal's signature covers: as
+// sealMessage, and the kind, so that neither seal passes for the other.
+func crashSealMessage(session, head string) []byte {
+	return []byte("gatehouse-recording-seal\x00" + session + "\x00" + head + "\x00" + SealCrashed)
+}
+
 // End records the session's end and seals the recording, which is then
 // synced on its own: a sealed recording needs no journal. Whatever
 // happens, the recording is synced before the journal forgets it, so that
-// events acknowledged through the journal stay durable.
+// events acknowledged through the journal stay durable. Once the seal is
+// durable, the ledger records the sealed head.
 func (s *Session) End(reason string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -490,8 +643,10 @@ func (s *Session) End(reason string) error {
 	}
 	_, err := s.appendLocked(Event{Type: TypeEnd, Reason: reason}, false)
 	if err == nil {
-		sig := ed25519.Sign(s.r.key, sealMessage(s.id, s.prev))
-		_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
+		var sig []byte
+		if sig, err = s.r.sign(sealMessage(s.id, s.prev)); err == nil {
+			_, err = s.appendLocked(Event{Type: TypeSeal, KeyID: s.r.keyID, Signature: hex.EncodeToString(sig)}, true)
+		}
 	}
 	if serr := s.r.sync(s.f); serr != nil {
 		if ferr := s.r.j.fail(fmt.Errorf("sync %s: %w", s.Path, serr)); err == nil {
@@ -499,6 +654,9 @@ func (s *Session) End(reason string) error {
 		}
 	}
 	s.sealed = true
+	if err == nil {
+		_, err = s.r.l.append(LedgerEntry{Type: LedgerSeal, Session: s.id, Events: s.seq, Head: s.prev})
+	}
 	s.r.j.forget(s)
 	if cerr := s.f.Close(); err == nil {
 		err = cerr

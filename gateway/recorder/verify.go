@@ -20,34 +20,91 @@ import (
 // MaxLineBytes bounds one recorded event.
 const MaxLineBytes = 16 << 20
 
-// Problem is one way a recording differs from what the gateway wrote.
+// Problem is one way a recording (or a ledger, or an anchor) differs from
+// what the gateway wrote.
 type Problem struct {
-	// Line is the 1-based line (event index) where it shows.
-	Line    int    `json:"line"`
-	Kind    string `json:"kind"` // edited, deleted, reordered, truncated, malformed, bad_seal, incomplete
+	// Line is the 1-based line (event index, or ledger entry) where it
+	// shows.
+	Line int `json:"line"`
+	// Kind is one of the Problem kinds below.
+	Kind    string `json:"kind"`
 	Message string `json:"message"`
 }
 
+// Problem kinds. All but ProblemIncomplete are evidence of tampering (or
+// of damage no crash causes).
+const (
+	ProblemEdited     = "edited"
+	ProblemDeleted    = "deleted"
+	ProblemReordered  = "reordered"
+	ProblemTruncated  = "truncated" // a torn last line
+	ProblemMalformed  = "malformed"
+	ProblemBadSeal    = "bad_seal"
+	ProblemIncomplete = "incomplete" // the gateway recorded a gap
+	// ProblemCut: the recording stops below a head the ledger holds.
+	ProblemCut = "cut"
+	// ProblemDiffers: an event does not hash to the head the ledger holds.
+	ProblemDiffers = "differs"
+	// ProblemMissing: the ledger names a recording that is not there.
+	ProblemMissing = "missing"
+	// ProblemUnlisted: a recording the ledger does not name.
+	ProblemUnlisted = "unlisted"
+	// ProblemLedger: the ledger itself is broken (a gap, a broken link, a
+	// bad signature, an entry that does not parse) or missing.
+	ProblemLedger = "ledger"
+	// ProblemAnchor: the ledger differs from its anchor's copy, or ends
+	// before it.
+	ProblemAnchor = "anchor"
+)
+
 // Report is the result of verifying one recording.
 type Report struct {
-	Path     string    `json:"path"`
-	Session  string    `json:"session"`
-	Events   int       `json:"events"`
-	Sealed   bool      `json:"sealed"`
+	Path    string `json:"path"`
+	Session string `json:"session"`
+	// Format is the start event's format (0 for format 1).
+	Format int  `json:"format"`
+	Events int  `json:"events"`
+	Sealed bool `json:"sealed"`
+	// Crashed: the seal was made at the gateway's next start for a
+	// session a crash left open (SealCrashed).
+	Crashed  bool      `json:"crashed,omitempty"`
 	Problems []Problem `json:"problems"`
 	// Verified is the number of leading events whose chain holds.
 	Verified int `json:"verified"`
+	// Status sums it up (Status* constants); Audit sets it.
+	Status string `json:"status,omitempty"`
+	// Notes say what the ledger says of the recording, for people.
+	Notes []string `json:"notes,omitempty"`
 }
 
-// OK reports whether the recording is intact and sealed.
+// OK reports whether the recording is intact and sealed (a crashed seal
+// included).
 func (r *Report) OK() bool { return len(r.Problems) == 0 && r.Sealed }
+
+// Pin is a head the ledger holds for a recording: event Events hashes to
+// Head. Entry is the ledger entry that holds it, What its type.
+type Pin struct {
+	Events int
+	Head   string
+	Entry  uint64
+	What   string
+}
 
 // Verify checks one recording: every line parses, sequence numbers run
 // 1, 2, 3..., every event's prev is the hash of the line before it, and the
 // last event is a seal whose signature verifies with a trusted key. A
 // recording that ends without a seal (the gateway stopped mid-session) is
 // reported as unsealed, with the events up to the last intact one verified.
+// A crashed seal (SealCrashed) verifies, and is reported as one.
 func Verify(path string, trusted bundle.Keyring) (*Report, error) {
+	return VerifyPinned(path, trusted, nil)
+}
+
+// VerifyPinned is Verify, and checks the recording against the heads a
+// ledger holds for it: an event that does not hash to its pinned head is
+// a problem (differs), and so is a recording that stops below the highest
+// pin (cut: its tail was removed, at a line boundary or not).
+func VerifyPinned(path string, trusted bundle.Keyring, pins []Pin) (*Report, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -66,6 +123,14 @@ func Verify(path string, trusted bundle.Keyring) (*Report, error) {
 			break
 		}
 		raws = append(raws, raw)
+	}
+	byEvents := map[int][]Pin{}
+	var top Pin
+	for _, p := range pins {
+		byEvents[p.Events] = append(byEvents[p.Events], p)
+		if p.Events > top.Events {
+			top = p
+		}
 	}
 	// Where each sequence number appears, to tell a move from a removal.
 	seen := map[int]bool{}
@@ -125,28 +190,54 @@ func Verify(path string, trusted bundle.Keyring) (*Report, error) {
 			rep.Problems = append(rep.Problems, Problem{line, "edited", "the recording does not begin with this session's start event"})
 			broken = true
 		}
+		if line == 1 {
+			rep.Format = ev.Format
+		}
 		if ev.Type == TypeGap {
 			rep.Problems = append(rep.Problems, Problem{line, "incomplete", fmt.Sprintf("the gateway could not write %d event(s) here (%s): results or masks of earlier statements are missing", ev.Lost, ev.Reason)})
 		}
 		if ev.Type == TypeSeal {
-			msg := sealMessage(rep.Session, ev.Prev)
-			sig, err := hex.DecodeString(ev.Signature)
-			pub, ok := trusted[ev.KeyID]
-			switch {
-			case !ok:
-				rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("sealed by key %q, which is not trusted", ev.KeyID)})
-			case err != nil || !ed25519.Verify(pub, msg, sig):
-				rep.Problems = append(rep.Problems, Problem{line, "bad_seal", "the seal's signature does not verify: the recording was changed after it was sealed"})
-			default:
-				rep.Sealed = true
-			}
+			checkSeal(rep, line, &ev, trusted)
 		}
 		if !broken {
 			rep.Verified = line
 		}
 		prevHash = hashLine(raw)
+		for _, p := range byEvents[line] {
+			if p.Head != prevHash {
+				rep.Problems = append(rep.Problems, Problem{line, ProblemDiffers, fmt.Sprintf("event %d does not hash to the head the ledger's %s entry %d holds for it: the recording was rewritten", line, p.What, p.Entry)})
+				break
+			}
+		}
+	}
+	if top.Events > rep.Events {
+		rep.Problems = append(rep.Problems, Problem{rep.Events + 1, ProblemCut, fmt.Sprintf("the recording stops at event %d, and the ledger's %s entry %d holds it at event %d: events were cut from its tail", rep.Events, top.What, top.Entry, top.Events)})
 	}
 	return rep, nil
+}
+
+// checkSeal verifies a seal event at line: an ordinary seal, or a crashed
+// one (its own message, and Ref naming the event before it).
+func checkSeal(rep *Report, line int, ev *Event, trusted bundle.Keyring) {
+	msg := sealMessage(rep.Session, ev.Prev)
+	if ev.Kind == SealCrashed {
+		msg = crashSealMessage(rep.Session, ev.Prev)
+	}
+	sig, err := hex.DecodeString(ev.Signature)
+	pub, ok := trusted[ev.KeyID]
+	switch {
+	case ev.Kind != "" && ev.Kind != SealCrashed:
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("a seal of unknown kind %q", ev.Kind)})
+	case ev.Kind == SealCrashed && ev.Ref != line-1:
+		rep.Problems = append(rep.Problems, Problem{line, "edited", fmt.Sprintf("the crashed seal names event %d as the last, and follows event %d", ev.Ref, line-1)})
+	case !ok:
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", fmt.Sprintf("sealed by key %q, which is not trusted", ev.KeyID)})
+	case err != nil || !ed25519.Verify(pub, msg, sig):
+		rep.Problems = append(rep.Problems, Problem{line, "bad_seal", "the seal's signature does not verify: the recording was changed after it was sealed"})
+	default:
+		rep.Sealed = true
+		rep.Crashed = ev.Kind == SealCrashed
+	}
 }
 
 func readLine(br *bufio.Reader) ([]byte, error) {
@@ -183,6 +274,8 @@ type Summary struct {
 	Resource string    `json:"resource"`
 	Events   int       `json:"events"`
 	Sealed   bool      `json:"sealed"`
+	// Crashed: sealed at the next start after a crash.
+	Crashed bool `json:"crashed,omitempty"`
 }
 
 // List summarises the recordings in dir, oldest first. It reads each file's
@@ -195,7 +288,7 @@ func List(dir string) ([]Summary, error) {
 	}
 	var out []Summary
 	for _, e := range entries {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), ".jsonl") {
+		if e.IsDir() || !isSessionFile(e.Name()) {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())
@@ -207,7 +300,7 @@ func List(dir string) ([]Summary, error) {
 		out = append(out, Summary{
 			Session: strings.TrimSuffix(e.Name(), ".jsonl"), Path: path, Started: st.Time,
 			Identity: st.Identity, Subject: st.Subject, Resource: st.Resource, Events: len(evs),
-			Sealed: evs[len(evs)-1].Type == TypeSeal,
+			Sealed: evs[len(evs)-1].Type == TypeSeal, Crashed: evs[len(evs)-1].Type == TypeSeal && evs[len(evs)-1].Kind == SealCrashed,
 		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })

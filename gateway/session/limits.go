@@ -75,6 +75,9 @@ type limiter struct {
 
 type pendingConn struct {
 	close func()
+	// spoke: the client has sent something, so it is more likely a
+	// caller than a silent socket; silent ones are closed first.
+	spoke atomic.Bool
 }
 
 // SetLimits sets a protocol's limits (call before it serves).
@@ -116,19 +119,28 @@ func (c *Core) LimitStats(protocol string) map[string]int64 {
 }
 
 // Pending registers a connection that has not authenticated yet. When the
-// protocol has too many, the oldest is closed (its close is called) to
-// make room, so that a flood of silent sockets cannot lock out callers who
-// do authenticate. done must be called once the connection has
-// authenticated or gone; it has LoginTimeout to authenticate.
-func (c *Core) Pending(protocol string, close func()) (done func(), timeout time.Duration) {
+// protocol has too many, the oldest silent one (or, when all have spoken,
+// the oldest) is closed (its close is called) to make room, so that a
+// flood of silent sockets cannot lock out callers who do authenticate.
+// conn wraps the connection so that its first byte marks it as speaking;
+// done must be called once it has authenticated or gone; it has
+// LoginTimeout to authenticate.
+func (c *Core) Pending(protocol string, conn net.Conn, close func()) (wrapped net.Conn, done func(), timeout time.Duration) {
 	l := c.limiter(protocol)
+	pc := &pendingConn{close: close}
 	l.mu.Lock()
-	e := l.pending.PushBack(&pendingConn{close: close})
+	e := l.pending.PushBack(pc)
 	var evict []*pendingConn
 	for l.limits.MaxPending > 0 && l.pending.Len() > l.limits.MaxPending {
-		oldest := l.pending.Front()
-		l.pending.Remove(oldest)
-		evict = append(evict, oldest.Value.(*pendingConn))
+		victim := l.pending.Front()
+		for x := l.pending.Front(); x != nil; x = x.Next() {
+			if !x.Value.(*pendingConn).spoke.Load() {
+				victim = x
+				break
+			}
+		}
+		l.pending.Remove(victim)
+		evict = append(evict, victim.Value.(*pendingConn))
 	}
 	timeout = l.limits.LoginTimeout
 	l.mu.Unlock()
@@ -137,7 +149,7 @@ func (c *Core) Pending(protocol string, close func()) (done func(), timeout time
 		p.close()
 	}
 	var once sync.Once
-	return func() {
+	return &speaking{Conn: conn, p: pc}, func() {
 		once.Do(func() {
 			l.mu.Lock()
 			for x := l.pending.Front(); x != nil; x = x.Next() {
@@ -149,6 +161,20 @@ func (c *Core) Pending(protocol string, close func()) (done func(), timeout time
 			l.mu.Unlock()
 		})
 	}, timeout
+}
+
+// speaking marks a pending connection as speaking at its first byte.
+type speaking struct {
+	net.Conn
+	p *pendingConn
+}
+
+func (s *speaking) Read(b []byte) (int, error) {
+	n, err := s.Conn.Read(b)
+	if n > 0 && !s.p.spoke.Load() {
+		s.p.spoke.Store(true)
+	}
+	return n, err
 }
 
 // hostOf is the address part of host:port.

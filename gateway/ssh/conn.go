@@ -69,10 +69,10 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	}()
 	// Until it authenticates the connection is pending: bounded in number
 	// (the oldest is closed to make room) and in time.
-	done, timeout := s.core.Pending(Protocol, func() { nc.Close() })
+	wrapped, done, timeout := s.core.Pending(Protocol, nc, func() { nc.Close() })
 	deadline := time.Now().Add(min(timeout, s.cfg.HandshakeTimeout))
 	_ = nc.SetDeadline(deadline)
-	sconn, chans, reqs, err := gossh.NewServerConn(nc, c.serverConfig(ctx))
+	sconn, chans, reqs, err := gossh.NewServerConn(wrapped, c.serverConfig(ctx))
 	done()
 	if err != nil {
 		if c.cs != nil {
