@@ -156,7 +156,7 @@ func Query(sql string) *celpolicy.PostgresRequest {
 		if err != nil {
 			return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
 		}
-		if cacheable(stmts) {
+		if cacheable(stmts) && stmts[0].Fingerprint == fingerprintOf(key) {
 			factsCache.put(key, cloneStatement(stmts[0]))
 			return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts, Shape: key}
 		}
