@@ -9,8 +9,11 @@
 // gateway → PostgreSQL; every statement parsed, decided against a signed
 // bundle and recorded with fdatasync before it is forwarded).
 //
-// It prints TPS, each path's ratio to direct, and p50/p99 latency from
-// pgbench's per-transaction log. `make bench` runs it; BENCH_DURATION
+// It prints TPS, each path's ratio to direct, p50/p99 latency from
+// pgbench's per-transaction log, the proxy's CPU time per transaction (the
+// gateway's from this process's rusage, pgbouncer's from /proc), and the
+// gateway's memory per idle authenticated session (a child process holds
+// -idle sessions while this process's RSS is read). `make bench` runs it; BENCH_DURATION
 // (default 10s) sets each run's length. A benchmark, not a test: nothing
 // fails on a number.
 package main
@@ -21,16 +24,21 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/gatehouse-dev/gatehouse/devenv"
 	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
@@ -109,7 +117,12 @@ type result struct {
 	tps     float64
 	p50     time.Duration
 	p99     time.Duration
-	err     string
+	// cpu is the proxy's CPU time (user and system) per transaction:
+	// the gateway's from this process's rusage (it runs in this process;
+	// pgbench and PostgreSQL are other processes), pgbouncer's from
+	// /proc. Zero for direct.
+	cpu time.Duration
+	err string
 }
 
 func main() {
@@ -118,7 +131,18 @@ func main() {
 	clientsFlag := flag.String("clients", "1,8,32", "client counts")
 	out := flag.String("out", "", "also write the report (markdown) to this file")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (the gateway runs in it) to this file")
+	idle := flag.Int("idle", 40, "idle sessions for the memory measurement, at most the gateway's 50 per identity and PostgreSQL's 100 connections (0: skip it)")
+	hold := flag.Int("hold", 0, "(child) hold this many idle sessions to -addr until stdin closes")
+	addr := flag.String("addr", "", "(child) the gateway's address")
+	tokenFile := flag.String("token-file", "", "(child) a file holding the token")
+	caFile := flag.String("ca", "", "(child) the CA that signed the gateway's certificate")
 	flag.Parse()
+	if *hold > 0 {
+		if err := holdSessions(*addr, *tokenFile, *caFile, *hold); err != nil {
+			fail("%v", err)
+		}
+		return
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -138,13 +162,13 @@ func main() {
 			fail("%s is needed: %v (apt-get install postgresql-15 pgbouncer; make bench installs them)", bin, err)
 		}
 	}
-	if err := run(*duration, *scale, clients, *out); err != nil {
+	if err := run(*duration, *scale, clients, *idle, *out); err != nil {
 		pprof.StopCPUProfile()
 		fail("%v", err)
 	}
 }
 
-func run(duration time.Duration, scale int, clients []int, out string) error {
+func run(duration time.Duration, scale int, clients []int, idle int, out string) error {
 	ctx := context.Background()
 	work, err := os.MkdirTemp("", "gatehouse-bench-")
 	if err != nil {
@@ -235,17 +259,40 @@ func run(duration time.Duration, scale int, clients []int, out string) error {
 				}
 				n++
 				fmt.Printf("  [%2d/%d] %-8s %2d client(s) %-17s ", n, total, mode, c, p.name)
-				r := runOne(work, p, env.CAFile, mode, c, duration)
+				cpu := cpuMeter(nil)
+				if strings.HasPrefix(p.name, "pgbouncer") {
+					cpu = cpuMeter(bouncer.cmd.Process)
+				} else if p.name == "direct" {
+					cpu = nil
+				}
+				r := runOne(work, p, env.CAFile, mode, c, duration, cpu)
 				if r.err != "" {
 					fmt.Printf("failed: %s\n", r.err)
 				} else {
-					fmt.Printf("%8.0f tps  p50 %s  p99 %s\n", r.tps, ms(r.p50), ms(r.p99))
+					fmt.Printf("%8.0f tps  p50 %s  p99 %s", r.tps, ms(r.p50), ms(r.p99))
+					if r.cpu > 0 {
+						fmt.Printf("  cpu %s/tx", us(r.cpu))
+					}
+					fmt.Println()
 				}
 				results = append(results, r)
 			}
 		}
 	}
 	report := formatReport(results, clients, duration, scale)
+	if idle > 0 {
+		tokenFile := filepath.Join(work, "token")
+		if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+			return err
+		}
+		step("memory: %d idle authenticated sessions held by another process", idle)
+		growth, err := idleMemory(env.Gateway.Addr("postgres"), tokenFile, env.CAFile, idle)
+		if err != nil {
+			return fmt.Errorf("idle sessions: %w", err)
+		}
+		report += fmt.Sprintf("\n%d idle authenticated sessions (each with its upstream connection): the gateway's RSS grew by %.1f MiB, %.0f KiB per session.\n",
+			idle, float64(growth)/(1<<20), float64(growth)/float64(idle)/1024)
+	}
 	fmt.Print("\n" + report)
 	if out != "" {
 		if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
@@ -257,7 +304,7 @@ func run(duration time.Duration, scale int, clients []int, out string) error {
 }
 
 // runOne runs pgbench -S once and reads its per-transaction log.
-func runOne(work string, p path, caFile, mode string, clients int, d time.Duration) result {
+func runOne(work string, p path, caFile, mode string, clients int, d time.Duration, cpu func() time.Duration) result {
 	r := result{mode: mode, clients: clients, path: p.name}
 	logDir, err := os.MkdirTemp(work, "log-")
 	if err != nil {
@@ -266,6 +313,10 @@ func runOne(work string, p path, caFile, mode string, clients int, d time.Durati
 	}
 	defer os.RemoveAll(logDir)
 	threads := min(clients, 2)
+	var cpu0 time.Duration
+	if cpu != nil {
+		cpu0 = cpu()
+	}
 	out, err := pgbench(p, caFile, p.db, "-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", strconv.Itoa(threads),
 		"-T", strconv.Itoa(int(d.Seconds())), "--log", "--log-prefix", filepath.Join(logDir, "tx"))
 	if err != nil {
@@ -278,6 +329,9 @@ func runOne(work string, p path, caFile, mode string, clients int, d time.Durati
 		return r
 	}
 	r.tps = m
+	if n := transactions(out); cpu != nil && n > 0 {
+		r.cpu = (cpu() - cpu0) / time.Duration(n)
+	}
 	lat, err := readLatencies(logDir)
 	if err != nil {
 		r.err = err.Error()
@@ -464,7 +518,7 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "pgbench -S (scale %d), %s per run, TLS on every client connection, on %s (%d CPUs)\n\n", scale, d, host, numCPU())
-	fmt.Fprintf(&b, "| protocol | clients | path | TPS | vs direct | p50 ms | p99 ms |\n|---|---:|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| protocol | clients | path | TPS | vs direct | p50 ms | p99 ms | proxy CPU per tx |\n|---|---:|---|---:|---:|---:|---:|---:|\n")
 	direct := map[string]result{}
 	for _, r := range rs {
 		if r.path == "direct" {
@@ -473,14 +527,18 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 	}
 	for _, r := range rs {
 		if r.err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | failed: %s | | | |\n", r.mode, r.clients, r.path, r.err)
+			fmt.Fprintf(&b, "| %s | %d | %s | failed: %s | | | | |\n", r.mode, r.clients, r.path, r.err)
 			continue
 		}
 		ratio := "1.00"
 		if dr := direct[r.mode+strconv.Itoa(r.clients)]; dr.tps > 0 && r.path != "direct" {
 			ratio = fmt.Sprintf("%.2f", r.tps/dr.tps)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s |\n", r.mode, r.clients, r.path, r.tps, ratio, ms(r.p50), ms(r.p99))
+		cpu := "—"
+		if r.cpu > 0 {
+			cpu = us(r.cpu)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s | %s |\n", r.mode, r.clients, r.path, r.tps, ratio, ms(r.p50), ms(r.p99), cpu)
 	}
 	b.WriteString("\n")
 	if slices.ContainsFunc(rs, func(r result) bool { return r.path == "pgbouncer" && strings.Contains(r.err, "prepared statement") }) {
@@ -572,4 +630,132 @@ func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "benchpg: "+format+"\n", args...)
 	os.Exit(1)
+}
+
+// transactions reads "number of transactions actually processed: 1234".
+func transactions(out string) int64 {
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "number of transactions actually processed: "); ok {
+			n, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// cpuMeter reads a proxy's CPU time so far: this process's (the gateway
+// runs in it) when p is nil, else p's from /proc/PID/stat (utime and
+// stime, in clock ticks of 10 ms; a run has thousands of them).
+func cpuMeter(p *os.Process) func() time.Duration {
+	if p == nil {
+		return func() time.Duration {
+			var ru syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return func() time.Duration {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+		if err != nil {
+			return 0
+		}
+		// Fields after the command (which is in parentheses and may
+		// hold spaces): state is field 3, utime 14, stime 15.
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			return 0
+		}
+		ut, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		return time.Duration(ut+st) * 10 * time.Millisecond
+	}
+}
+
+// idleMemory has a child process open n sessions through the gateway and
+// keep them idle, and returns how much this process (the gateway) grew.
+func idleMemory(addr, tokenFile, caFile string, n int) (int64, error) {
+	before := rss()
+	child := exec.Command(os.Args[0], "-hold", strconv.Itoa(n), "-addr", addr, "-token-file", tokenFile, "-ca", caFile)
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	out, err := child.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		return 0, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		_ = child.Process.Kill()
+		_ = child.Wait()
+		return 0, fmt.Errorf("the child did not hold its sessions: %q %v", line, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	after := rss()
+	stdin.Close()
+	_ = child.Wait()
+	return after - before, nil
+}
+
+// rss is this process's resident memory after a collection.
+func rss() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// holdSessions is the child: it opens n sessions through the gateway
+// (TLS, the token as password; each one authenticated and connected
+// upstream), runs one query on each, says "ready", and keeps them idle
+// until stdin closes.
+func holdSessions(addr, tokenFile, caFile string, n int) error {
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var conns []*pgx.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close(ctx)
+		}
+	}()
+	for i := range n {
+		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=bench-client dbname=bench sslmode=verify-full sslrootcert=%s", host, port, caFile))
+		if err != nil {
+			return err
+		}
+		cfg.Password = strings.TrimSpace(string(token))
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("session %d: %w", i+1, err)
+		}
+		conns = append(conns, c)
+		var one int
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			return fmt.Errorf("session %d: %w", i+1, err)
+		}
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
 }
