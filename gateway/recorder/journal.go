@@ -18,9 +18,13 @@ import (
 // The journal is how concurrent sessions share one fdatasync. Every event
 // is written twice: to its session's recording (not synced) and to one
 // journal file for the whole recorder, as "SESSION\tLINE\n". A group
-// commit makes the journal durable: whoever waits first syncs it for
-// everyone whose event was written by then, and the others wait for that
-// one sync instead of each syncing a file of their own. An event is durable
+// commit makes the journal durable: whoever waits first writes every entry
+// queued so far to the journal in one write and syncs it, for everyone
+// whose event was queued by then, and the others wait for that one sync
+// instead of each syncing a file of their own. Entries wait in memory
+// until then (at most maxQueued bytes): one write per group instead of one
+// per event, and nothing is lost by it, since an event counts as durable
+// only once a sync covered it, and its recording already holds it. An event is durable
 // once the journal holds it; a recording catches up from the journal when
 // the recorder is next opened after a crash (power loss: a killed process
 // loses nothing, its writes are in the page cache).
@@ -55,13 +59,19 @@ type journal struct {
 
 	// mu orders writes: an event's recording line and journal entry are
 	// written together, so the journal's order is the recordings' order.
-	mu       sync.Mutex
-	f        *os.File
+	mu sync.Mutex
+	f  *os.File
+	// queued holds entries not yet written to the journal, in ticket
+	// order; size counts them with the file's.
+	queued   []byte
 	size     int64
 	written  uint64 // tickets handed out: one per journal entry
 	open     map[*Session]struct{}
 	closed   bool
 	closeErr error
+	// fmu serialises writes to the journal file and its truncation: the
+	// group commit writes a batch without holding mu.
+	fmu sync.Mutex
 
 	// cmu guards the group commit.
 	cmu     sync.Mutex
@@ -147,19 +157,32 @@ func (j *journal) writeLocked(s *Session, line []byte) (uint64, error) {
 		}
 		return 0, fmt.Errorf("recorder: write %s: %w", s.Path, err)
 	}
-	entry := make([]byte, 0, len(s.id)+1+len(line))
-	entry = append(append(append(entry, s.id...), '\t'), line...)
-	if _, err := j.f.Write(entry); err != nil {
-		if terr := errors.Join(j.f.Truncate(j.size), s.f.Truncate(s.size)); terr != nil {
-			return 0, j.fail(fmt.Errorf("cut back after a failed write: %w", terr))
-		}
-		return 0, fmt.Errorf("recorder: write %s: %w", j.path, err)
-	}
+	n := len(j.queued)
+	j.queued = append(append(append(j.queued, s.id...), '\t'), line...)
 	s.size += int64(len(line))
-	j.size += int64(len(entry))
+	j.size += int64(len(j.queued) - n)
 	j.written++
+	if len(j.queued) >= maxQueued {
+		// Nobody has waited for a sync in a while (events that need none,
+		// such as a shell's output): write the queue out.
+		j.fmu.Lock()
+		_, err := j.f.Write(j.queued)
+		j.fmu.Unlock()
+		j.queued = j.queued[:0]
+		if err != nil {
+			// The recordings hold every queued event: syncing them makes
+			// the journal unnecessary.
+			if cerr := j.checkpointLocked(); cerr != nil {
+				return 0, j.fail(errors.Join(err, cerr))
+			}
+			j.markSynced()
+		}
+	}
 	return j.written, nil
 }
+
+// maxQueued bounds the entries queued in memory for the next group commit.
+const maxQueued = 1 << 20
 
 func (j *journal) poisoned() error {
 	j.cmu.Lock()
@@ -220,16 +243,40 @@ func (j *journal) sync() (uint64, error) {
 		return target, j.closeErr // close synced everything, or failed
 	}
 	if j.size < j.r.checkpointBytes {
+		batch := j.queued
+		j.queued = nil
+		// Taken before mu is released, so batches reach the file in
+		// ticket order.
+		j.fmu.Lock()
 		j.mu.Unlock()
-		// Writers go on appending while the disk works; their entries
-		// are the next batch.
-		return target, j.r.sync(j.f)
+		// Writers go on queueing while the disk works; their entries are
+		// the next batch.
+		_, err := j.f.Write(batch)
+		if err == nil {
+			err = j.r.sync(j.f)
+		}
+		j.fmu.Unlock()
+		j.mu.Lock()
+		if j.queued == nil {
+			j.queued = batch[:0] // reuse the buffer
+		}
+		if err != nil && !j.closed {
+			// A torn or unsynced batch (a full disk, say): its events are
+			// in their recordings, and syncing those instead is a
+			// checkpoint. If that fails too, the sync failed.
+			if cerr := j.checkpointLocked(); cerr == nil {
+				err = nil
+			}
+		}
+		j.mu.Unlock()
+		return target, err
 	}
 	defer j.mu.Unlock()
 	return target, j.checkpointLocked()
 }
 
-// checkpointLocked syncs every open recording, then empties the journal.
+// checkpointLocked syncs every open recording, then empties the journal
+// and drops the queued entries (recordings that ended were synced by End).
 // j.mu is held, so nothing is written meanwhile.
 func (j *journal) checkpointLocked() error {
 	for s := range j.open {
@@ -237,6 +284,9 @@ func (j *journal) checkpointLocked() error {
 			return fmt.Errorf("sync %s: %w", s.Path, err)
 		}
 	}
+	j.queued = j.queued[:0]
+	j.fmu.Lock()
+	defer j.fmu.Unlock()
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("truncate %s: %w", j.path, err)
 	}
