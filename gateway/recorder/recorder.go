@@ -598,7 +598,7 @@ func (s *Session) write(ev Event) (uint64, error) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
-	line, err := json.Marshal(ev)
+	line, err := encodeEvent(&ev)
 	if err != nil {
 		return 0, fmt.Errorf("recorder: encode: %w", err)
 	}
