@@ -141,12 +141,25 @@ func plainRaw(raw json.RawMessage) bool {
 	if len(raw) == 0 {
 		return true
 	}
+	inString := false
 	for i := 0; i < len(raw); i++ {
 		switch c := raw[i]; c {
-		case ' ', '\t', '\n', '\r', '<', '>', '&':
+		case '"':
+			inString = !inString
+		case '\\':
+			if inString {
+				i++ // the escaped byte
+			}
+		case ' ', '\t', '\n', '\r':
+			if !inString {
+				return false
+			}
+		case '<', '>', '&':
 			return false
-		case 0xE2: // U+2028 and U+2029 start with it; json.Marshal escapes them
-			return false
+		case 0xE2: // U+2028 and U+2029, which json.Marshal escapes
+			if i+2 < len(raw) && raw[i+1] == 0x80 && (raw[i+2] == 0xA8 || raw[i+2] == 0xA9) {
+				return false
+			}
 		}
 	}
 	return json.Valid(raw)

@@ -47,6 +47,10 @@ func TestEncodeMatchesMarshal(t *testing.T) {
 		{Seq: 11, Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
 		{Seq: 12, DurationMS: math.NaN()},
 		{Seq: 13, Groups: []string{}, Rules: []string{""}},
+		// Spaces in strings are fine as they are; outside them, not.
+		{Seq: 14, Request: json.RawMessage(`{"text":"SELECT a FROM t \\" x","n":[1,2]}`)},
+		{Seq: 15, Request: json.RawMessage(`{"text":"a\u2028b — é"}`), Decision: json.RawMessage("{\"t\":\"a\u2028b\"}")},
+		{Seq: 16, Request: json.RawMessage(`{"a":1} `)},
 	} {
 		marshalBoth(t, &ev)
 	}
@@ -60,6 +64,9 @@ func FuzzEncodeEvent(f *testing.F) {
 			Rules: []string{text, identity}, Rows: n, DurationMS: d, Error: errText, Request: json.RawMessage(raw), Params: []string{errText}}
 		if !json.Valid([]byte(raw)) {
 			ev.Request = nil
+		}
+		if v, err := json.Marshal(raw); err == nil {
+			ev.Decision = v // a JSON string holding anything
 		}
 		marshalBoth(t, &ev)
 	})
