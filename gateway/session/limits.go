@@ -6,7 +6,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Limits bound what one protocol listener's callers may hold, so that one
@@ -78,6 +81,40 @@ type pendingConn struct {
 	// spoke: the client has sent something, so it is more likely a
 	// caller than a silent socket; silent ones are closed first.
 	spoke atomic.Bool
+	// conn is the connection as accepted, to peek at.
+	conn net.Conn
+}
+
+// silent reports whether the client has sent nothing: neither read by
+// the gateway yet nor waiting in the socket's receive buffer. A caller
+// speaks at once (an SSLRequest, an SSH version line), but under load
+// the gateway may not have read it yet when a flood of new sockets asks
+// for room; peeking at the socket tells such a caller from a silent one.
+func (p *pendingConn) silent() bool {
+	if p.spoke.Load() {
+		return false
+	}
+	sc, ok := p.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	// Control, not Read: Read would wait for the fd's read lock, which
+	// the session's own blocked read holds. A peek that does not wait
+	// (MSG_DONTWAIT) consumes nothing and needs no lock.
+	waiting := false
+	_ = raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		waiting = err == nil && n > 0
+	})
+	if waiting {
+		p.spoke.Store(true)
+	}
+	return !waiting
 }
 
 // SetLimits sets a protocol's limits (call before it serves).
@@ -119,22 +156,22 @@ func (c *Core) LimitStats(protocol string) map[string]int64 {
 }
 
 // Pending registers a connection that has not authenticated yet. When the
-// protocol has too many, the oldest silent one (or, when all have spoken,
-// the oldest) is closed (its close is called) to make room, so that a
+// protocol has too many, the oldest silent one (nothing read and nothing
+// waiting to be read; or, when all have spoken, the oldest) is closed (its close is called) to make room, so that a
 // flood of silent sockets cannot lock out callers who do authenticate.
 // conn wraps the connection so that its first byte marks it as speaking;
 // done must be called once it has authenticated or gone; it has
 // LoginTimeout to authenticate.
 func (c *Core) Pending(protocol string, conn net.Conn, close func()) (wrapped net.Conn, done func(), timeout time.Duration) {
 	l := c.limiter(protocol)
-	pc := &pendingConn{close: close}
+	pc := &pendingConn{close: close, conn: conn}
 	l.mu.Lock()
 	e := l.pending.PushBack(pc)
 	var evict []*pendingConn
 	for l.limits.MaxPending > 0 && l.pending.Len() > l.limits.MaxPending {
 		victim := l.pending.Front()
 		for x := l.pending.Front(); x != nil; x = x.Next() {
-			if !x.Value.(*pendingConn).spoke.Load() {
+			if x.Value.(*pendingConn).silent() {
 				victim = x
 				break
 			}
