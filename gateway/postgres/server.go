@@ -118,17 +118,25 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("postgres: accept: %w", err)
 		}
+		// Pending in the order of acceptance, not when the session's
+		// goroutine first runs: in a flood, a caller accepted after the
+		// silent sockets is newer than all of them, and they make room
+		// first.
+		wrapped, done, timeout := s.core.Pending(Protocol, conn, func() { conn.Close() })
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handle(ctx, conn)
+			s.handle(ctx, conn, wrapped, done, timeout)
 		}()
 	}
 }
 
 // handle runs one client connection. A panic in a session is contained:
-// it ends that session with an error, never the gateway.
-func (s *Server) handle(ctx context.Context, conn net.Conn) {
+// it ends that session with an error, never the gateway. Until it
+// authenticates the connection is pending (core.Pending): bounded in
+// number (silent ones are closed first to make room) and in time; wrapped
+// is conn as Pending wrapped it, done ends the pending state.
+func (s *Server) handle(ctx context.Context, conn, wrapped net.Conn, done func(), timeout time.Duration) {
 	id := s.core.NextID()
 	log := s.log.With("session", id, "client", conn.RemoteAddr().String())
 	defer conn.Close()
@@ -137,9 +145,7 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 			log.Error("session failed", "panic", r)
 		}
 	}()
-	// Until it authenticates the connection is pending: bounded in number
-	// (the oldest is closed to make room) and in time.
-	wrapped, done, timeout := s.core.Pending(Protocol, conn, func() { conn.Close() })
+	defer done()
 	sess, err := s.startup(ctx, wrapped, id, log, time.Now().Add(timeout))
 	done()
 	if err != nil {

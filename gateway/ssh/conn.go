@@ -57,8 +57,10 @@ type conn struct {
 }
 
 // handle runs one client connection. A panic is contained: it ends that
-// connection, never the gateway.
-func (s *Server) handle(ctx context.Context, nc net.Conn) {
+// connection, never the gateway. Until it authenticates the connection is
+// pending (core.Pending, called at accept): wrapped is nc as Pending
+// wrapped it, done ends the pending state.
+func (s *Server) handle(ctx context.Context, nc, wrapped net.Conn, done func(), timeout time.Duration) {
 	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]bool{}, open: map[*sessionChannel]struct{}{}}
 	c.log = s.log.With("session", c.id, "client", nc.RemoteAddr().String())
 	defer nc.Close()
@@ -67,9 +69,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 			c.log.Error("ssh session failed", "panic", r)
 		}
 	}()
-	// Until it authenticates the connection is pending: bounded in number
-	// (the oldest is closed to make room) and in time.
-	wrapped, done, timeout := s.core.Pending(Protocol, nc, func() { nc.Close() })
+	defer done()
 	deadline := time.Now().Add(min(timeout, s.cfg.HandshakeTimeout))
 	_ = nc.SetDeadline(deadline)
 	sconn, chans, reqs, err := gossh.NewServerConn(wrapped, c.serverConfig(ctx))

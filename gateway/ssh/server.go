@@ -131,10 +131,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("ssh: accept: %w", err)
 		}
+		// Pending in the order of acceptance (see the PostgreSQL
+		// server): a caller accepted after a flood is newer than it.
+		wrapped, done, timeout := s.core.Pending(Protocol, nc, func() { nc.Close() })
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.handle(ctx, nc)
+			s.handle(ctx, nc, wrapped, done, timeout)
 		}()
 	}
 }
