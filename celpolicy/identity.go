@@ -76,6 +76,42 @@ func (p *Policy) ResolveIdentity(provider string, tok Token) (Identity, error) {
 	return id, nil
 }
 
+// TokenGroups are the groups a token's groups claim carries, as the
+// named provider reads it, before its prefix and any identity's extra
+// groups: what a recording keeps so that the caller can be resolved again
+// under another policy.
+func (p *Policy) TokenGroups(provider string, tok Token) []string {
+	claim := "groups"
+	if ip, ok := p.providers[provider]; ok && ip.GroupsClaim != "" {
+		claim = ip.GroupsClaim
+	}
+	g := claimGroups(tok.Claims[claim])
+	if g == nil {
+		g = []string{}
+	}
+	return g
+}
+
+// MatchClaims are the token's claims that the named provider's
+// identities' match predicates name: what a recording keeps so that the
+// caller can be resolved again (gatehouse impact) without keeping every
+// claim. A claim counts as named when its name appears in a predicate's
+// text, which may keep a claim more than needed, never fewer.
+func (p *Policy) MatchClaims(provider string, tok Token) map[string]any {
+	out := map[string]any{}
+	for _, ci := range p.identities[provider] {
+		if ci.id.Match == "" {
+			continue
+		}
+		for k, v := range tok.Claims {
+			if strings.Contains(ci.id.Match, k) {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
 // claimGroups reads a groups claim: a list of strings, or one string.
 // Values of other types are ignored rather than stringified, so that a
 // malformed claim cannot produce a surprising group name.

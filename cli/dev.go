@@ -24,6 +24,7 @@ func newDevCmd() *cobra.Command {
 	var listen, sshListen, logFile string
 	var seeds []string
 	var exit, noScript, verbose bool
+	var keep string
 	cmd := &cobra.Command{
 		Use:   "dev [DIR]",
 		Short: "Run a throwaway gateway, database and DEVELOPMENT issuer on this machine, and show them working",
@@ -96,6 +97,13 @@ installs them.`,
 				return failed("%w", err)
 			}
 			defer func() {
+				if keep != "" {
+					if n, err := keepRecordings(env, keep); err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "gatehouse dev: --keep-recordings: %v\n", err)
+					} else {
+						fmt.Fprintf(w, "\nKept %d recordings in %s (gatehouse impact OLD NEW --traffic %s).\n", n, keep, keep)
+					}
+				}
 				if err := env.Close(); err != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "gatehouse dev: clean-up: %v\n", err)
 				} else {
@@ -129,7 +137,37 @@ installs them.`,
 	f.BoolVar(&noScript, "no-script", false, "skip the scripted psql session")
 	f.BoolVarP(&verbose, "verbose", "v", false, "print the gateway's debug log to stderr")
 	f.StringVar(&logFile, "log-file", "", "write the gateway's log to this file (default: gateway.log in the temp dir)")
+	f.StringVar(&keep, "keep-recordings", "", "on exit, copy the session recordings (and the recorder's public key) to this directory, for replay, audit or gatehouse impact")
 	return cmd
+}
+
+// keepRecordings copies the recordings directory's files to dir.
+func keepRecordings(env *devenv.Env, dir string) (int, error) {
+	src := gateway.RecordingsDir(env.DataDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, err
+	}
+	files, err := filepath.Glob(filepath.Join(src, "*.jsonl"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return n, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o600); err != nil {
+			return n, err
+		}
+		if filepath.Base(f) != recorder.LedgerName {
+			n++
+		}
+	}
+	if pub, err := os.ReadFile(recorder.PublicKeyPath(filepath.Join(env.DataDir, "recorder.key"))); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "recorder.key.pub"), pub, 0o644)
+	}
+	return n, nil
 }
 
 // runDemoScript is the scripted session, the database check, and the replay

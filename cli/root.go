@@ -107,6 +107,8 @@ audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		newProviderCmd(),
 		newExportCmd(),
 		newSSHAskpassCmd(),
+		newImpactCmd(),
+		newTrafficCmd(),
 	)
 	return root
 }

@@ -32,7 +32,7 @@ func appendEvent(b []byte, ev *Event) ([]byte, bool) {
 	_, offset := ev.Time.Zone()
 	if len(ev.Frames) > 0 || len(ev.Votes) > 0 || ev.Time.Year() < 0 || ev.Time.Year() > 9999 || offset <= -24*3600 || offset >= 24*3600 ||
 		math.IsNaN(ev.DurationMS) || math.IsInf(ev.DurationMS, 0) ||
-		!plainRaw(ev.Request) || !plainRaw(ev.Decision) || !plainRaw(ev.Facts) {
+		!plainRaw(ev.Request) || !plainRaw(ev.Decision) || !plainRaw(ev.Facts) || !plainRaw(ev.TokenGroups) || !plainRaw(ev.Claims) {
 		return b, false
 	}
 	b = append(b, `{"seq":`...)
@@ -51,6 +51,9 @@ func appendEvent(b []byte, ev *Event) ([]byte, bool) {
 	b = appendField(b, "subject", ev.Subject)
 	b = appendField(b, "issuer", ev.Issuer)
 	b = appendStrings(b, "groups", ev.Groups)
+	b = appendRaw(b, "token_groups", ev.TokenGroups)
+	b = appendField(b, "provider", ev.Provider)
+	b = appendRaw(b, "claims", ev.Claims)
 	b = appendField(b, "resource", ev.Resource)
 	if ev.BundleRevision != 0 {
 		b = append(b, `,"bundle_revision":`...)

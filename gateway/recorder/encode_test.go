@@ -31,7 +31,7 @@ func TestEncodeMatchesMarshal(t *testing.T) {
 	for _, ev := range []Event{
 		{},
 		{Seq: 1, Time: now, Type: TypeStart, Format: 3, Session: "s1", Protocol: "postgres", Identity: "app", Subject: "sub", Issuer: "https://id/",
-			Groups: []string{"a", "b<c>"}, Resource: "db", BundleRevision: 42, BundleDigest: "sha256:ab", ClientAddr: "127.0.0.1:5"},
+			Groups: []string{"a", "b<c>"}, TokenGroups: json.RawMessage(`["a"]`), Provider: "corp", Claims: json.RawMessage(`{"env":"prod"}`), Resource: "db", BundleRevision: 42, BundleDigest: "sha256:ab", ClientAddr: "127.0.0.1:5"},
 		{Seq: 2, Time: now, Type: TypeRequest, Prev: "ff", Kind: "query", Text: "SELECT '\x00\x1f\"\\</script>&\u2028\u2029é\xff'",
 			Request: json.RawMessage(`{"kind":"query","statements":[{"command":"SELECT"}]}`), Decision: json.RawMessage(`{"effect":"allow"}`),
 			Effect: "allow", Rules: []string{"p/r"}, Params: []string{"$1 = 'x'"}, Approval: "ap", ApprovalHash: "h"},

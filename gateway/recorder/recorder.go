@@ -106,17 +106,27 @@ type Event struct {
 
 	// session_start (and recheck: Identity to Groups, BundleRevision,
 	// BundleDigest)
-	Format         int      `json:"format,omitempty"`
-	Session        string   `json:"session,omitempty"`
-	Protocol       string   `json:"protocol,omitempty"`
-	Identity       string   `json:"identity,omitempty"`
-	Subject        string   `json:"subject,omitempty"`
-	Issuer         string   `json:"issuer,omitempty"`
-	Groups         []string `json:"groups,omitempty"`
-	Resource       string   `json:"resource,omitempty"`
-	BundleRevision uint64   `json:"bundle_revision,omitempty"`
-	BundleDigest   string   `json:"bundle_digest,omitempty"`
-	ClientAddr     string   `json:"client_addr,omitempty"`
+	Format   int      `json:"format,omitempty"`
+	Session  string   `json:"session,omitempty"`
+	Protocol string   `json:"protocol,omitempty"`
+	Identity string   `json:"identity,omitempty"`
+	Subject  string   `json:"subject,omitempty"`
+	Issuer   string   `json:"issuer,omitempty"`
+	Groups   []string `json:"groups,omitempty"`
+	// TokenGroups is the token's own groups claim (a JSON list, before
+	// the provider's prefix and the identity's extra groups), so that
+	// gatehouse impact can resolve the caller again under another policy.
+	TokenGroups json.RawMessage `json:"token_groups,omitempty"`
+	// Provider names the identity provider that vouched for the token, and
+	// Claims are the token's claims that identities' match predicates
+	// name (a JSON object): with Subject, Issuer and TokenGroups, what
+	// resolving the caller again needs.
+	Provider       string          `json:"provider,omitempty"`
+	Claims         json.RawMessage `json:"claims,omitempty"`
+	Resource       string          `json:"resource,omitempty"`
+	BundleRevision uint64          `json:"bundle_revision,omitempty"`
+	BundleDigest   string          `json:"bundle_digest,omitempty"`
+	ClientAddr     string          `json:"client_addr,omitempty"`
 
 	// request: how it came (Kind: query, parse, execute, function_call,
 	// exec, shell, api; for a seal, SealCrashed or empty), what it says for people (Text), the protocol's

@@ -16,6 +16,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -242,10 +243,12 @@ func (c *Core) Admit(ctx context.Context, a Admission) (*Session, *Refusal) {
 		var rnd [4]byte
 		_, _ = rand.Read(rnd[:])
 		s.id = fmt.Sprintf("%s-%d-%x", s.started.UTC().Format("20060102T150405Z"), a.ID, rnd)
+		tokenGroups, _ := json.Marshal(active.Policy.TokenGroups(vtok.Provider, vtok.Token))
+		claims, _ := json.Marshal(active.Policy.MatchClaims(vtok.Provider, vtok.Token))
 		s.rec, err = c.rec.Start(s.id, recorder.Event{
 			Protocol: a.Protocol, Identity: IdentityName(identity), Subject: identity.Subject, Issuer: identity.Issuer,
-			Groups: identity.Groups, Resource: a.Resource, BundleRevision: active.Revision, BundleDigest: active.Digest,
-			ClientAddr: a.ClientAddr,
+			Groups: identity.Groups, TokenGroups: tokenGroups, Provider: vtok.Provider, Claims: claims, Resource: a.Resource,
+			BundleRevision: active.Revision, BundleDigest: active.Digest, ClientAddr: a.ClientAddr,
 		})
 		if err != nil {
 			lim.release(s.limitKey, a.Resource)

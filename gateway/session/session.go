@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -185,8 +186,11 @@ func (s *Session) Check(ctx context.Context) *Refusal {
 	s.mu.Unlock()
 	s.armExpiry() // the token, verified again, may expire at another time
 	s.log.Info("session re-checked against a new bundle", "revision", active.Revision, "previous_revision", previous)
+	tokenGroups, _ := json.Marshal(active.Policy.TokenGroups(vtok.Provider, vtok.Token))
+	claims, _ := json.Marshal(active.Policy.MatchClaims(vtok.Provider, vtok.Token))
 	s.Note(recorder.Event{Type: recorder.TypeRecheck, Identity: IdentityName(id), Subject: id.Subject, Issuer: id.Issuer,
-		Groups: id.Groups, BundleRevision: active.Revision, BundleDigest: active.Digest})
+		Groups: id.Groups, TokenGroups: tokenGroups, Provider: vtok.Provider, Claims: claims, BundleRevision: active.Revision,
+		BundleDigest: active.Digest})
 	return nil
 }
 
