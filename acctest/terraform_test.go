@@ -269,6 +269,19 @@ func TestTerraformQuickstart(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(work, "policy-tests.xml")); err != nil {
 			t.Error(err)
 		}
+		// plan-check on the saved plan: one report with the tests, the
+		// diff against the state and the impact on the committed sample.
+		report, err := os.ReadFile(filepath.Join(work, "report.md"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"## Gatehouse plan check", "### `gatehouse_bundle.policy` (update)", "51 passed, 0 failed",
+			"#### Access diff (against the state)", "billing-service gained allow", "#### Impact on recorded traffic",
+			"replayed over 31 requests", "**No decision changes.**"} {
+			if !strings.Contains(string(report), want) {
+				t.Errorf("report.md lacks %q:\n%s", want, report)
+			}
+		}
 		cmd = exec.Command("make", append(makeArgs, "merge")...)
 		cmd.Env = x.env
 		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Apply complete! Resources: 0 added, 2 changed") {
@@ -276,6 +289,31 @@ func TestTerraformQuickstart(t *testing.T) {
 		}
 		if p := payload(t, bundleFile); !strings.Contains(string(mustJSON(t, p)), "sha256") {
 			t.Error("the merge did not publish the change")
+		}
+
+		// A narrowing the recorded traffic feels: analytics may no longer
+		// read payments. The plan, its JSON and plan-check by hand, as the
+		// guide says; then the pipeline with FAIL_ON=narrow fails on it.
+		x.edit("main.tf", "t.access == 'read') &&", "t.access == 'read' && t.name != 'payments') &&")
+		x.must("plan", "-no-color", "-input=false", "-out=p")
+		planJSON := filepath.Join(t.TempDir(), "p.json")
+		if err := os.WriteFile(planJSON, []byte(x.must("show", "-json", "p")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		pc, code := ghRun(t, "plan-check", planJSON, "--traffic", "../examples/gitops/traffic.sample.jsonl")
+		if code != 0 {
+			t.Fatalf("plan-check: exit %d\n%s", code, pc)
+		}
+		for _, want := range []string{"51 passed, 0 failed", `policy "analytics-read-only" changed`, "analytics-job lost allow",
+			"| narrow | analytics-job | orders |", "SELECT count(*) FROM payments"} {
+			if !strings.Contains(pc, want) {
+				t.Errorf("plan-check lacks %q:\n%s", want, pc)
+			}
+		}
+		cmd = exec.Command("make", append(makeArgs, "pr", "FAIL_ON=narrow")...)
+		cmd.Env = x.env
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "| narrow | analytics-job") {
+			t.Errorf("make pr FAIL_ON=narrow should fail on the narrowing: %v\n%s", err, out)
 		}
 	})
 }

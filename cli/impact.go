@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/impact"
 )
 
@@ -26,8 +28,8 @@ func newImpactCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "impact OLD NEW --traffic SOURCE [--format text|json|markdown] [--fail-on widen|narrow|any|none]",
 		Short: "Replay recorded traffic under two policies and report the decisions that would change",
-		Long: `Decide every recorded request under OLD and under NEW (each a policy directory or a bundle
-file) and report the requests whose decision would change: allow to deny, deny to allow, to or from
+		Long: `Decide every recorded request under OLD and under NEW (each a policy directory, a bundle file,
+or 'terraform show -json' of a saved plan: the policy its gatehouse_bundle would publish) and report the requests whose decision would change: allow to deny, deny to allow, to or from
 review, and masks added or removed.
 
 Changes are grouped by identity, resource, the outcome before and after, and the rule that decides
@@ -74,11 +76,11 @@ command could not run, 0 otherwise.`,
 				}
 				opts.Since = time.Now().Add(-d)
 			}
-			oldSrc, err := loadSource(args[0], trust, cmd.ErrOrStderr())
+			oldPolicy, err := loadPolicyArg(args[0], trust, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			newSrc, err := loadSource(args[1], trust, cmd.ErrOrStderr())
+			newPolicy, err := loadPolicyArg(args[1], trust, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -87,7 +89,7 @@ command could not run, 0 otherwise.`,
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
-			rep := impact.Compare(oldSrc.policy, newSrc.policy, t, impact.CompareOptions{Examples: examples})
+			rep := impact.Compare(oldPolicy, newPolicy, t, impact.CompareOptions{Examples: examples})
 			rep.Old, rep.New, rep.Traffic = args[0], args[1], strings.Join(traffic, ", ")
 			fmt.Fprintf(cmd.ErrOrStderr(), "replayed %d requests (%d distinct) in %s\n", t.Requests, len(t.Records), time.Since(start).Round(time.Millisecond))
 			w := cmd.OutOrStdout()
@@ -125,6 +127,42 @@ command could not run, 0 otherwise.`,
 	cmd.Flags().StringVar(&since, "since", "", "only requests made in this long before now, as 14d, 36h or 90m (recordings only)")
 	cmd.Flags().StringVarP(&out, "out", "o", "", "write the report to this file instead of stdout")
 	return cmd
+}
+
+// loadPolicyArg compiles impact's OLD or NEW: a policy directory, a
+// bundle, or the JSON of a saved Terraform plan with one gatehouse_bundle.
+func loadPolicyArg(path string, trust []string, stderr io.Writer) (*celpolicy.Policy, error) {
+	if data, err := os.ReadFile(path); err == nil && isPlanJSON(data) {
+		bundles, err := plannedBundles(data)
+		if err != nil {
+			return nil, &exitError{code: exitUsage, err: fmt.Errorf("%s: %w", path, err)}
+		}
+		if len(bundles) != 1 {
+			return nil, &exitError{code: exitUsage, err: fmt.Errorf("%s plans %d gatehouse_bundle resources; impact takes a plan of exactly one (plan-check handles several)", path, len(bundles))}
+		}
+		if bundles[0].unknown {
+			return nil, failed("%s: the planned objects of %s are unknown until apply", path, bundles[0].address)
+		}
+		p, err := compileSpecs(bundles[0].objects)
+		if err != nil {
+			return nil, failed("%s: the planned policy does not compile: %w", path, err)
+		}
+		return p, nil
+	}
+	src, err := loadSource(path, trust, stderr)
+	if err != nil {
+		return nil, err
+	}
+	return src.policy, nil
+}
+
+// isPlanJSON reports whether data looks like 'terraform show -json' output.
+func isPlanJSON(data []byte) bool {
+	var probe struct {
+		FormatVersion string          `json:"format_version"`
+		Planned       json.RawMessage `json:"planned_values"`
+	}
+	return len(data) > 0 && data[0] == '{' && json.Unmarshal(data, &probe) == nil && probe.FormatVersion != "" && len(probe.Planned) > 0
 }
 
 func verb(r *impact.Report) string {

@@ -109,6 +109,7 @@ audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		newSSHAskpassCmd(),
 		newImpactCmd(),
 		newTrafficCmd(),
+		newPlanCheckCmd(),
 	)
 	return root
 }

@@ -453,3 +453,8 @@ func problemPath(obj any, ref bundle.Ref) path.Path {
 	}
 	return p
 }
+
+// ModelFromSpecs assembles a model from the spec attributes of gatehouse_*
+// resources, as gatehouse_bundle does with its objects: gatehouse
+// plan-check rebuilds the planned policy from a saved plan with it.
+func ModelFromSpecs(specs []string) (*bundle.Model, error) { return modelFromSpecs(specs) }
