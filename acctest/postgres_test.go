@@ -327,8 +327,14 @@ log {
 	if err := os.WriteFile(s.cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	gh(t, "gateway", "--config", s.cfgFile, "--check")
 	s.env = append(append(os.Environ(), "ORDERS_DB_PASSWORD="+s.pgPass), o.env...)
+	// --check resolves the bundle's credential references, so it runs
+	// with the gateway's environment.
+	check := exec.Command(gatehouseBin, "gateway", "--config", s.cfgFile, "--check")
+	check.Env = s.env
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("gateway --check: %v\n%s", err, out)
+	}
 	s.logs = &lockedBuffer{}
 	t.Cleanup(func() {
 		s.stopGateway(t)

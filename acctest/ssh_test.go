@@ -165,9 +165,13 @@ log {
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	gh(t, "gateway", "--config", cfgFile, "--check")
 	s.gateway = exec.Command(gatehouseBin, "gateway", "--config", cfgFile)
 	s.gateway.Env = append(os.Environ(), "BASTION_KEY="+string(s.up.ClientKey))
+	check := exec.Command(gatehouseBin, "gateway", "--config", cfgFile, "--check")
+	check.Env = s.gateway.Env
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("gateway --check: %v\n%s", err, out)
+	}
 	s.gateway.Stdout, s.gateway.Stderr = s.logs, s.logs
 	if err := s.gateway.Start(); err != nil {
 		t.Fatal(err)

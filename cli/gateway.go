@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/signal"
 	"syscall"
 
@@ -32,7 +33,7 @@ The configuration file, every field explained:
 
 ` + gateway.ConfigReference,
 		Example: `  gatehouse gateway --config /etc/gatehouse/gateway.hcl
-  gatehouse gateway --config gateway.hcl --check     # validate the config and exit
+  gatehouse gateway --config gateway.hcl --check     # check everything it needs, then exit
   psql "host=gw.internal port=6432 dbname=orders user=billing sslmode=require password=$TOKEN"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -45,8 +46,7 @@ The configuration file, every field explained:
 				return failed("%s: %d error(s) in the gateway config", configPath, len(diags.Errs()))
 			}
 			if check {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", configPath)
-				return nil
+				return preflight(cmd.Context(), cmd.OutOrStdout(), configPath, cfg)
 			}
 			g, err := gateway.New(cfg, gateway.WithLogger(gateway.NewLogger(cfg.Log, cmd.ErrOrStderr())))
 			if err != nil {
@@ -61,6 +61,32 @@ The configuration file, every field explained:
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "the gateway configuration file (HCL)")
-	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
+	cmd.Flags().BoolVar(&check, "check", false, "check the configuration and everything it names (certificates, keys, the bundle, every credential reference, each identity provider), then exit: 0 all ok, 1 something fails")
 	return cmd
+}
+
+// preflight prints gateway.Preflight's checks, one line each; credential
+// values are never shown, only whether their references resolve.
+func preflight(ctx context.Context, w io.Writer, configPath string, cfg *gateway.Config) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	fmt.Fprintf(w, "ok    config %s\n", configPath)
+	failures := 0
+	for _, c := range gateway.Preflight(ctx, cfg, gateway.PreflightOptions{}) {
+		switch {
+		case c.Err != nil:
+			failures++
+			fmt.Fprintf(w, "FAIL  %s: %v\n", c.What, c.Err)
+		case c.Note != "":
+			fmt.Fprintf(w, "ok    %s (%s)\n", c.What, c.Note)
+		default:
+			fmt.Fprintf(w, "ok    %s\n", c.What)
+		}
+	}
+	if failures > 0 {
+		return silentFailure(fmt.Errorf("%d check(s) failed", failures))
+	}
+	fmt.Fprintln(w, "the gateway can start with this configuration")
+	return nil
 }
