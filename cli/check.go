@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ func newCheckCmd() *cobra.Command {
 	var format string
 	var trust []string
 	var verbose bool
+	var runRE string
 	cmd := &cobra.Command{
 		Use:   "check DIR|BUNDLE [--format text|json|junit]",
 		Short: "Run the policy tests",
@@ -27,7 +29,8 @@ no test and the masks that applied in none: behaviour nobody has pinned down.
 Formats: text (for people), json (for tools), junit (JUnit XML for CI test reports).
 Exit status 0 when every test passes, 1 when any fails or the policy does not compile.`,
 		Example: `  gatehouse check examples/quickstart
-  gatehouse check policies/ --format junit > policy-tests.xml`,
+  gatehouse check policies/ --format junit > policy-tests.xml
+  gatehouse check examples/quickstart --run 'analytics'      # only the tests whose name matches`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch format {
@@ -41,6 +44,22 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 			}
 			start := time.Now()
 			results := src.policy.RunTests()
+			if runRE != "" {
+				re, err := regexp.Compile(runRE)
+				if err != nil {
+					return &exitError{code: exitUsage, err: fmt.Errorf("--run: %v", err)}
+				}
+				kept := results[:0]
+				for _, r := range results {
+					if re.MatchString(r.Name) {
+						kept = append(kept, r)
+					}
+				}
+				if len(kept) == 0 {
+					return &exitError{code: exitUsage, err: fmt.Errorf("--run %q matches no test", runRE)}
+				}
+				results = kept
+			}
 			elapsed := time.Since(start)
 			out := cmd.OutOrStdout()
 			switch format {
@@ -58,6 +77,9 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 			default:
 				writeTextResults(out, results, verbose)
 				fmt.Fprintf(out, "\n%d passed, %d failed (%s)\n", len(results)-countFailed(results), countFailed(results), elapsed.Round(time.Millisecond))
+				if runRE != "" {
+					break // coverage of a subset would list rules the other tests cover
+				}
 				cov := src.policy.Coverage(results)
 				fmt.Fprintf(out, "coverage: %d of %d rules and %d of %d masks exercised by a test\n",
 					cov.Rules-len(cov.UntestedRules), cov.Rules, cov.Masks-len(cov.UntestedMasks), cov.Masks)
@@ -80,6 +102,7 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 	cmd.Flags().StringVar(&format, "format", "text", "output format: text, json or junit")
 	cmd.Flags().StringArrayVar(&trust, "trust", nil, "verify a bundle's signature against this public key")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "show reasons and masks for passing tests too")
+	cmd.Flags().StringVar(&runRE, "run", "", "run only the tests whose name matches this regular expression (as opa test --run)")
 	return cmd
 }
 

@@ -1172,7 +1172,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bundle build without --out", []string{"bundle", "build", quickstart, "--key", key}, "--key and --out are required"},
 		{"bundle build without DIR", []string{"bundle", "build", "--key", key, "--out", "x"}, "accepts 1 arg(s), received 0"},
 		{"check without an argument", []string{"check"}, "accepts 1 arg(s), received 0"},
-		{"check of a missing path", []string{"check", filepath.Join(t.TempDir(), "missing")}, "no such file or directory"},
+		{"check of a missing path", []string{"check", filepath.Join(t.TempDir(), "missing")}, "does not exist: give a policy directory (of *.hcl files) or a bundle file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1259,4 +1259,31 @@ func TestTokenPart(t *testing.T) {
 	if got := tokenPart("short", "bastion@gw's password: "); got != "short" {
 		t.Errorf("password prompt: %q", got)
 	}
+}
+
+// An --identity that does not resolve says what the identity matches and
+// gives flags that do, from a test that names it.
+func TestEvalExplainsIdentityResolution(t *testing.T) {
+	r := mustRun(t, exitFailure, "eval", quickstart, "--identity", "analytics-job", "--resource", "orders", "--sql", "SELECT 1")
+	assertContains(t, "stderr", r.stderr, `identity "analytics-job" matches tokens of provider "corp" where:`,
+		"identity.subject.startsWith('analytics-') && identity.claims.?env.orValue('') == 'prod'",
+		`--identity analytics-job --subject analytics-7f9c --claims '{"env":"prod"}'`)
+	// The flags it gives work.
+	mustRun(t, exitOK, "eval", quickstart, "--identity", "analytics-job", "--subject", "analytics-7f9c", "--claims", `{"env":"prod"}`,
+		"--resource", "orders", "--sql", "SELECT 1")
+	r = mustRun(t, exitFailure, "eval", quickstart, "--identity", "billing-service", "--subject", "nope", "--resource", "orders", "--sql", "SELECT 1")
+	assertContains(t, "stderr", r.stderr, `identity "billing-service" is the subject "billing-service" of provider "corp": give --subject billing-service`)
+}
+
+// check --run runs only the tests whose name matches; a pattern that
+// matches none is a usage error, and a missing path says what it wants.
+func TestCheckRunFilterAndMissingPath(t *testing.T) {
+	r := mustRun(t, exitOK, "check", quickstart, "--run", "^analytics")
+	if strings.Contains(r.stdout, "billing") || !strings.Contains(r.stdout, "PASS  analytics") || strings.Contains(r.stdout, "coverage:") {
+		t.Errorf("check --run ^analytics:\n%s", r.stdout)
+	}
+	r = mustRun(t, exitUsage, "check", quickstart, "--run", "no test is called this")
+	assertContains(t, "stderr", r.stderr, `--run "no test is called this" matches no test`)
+	r = mustRun(t, exitUsage, "bundle", "diff", quickstart, "my-changed-policies/")
+	assertContains(t, "stderr", r.stderr, "my-changed-policies/ does not exist: give a policy directory (of *.hcl files) or a bundle file")
 }

@@ -78,7 +78,7 @@ Exit status 0 whatever the decision (the decision is the output); 1 if it cannot
 			}
 			in, err := src.policy.TestInput(&t)
 			if err != nil {
-				return failed("%w", err)
+				return failed("%w%s", err, identityHint(src.model, &t))
 			}
 			d := src.policy.Decide(in)
 			if format == "json" {
@@ -224,4 +224,50 @@ func writeMasking(w io.Writer, p *celpolicy.MaskPlan) {
 	for _, n := range p.Notes {
 		fmt.Fprintf(w, "  note: %s\n", n)
 	}
+}
+
+// identityHint explains how to name a caller the identity matches, when
+// --identity did not resolve: the identity's subject or match expression,
+// and the flags of a policy test that names it.
+func identityHint(m *bundle.Model, t *bundle.Test) string {
+	if t.Identity == "" {
+		return ""
+	}
+	var id *bundle.Identity
+	for i := range m.Identities {
+		if m.Identities[i].Name == t.Identity {
+			id = &m.Identities[i]
+		}
+	}
+	if id == nil {
+		return ""
+	}
+	var b strings.Builder
+	if id.Subject != "" {
+		fmt.Fprintf(&b, "\n  identity %q is the subject %q of provider %q: give --subject %s", id.Name, id.Subject, id.Provider, id.Subject)
+		return b.String()
+	}
+	fmt.Fprintf(&b, "\n  identity %q matches tokens of provider %q where:\n      %s", id.Name, id.Provider, strings.Join(strings.Fields(id.Match), " "))
+	for _, test := range m.Tests {
+		if test.Identity != id.Name || test.Subject == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "\n  for example (from test %q):\n      --identity %s --subject %s", test.Name, id.Name, shellQuote(test.Subject))
+		if test.Claims != "" {
+			fmt.Fprintf(&b, " --claims %s", shellQuote(strings.Join(strings.Fields(test.Claims), " ")))
+		}
+		return b.String()
+	}
+	fmt.Fprintf(&b, "\n  give --subject and --claims that satisfy it")
+	return b.String()
+}
+
+// shellQuote quotes a word for a shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '-' || r == '_' || r == '.' || r == '/' || r == ':' || r == '@' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
@@ -30,6 +32,9 @@ type source struct {
 // was not.
 func loadSource(path string, trust []string, stderr io.Writer) (*source, error) {
 	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, &exitError{code: exitUsage, err: fmt.Errorf("%s does not exist: give a policy directory (of *.hcl files) or a bundle file", path)}
+	}
 	if err != nil {
 		return nil, &exitError{code: exitUsage, err: err}
 	}
