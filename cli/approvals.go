@@ -34,7 +34,11 @@ func (c *approvalsClient) flags(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&c.addr, "addr", def, "the gateway's admin listener: a URL or host:port ($GATEHOUSE_ADDR when set)")
 	cmd.PersistentFlags().StringVar(&c.tokenFile, "token-file", "", "a file holding your OIDC token (default: the token in $GATEHOUSE_TOKEN)")
 	cmd.PersistentFlags().StringVar(&c.caFile, "cacert", "", "PEM CA certificate(s) to verify an https admin listener with (default: the system's)")
-	cmd.PersistentFlags().StringVarP(&c.output, "output", "o", "text", "text or json")
+	// --format is the CLI's output flag; -o/--output, its older spelling
+	// here, stays as a hidden alias (both set the same value).
+	cmd.PersistentFlags().StringVarP(&c.output, "output", "o", "text", "same as --format")
+	_ = cmd.PersistentFlags().MarkHidden("output")
+	cmd.PersistentFlags().StringVar(&c.output, "format", "text", "output format: text or json")
 }
 
 func (c *approvalsClient) token() (string, error) {
@@ -133,7 +137,7 @@ func (c *approvalsClient) print(w io.Writer, v any, text func()) error {
 		text()
 		return nil
 	}
-	return &exitError{code: exitUsage, err: fmt.Errorf("--output %q: use text or json", c.output)}
+	return &exitError{code: exitUsage, err: fmt.Errorf("--format must be text or json, not %q", c.output)}
 }
 
 func newApprovalsCmd() *cobra.Command {

@@ -86,7 +86,8 @@ func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Verify session recordings, their ledger and its anchor"}
 	var dataDir, ledger, anchor, anchorToken string
 	var keys []string
-	var strict, asJSON bool
+	var strict bool
+	var isJSON func() (bool, error)
 	verify := &cobra.Command{
 		Use:   "verify [DIR | SESSION|FILE...] [--anchor FILE|URL]",
 		Short: "Check recordings and their ledger for edits, deletions, cut tails and additions",
@@ -167,7 +168,9 @@ Exit status:
 				}
 			}
 			w := cmd.OutOrStdout()
-			if asJSON {
+			if asJSON, err := isJSON(); err != nil {
+				return err
+			} else if asJSON {
 				verdict := map[int]string{exitOK: "ok", exitFailure: "altered", exitUnsealed: "unsealed"}[code]
 				if code == exitFailure && rep.Verdict() == recorder.VerdictUnsealed {
 					verdict = "unsealed"
@@ -187,7 +190,7 @@ Exit status:
 	dataDirFlag(verify, &dataDir)
 	verify.Flags().StringArrayVar(&keys, "key", nil, "a recorder public key to trust (repeat for several; default DATA_DIR/recorder.pub and DATA_DIR/recorder-*.pub)")
 	verify.Flags().BoolVar(&strict, "strict", false, "exit 1, not 3, for unsealed or incomplete recordings")
-	verify.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	isJSON = jsonFormat(verify.Flags())
 	verify.Flags().StringVar(&ledger, "ledger", "", "the ledger to check against (default: ledger.jsonl beside the recordings)")
 	verify.Flags().StringVar(&anchor, "anchor", "", "the ledger's anchor: a file, or an http(s) URL answered with GET")
 	verify.Flags().StringVar(&anchorToken, "anchor-token", "", "a bearer token for an http(s) anchor, as env:NAME or file:/path")

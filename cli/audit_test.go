@@ -84,6 +84,10 @@ func TestAuditVerifyExitCodes(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Verdict != "ok" || len(out.Recordings) != 2 || out.Ledger.CrashSeals != 1 {
 		t.Fatalf("--json: %v\n%s", err, r.stdout)
 	}
+	// --format json is the CLI's spelling; --json its alias: the same report.
+	if r2 := mustRun(t, exitOK, "audit", "verify", "--data-dir", dataDir, "--format", "json"); r2.stdout != r.stdout {
+		t.Errorf("--format json and --json differ:\n%s\n%s", r2.stdout, r.stdout)
+	}
 
 	// Cut the ledger back: the anchor holds more.
 	lp := filepath.Join(gateway.RecordingsDir(dataDir), recorder.LedgerName)

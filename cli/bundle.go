@@ -171,7 +171,7 @@ Exit status 0 when all hold; 1 with the reason otherwise.`,
 }
 
 func newBundleInspectCmd() *cobra.Command {
-	var asJSON bool
+	var isJSON func() (bool, error)
 	var trust []string
 	cmd := &cobra.Command{
 		Use:   "inspect FILE [--json]",
@@ -189,7 +189,9 @@ output says so; use 'gatehouse bundle verify' before trusting anything you see.`
 			if src.payload == nil {
 				return &exitError{code: exitUsage, err: fmt.Errorf("%s is a directory; inspect takes a bundle file", args[0])}
 			}
-			if asJSON {
+			if asJSON, err := isJSON(); err != nil {
+				return err
+			} else if asJSON {
 				return writeJSON(cmd.OutOrStdout(), map[string]any{
 					"file": args[0], "verified": src.verified, "key_id": src.keyID, "digest": src.digest,
 					"payload": src.payload,
@@ -199,7 +201,7 @@ output says so; use 'gatehouse bundle verify' before trusting anything you see.`
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the payload and metadata as JSON")
+	isJSON = jsonFormat(cmd.Flags())
 	cmd.Flags().StringArrayVar(&trust, "trust", nil, "verify the signature against this public key first")
 	return cmd
 }

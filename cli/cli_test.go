@@ -1287,3 +1287,28 @@ func TestCheckRunFilterAndMissingPath(t *testing.T) {
 	r = mustRun(t, exitUsage, "bundle", "diff", quickstart, "my-changed-policies/")
 	assertContains(t, "stderr", r.stderr, "my-changed-policies/ does not exist: give a policy directory (of *.hcl files) or a bundle file")
 }
+
+// One output flag: --format text|json everywhere; the older --json stays
+// as an alias; a wrong value is a usage error that names the choices.
+func TestFormatFlagEverywhere(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "k")
+	mustRun(t, exitOK, "keygen", "--out", key)
+	file := filepath.Join(dir, "q.bundle")
+	mustRun(t, exitOK, "bundle", "build", quickstart, "--key", filepath.Join(key, "gatehouse.key"), "--out", file)
+	// (audit verify's are in TestAuditVerify*, on real recordings.)
+	if err := os.MkdirAll(filepath.Join(dir, "recordings"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"bundle", "inspect", file}, {"sessions", "list", "--data-dir", dir}} {
+		for _, flag := range [][]string{{"--format", "json"}, {"--json"}} {
+			r := gatehouse(t, append(args, flag...)...)
+			var v any
+			if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+				t.Errorf("%v %v: not JSON (%v): %s", args, flag, err, r)
+			}
+		}
+		r := mustRun(t, exitUsage, append(args, "--format", "yaml")...)
+		assertContains(t, "stderr", r.stderr, `--format must be text or json, not "yaml"`)
+	}
+}

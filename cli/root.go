@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes.
@@ -112,4 +113,25 @@ audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		newPlanCheckCmd(),
 	)
 	return root
+}
+
+// jsonFormat adds the CLI's one output flag, --format text|json, to a
+// command that used to spell it --json (kept, hidden, as an alias). The
+// function it returns says whether JSON was asked for, or why the flag is
+// wrong.
+func jsonFormat(f *pflag.FlagSet) func() (bool, error) {
+	var format string
+	var legacy bool
+	f.StringVar(&format, "format", "text", "output format: text or json")
+	f.BoolVar(&legacy, "json", false, "same as --format json")
+	_ = f.MarkHidden("json")
+	return func() (bool, error) {
+		switch {
+		case legacy || format == "json":
+			return true, nil
+		case format == "text":
+			return false, nil
+		}
+		return false, &exitError{code: exitUsage, err: fmt.Errorf("--format must be text or json, not %q", format)}
+	}
 }

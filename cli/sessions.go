@@ -38,7 +38,7 @@ func sessionPath(dataDir, arg string) string {
 func newSessionsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sessions", Short: "List recorded gateway sessions"}
 	var dataDir, identity, resource, since string
-	var asJSON bool
+	var isJSON func() (bool, error)
 	list := &cobra.Command{
 		Use:   "list [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
 		Short: "List recorded sessions, oldest first",
@@ -71,7 +71,9 @@ integrity.`,
 					out = append(out, s)
 				}
 			}
-			if asJSON {
+			if asJSON, err := isJSON(); err != nil {
+				return err
+			} else if asJSON {
 				if out == nil {
 					out = []recorder.Summary{}
 				}
@@ -96,7 +98,7 @@ integrity.`,
 	list.Flags().StringVar(&identity, "identity", "", "only sessions of this identity")
 	list.Flags().StringVar(&resource, "resource", "", "only sessions to this resource")
 	list.Flags().StringVar(&since, "since", "", "only sessions started in this last duration (24h) or after this RFC 3339 time")
-	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	isJSON = jsonFormat(list.Flags())
 	cmd.AddCommand(list)
 	return cmd
 }
