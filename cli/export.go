@@ -116,7 +116,8 @@ func exportTerraform(m *bundle.Model, bundleFile, keyRef string) []byte {
 terraform {
   required_providers {
     gatehouse = {
-      source = "gatehouse-dev/gatehouse"
+      source  = "gatehouse-dev/gatehouse"
+      version = ">= 0.1.0"
     }
   }
 }

@@ -90,6 +90,8 @@ audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.Version = versionLine()
+	root.SetVersionTemplate("gatehouse {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(

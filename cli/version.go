@@ -8,8 +8,10 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time: -ldflags "-X github.com/gatehouse-dev/gatehouse/cli.version=v1.2.3".
-var version = ""
+// version and commit are set at build time: -ldflags "-X
+// github.com/gatehouse-dev/gatehouse/cli.version=1.2.3 -X ...cli.commit=abc1234".
+// The version is semantic (make builds VERSION-dev between releases).
+var version, commit = "", ""
 
 // Version returns this build's version: the linker-set version, the module
 // version when installed with go install, or "dev".
@@ -34,8 +36,17 @@ func newVersionCmd() *cobra.Command {
 		Example: "  gatehouse version",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "gatehouse %s (%s, %s/%s)\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintf(cmd.OutOrStdout(), "gatehouse %s\n", versionLine())
 			return nil
 		},
 	}
+}
+
+// versionLine is the version with its commit, Go version and platform.
+func versionLine() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("%s (commit %s, %s, %s/%s)", Version(), c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }

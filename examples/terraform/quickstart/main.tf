@@ -2,7 +2,8 @@
 terraform {
   required_providers {
     gatehouse = {
-      source = "gatehouse-dev/gatehouse"
+      source  = "gatehouse-dev/gatehouse"
+      version = ">= 0.1.0"
     }
   }
 }
