@@ -203,7 +203,7 @@ func (s *Session) wait(ctx context.Context, h Held, r approval.Request, created 
 	if h.Watch != nil {
 		gone, stopWatch = h.Watch()
 	}
-	cancelled, left := false, false
+	cancelled, left, ended := false, false, false
 	select {
 	case <-settled:
 	case <-timer.C():
@@ -213,8 +213,10 @@ func (s *Session) wait(ctx context.Context, h Held, r approval.Request, created 
 		left = true
 	case <-s.closed:
 		// The session ended (the gateway is shutting down, or the token
-		// expired): the protocol has told the caller why, naming the
-		// request it still holds (Held), so held is cleared only after.
+		// expired). The protocol tells the caller why, naming the request
+		// it still holds (Held); that may happen after this wakes, so
+		// held stays set: the session is over, and nothing else reads it.
+		ended = true
 	}
 	timer.Stop()
 	stopWatch()
@@ -223,7 +225,9 @@ func (s *Session) wait(ctx context.Context, h Held, r approval.Request, created 
 	if s.holdCancel.Swap(nil) == nil {
 		cancelled = true
 	}
-	s.held.Store(nil)
+	if !ended {
+		s.held.Store(nil)
+	}
 	if left {
 		// Nobody is there to run it for.
 		if created {
