@@ -128,6 +128,37 @@ func TestReleaseAndMirrorInstall(t *testing.T) {
 	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The GitOps example's installer: a pinned release over HTTPS, the
+	// signature checked against the committed key, then the files; a
+	// release signed by another key is refused.
+	rel := httptest.NewTLSServer(http.StripPrefix("/releases/v"+version+"/", http.FileServer(http.Dir(dist))))
+	defer rel.Close()
+	relCA := filepath.Join(t.TempDir(), "ca.pem")
+	_ = os.WriteFile(relCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rel.Certificate().Raw}), 0o644)
+	ghDir := filepath.Join(t.TempDir(), ".github")
+	_ = os.MkdirAll(ghDir, 0o755)
+	script, _ := os.ReadFile("../examples/gitops/.github/install-gatehouse.sh")
+	_ = os.WriteFile(filepath.Join(ghDir, "install-gatehouse.sh"), script, 0o755)
+	_ = os.WriteFile(filepath.Join(ghDir, "gatehouse-release-key.pub"), mustRead(t, filepath.Join(dist, "release-key.pub")), 0o644)
+	home, bindir := t.TempDir(), t.TempDir()
+	installEnv := []string{"GATEHOUSE_VERSION=" + version, "GATEHOUSE_RELEASES=" + rel.URL + "/releases", "CURL_CA_BUNDLE=" + relCA,
+		"BINDIR=" + bindir, "HOME=" + home}
+	if out := sh(ghDir, installEnv, filepath.Join(ghDir, "install-gatehouse.sh")); !strings.Contains(out, "gatehouse "+version+" (commit ") {
+		t.Errorf("install-gatehouse.sh:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".terraform.d/plugins/registry.terraform.io/gatehouse-dev/gatehouse",
+		"terraform-provider-gatehouse_"+version+"_"+platform+".zip")); err != nil {
+		t.Errorf("the provider zip is not in the local mirror: %v", err)
+	}
+	otherKey := t.TempDir()
+	sh(otherKey, nil, gatehouseBin, "keygen", "--out", ".")
+	_ = os.WriteFile(filepath.Join(ghDir, "gatehouse-release-key.pub"), mustRead(t, filepath.Join(otherKey, "gatehouse.pub")), 0o644)
+	cmd := exec.Command(filepath.Join(ghDir, "install-gatehouse.sh"))
+	cmd.Env = append(os.Environ(), append(installEnv, "BINDIR="+t.TempDir())...)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "Signature Verification Failure") {
+		t.Errorf("install-gatehouse.sh should refuse a release not signed by the committed key: %v\n%s", err, out)
+	}
+
 	initAndPlan("network mirror", `provider_installation {
   network_mirror {
     url     = "`+srv.URL+`/providers/"
@@ -155,7 +186,7 @@ func TestReleaseAndMirrorInstall(t *testing.T) {
   }
 }
 `), 0o644)
-	cmd := exec.Command("terraform", "init", "-input=false", "-no-color")
+	cmd = exec.Command("terraform", "init", "-input=false", "-no-color")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "TF_CLI_CONFIG_FILE="+rc, "CHECKPOINT_DISABLE=1", "SSL_CERT_FILE="+ca)
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "checksum") {

@@ -276,19 +276,26 @@ func TestTerraformQuickstart(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, want := range []string{"## Gatehouse plan check", "### `gatehouse_bundle.policy` (update)", "51 passed, 0 failed",
-			"#### Access diff (against the state)", "billing-service gained allow", "#### Impact on recorded traffic",
+			"#### Access diff (against " + published + ")", "billing-service gained allow", "#### Impact on recorded traffic",
 			"replayed over 31 requests", "**No decision changes.**"} {
 			if !strings.Contains(string(report), want) {
 				t.Errorf("report.md lacks %q:\n%s", want, report)
 			}
 		}
-		cmd = exec.Command("make", append(makeArgs, "merge")...)
+		// The merge signs (apply) and publishes where the gateways read,
+		// verified, in one rename.
+		live := filepath.Join(t.TempDir(), "policy.bundle")
+		cmd = exec.Command("make", append(makeArgs, "merge", "PUBLISH_TO="+live)...)
 		cmd.Env = x.env
-		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Apply complete! Resources: 0 added, 2 changed") {
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Apply complete! Resources: 0 added, 2 changed") ||
+			!strings.Contains(string(out), "published "+live) {
 			t.Fatalf("make merge: %v\n%s", err, out)
 		}
 		if p := payload(t, bundleFile); !strings.Contains(string(mustJSON(t, p)), "sha256") {
 			t.Error("the merge did not publish the change")
+		}
+		if a, b := mustRead(t, live), mustRead(t, bundleFile); !bytes.Equal(a, b) {
+			t.Error("the published bundle is not the one apply signed")
 		}
 
 		// A narrowing the recorded traffic feels: analytics may no longer
@@ -321,6 +328,15 @@ func TestTerraformQuickstart(t *testing.T) {
 func mustJSON(t *testing.T, p *bundle.Payload) []byte {
 	t.Helper()
 	b, err := bundle.EncodePayload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
