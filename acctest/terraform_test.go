@@ -261,7 +261,8 @@ func TestTerraformQuickstart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("make pr: %v\n%s", err, out)
 		}
-		for _, want := range []string{"terraform", "fmt -check", "validate", "Plan: 0 to add, 2 to change", "passed", `identity billing-service gained allow`} {
+		for _, want := range []string{"terraform", "fmt -check", "validate", "Plan: 0 to add, 2 to change", "passed", `identity billing-service gained allow`,
+			"access_changes = ["} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("make pr output lacks %q:\n%s", want, out)
 			}
@@ -302,7 +303,11 @@ func TestTerraformQuickstart(t *testing.T) {
 		// read payments. The plan, its JSON and plan-check by hand, as the
 		// guide says; then the pipeline with FAIL_ON=narrow fails on it.
 		x.edit("main.tf", "t.access == 'read') &&", "t.access == 'read' && t.name != 'payments') &&")
-		x.must("plan", "-no-color", "-input=false", "-out=p")
+		// The plan itself says who loses what (the bundle's access_changes).
+		if out := x.must("plan", "-no-color", "-input=false", "-out=p"); !strings.Contains(out, "~ access_changes = [") ||
+			!strings.Contains(out, `"identity analytics-job lost allow on \"orders\" via analytics-read-only/read (3 probe requests, e.g. SELECT * FROM public.payments WHERE id = 1; SELECT * FROM billing.payments WHERE id = 1)"`) {
+			t.Errorf("the plan does not show the access change:\n%s", out)
+		}
 		planJSON := filepath.Join(t.TempDir(), "p.json")
 		if err := os.WriteFile(planJSON, []byte(x.must("show", "-json", "p")), 0o644); err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
@@ -49,6 +50,9 @@ type bundleModel struct {
 	Digest    types.String `tfsdk:"digest"`
 	KeyID     types.String `tfsdk:"key_id"`
 	CreatedAt types.String `tfsdk:"created_at"`
+	// AccessChanges is who gains or loses what with these objects, against
+	// the objects in the state: what a reviewer reads in the plan.
+	AccessChanges types.List `tfsdk:"access_changes"`
 }
 
 // privatePublished is the private-state key holding the digest this
@@ -83,6 +87,12 @@ func (r *bundleResource) Schema(_ context.Context, _ resource.SchemaRequest, res
 			"digest":     computed("`sha256:` and the SHA-256 of the signed payload, as `gatehouse bundle verify` and the gateway report it. After a refresh, the digest of what the file holds now (empty when it is missing)."),
 			"key_id":     computed("The id of the signing key."),
 			"created_at": computed("When it was built (RFC 3339)."),
+			"access_changes": schema.ListAttribute{ElementType: types.StringType, Computed: true,
+				MarkdownDescription: "Who gains or loses what with this configuration's objects, against the bundle in the state, computed at plan " +
+					"time so that `terraform plan` shows it: one line per caller, resource and change, with the rules that decide it, for example " +
+					"`identity analytics-job lost allow on \"orders\" via analytics-read-only/read (3 probe requests, e.g. SELECT * FROM public.payments WHERE id = 1; ...)`. Both policies decide the same " +
+					"probe requests, as `gatehouse bundle diff` does. Empty for a new bundle, or when access does not change; kept from the last " +
+					"apply while the objects do not change."},
 		},
 	}
 }
@@ -168,7 +178,11 @@ func findObject(m *bundle.Model, ref bundle.Ref) any {
 // ModifyPlan publishes again when the file drifted: the refreshed digest
 // is not the one this resource wrote.
 func (r *bundleResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
-	if req.Plan.Raw.IsNull() || req.State.Raw.IsNull() {
+	if req.Plan.Raw.IsNull() {
+		return
+	}
+	r.planAccessChanges(ctx, req, resp)
+	if req.State.Raw.IsNull() {
 		return
 	}
 	var state bundleModel
@@ -336,6 +350,7 @@ func (r *bundleResource) ImportState(ctx context.Context, req resource.ImportSta
 		ID: types.StringValue(req.ID), File: types.StringValue(req.ID), Objects: objects, RunTests: types.BoolValue(true),
 		Revision: types.Int64Value(int64(v.Payload.Revision)), Digest: types.StringValue(v.Digest),
 		KeyID: types.StringValue(v.KeyID), CreatedAt: types.StringValue(v.Payload.CreatedAt),
+		AccessChanges: types.ListValueMust(types.StringType, []attr.Value{}),
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &state)...)
 	resp.Diagnostics.Append(resp.Private.SetKey(ctx, privatePublished, mustJSON(v.Digest))...)
@@ -344,4 +359,96 @@ func (r *bundleResource) ImportState(ctx context.Context, req resource.ImportSta
 func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// planAccessChanges sets access_changes in the plan: the access diff of
+// the planned objects against the state's, so that the plan says who gains
+// or loses what; the state's value when the objects do not change; empty
+// for a new bundle; unknown while the objects are.
+func (r *bundleResource) planAccessChanges(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	var plan bundleModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	set := func(v types.List) {
+		resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("access_changes"), v)...)
+	}
+	empty, _ := types.ListValueFrom(ctx, types.StringType, []string{})
+	if req.State.Raw.IsNull() {
+		set(empty)
+		return
+	}
+	var state bundleModel
+	resp.Diagnostics.Append(req.State.Get(ctx, &state)...)
+	if plan.Objects.IsUnknown() || plan.Objects.IsNull() {
+		set(types.ListUnknown(types.StringType))
+		return
+	}
+	for _, e := range plan.Objects.Elements() {
+		if e.IsUnknown() {
+			set(types.ListUnknown(types.StringType))
+			return
+		}
+	}
+	if plan.Objects.Equal(state.Objects) {
+		// Nothing to publish: the plan must equal the state (a state
+		// written before this attribute existed keeps it null), or apply
+		// would publish again while the plan promised the same digest.
+		set(state.AccessChanges)
+		return
+	}
+	var oldSpecs, newSpecs []string
+	resp.Diagnostics.Append(state.Objects.ElementsAs(ctx, &oldSpecs, false)...)
+	resp.Diagnostics.Append(plan.Objects.ElementsAs(ctx, &newSpecs, false)...)
+	oldP, errOld := policyOfSpecs(oldSpecs)
+	newP, errNew := policyOfSpecs(newSpecs)
+	if errNew != nil {
+		// ValidateConfig reports what is wrong with the new objects.
+		set(types.ListUnknown(types.StringType))
+		return
+	}
+	if errOld != nil {
+		resp.Diagnostics.AddAttributeWarning(path.Root("access_changes"), "No access diff against the state",
+			"The objects in the state do not compile with this provider, so the plan cannot say who gains or loses what: "+errOld.Error())
+		set(types.ListUnknown(types.StringType))
+		return
+	}
+	var lines []string
+	for _, c := range celpolicy.Diff(oldP, newP).Access {
+		line := fmt.Sprintf("%s %s on %q", c.Caller, c.Summary, c.Resource)
+		if len(c.Rules) > 0 {
+			line += " via " + strings.Join(c.Rules, ", ")
+		}
+		// The probe requests make the line specific: two changes that give
+		// the same caller the same effect still read (and plan) differently.
+		examples := c.Requests
+		if len(examples) > 2 {
+			examples = examples[:2]
+		}
+		line += fmt.Sprintf(" (%d probe request", len(c.Requests))
+		if len(c.Requests) != 1 {
+			line += "s"
+		}
+		if len(examples) > 0 {
+			line += ", e.g. " + strings.Join(examples, "; ")
+		}
+		lines = append(lines, line+")")
+	}
+	if lines == nil {
+		lines = []string{}
+	}
+	v, d := types.ListValueFrom(ctx, types.StringType, lines)
+	resp.Diagnostics.Append(d...)
+	set(v)
+}
+
+// policyOfSpecs compiles objects' specs into a policy.
+func policyOfSpecs(specs []string) (*celpolicy.Policy, error) {
+	m, err := modelFromSpecs(specs)
+	if err != nil {
+		return nil, err
+	}
+	m.Normalize()
+	return celpolicy.Compile(m, sqlfacts.Analysis())
 }
