@@ -142,7 +142,7 @@ func TestImpactOnRecordedTraffic(t *testing.T) {
 		t.Errorf("the traffic file has %d records, want 4 (one per caller and shape):\n%s", n, data)
 	}
 	r2, out, code := impact(s.policyDir, narrowed, "--traffic", traffic, "--format", "json")
-	if code != 0 || r2.Requests != 6 || r2.Narrowed != 3 || len(r2.Changes) != 1 || r2.Changes[0].Requests != 3 {
+	if code != 0 || r2.Requests != 6 || r2.Narrowed != 3 || r2.Approximate != 0 || len(r2.Changes) != 1 || r2.Changes[0].Requests != 3 {
 		t.Errorf("impact over the export: exit %d, %+v\n%s", code, r2, out)
 	}
 }

@@ -43,7 +43,7 @@ type Record struct {
 	// TokenGroups are the token's own groups claim, as the token carried
 	// it. Recordings older than this field lack it; the replay then takes
 	// Groups for the token's groups and says that it is approximate.
-	TokenGroups []string `json:"token_groups,omitempty"`
+	TokenGroups []string `json:"token_groups"`
 	// Provider names the identity provider that vouched for the token,
 	// and Claims are the token's claims identities' match predicates
 	// name (both recorded since token groups were).
