@@ -167,7 +167,10 @@ gateway's approval state, and in the session's recording when the statement is r
 	list := &cobra.Command{
 		Use:   "list [--state pending|approved|denied|expired|cancelled] [--all]",
 		Short: "List approval requests you may act on (pending ones by default), newest first",
-		Args:  cobra.NoArgs,
+		Example: `  export GATEHOUSE_ADDR=https://gateway.internal:8443 GATEHOUSE_TOKEN=$(cat ~/.gatehouse/token)
+  gatehouse approvals list
+  gatehouse approvals list --state approved --all --format json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := "?state=" + url.QueryEscape(state)
 			if all {
@@ -203,9 +206,10 @@ gateway's approval state, and in the session's recording when the statement is r
 	list.Flags().BoolVar(&all, "all", false, "every state")
 
 	show := &cobra.Command{
-		Use:   "show ID",
-		Short: "Show one approval request: the exact statement, who asked, the rules, and the votes",
-		Args:  cobra.ExactArgs(1),
+		Use:     "show ID",
+		Short:   "Show one approval request: the exact statement, who asked, the rules, and the votes",
+		Example: `  gatehouse approvals show ap-v6zc5mdr3i32llbf`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var r approval.Request
 			if err := c.do(http.MethodGet, "/v1/approvals/"+url.PathEscape(args[0]), nil, &r); err != nil {
@@ -223,9 +227,10 @@ gateway's approval state, and in the session's recording when the statement is r
 			verb, short = "deny", "Deny a request: the statement fails with your comment (a comment is required)"
 		}
 		v := &cobra.Command{
-			Use:   verb + " ID --comment TEXT",
-			Short: short,
-			Args:  cobra.ExactArgs(1),
+			Use:     verb + " ID --comment TEXT",
+			Short:   short,
+			Example: "  gatehouse approvals " + verb + " ap-v6zc5mdr3i32llbf --comment \"checked with the billing team (TICKET-123)\"",
+			Args:    cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
 				if !approve && strings.TrimSpace(comment) == "" {
 					return &exitError{code: exitUsage, err: errors.New("deny needs --comment: the caller sees it, and it is recorded")}

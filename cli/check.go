@@ -76,6 +76,11 @@ Exit status 0 when every test passes, 1 when any fails or the policy does not co
 				}
 			default:
 				writeTextResults(out, results, verbose)
+				for _, r := range results {
+					if rng, ok := src.blocks["test/"+r.Name]; !r.Passed && ok {
+						fmt.Fprintf(out, "%s:%d: test %q failed\n", rng.Filename, rng.Start.Line, r.Name)
+					}
+				}
 				fmt.Fprintf(out, "\n%d passed, %d failed (%s)\n", len(results)-countFailed(results), countFailed(results), elapsed.Round(time.Millisecond))
 				if runRE != "" {
 					break // coverage of a subset would list rules the other tests cover

@@ -10,6 +10,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclwrite"
+	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 )
@@ -1310,5 +1312,38 @@ func TestFormatFlagEverywhere(t *testing.T) {
 		}
 		r := mustRun(t, exitUsage, append(args, "--format", "yaml")...)
 		assertContains(t, "stderr", r.stderr, `--format must be text or json, not "yaml"`)
+	}
+}
+
+// Every command a user runs shows examples in its --help.
+func TestEveryCommandHasExamples(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Runnable() && !c.Hidden && c.Example == "" && c.Name() != "help" && c.Name() != "completion" && c.Parent() != nil && c.Parent().Name() != "completion" {
+			t.Errorf("%s has no Example in its --help", c.CommandPath())
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(newRoot(io.Discard, io.Discard))
+}
+
+// A failing test names its block's file and line, as go test does.
+func TestCheckFailureNamesFileAndLine(t *testing.T) {
+	dir := t.TempDir()
+	entries, _ := os.ReadDir(quickstart)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(quickstart, e.Name()))
+		if e.Name() == "policies.hcl" {
+			b = []byte(strings.Replace(string(b), "t.access == 'read')", "t.access == 'read' && t.name != 'customers')", 1))
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := mustRun(t, exitFailure, "check", dir)
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(filepath.Join(dir, "tests.hcl")) + `:\d+: test "analytics reads orders and customers" failed$`).MatchString(r.stdout) {
+		t.Errorf("no file:line for the failing test:\n%s", r.stdout)
 	}
 }

@@ -38,6 +38,8 @@ func newProviderCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "provider [--debug]",
 		Short: "Serve the Terraform provider (Terraform runs this itself; --debug is for attaching a debugger)",
+		Example: `  make install-provider                 # the usual way: Terraform starts the provider itself
+  dlv exec bin/gatehouse -- provider --debug   # then export the TF_REATTACH_PROVIDERS it prints`,
 		Long: `The gatehouse binary is also the Terraform provider gatehouse-dev/gatehouse: Terraform starts it
 when it finds a terraform-provider-gatehouse link to it (make install-provider sets that up with a
 dev_overrides CLI config), and it serves the plugin protocol.

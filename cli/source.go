@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/hashicorp/hcl/v2"
+
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
@@ -24,6 +26,8 @@ type source struct {
 	verified bool
 	keyID    string
 	digest   string
+	// blocks are where a directory's objects are defined (hclconfig).
+	blocks map[string]hcl.Range
 }
 
 // loadSource compiles a policy directory or reads a bundle. Policy errors are
@@ -47,7 +51,7 @@ func loadSource(path string, trust []string, stderr io.Writer) (*source, error) 
 			_ = hclconfig.WriteDiagnostics(stderr, res.Files, diags)
 			return nil, failed("%s: %d error(s) in the policy", path, len(diags.Errs()))
 		}
-		return &source{path: path, policy: res.Policy, model: res.Model}, nil
+		return &source{path: path, policy: res.Policy, model: res.Model, blocks: res.Blocks}, nil
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -38,6 +38,9 @@ type Result struct {
 	Policy *celpolicy.Policy
 	// Files are the parsed sources, by file name, for printing diagnostics.
 	Files map[string]*hcl.File
+	// Blocks are where each object is defined, by "kind/name" (block type
+	// and label: "test/analytics cannot write").
+	Blocks map[string]hcl.Range
 }
 
 // Load reads every *.hcl file directly inside dir, in name order.
@@ -133,7 +136,7 @@ func LoadFiles(files map[string][]byte) (*Result, hcl.Diagnostics) {
 		}
 		d.file(f)
 	}
-	res := &Result{Files: d.files}
+	res := &Result{Files: d.files, Blocks: d.seen}
 	if d.diags.HasErrors() {
 		return res, d.diags
 	}
