@@ -34,6 +34,11 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/
 LDFLAGS="-s -w -X github.com/gatehouse-dev/gatehouse/cli.version=$VERSION -X github.com/gatehouse-dev/gatehouse/cli.commit=$COMMIT"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
+dist_abs="$(realpath -m "$DIST")"
+case "$dist_abs" in
+  /|"$(realpath -m "${HOME:-/}")"|"$(realpath -m "$PWD")"|/usr|/etc|/var|/tmp)
+    echo "release: DIST=$DIST would be emptied; give it a directory of its own" >&2; exit 2 ;;
+esac
 rm -rf "$DIST"
 mkdir -p "$DIST"
 step() { printf '==> %s\n' "$*"; }
