@@ -218,3 +218,27 @@ func BenchmarkImpactReplay(b *testing.B) {
 	}
 	b.ReportMetric(float64(sessions*per*b.N)/time.Since(start).Seconds(), "requests/s")
 }
+
+// A request whose SQL did not parse keeps no constant: the parser's
+// message (which quotes the text near the error) is replaced, and the
+// request still decides as invalid (denied).
+func TestSanitizeDropsParserMessages(t *testing.T) {
+	sql := "SELEC card FROM t WHERE n = '4111 1111 1111 1111'"
+	raw, _ := json.Marshal(sqlfacts.Query(sql))
+	if !strings.Contains(string(raw), `near \"SELEC\"`) {
+		t.Fatalf("set-up: the parser's message should quote the text near the error: %s", raw)
+	}
+	out, example, err := sanitize("postgres", raw, sql, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, leak := range []string{"4111", "SELEC"} {
+		if strings.Contains(string(out), leak) || strings.Contains(example, leak) {
+			t.Errorf("%q reaches the export: %s / %s", leak, out, example)
+		}
+	}
+	req, err := celpolicy.DecodeRecorded("postgres", out)
+	if err != nil || req.Invalid() == "" {
+		t.Errorf("the sanitized request is no longer invalid: %v %+v", err, req)
+	}
+}
