@@ -207,6 +207,9 @@ func RecorderKeyPath(dataDir string) string { return filepath.Join(dataDir, "rec
 // Approvals is the gateway's approval store.
 func (g *Gateway) Approvals() approval.Store { return g.approvals }
 
+// RecorderStats are the recorder's counters (the metrics read them).
+func (g *Gateway) RecorderStats() *recorder.Stats { return &g.rec.Stats }
+
 // Store is the gateway's bundle store.
 func (g *Gateway) Store() *bundlestore.Store { return g.store }
 

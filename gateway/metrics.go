@@ -24,6 +24,7 @@ var (
 	descReloads        = prometheus.NewDesc("gatehouse_bundle_reloads_total", "Bundles activated.", nil, nil)
 	descReloadFailures = prometheus.NewDesc("gatehouse_bundle_reload_failures_total", "Bundles refused (bad signature, rollback, schema, CEL).", nil, nil)
 	descRevision       = prometheus.NewDesc("gatehouse_bundle_revision", "Revision of the active bundle (0: none).", nil, nil)
+	descRecSyncs       = prometheus.NewDesc("gatehouse_recorder_syncs_total", "fdatasyncs that made recorded events durable (group commits and checkpoints); the latency histogram's count divided by this is how many requests one sync served.", nil, nil)
 	descRecErrors      = prometheus.NewDesc("gatehouse_recorder_errors_total", "Recording writes that failed: a request's refuses the request, a start's the session; a result's leaves a gap the recording reports.", nil, nil)
 	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make an event durable (successful writes).", nil, nil)
 	descApprovals      = prometheus.NewDesc("gatehouse_approvals", "Approval requests kept, by state.", []string{"state"}, nil)
@@ -34,7 +35,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descRecErrors, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
 		ch <- d
 	}
 }
@@ -76,6 +77,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, rev)
 	ch <- prometheus.MustNewConstMetric(descRecErrors, prometheus.CounterValue, float64(g.rec.Stats.Errors.Load()))
+	ch <- prometheus.MustNewConstMetric(descRecSyncs, prometheus.CounterValue, float64(g.rec.Stats.Syncs.Load()))
 	healthy := 1.0
 	if g.rec.Healthy() != nil {
 		healthy = 0

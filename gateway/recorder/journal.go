@@ -254,6 +254,7 @@ func (j *journal) sync() (uint64, error) {
 		_, err := j.f.Write(batch)
 		if err == nil {
 			err = j.r.sync(j.f)
+			j.r.Stats.Syncs.Add(1)
 		}
 		j.fmu.Unlock()
 		j.mu.Lock()
@@ -285,6 +286,7 @@ func (j *journal) checkpointLocked() error {
 		}
 	}
 	j.queued = j.queued[:0]
+	j.r.Stats.Syncs.Add(1)
 	j.fmu.Lock()
 	defer j.fmu.Unlock()
 	if err := j.f.Truncate(0); err != nil {

@@ -27,6 +27,10 @@ type Stats struct {
 	Nanos   atomic.Int64
 	Records atomic.Int64
 	Buckets [len(bounds) + 1]atomic.Int64
+	// Syncs counts the fdatasyncs that made events durable (group commits
+	// of the journal, and checkpoints): Records / Syncs is how many events
+	// one shares.
+	Syncs atomic.Int64
 }
 
 func (st *Stats) observe(d time.Duration) {

@@ -122,7 +122,10 @@ type result struct {
 	// pgbench and PostgreSQL are other processes), pgbouncer's from
 	// /proc. Zero for direct.
 	cpu time.Duration
-	err string
+	// perSync is, through the gateway, how many durable events one
+	// fdatasync served (the group commit's batch).
+	perSync float64
+	err     string
 }
 
 func main() {
@@ -265,13 +268,23 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 				} else if p.name == "direct" {
 					cpu = nil
 				}
+				rs := env.Gateway.RecorderStats()
+				records0, syncs0 := rs.Records.Load(), rs.Syncs.Load()
 				r := runOne(work, p, env.CAFile, mode, c, duration, cpu)
+				if p.name == "gateway" {
+					if n := rs.Syncs.Load() - syncs0; n > 0 {
+						r.perSync = float64(rs.Records.Load()-records0) / float64(n)
+					}
+				}
 				if r.err != "" {
 					fmt.Printf("failed: %s\n", r.err)
 				} else {
 					fmt.Printf("%8.0f tps  p50 %s  p99 %s", r.tps, ms(r.p50), ms(r.p99))
 					if r.cpu > 0 {
 						fmt.Printf("  cpu %s/tx", us(r.cpu))
+					}
+					if r.perSync > 0 {
+						fmt.Printf("  %.1f events/fdatasync", r.perSync)
 					}
 					fmt.Println()
 				}
@@ -518,7 +531,7 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "pgbench -S (scale %d), %s per run, TLS on every client connection, on %s (%d CPUs)\n\n", scale, d, host, numCPU())
-	fmt.Fprintf(&b, "| protocol | clients | path | TPS | vs direct | p50 ms | p99 ms | proxy CPU per tx |\n|---|---:|---|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| protocol | clients | path | TPS | vs direct | p50 ms | p99 ms | proxy CPU per tx | events per fdatasync |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	direct := map[string]result{}
 	for _, r := range rs {
 		if r.path == "direct" {
@@ -527,7 +540,7 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 	}
 	for _, r := range rs {
 		if r.err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | failed: %s | | | | |\n", r.mode, r.clients, r.path, r.err)
+			fmt.Fprintf(&b, "| %s | %d | %s | failed: %s | | | | | |\n", r.mode, r.clients, r.path, r.err)
 			continue
 		}
 		ratio := "1.00"
@@ -538,7 +551,11 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 		if r.cpu > 0 {
 			cpu = us(r.cpu)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s | %s |\n", r.mode, r.clients, r.path, r.tps, ratio, ms(r.p50), ms(r.p99), cpu)
+		perSync := "—"
+		if r.perSync > 0 {
+			perSync = fmt.Sprintf("%.1f", r.perSync)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s |\n", r.mode, r.clients, r.path, r.tps, ratio, ms(r.p50), ms(r.p99), cpu, perSync)
 	}
 	b.WriteString("\n")
 	if slices.ContainsFunc(rs, func(r result) bool { return r.path == "pgbouncer" && strings.Contains(r.err, "prepared statement") }) {
