@@ -19,28 +19,21 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/gatehouse-dev/gatehouse/devenv"
+	"github.com/gatehouse-dev/gatehouse/internal/benchmem"
 	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
 )
 
@@ -299,7 +292,7 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 			return err
 		}
 		step("memory: %d idle authenticated sessions held by another process", idle)
-		growth, err := idleMemory(env.Gateway.Addr("postgres"), tokenFile, env.CAFile, idle)
+		growth, err := benchmem.Growth("-hold", strconv.Itoa(idle), "-addr", env.Gateway.Addr("postgres"), "-token-file", tokenFile, "-ca", env.CAFile)
 		if err != nil {
 			return fmt.Errorf("idle sessions: %w", err)
 		}
@@ -365,238 +358,6 @@ func pgbench(p path, caFile, db string, args ...string) (string, error) {
 	return b.String(), err
 }
 
-// tpsRE reads "tps = 1234.5 (without initial connection time)".
-func tpsRE(out string) float64 {
-	for _, line := range strings.Split(out, "\n") {
-		if rest, ok := strings.CutPrefix(line, "tps = "); ok {
-			f, _ := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-			return f
-		}
-	}
-	return 0
-}
-
-// readLatencies reads every per-transaction log pgbench wrote (one per
-// thread): "client_id transaction_no time_us script_no epoch epoch_us".
-func readLatencies(dir string) ([]time.Duration, error) {
-	files, _ := filepath.Glob(filepath.Join(dir, "tx.*"))
-	if len(files) == 0 {
-		return nil, fmt.Errorf("pgbench wrote no transaction log in %s", dir)
-	}
-	var lat []time.Duration
-	for _, f := range files {
-		fh, err := os.Open(f)
-		if err != nil {
-			return nil, err
-		}
-		sc := bufio.NewScanner(fh)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 3 {
-				continue
-			}
-			us, err := strconv.ParseInt(fields[2], 10, 64)
-			if err != nil {
-				fh.Close()
-				return nil, fmt.Errorf("%s: %q: %v", f, sc.Text(), err)
-			}
-			lat = append(lat, time.Duration(us)*time.Microsecond)
-		}
-		fh.Close()
-	}
-	slices.Sort(lat)
-	return lat, nil
-}
-
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q * float64(len(sorted)-1))
-	return sorted[i]
-}
-
-type bouncer struct {
-	addr string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func (b *bouncer) stop() {
-	_ = b.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-b.done:
-	case <-time.After(5 * time.Second):
-		_ = b.cmd.Process.Kill()
-		<-b.done
-	}
-}
-
-// startPgbouncer runs pgbouncer in the foreground (as the postgres user
-// when we are root: it refuses root), in transaction pooling, with TLS to
-// its clients and to PostgreSQL.
-func startPgbouncer(work string, pg *pgcluster.Server, password string, env *devenv.Env) (*bouncer, error) {
-	dir := filepath.Join(work, "pgbouncer")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, err
-	}
-	cred, err := pgcluster.ServerCredential()
-	if err != nil {
-		return nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	cert, key := filepath.Join(env.Dir, "tls.crt"), filepath.Join(env.Dir, "tls.key")
-	files := map[string]string{
-		"pgbouncer.ini": fmt.Sprintf(`[databases]
-bench = host=%s port=%d dbname=bench user=bench password=%s
-bench_session = host=%[1]s port=%[2]d dbname=bench user=bench password=%[3]s pool_mode=session
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %d
-unix_socket_dir = %s
-auth_type = trust
-auth_file = %s/userlist.txt
-pool_mode = transaction
-max_client_conn = 200
-default_pool_size = 32
-client_tls_sslmode = require
-client_tls_cert_file = %s/tls.crt
-client_tls_key_file = %s/tls.key
-server_tls_sslmode = verify-full
-server_tls_ca_file = %s/ca.pem
-logfile = %s/pgbouncer.log
-ignore_startup_parameters = extra_float_digits
-`, pg.Host(), pg.Port(), password, port, dir, dir, dir, dir, dir, dir),
-		"userlist.txt": `"bench" ""` + "\n",
-	}
-	for name, src := range map[string]string{"tls.crt": cert, "tls.key": key, "ca.pem": env.CAFile} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			return nil, err
-		}
-		files[name] = string(b)
-	}
-	for name, data := range files {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
-			return nil, err
-		}
-		if cred != nil {
-			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if cred != nil {
-		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, err
-		}
-		// The postgres user must reach dir through work, and env.Dir.
-		_ = os.Chmod(work, 0o711)
-	}
-	cmd := exec.Command("pgbouncer", filepath.Join(dir, "pgbouncer.ini"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGTERM}
-	var logb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logb, &logb
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("pgbouncer: %w", err)
-	}
-	b := &bouncer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(b.done) }()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		select {
-		case <-b.done:
-			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-			return nil, fmt.Errorf("pgbouncer exited: %s%s", logb.String(), log)
-		default:
-		}
-		if c, err := net.Dial("tcp", b.addr); err == nil {
-			c.Close()
-			return b, nil
-		}
-		if time.Now().After(deadline) {
-			b.stop()
-			return nil, fmt.Errorf("pgbouncer did not listen on %s within 10s", b.addr)
-		}
-	}
-}
-
-func formatReport(rs []result, clients []int, d time.Duration, scale int) string {
-	var b strings.Builder
-	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "pgbench -S (scale %d), %s per run, TLS on every client connection, on %s (%d CPUs)\n\n", scale, d, host, numCPU())
-	fmt.Fprintf(&b, "| protocol | clients | path | TPS | vs direct | p50 ms | p99 ms | proxy CPU per tx | events per fdatasync |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n")
-	direct := map[string]result{}
-	for _, r := range rs {
-		if r.path == "direct" {
-			direct[r.mode+strconv.Itoa(r.clients)] = r
-		}
-	}
-	for _, r := range rs {
-		if r.err != "" {
-			fmt.Fprintf(&b, "| %s | %d | %s | failed: %s | | | | | |\n", r.mode, r.clients, r.path, r.err)
-			continue
-		}
-		ratio := "1.00"
-		if dr := direct[r.mode+strconv.Itoa(r.clients)]; dr.tps > 0 && r.path != "direct" {
-			ratio = fmt.Sprintf("%.2f", r.tps/dr.tps)
-		}
-		cpu := "—"
-		if r.cpu > 0 {
-			cpu = us(r.cpu)
-		}
-		perSync := "—"
-		if r.perSync > 0 {
-			perSync = fmt.Sprintf("%.1f", r.perSync)
-		}
-		fmt.Fprintf(&b, "| %s | %d | %s | %.0f | %s | %s | %s | %s | %s |\n", r.mode, r.clients, r.path, r.tps, ratio, ms(r.p50), ms(r.p99), cpu, perSync)
-	}
-	b.WriteString("\n")
-	if slices.ContainsFunc(rs, func(r result) bool { return r.path == "pgbouncer" && strings.Contains(r.err, "prepared statement") }) {
-		b.WriteString("pgbouncer 1.18 in transaction pooling cannot serve protocol-level prepared statements (a statement\n" +
-			"prepared on one server connection is executed on another; 1.21+ can, with max_prepared_statements), so\n" +
-			"pgbench -M prepared fails through it once several clients share the pool. pgbouncer-session is the same\n" +
-			"pgbouncer in session pooling, which such clients use.\n\n")
-	}
-	for _, mode := range []string{"simple", "prepared"} {
-		dr, gw := find(rs, mode, 1, "direct"), find(rs, mode, 1, "gateway")
-		if dr.err == "" && gw.err == "" && dr.tps > 0 && gw.tps > 0 {
-			fmt.Fprintf(&b, "At 1 client (%s), the gateway adds %s at p50 (%s → %s) and %s at p99.\n",
-				mode, us(gw.p50-dr.p50), ms(dr.p50), ms(gw.p50), us(gw.p99-dr.p99))
-		}
-	}
-	if slices.Contains(clients, 8) {
-		for _, mode := range []string{"simple", "prepared"} {
-			dr := find(rs, mode, 8, "direct")
-			for _, p := range []string{"gateway", "pgbouncer", "pgbouncer-session"} {
-				r := find(rs, mode, 8, p)
-				if dr.tps > 0 && r.tps > 0 {
-					fmt.Fprintf(&b, "At 8 clients (%s), %s/direct TPS = %.2f.\n", mode, p, r.tps/dr.tps)
-				}
-			}
-		}
-	}
-	return b.String()
-}
-
-func find(rs []result, mode string, clients int, p string) result {
-	for _, r := range rs {
-		if r.mode == mode && r.clients == clients && r.path == p {
-			return r
-		}
-	}
-	return result{err: "not run"}
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d.Microseconds())/1000) }
-func us(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
-
 func numCPU() int {
 	b, _ := os.ReadFile("/proc/cpuinfo")
 	return bytes.Count(b, []byte("\nprocessor")) + 1
@@ -647,132 +408,4 @@ func step(format string, args ...any) { fmt.Printf("==> "+format+"\n", args...) 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "benchpg: "+format+"\n", args...)
 	os.Exit(1)
-}
-
-// transactions reads "number of transactions actually processed: 1234".
-func transactions(out string) int64 {
-	for _, line := range strings.Split(out, "\n") {
-		if rest, ok := strings.CutPrefix(line, "number of transactions actually processed: "); ok {
-			n, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-// cpuMeter reads a proxy's CPU time so far: this process's (the gateway
-// runs in it) when p is nil, else p's from /proc/PID/stat (utime and
-// stime, in clock ticks of 10 ms; a run has thousands of them).
-func cpuMeter(p *os.Process) func() time.Duration {
-	if p == nil {
-		return func() time.Duration {
-			var ru syscall.Rusage
-			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-			return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-		}
-	}
-	return func() time.Duration {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
-		if err != nil {
-			return 0
-		}
-		// Fields after the command (which is in parentheses and may
-		// hold spaces): state is field 3, utime 14, stime 15.
-		i := bytes.LastIndexByte(b, ')')
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 13 {
-			return 0
-		}
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		return time.Duration(ut+st) * 10 * time.Millisecond
-	}
-}
-
-// idleMemory has a child process open n sessions through the gateway and
-// keep them idle, and returns how much this process (the gateway) grew.
-func idleMemory(addr, tokenFile, caFile string, n int) (int64, error) {
-	before := rss()
-	child := exec.Command(os.Args[0], "-hold", strconv.Itoa(n), "-addr", addr, "-token-file", tokenFile, "-ca", caFile)
-	stdin, err := child.StdinPipe()
-	if err != nil {
-		return 0, err
-	}
-	out, err := child.StdoutPipe()
-	if err != nil {
-		return 0, err
-	}
-	child.Stderr = os.Stderr
-	if err := child.Start(); err != nil {
-		return 0, err
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "ready" {
-		_ = child.Process.Kill()
-		_ = child.Wait()
-		return 0, fmt.Errorf("the child did not hold its sessions: %q %v", line, err)
-	}
-	time.Sleep(500 * time.Millisecond)
-	after := rss()
-	stdin.Close()
-	_ = child.Wait()
-	return after - before, nil
-}
-
-// rss is this process's resident memory after a collection.
-func rss() int64 {
-	runtime.GC()
-	debug.FreeOSMemory()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// holdSessions is the child: it opens n sessions through the gateway
-// (TLS, the token as password; each one authenticated and connected
-// upstream), runs one query on each, says "ready", and keeps them idle
-// until stdin closes.
-func holdSessions(addr, tokenFile, caFile string, n int) error {
-	token, err := os.ReadFile(tokenFile)
-	if err != nil {
-		return err
-	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	var conns []*pgx.Conn
-	defer func() {
-		for _, c := range conns {
-			_ = c.Close(ctx)
-		}
-	}()
-	for i := range n {
-		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=bench-client dbname=bench sslmode=verify-full sslrootcert=%s", host, port, caFile))
-		if err != nil {
-			return err
-		}
-		cfg.Password = strings.TrimSpace(string(token))
-		c, err := pgx.ConnectConfig(ctx, cfg)
-		if err != nil {
-			return fmt.Errorf("session %d: %w", i+1, err)
-		}
-		conns = append(conns, c)
-		var one int
-		if err := c.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
-			return fmt.Errorf("session %d: %w", i+1, err)
-		}
-	}
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	return nil
 }

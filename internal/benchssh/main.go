@@ -13,7 +13,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -25,7 +24,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -36,6 +34,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gatehouse-dev/gatehouse/devenv"
+	"github.com/gatehouse-dev/gatehouse/internal/benchmem"
 )
 
 const policy = `
@@ -352,54 +351,16 @@ func (s *setup) idleMemory(report io.Writer, n int) error {
 			what = "with an idle shell (upstream connected)"
 		}
 		step("memory: %d idle sessions, %s", n, what)
-		before := rss()
-		child := exec.Command(os.Args[0], "-hold", strconv.Itoa(n), "-addr", s.gateway, "-token-file", s.tokenFile, fmt.Sprintf("-shells=%v", shells))
-		stdin, err := child.StdinPipe()
+		growth, err := benchmem.Growth("-hold", strconv.Itoa(n), "-addr", s.gateway, "-token-file", s.tokenFile, fmt.Sprintf("-shells=%v", shells))
 		if err != nil {
 			return err
 		}
-		out, err := child.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		child.Stderr = os.Stderr
-		if err := child.Start(); err != nil {
-			return err
-		}
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil || strings.TrimSpace(line) != "ready" {
-			_ = child.Process.Kill()
-			_ = child.Wait()
-			return fmt.Errorf("the child did not hold its sessions: %q %v", line, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-		after := rss()
-		stdin.Close()
-		_ = child.Wait()
-		growth := after - before
 		fmt.Fprintf(report, "| %s | %.1f MiB | %.0f KiB |\n", what, float64(growth)/(1<<20), float64(growth)/float64(n)/1024)
 		// Let the sessions end and their memory return before the next.
 		time.Sleep(time.Second)
 	}
 	fmt.Fprintln(report)
 	return nil
-}
-
-// rss is this process's resident memory after a collection.
-func rss() int64 {
-	runtime.GC()
-	debug.FreeOSMemory()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // holdSessions is the child: it opens n sessions (and shells), says
@@ -412,31 +373,33 @@ func holdSessions(addr, tokenFile string, n int, shells bool) error {
 	cfg := &gossh.ClientConfig{User: "bench-host", Auth: []gossh.AuthMethod{gossh.Password(strings.TrimSpace(string(token)))},
 		HostKeyCallback: gossh.InsecureIgnoreHostKey()}
 	var clients []*gossh.Client
-	for range n {
-		c, err := gossh.Dial("tcp", addr, cfg)
-		if err != nil {
-			return err
+	defer func() {
+		for _, c := range clients {
+			c.Close()
 		}
-		clients = append(clients, c)
-		if shells {
-			sess, err := c.NewSession()
+	}()
+	return benchmem.Hold(func() error {
+		for range n {
+			c, err := gossh.Dial("tcp", addr, cfg)
 			if err != nil {
 				return err
 			}
-			if _, err := sess.StdinPipe(); err != nil {
-				return err
-			}
-			if err := sess.Shell(); err != nil {
-				return err
+			clients = append(clients, c)
+			if shells {
+				sess, err := c.NewSession()
+				if err != nil {
+					return err
+				}
+				if _, err := sess.StdinPipe(); err != nil {
+					return err
+				}
+				if err := sess.Shell(); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	for _, c := range clients {
-		c.Close()
-	}
-	return nil
+		return nil
+	})
 }
 
 func gatewayHostKey(knownHosts string) (gossh.PublicKey, error) {
