@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
@@ -1346,4 +1347,28 @@ func TestCheckFailureNamesFileAndLine(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(filepath.Join(dir, "tests.hcl")) + `:\d+: test "analytics reads orders and customers" failed$`).MatchString(r.stdout) {
 		t.Errorf("no file:line for the failing test:\n%s", r.stdout)
 	}
+}
+
+// One --since for sessions list, impact and traffic export: days,
+// durations, RFC 3339; anything else is a usage error.
+func TestSinceTime(t *testing.T) {
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"":                     {},
+		"14d":                  now.Add(-14 * 24 * time.Hour),
+		"36h":                  now.Add(-36 * time.Hour),
+		"90m":                  now.Add(-90 * time.Minute),
+		"2026-12-01T00:00:00Z": time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC),
+	} {
+		if got, err := sinceTime(in, now); err != nil || !got.Equal(want) {
+			t.Errorf("sinceTime(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"0d", "-3h", "d", "1.5d", "yesterday"} {
+		if _, err := sinceTime(bad, now); err == nil {
+			t.Errorf("sinceTime(%q) accepted", bad)
+		}
+	}
+	r := mustRun(t, exitUsage, "sessions", "list", "--data-dir", t.TempDir(), "--since", "yesterday")
+	assertContains(t, "stderr", r.stderr, `--since "yesterday": want days (14d), a duration (36h, 90m) or an RFC 3339 time`)
 }

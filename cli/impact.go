@@ -68,14 +68,11 @@ command could not run, 0 otherwise.`,
 			if len(traffic) == 0 {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--traffic is required: a gateway's data directory, recordings, or an exported traffic file")}
 			}
-			opts := impact.Options{KeepConstants: showConstants}
-			if since != "" {
-				d, err := parseSince(since)
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				opts.Since = time.Now().Add(-d)
+			from, err := sinceTime(since, time.Now())
+			if err != nil {
+				return err
 			}
+			opts := impact.Options{KeepConstants: showConstants, Since: from}
 			oldPolicy, err := loadPolicyArg(args[0], trust, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -124,7 +121,7 @@ command could not run, 0 otherwise.`,
 	cmd.Flags().StringArrayVar(&trust, "trust", nil, "public key to verify bundle signatures with (repeatable)")
 	cmd.Flags().BoolVar(&showConstants, "show-constants", false, "show SQL as sent, constants included (local use only: they can be personal data)")
 	cmd.Flags().IntVar(&examples, "examples", 3, "examples per change")
-	cmd.Flags().StringVar(&since, "since", "", "only requests made in this long before now, as 14d, 36h or 90m (recordings only)")
+	cmd.Flags().StringVar(&since, "since", "", "only requests made since: 14d, 36h, 90m before now, or an RFC 3339 time (recordings only)")
 	cmd.Flags().StringVarP(&out, "out", "o", "", "write the report to this file instead of stdout")
 	return cmd
 }
@@ -211,22 +208,6 @@ func readTraffic(sources []string, o impact.Options, progress io.Writer) (*impac
 	return impact.Merge(all...), nil
 }
 
-// parseSince reads 14d, 36h, 90m.
-func parseSince(s string) (time.Duration, error) {
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		if _, err := fmt.Sscanf(days, "%d", &n); err != nil || n <= 0 || fmt.Sprint(n) != days {
-			return 0, fmt.Errorf("--since %q: want a number of days (14d), hours (36h) or minutes (90m)", s)
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("--since %q: want a number of days (14d), hours (36h) or minutes (90m)", s)
-	}
-	return d, nil
-}
-
 func newTrafficCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "traffic",
@@ -263,14 +244,11 @@ raw recordings. docs/guides/proving-a-policy-change.md shows how to publish it.`
   gatehouse traffic export gw1/data gw2/data > traffic.jsonl`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o := impact.Options{KeepConstants: keep}
-			if since != "" {
-				d, err := parseSince(since)
-				if err != nil {
-					return &exitError{code: exitUsage, err: err}
-				}
-				o.Since = time.Now().Add(-d)
+			from, err := sinceTime(since, time.Now())
+			if err != nil {
+				return err
 			}
+			o := impact.Options{KeepConstants: keep, Since: from}
 			t, err := readTraffic(args, o, cmd.ErrOrStderr())
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
@@ -294,7 +272,7 @@ raw recordings. docs/guides/proving-a-policy-change.md shows how to publish it.`
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&since, "since", "", "only requests made in this long before now, as 14d, 36h or 90m")
+	cmd.Flags().StringVar(&since, "since", "", "only requests made since: 14d, 36h, 90m before now, or an RFC 3339 time")
 	cmd.Flags().BoolVar(&keep, "keep-constants", false, "keep SQL texts as sent (they can hold personal data)")
 	cmd.Flags().StringVarP(&out, "out", "o", "", "write to this file instead of stdout")
 	return cmd

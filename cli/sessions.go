@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,19 +52,13 @@ integrity.`,
 		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			from, err := sinceTime(since, time.Now())
+			if err != nil {
+				return err
+			}
 			ss, err := recorder.List(gateway.RecordingsDir(dataDir))
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
-			}
-			var from time.Time
-			if since != "" {
-				if d, err := time.ParseDuration(since); err == nil {
-					from = time.Now().Add(-d)
-				} else if t, err := time.Parse(time.RFC3339, since); err == nil {
-					from = t
-				} else {
-					return fmt.Errorf("--since %q is neither a duration (24h) nor an RFC 3339 time", since)
-				}
 			}
 			var out []recorder.Summary
 			for _, s := range ss {
@@ -97,7 +92,7 @@ integrity.`,
 	dataDirFlag(list, &dataDir)
 	list.Flags().StringVar(&identity, "identity", "", "only sessions of this identity")
 	list.Flags().StringVar(&resource, "resource", "", "only sessions to this resource")
-	list.Flags().StringVar(&since, "since", "", "only sessions started in this last duration (24h) or after this RFC 3339 time")
+	list.Flags().StringVar(&since, "since", "", "only sessions started since: 14d, 24h, 90m before now, or an RFC 3339 time")
 	isJSON = jsonFormat(list.Flags())
 	cmd.AddCommand(list)
 	return cmd
@@ -209,4 +204,23 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			fmt.Fprintf(w, "%s  GAP    %d event(s) could not be written: %s\n", ts, ev.Lost, ev.Reason)
 		}
 	}
+}
+
+// sinceTime reads a --since flag: a number of days (14d), a duration
+// (36h, 90m) before now, or an RFC 3339 time. Empty is the zero time
+// (everything).
+func sinceTime(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n > 0 {
+			return now.Add(-time.Duration(n) * 24 * time.Hour), nil
+		}
+	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(-d), nil
+	} else if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, &exitError{code: exitUsage, err: fmt.Errorf("--since %q: want days (14d), a duration (36h, 90m) or an RFC 3339 time", s)}
 }
