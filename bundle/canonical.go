@@ -107,6 +107,12 @@ func (m *Model) Normalize() {
 		}
 		mk.Columns = sortedSet(mk.Columns)
 		mk.Detectors = sortedSet(mk.Detectors)
+		for j, f := range mk.Fields {
+			if kf, err := ParseKubernetesField(f); err == nil {
+				mk.Fields[j] = kf.String()
+			}
+		}
+		mk.Fields = sortedSet(mk.Fields)
 	}
 	sortByName(m.Tests, func(x Test) string { return x.Name })
 	for i := range m.Tests {

@@ -39,7 +39,7 @@ func TestNormalizeSortsObjectsAndSets(t *testing.T) {
 		"ssh_hosts":           {"bastion"},
 		"kubernetes_clusters": {"prod-cluster"},
 		"policies":            {"k8s-deploy", "orders-access", "ssh-ops"},
-		"masks":               {"card-numbers", "emails"},
+		"masks":               {"card-numbers", "emails", "secret-values"},
 		"tests":               {"adhoc-forward", "deploy", "etl-reads-orders"},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -56,6 +56,7 @@ func TestNormalizeSortsObjectsAndSets(t *testing.T) {
 		"approval groups":              {rule(&m, "orders-access", "prod-writes").Approval.Groups, []string{"dba", "sre"}},
 		"mask resources":               {mask(&m, "emails").Resources, []string{"analytics", "orders-db"}},
 		"mask detectors":               {mask(&m, "card-numbers").Detectors, []string{"card_number", "iban"}},
+		"mask fields":                  {mask(&m, "secret-values").Fields, []string{"secrets/data", "secrets/stringData", "widgets.example.com/spec.password"}},
 		"test groups":                  {test(&m, "adhoc-forward").Groups, []string{"sre"}},
 	}
 	for name, s := range sets {

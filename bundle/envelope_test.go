@@ -140,6 +140,8 @@ func realisticModel() Model {
 				Method: MaskHash, HashKey: "env:MASK_HASH_KEY", Unless: `"pii-reader" in caller.groups`},
 			{Name: "card-numbers", Description: "PCI <scope>", Resources: []string{"orders-db"}, Columns: []string{"orders.card_number", "billing.invoices.card_number"},
 				Detectors: []string{"card_number", "iban"}, Method: MaskPartial},
+			{Name: "secret-values", Resources: []string{"prod-cluster"}, Fields: []string{"secrets/stringData", "secrets/data", "widgets.example.com/spec.password"},
+				Method: MaskRedact, Unless: `'secret-admins' in identity.groups`},
 		},
 		Tests: []Test{
 			{Name: "etl-reads-orders", Identity: "etl", Claims: `{ "sub": "etl-nightly", "email": "etl@acme.com" }`, Resource: "orders-db",

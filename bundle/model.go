@@ -368,11 +368,14 @@ func MaskStrength(method string) int {
 	return 0
 }
 
-// Mask hides column values in results.
+// Mask hides values in responses: column values in PostgreSQL results, or
+// fields of Kubernetes objects in API responses.
 type Mask struct {
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	// Resources names the PostgreSQL resources the mask applies to.
+	// Resources names the resources the mask applies to: all postgres, or
+	// all kubernetes_cluster. Postgres masks set Columns and Detectors;
+	// Kubernetes masks set Fields.
 	Resources []string `json:"resources"`
 	// Columns are schema.table.column names (a two-part table.column is
 	// normalised to the public schema), matched against the column origin of
@@ -380,6 +383,15 @@ type Mask struct {
 	Columns []string `json:"columns,omitempty"`
 	// Detectors mask any value that looks like the named kind of data.
 	Detectors []string `json:"detectors,omitempty"`
+	// Fields are the Kubernetes object fields the mask hides, each
+	// RESOURCE[.GROUP]/PATH (ParseKubernetesField): secrets/data,
+	// secrets/stringData, configmaps/data, widgets.example.com/spec.password.
+	// RESOURCE is the plural lower-case resource name as in the API path;
+	// GROUP is empty for the core group; PATH is a dotted path of object
+	// keys from the object's root. When the value at PATH is an object (a
+	// Secret's data), every value in it is masked; when it is a string,
+	// the string is masked.
+	Fields []string `json:"fields,omitempty"`
 	// Method is redact, partial, hash or null.
 	Method string `json:"method"`
 	// HashKey is a secret reference to the HMAC key of the hash method.
@@ -422,7 +434,8 @@ type Test struct {
 	// always encoded (null when unset) so that unset and empty stay apart.
 	ExpectRules []string `json:"expect_rules"`
 	// ExpectMasks, when non-nil, is the exact set of masked targets
-	// (a column, or "detector:NAME") and their methods. An empty map
+	// (a column, "detector:NAME", or "kubernetes:RESOURCE[.GROUP]/PATH"
+	// for a Kubernetes object field) and their methods. An empty map
 	// asserts that nothing is masked.
 	ExpectMasks map[string]string `json:"expect_masks"`
 }

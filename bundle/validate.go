@@ -627,19 +627,59 @@ func splitIdents(s string) ([]string, error) {
 func (v *validator) mask(mk Mask) {
 	ref := At("mask", mk.Name)
 	if len(mk.Resources) == 0 {
-		v.add(CodeMissingAttribute, ref.Attribute("resources"), "resources is required: name the postgres resources this mask applies to")
+		v.add(CodeMissingAttribute, ref.Attribute("resources"), "resources is required: name the postgres or kubernetes_cluster resources this mask applies to")
 	}
+	// kind is the kind of the mask's resources; a mask hides one kind of
+	// thing (result columns, or object fields), so they are all of one.
+	kind := ""
 	for i, name := range mk.Resources {
 		k, ok := v.resources[name]
 		switch {
 		case !ok:
 			v.add(CodeUnknownReference, ref.Attribute("resources").Elem(i), "resource %q is not defined", name)
-		case k != KindPostgres:
-			v.add(CodeInvalidValue, ref.Attribute("resources").Elem(i), "resource %q is a %s; masks apply to postgres resources", name, k)
+		case k != KindPostgres && k != KindKubernetes:
+			v.add(CodeInvalidValue, ref.Attribute("resources").Elem(i), "resource %q is a %s; masks apply to postgres and kubernetes_cluster resources", name, k)
+		case kind == "":
+			kind = k
+		case k != kind:
+			v.add(CodeMixedKinds, ref.Attribute("resources").Elem(i), "resource %q is a %s but this mask already applies to %s resources; a mask hides one kind of value (postgres result columns, or kubernetes_cluster object fields); split it into one mask per kind", name, k, kind)
 		}
 	}
-	if len(mk.Columns) == 0 && len(mk.Detectors) == 0 {
-		v.add(CodeMissingAttribute, ref, "set columns or detectors (or both): a mask must say what it hides")
+	pgTargets := len(mk.Columns) > 0 || len(mk.Detectors) > 0
+	if kind == "" {
+		// No resource says (none is defined, or the mask is checked on
+		// its own, as the Terraform provider does): what it hides does.
+		switch {
+		case len(mk.Fields) > 0 && pgTargets:
+			v.add(CodeConflict, ref.Attribute("fields"), "set fields (Kubernetes object fields, for kubernetes_cluster resources) or columns and detectors (PostgreSQL result values, for postgres resources), not both: a mask applies to one kind of resource")
+		case len(mk.Fields) > 0:
+			kind = KindKubernetes
+		case pgTargets:
+			kind = KindPostgres
+		default:
+			v.add(CodeMissingAttribute, ref, "a mask must say what it hides: set columns or detectors (postgres resources), or fields (kubernetes_cluster resources)")
+		}
+	}
+	switch kind {
+	case KindPostgres:
+		if len(mk.Fields) > 0 {
+			v.add(CodeConflict, ref.Attribute("fields"), "fields names Kubernetes object fields, for masks of kubernetes_cluster resources; this mask applies to postgres resources: name what it hides with columns or detectors")
+		}
+		if !pgTargets {
+			v.add(CodeMissingAttribute, ref, "set columns or detectors (or both): a mask must say what it hides")
+		}
+	case KindKubernetes:
+		if len(mk.Fields) == 0 {
+			v.add(CodeMissingAttribute, ref.Attribute("fields"), "fields is required: name the Kubernetes object fields this mask hides, such as secrets/data")
+		}
+		for _, attr := range []struct {
+			name string
+			set  bool
+		}{{"columns", len(mk.Columns) > 0}, {"detectors", len(mk.Detectors) > 0}, {"allow_in_predicates", mk.AllowInPredicates}} {
+			if attr.set {
+				v.add(CodeConflict, ref.Attribute(attr.name), "%s is for masks of postgres resources; this mask applies to kubernetes_cluster resources: name the object fields it hides with fields, such as secrets/data", attr.name)
+			}
+		}
 	}
 	for i, c := range mk.Columns {
 		if _, _, _, err := ParseColumn(c); err != nil {
@@ -650,6 +690,19 @@ func (v *validator) mask(mk Mask) {
 		if !slices.Contains(MaskDetectors, d) {
 			v.add(CodeInvalidValue, ref.Attribute("detectors").Elem(i), "%q is not a detector; use one of %s", d, quoteList(MaskDetectors))
 		}
+	}
+	fields := map[string]int{} // canonical spelling -> first index
+	for i, s := range mk.Fields {
+		f, err := ParseKubernetesField(s)
+		if err != nil {
+			v.add(CodeInvalidValue, ref.Attribute("fields").Elem(i), "%v", err)
+			continue
+		}
+		if first, dup := fields[f.String()]; dup {
+			v.add(CodeDuplicateName, ref.Attribute("fields").Elem(i), "field %q is already listed (fields[%d]); keep one", s, first)
+			continue
+		}
+		fields[f.String()] = i
 	}
 	v.oneOf(ref.Attribute("method"), mk.Method, maskMethods)
 	switch {
@@ -720,8 +773,16 @@ func (v *validator) test(t Test) {
 			if !slices.Contains(MaskDetectors, d) {
 				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%q names no detector; use one of %s", d, quoteList(MaskDetectors))
 			}
+		} else if f, ok := strings.CutPrefix(target, KubernetesTargetPrefix); ok {
+			if _, err := ParseKubernetesField(f); err != nil {
+				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%q: %v", target, err)
+			}
 		} else if _, _, _, err := ParseColumn(target); err != nil {
-			v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%v", err)
+			if _, kerr := ParseKubernetesField(target); kerr == nil {
+				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%q is not a column; write a Kubernetes object field as %s%s", target, KubernetesTargetPrefix, target)
+			} else {
+				v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "%v", err)
+			}
 		}
 		if !slices.Contains(maskMethods, method) {
 			v.add(CodeInvalidValue, ref.Attribute("expect_masks"), "method %q for %q is not one of %s", method, target, quoteList(maskMethods))

@@ -306,7 +306,7 @@ func TestValidate(t *testing.T) {
 		"mask on an ssh_host": {
 			mutate:  func(m *Model) { k := mask(m, "card-numbers"); k.Resources = append(k.Resources, "bastion") },
 			want:    []problem{{CodeInvalidValue, `mask "card-numbers" resources[1]`}},
-			wantMsg: `resource "bastion" is a ssh_host; masks apply to postgres resources`,
+			wantMsg: `resource "bastion" is a ssh_host; masks apply to postgres and kubernetes_cluster resources`,
 		},
 		"test names an unknown resource": {
 			mutate:  func(m *Model) { test(m, "deploy").Resource = "staging-cluster" },
@@ -641,6 +641,112 @@ func TestValidate(t *testing.T) {
 			want:   []problem{{CodeMissingAttribute, `mask "card-numbers"`}},
 		},
 
+		// Kubernetes masks.
+		"kubernetes mask on a postgres resource too": {
+			mutate: func(m *Model) { k := mask(m, "secret-values"); k.Resources = append(k.Resources, "orders-db") },
+			want: []problem{
+				{CodeMixedKinds, `mask "secret-values" resources[1]`},
+				// The mask is a kubernetes_cluster mask (its first
+				// resource), so nothing else is reported.
+			},
+			wantMsg: `resource "orders-db" is a postgres but this mask already applies to kubernetes_cluster resources`,
+		},
+		"postgres mask on a kubernetes_cluster too": {
+			mutate:  func(m *Model) { k := mask(m, "card-numbers"); k.Resources = append(k.Resources, "prod-cluster") },
+			want:    []problem{{CodeMixedKinds, `mask "card-numbers" resources[1]`}},
+			wantMsg: `resource "prod-cluster" is a kubernetes_cluster but this mask already applies to postgres resources`,
+		},
+		"kubernetes mask on an ssh_host": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Resources = []string{"bastion"} },
+			want:    []problem{{CodeInvalidValue, `mask "secret-values" resources[0]`}},
+			wantMsg: `resource "bastion" is a ssh_host; masks apply to postgres and kubernetes_cluster resources`,
+		},
+		"fields on a postgres mask": {
+			mutate:  func(m *Model) { mask(m, "card-numbers").Fields = []string{"secrets/data"} },
+			want:    []problem{{CodeConflict, `mask "card-numbers" fields`}},
+			wantMsg: `fields names Kubernetes object fields, for masks of kubernetes_cluster resources; this mask applies to postgres resources`,
+		},
+		"a postgres mask with only fields": {
+			mutate: func(m *Model) {
+				k := mask(m, "card-numbers")
+				k.Columns, k.Detectors, k.Fields = nil, nil, []string{"secrets/data"}
+			},
+			want: []problem{{CodeConflict, `mask "card-numbers" fields`}, {CodeMissingAttribute, `mask "card-numbers"`}},
+		},
+		"kubernetes mask without fields": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Fields = nil },
+			want:    []problem{{CodeMissingAttribute, `mask "secret-values" fields`}},
+			wantMsg: "fields is required: name the Kubernetes object fields this mask hides, such as secrets/data",
+		},
+		"columns on a kubernetes mask": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Columns = []string{"orders.card_number"} },
+			want:    []problem{{CodeConflict, `mask "secret-values" columns`}},
+			wantMsg: "columns is for masks of postgres resources; this mask applies to kubernetes_cluster resources",
+		},
+		"detectors on a kubernetes mask": {
+			mutate: func(m *Model) { mask(m, "secret-values").Detectors = []string{"email"} },
+			want:   []problem{{CodeConflict, `mask "secret-values" detectors`}},
+		},
+		"allow_in_predicates on a kubernetes mask": {
+			mutate: func(m *Model) { mask(m, "secret-values").AllowInPredicates = true },
+			want:   []problem{{CodeConflict, `mask "secret-values" allow_in_predicates`}},
+		},
+		"kubernetes mask field without a path": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Fields = []string{"secrets/data", "secrets"} },
+			want:    []problem{{CodeInvalidValue, `mask "secret-values" fields[1]`}},
+			wantMsg: `field "secrets" names no path: want RESOURCE[.GROUP]/PATH such as secrets/data`,
+		},
+		"kubernetes mask field with an upper-case resource": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Fields = []string{"Secrets/data"} },
+			want:    []problem{{CodeInvalidValue, `mask "secret-values" fields[0]`}},
+			wantMsg: `resource "Secrets" must be lower case`,
+		},
+		"kubernetes mask field with an empty path segment": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Fields = []string{"widgets.example.com/spec..password"} },
+			want:    []problem{{CodeInvalidValue, `mask "secret-values" fields[0]`}},
+			wantMsg: `an empty path segment`,
+		},
+		"kubernetes mask field listed twice": {
+			mutate: func(m *Model) {
+				mask(m, "secret-values").Fields = []string{"secrets/data", "configmaps/data", "secrets/data"}
+			},
+			want:    []problem{{CodeDuplicateName, `mask "secret-values" fields[2]`}},
+			wantMsg: `field "secrets/data" is already listed (fields[0])`,
+		},
+		"kubernetes mask hash without hash_key": {
+			mutate:  func(m *Model) { mask(m, "secret-values").Method = MaskHash },
+			want:    []problem{{CodeMissingAttribute, `mask "secret-values" hash_key`}},
+			wantMsg: "the hash method needs hash_key",
+		},
+		"kubernetes mask with an unknown method": {
+			mutate: func(m *Model) { mask(m, "secret-values").Method = "blur" },
+			want:   []problem{{CodeInvalidValue, `mask "secret-values" method`}},
+		},
+		"mask of undefined resources with fields and columns": {
+			mutate: func(m *Model) {
+				k := mask(m, "secret-values")
+				k.Resources = []string{"staging-cluster"}
+				k.Columns = []string{"orders.card_number"}
+			},
+			want: []problem{{CodeUnknownReference, `mask "secret-values" resources[0]`}, {CodeConflict, `mask "secret-values" fields`}},
+		},
+		"mask of undefined resources that hides nothing": {
+			mutate: func(m *Model) {
+				k := mask(m, "secret-values")
+				k.Resources = []string{"staging-cluster"}
+				k.Fields = nil
+			},
+			want: []problem{{CodeUnknownReference, `mask "secret-values" resources[0]`}, {CodeMissingAttribute, `mask "secret-values"`}},
+		},
+		"mask of undefined resources with a bad field": {
+			mutate: func(m *Model) {
+				k := mask(m, "secret-values")
+				k.Resources = []string{"staging-cluster"}
+				k.Fields = []string{"secrets/"}
+			},
+			want: []problem{{CodeUnknownReference, `mask "secret-values" resources[0]`}, {CodeInvalidValue, `mask "secret-values" fields[0]`}},
+		},
+
 		// Identity providers.
 		"http issuer that is not loopback": {
 			mutate:  func(m *Model) { idp(m, "corp-okta").Issuer = "http://corp.okta.com/oauth2/default" },
@@ -783,6 +889,26 @@ func TestValidate(t *testing.T) {
 			},
 			want: []problem{{CodeInvalidValue, `test "etl-reads-orders" expect_masks`}},
 		},
+		"expect_masks with a kubernetes field": {
+			mutate: func(m *Model) {
+				test(m, "deploy").ExpectMasks = map[string]string{"kubernetes:secrets/data": MaskRedact, "kubernetes:widgets.example.com/spec.password": MaskRedact}
+			},
+			want: []problem{},
+		},
+		"expect_masks with a bad kubernetes field": {
+			mutate: func(m *Model) {
+				test(m, "deploy").ExpectMasks = map[string]string{"kubernetes:secrets": MaskRedact}
+			},
+			want:    []problem{{CodeInvalidValue, `test "deploy" expect_masks`}},
+			wantMsg: `"kubernetes:secrets": field "secrets" names no path`,
+		},
+		"expect_masks with a kubernetes field without its prefix": {
+			mutate: func(m *Model) {
+				test(m, "deploy").ExpectMasks = map[string]string{"secrets/data": MaskRedact}
+			},
+			want:    []problem{{CodeInvalidValue, `test "deploy" expect_masks`}},
+			wantMsg: `"secrets/data" is not a column; write a Kubernetes object field as kubernetes:secrets/data`,
+		},
 		"expect_masks with a bad method": {
 			mutate: func(m *Model) {
 				test(m, "etl-reads-orders").ExpectMasks = map[string]string{"orders.card_number": "blur"}
@@ -901,6 +1027,10 @@ func TestValidateRefs(t *testing.T) {
 		"rule attribute element": {
 			mutate: func(m *Model) { rule(m, "ssh-ops", "shell").On = []string{"exec", "api"} },
 			want:   Ref{Kind: "policy", Name: "ssh-ops", Rule: "shell", Attr: "on", Index: 1},
+		},
+		"mask field element": {
+			mutate: func(m *Model) { mask(m, "secret-values").Fields = []string{"secrets/data", "secrets/data."} },
+			want:   Ref{Kind: "mask", Name: "secret-values", Attr: "fields", Index: 1},
 		},
 		"rule nested attribute": {
 			mutate: func(m *Model) { rule(m, "ssh-ops", "forward").Approval.Timeout = "1y" },

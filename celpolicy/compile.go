@@ -82,7 +82,9 @@ type compiledMask struct {
 	mask *bundle.Mask
 	// columns are fully qualified, whatever spelling the model used.
 	columns []string
-	unless  cel.Program // nil: always applies
+	// fields are a Kubernetes mask's object fields, spelled canonically.
+	fields []string
+	unless cel.Program // nil: always applies
 }
 
 type resourceEntry struct {
@@ -249,8 +251,16 @@ func (c *compiler) run() {
 				cm.columns = append(cm.columns, canon)
 			}
 		}
+		for _, f := range mk.Fields {
+			if kf, err := bundle.ParseKubernetesField(f); err == nil {
+				cm.fields = append(cm.fields, kf.String())
+			}
+		}
 		if strings.TrimSpace(mk.Unless) != "" {
-			c.compile(p.envs.byKind[bundle.KindPostgres], mk.Unless, bundle.At("mask", mk.Name).Attribute("unless"), func(prg cel.Program) { cm.unless = prg })
+			// The mask's resources are all of one kind (Validate), and its
+			// unless sees that kind's request, as a policy's rules do.
+			kind := p.resources[mk.Resources[0]].value.Kind
+			c.compile(p.envs.byKind[kind], mk.Unless, bundle.At("mask", mk.Name).Attribute("unless"), func(prg cel.Program) { cm.unless = prg })
 		}
 		for _, res := range mk.Resources {
 			p.resources[res].masks = append(p.resources[res].masks, cm)

@@ -73,7 +73,8 @@ type MaskAction struct {
 	// Mask names the mask block.
 	Mask string `json:"mask"`
 	// AllowInPredicates lets statements filter, join, sort, group and
-	// compute on the column (the mask's allow_in_predicates).
+	// compute on the column (the mask's allow_in_predicates; never set
+	// for a Kubernetes field).
 	AllowInPredicates bool `json:"allow_in_predicates,omitempty"`
 }
 
@@ -270,6 +271,9 @@ func (p *Policy) masks(e *resourceEntry, act *activation) []MaskAction {
 		}
 		for _, d := range m.mask.Detectors {
 			add(MaskTarget{Detector: d})
+		}
+		for _, f := range m.fields {
+			add(MaskTarget{Field: f})
 		}
 	}
 	out := make([]MaskAction, 0, len(byTarget))

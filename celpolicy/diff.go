@@ -349,29 +349,42 @@ func probeRequests(kind, resource string, ps ...*Policy) []probe {
 			}
 		}
 	case bundle.KindKubernetes:
-		resources := map[string]bool{"pods": true, "secrets": true, "configmaps": true, "deployments": true}
+		// resources are "GROUP/RESOURCE" ("/secrets" in the core group).
+		resources := map[string]bool{"/pods": true, "/secrets": true, "/configmaps": true, "/deployments": true}
 		namespaces := map[string]bool{"default": true}
 		var testReqs []*KubernetesRequest
 		for _, t := range tests {
 			if r, err := an.ParseRequest(kind, []byte(t.Request)); err == nil {
 				kr := r.(*KubernetesRequest)
 				testReqs = append(testReqs, kr)
-				resources[kr.Resource] = true
+				resources[kr.APIGroup+"/"+kr.Resource] = true
 				if kr.Namespace != "" {
 					namespaces[kr.Namespace] = true
 				}
 			}
 		}
+		// The resources masks name are real, like the tables of
+		// PostgreSQL masks.
+		for _, p := range ps {
+			for _, m := range p.model.Masks {
+				for _, f := range m.Fields {
+					if kf, err := bundle.ParseKubernetesField(f); err == nil {
+						resources[kf.Group+"/"+kf.Resource] = true
+					}
+				}
+			}
+		}
 		for _, l := range idents {
-			resources[l] = true
+			resources["/"+l] = true
 		}
 		for _, kr := range testReqs {
 			add(describeRequest(kr), kr)
 		}
-		for _, res := range sortedKeys(resources) {
+		for _, gr := range sortedKeys(resources) {
+			group, res, _ := strings.Cut(gr, "/")
 			for _, ns := range sortedKeys(namespaces) {
 				for _, verb := range []string{"get", "list", "watch", "create", "update", "patch", "delete"} {
-					kr := &KubernetesRequest{Kind: "api", Verb: verb, Resource: res, Namespace: ns}
+					kr := &KubernetesRequest{Kind: "api", Verb: verb, APIGroup: group, Resource: res, Namespace: ns}
 					add(describeRequest(kr), kr)
 				}
 			}

@@ -138,13 +138,24 @@ type SSHRequest struct {
 // KubernetesRequest is a Kubernetes API request.
 type KubernetesRequest struct {
 	// Kind is "api".
-	Kind        string `cel:"kind" json:"kind"`
+	Kind string `cel:"kind" json:"kind"`
+	// Verb is the API server's: get, list, watch, create, update, patch,
+	// delete, deletecollection, or proxy; for a non-resource request the
+	// HTTP method in lower case.
 	Verb        string `cel:"verb" json:"verb"`
 	APIGroup    string `cel:"api_group" json:"api_group,omitempty"`
 	Resource    string `cel:"resource" json:"resource,omitempty"`
 	Subresource string `cel:"subresource" json:"subresource,omitempty"`
 	Namespace   string `cel:"namespace" json:"namespace,omitempty"`
 	Name        string `cel:"name" json:"name,omitempty"`
+	// Command is an exec's command, one word per element, and Container
+	// the container an exec, attach or log request names (pods/exec,
+	// pods/attach, pods/log).
+	Command   []string `cel:"command" json:"command,omitempty"`
+	Container string   `cel:"container" json:"container,omitempty"`
+	// Path is a non-resource request's URL path (/version, /apis/apps,
+	// /openapi/v3); empty for API resources.
+	Path string `cel:"path" json:"path,omitempty"`
 	// Problem is why the request could not be understood (see Invalid).
 	Problem string `cel:"-" json:"invalid,omitempty"`
 }

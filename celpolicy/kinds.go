@@ -49,7 +49,12 @@ var kinds = [...]kindSpec{
 		sizeBounds: map[string]uint64{"request.argv": 256},
 		parse:      parseSSH,
 	},
-	{resource: bundle.KindKubernetes, goType: reflect.TypeFor[KubernetesRequest](), parse: parseKubernetes},
+	{
+		resource:   bundle.KindKubernetes,
+		goType:     reflect.TypeFor[KubernetesRequest](),
+		sizeBounds: map[string]uint64{"request.command": 256},
+		parse:      parseKubernetes,
+	},
 }
 
 func kindOf(resource string) (*kindSpec, bool) {
@@ -170,7 +175,14 @@ func (r *SSHRequest) Describe() string {
 
 // Describe renders a Kubernetes request in one line.
 func (r *KubernetesRequest) Describe() string {
-	return fmt.Sprintf("%s %s/%s %s/%s", r.Verb, r.APIGroup, r.Resource, r.Namespace, r.Name)
+	if r.Path != "" {
+		return r.Verb + " " + r.Path
+	}
+	res := r.Resource
+	if r.Subresource != "" {
+		res += "/" + r.Subresource
+	}
+	return fmt.Sprintf("%s %s/%s %s/%s", r.Verb, r.APIGroup, res, r.Namespace, r.Name)
 }
 
 // Connect builds the request a new PostgreSQL session makes before any

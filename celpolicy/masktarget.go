@@ -4,20 +4,29 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
 )
 
 // MaskTarget is what a mask hides: the values of one result column (named
-// by its origin, schema.table.column), or every value a detector
-// recognises. Exactly one field is set. It reads and writes as the string
-// "schema.table.column" or "detector:NAME", as decisions and tests always
-// have.
+// by its origin, schema.table.column), every value a detector recognises,
+// or a field of Kubernetes objects (RESOURCE[.GROUP]/PATH, see
+// bundle.ParseKubernetesField). Exactly one field is set. It reads and
+// writes as the string "schema.table.column", "detector:NAME" or
+// "kubernetes:RESOURCE[.GROUP]/PATH", as decisions and tests spell it.
 type MaskTarget struct {
 	Column   string
 	Detector string
+	// Field is a Kubernetes object field in its canonical spelling
+	// (bundle.KubernetesField.String): "secrets/data".
+	Field string
 }
 
 // detectorPrefix marks a detector target in the string form.
 const detectorPrefix = "detector:"
+
+// fieldPrefix marks a Kubernetes object field in the string form.
+const fieldPrefix = bundle.KubernetesTargetPrefix
 
 // ParseMaskTarget reads the string form.
 func ParseMaskTarget(s string) (MaskTarget, error) {
@@ -27,16 +36,26 @@ func ParseMaskTarget(s string) (MaskTarget, error) {
 		}
 		return MaskTarget{Detector: d}, nil
 	}
+	if f, ok := strings.CutPrefix(s, fieldPrefix); ok {
+		kf, err := bundle.ParseKubernetesField(f)
+		if err != nil {
+			return MaskTarget{}, fmt.Errorf("mask target %q: %w", s, err)
+		}
+		return MaskTarget{Field: kf.String()}, nil
+	}
 	if s == "" {
-		return MaskTarget{}, fmt.Errorf("empty mask target: want schema.table.column or detector:NAME")
+		return MaskTarget{}, fmt.Errorf("empty mask target: want schema.table.column, detector:NAME or kubernetes:RESOURCE[.GROUP]/PATH")
 	}
 	return MaskTarget{Column: s}, nil
 }
 
 // String is the string form.
 func (t MaskTarget) String() string {
-	if t.Detector != "" {
+	switch {
+	case t.Detector != "":
 		return detectorPrefix + t.Detector
+	case t.Field != "":
+		return fieldPrefix + t.Field
 	}
 	return t.Column
 }

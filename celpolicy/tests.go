@@ -76,6 +76,8 @@ func (p *Policy) RunTest(t *bundle.Test) (res TestResult) {
 		for k, v := range t.ExpectMasks {
 			if canon, err := bundle.CanonicalColumn(k); err == nil {
 				k = canon
+			} else if target, err := ParseMaskTarget(k); err == nil && target.Field != "" {
+				k = target.String()
 			}
 			want[k] = v
 		}

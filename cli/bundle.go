@@ -240,7 +240,7 @@ func writeInspect(w io.Writer, src *source) {
 		}
 	}
 	for _, mk := range m.Masks {
-		targets := append(append([]string{}, mk.Columns...), prefixed("detector:", mk.Detectors)...)
+		targets := append(append(append([]string{}, mk.Columns...), prefixed("detector:", mk.Detectors)...), prefixed("kubernetes:", mk.Fields)...)
 		fmt.Fprintf(w, "mask              %-20s %s %s\n", mk.Name, mk.Method, strings.Join(targets, ", "))
 	}
 	fmt.Fprintf(w, "tests             %d\n", len(m.Tests))

@@ -201,7 +201,7 @@ provider "gatehouse" {
 	for _, x := range m.Masks {
 		e.block("mask", "mask", x.Name, x.Description, []attr{
 			{"resources", e.refs("resource", x.Resources)}, {"columns", e.optList(x.Columns)},
-			{"detectors", e.optList(x.Detectors)}, {"method", e.str(x.Method)}, {"hash_key", e.opt(x.HashKey)},
+			{"detectors", e.optList(x.Detectors)}, {"fields", e.optList(x.Fields)}, {"method", e.str(x.Method)}, {"hash_key", e.opt(x.HashKey)},
 			{"unless", e.optText(x.Unless, "CEL", 1)}, {"allow_in_predicates", e.optBool(x.AllowInPredicates)},
 		}, "")
 	}

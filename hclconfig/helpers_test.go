@@ -192,3 +192,12 @@ func dump(diags hcl.Diagnostics) string {
 func withBase(src string) map[string]string {
 	return map[string]string{"base.hcl": baseHCL, "t.hcl": src}
 }
+
+// kubeCluster is a kubernetes_cluster for cases that need one; it goes
+// before a case's own blocks.
+const kubeCluster = `kubernetes_cluster "k8s" {
+  server = "https://k8s.internal:6443"
+  token  = "env:K8S_TOKEN"
+}
+
+`

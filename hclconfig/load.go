@@ -343,7 +343,7 @@ func (d *decoder) mask(ref bundle.Ref, b *hcl.Block) {
 	a, _ := d.body(ref, "", b.Body, maskSchema)
 	d.model.Masks = append(d.model.Masks, bundle.Mask{
 		Name: ref.Name, Description: a.str("description"), Resources: a.strs("resources"),
-		Columns: a.strs("columns"), Detectors: a.strs("detectors"), Method: a.str("method"),
+		Columns: a.strs("columns"), Detectors: a.strs("detectors"), Fields: a.strs("fields"), Method: a.str("method"),
 		HashKey: a.secret("hash_key"), Unless: a.str("unless"), AllowInPredicates: a.boolean("allow_in_predicates"),
 	})
 }

@@ -51,7 +51,7 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{{Type: "webhook"}}}
 	webhookSchema = &hcl.BodySchema{Attributes: attrs("url", "secret")}
 	maskSchema    = &hcl.BodySchema{Attributes: attrs(
-		"description", "resources", "columns", "detectors", "method", "hash_key", "unless", "allow_in_predicates")}
+		"description", "resources", "columns", "detectors", "fields", "method", "hash_key", "unless", "allow_in_predicates")}
 	testSchema = &hcl.BodySchema{Attributes: attrs(
 		"description", "identity", "provider", "subject", "groups", "claims", "resource", "sql", "request",
 		"now", "expect", "expect_rules", "expect_masks")}

@@ -296,6 +296,9 @@ func (d *decoder) problems(ps bundle.Problems) {
 		if diag.Summary == "" {
 			diag.Summary = "Invalid policy"
 		}
+		if p.Code == bundle.CodeMixedKinds && p.Ref.Kind == "mask" {
+			diag.Summary = "Mask covers several resource kinds"
+		}
 		if p.Code == bundle.CodeCELSyntax || p.Code == bundle.CodeCELType || p.Code == bundle.CodeCELCost {
 			diag.Detail = fmt.Sprintf("%s (%s)", p.Message, celContext(p.Ref))
 		}

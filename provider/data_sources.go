@@ -76,7 +76,7 @@ func (d *decisionDataSource) Schema(_ context.Context, _ datasource.SchemaReques
 			"effect":          out("`allow`, `deny` or `review`."),
 			"matched_rules":   schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Rules that matched, as `policy/rule`."},
 			"reasons":         schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Why: the matched rules' reasons, or why nothing matched."},
-			"masks":           schema.MapAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Masked columns (`schema.table.column`, or `detector:NAME`) and their methods."},
+			"masks":           schema.MapAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Masked targets (a column `schema.table.column`, `detector:NAME`, or a Kubernetes object field `kubernetes:RESOURCE[.GROUP]/PATH`) and their methods."},
 			"bundle_revision": schema.Int64Attribute{Computed: true, MarkdownDescription: "The bundle's revision (0 for objects)."},
 		},
 	}

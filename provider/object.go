@@ -85,7 +85,14 @@ func checkAlone(kind string, obj any) bundle.Problems {
 		}
 	case *bundle.Mask:
 		if strings.TrimSpace(o.Unless) != "" {
-			out = append(out, withRef(celpolicy.CheckExpression(bundle.KindPostgres, o.Unless), bundle.At("mask", o.Name).Attribute("unless"))...)
+			// Alone, the mask's resources are unknown: what it hides says
+			// their kind (object fields are Kubernetes'). gatehouse_bundle
+			// checks it against the actual kind.
+			kind := bundle.KindPostgres
+			if len(o.Fields) > 0 {
+				kind = bundle.KindKubernetes
+			}
+			out = append(out, withRef(celpolicy.CheckExpression(kind, o.Unless), bundle.At("mask", o.Name).Attribute("unless"))...)
 		}
 	case *bundle.Postgres:
 		if strings.TrimSpace(o.Admins) != "" {

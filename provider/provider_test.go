@@ -160,6 +160,39 @@ resource "gatehouse_policy_test" "reads" {
   }
 }
 
+resource "gatehouse_policy" "k8s_read" {
+  name       = "k8s-read"
+  resources  = [gatehouse_kubernetes_cluster.prod.name]
+  identities = [gatehouse_identity.billing.name]
+
+  rule {
+    name   = "get"
+    effect = "allow"
+    when   = "request.verb == 'get'"
+    reason = "billing may read objects"
+  }
+}
+
+resource "gatehouse_mask" "secret_values" {
+  name      = "secret-values"
+  resources = [gatehouse_kubernetes_cluster.prod.name]
+  fields    = ["secrets/data", "secrets/stringData"]
+  method    = "redact"
+  unless    = "'corp:secret-admins' in identity.groups || request.namespace == 'sandbox'"
+}
+
+resource "gatehouse_policy_test" "secrets" {
+  name     = "billing reads redacted secrets"
+  identity = gatehouse_identity.billing.name
+  resource = gatehouse_kubernetes_cluster.prod.name
+  request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
+  expect   = "allow"
+  expect_masks = {
+    "kubernetes:secrets/data"       = "redact"
+    "kubernetes:secrets/stringData" = "redact"
+  }
+}
+
 resource "gatehouse_policy_test" "analytics" {
   name     = "analytics connects nowhere"
   identity = gatehouse_identity.analytics.name
@@ -181,6 +214,9 @@ resource "gatehouse_bundle" "all" {
     gatehouse_kubernetes_cluster.prod.spec,
     gatehouse_policy.billing.spec,
     gatehouse_mask.email.spec,
+    gatehouse_policy.k8s_read.spec,
+    gatehouse_mask.secret_values.spec,
+    gatehouse_policy_test.secrets.spec,
     gatehouse_policy_test.reads.spec,
     gatehouse_policy_test.analytics.spec,
   ]
@@ -198,6 +234,9 @@ var importable = map[string]string{
 	"gatehouse_kubernetes_cluster.prod": "prod-cluster",
 	"gatehouse_policy.billing":          "billing",
 	"gatehouse_mask.email":              "email",
+	"gatehouse_policy.k8s_read":         "k8s-read",
+	"gatehouse_mask.secret_values":      "secret-values",
+	"gatehouse_policy_test.secrets":     "billing reads redacted secrets",
 	"gatehouse_policy_test.reads":       "billing reads customers",
 	"gatehouse_policy_test.analytics":   "analytics connects nowhere",
 }
@@ -215,7 +254,7 @@ func TestAccEveryResource(t *testing.T) {
 	steps := []resource.TestStep{{
 		Config: objects("file:"+priv, file, "'SELECT'", ""),
 		Check: resource.ComposeAggregateTestCheckFunc(
-			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.#", "10"),
+			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.#", "13"),
 			resource.TestMatchResourceAttr("gatehouse_bundle.all", "digest", regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)),
 			resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
 				rev1, _ = strconv.ParseInt(v, 10, 64)
@@ -369,6 +408,31 @@ resource "gatehouse_mask" "email2" {
 			strings.Replace(base, `expect       = "allow"`, `expect       = "deny"`, 1),
 			`(?s)Policy test "billing reads customers" fails.*expected deny, got allow`,
 		},
+		"bad kubernetes mask field": {
+			strings.Replace(base, `fields    = ["secrets/data", "secrets/stringData"]`, `fields    = ["secrets/data", "Secrets/stringData"]`, 1),
+			`(?s)mask "secret-values"\s+fields: field\s+"Secrets/stringData": resource\s+"Secrets"\s+must\s+be\s+lower\s+case`,
+		},
+		"kubernetes mask field without a path": {
+			strings.Replace(base, `fields    = ["secrets/data", "secrets/stringData"]`, `fields    = ["secrets"]`, 1),
+			`(?s)field\s+"secrets"\s+names\s+no\s+path`,
+		},
+		"fields on a postgres mask": {
+			strings.Replace(base, `columns   = ["customers.email"]`, `fields    = ["secrets/data"]`, 1),
+			`(?s)mask "email":.*fields\s+names\s+Kubernetes\s+object\s+fields`,
+		},
+		"columns on a kubernetes mask": {
+			strings.Replace(base, `fields    = ["secrets/data", "secrets/stringData"]`, `fields    = ["secrets/data"]
+  columns   = ["customers.email"]`, 1),
+			`(?s)set\s+fields.*or\s+columns\s+and\s+detectors.*not\s+both`,
+		},
+		"kubernetes mask unless reads the kubernetes request": {
+			strings.Replace(base, `request.namespace == 'sandbox'`, `request.statements.size() > 0`, 1),
+			`(?s)CEL type error in mask "secret-values", unless at 1:\d+.*undefined\s+field\s+'statements'`,
+		},
+		"failing kubernetes mask expectation": {
+			strings.Replace(base, `"kubernetes:secrets/data"       = "redact"`, `"kubernetes:secrets/data"       = "hash"`, 1),
+			`(?s)Policy test "billing reads redacted secrets" fails.*expected masks`,
+		},
 		"invalid mask method": {
 			strings.Replace(base, `method    = "partial"`, `method    = "blur"`, 1),
 			`(?s)mask "email" method.*blur`,
@@ -424,6 +488,21 @@ data "gatehouse_decision" "from_bundle" {
   depends_on  = [gatehouse_bundle.all]
 }
 
+data "gatehouse_decision" "secret" {
+  objects  = gatehouse_bundle.all.objects
+  identity = "billing-service"
+  resource = "prod-cluster"
+  request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
+}
+
+data "gatehouse_decision" "secret_admin" {
+  objects  = gatehouse_bundle.all.objects
+  identity = "billing-service"
+  groups   = ["secret-admins"]
+  resource = "prod-cluster"
+  request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
+}
+
 data "gatehouse_bundle" "published" {
   file       = gatehouse_bundle.all.file
   depends_on = [gatehouse_bundle.all]
@@ -438,9 +517,14 @@ data "gatehouse_bundle" "published" {
 				resource.TestCheckResourceAttr("data.gatehouse_decision.drop", "matched_rules.#", "2"),
 				resource.TestCheckResourceAttr("data.gatehouse_decision.from_bundle", "effect", "allow"),
 				resource.TestCheckResourceAttr("data.gatehouse_decision.from_bundle", "masks.public.customers.email", "partial"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "effect", "allow"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "masks.%", "2"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "masks.kubernetes:secrets/data", "redact"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.secret_admin", "effect", "allow"),
+				resource.TestCheckResourceAttr("data.gatehouse_decision.secret_admin", "masks.%", "0"),
 				resource.TestCheckResourceAttrPair("data.gatehouse_decision.from_bundle", "bundle_revision", "gatehouse_bundle.all", "revision"),
 				resource.TestCheckResourceAttrPair("data.gatehouse_bundle.published", "digest", "gatehouse_bundle.all", "digest"),
-				resource.TestCheckResourceAttr("data.gatehouse_bundle.published", "objects.#", "10"),
+				resource.TestCheckResourceAttr("data.gatehouse_bundle.published", "objects.#", "13"),
 			),
 		}},
 	})

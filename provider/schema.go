@@ -174,16 +174,22 @@ var kinds = []kindSpec{
 	},
 	{
 		kind: "mask", typeSuffix: "mask",
-		desc: "Hides column values in PostgreSQL results, by the column's origin (aliases do not escape it).",
+		desc: "Hides values in responses: column values in PostgreSQL results, by the column's origin (aliases do not escape it), " +
+			"or fields of Kubernetes objects in API responses (a Secret's `data`). A mask applies to resources of one kind: " +
+			"`columns` and `detectors` for `gatehouse_postgres`, `fields` for `gatehouse_kubernetes_cluster`.",
 		attrs: []attrSpec{
 			{name: "description", desc: "What it protects, for people."},
-			{name: "resources", kind: aStrings, required: true, desc: resourceDesc + " (`gatehouse_postgres`)."},
-			{name: "columns", kind: aStrings, desc: "`schema.table.column` (or `table.column`, in `public`)."},
-			{name: "detectors", kind: aStrings, desc: "Mask any text value that looks like this kind of data (`email`, `credit_card`, ...)."},
+			{name: "resources", kind: aStrings, required: true, desc: resourceDesc + " All `gatehouse_postgres` or all `gatehouse_kubernetes_cluster`."},
+			{name: "columns", kind: aStrings, desc: "PostgreSQL masks: `schema.table.column` (or `table.column`, in `public`)."},
+			{name: "detectors", kind: aStrings, desc: "PostgreSQL masks: mask any text value that looks like this kind of data: `email`, `card_number`, `iban`, `phone`, `us_ssn`."},
+			{name: "fields", kind: aStrings, desc: "Kubernetes masks (required on them): the object fields to hide, each `RESOURCE[.GROUP]/PATH`: `secrets/data`, " +
+				"`secrets/stringData`, `configmaps/data`, `widgets.example.com/spec.password`. `RESOURCE` is the plural lower-case resource name " +
+				"as in the API path, `GROUP` its API group (left out for the core group), `PATH` a dotted path of keys from the object's root. " +
+				"When the value there is an object (a Secret's `data`), every value in it is masked; when it is a string, the string is."},
 			{name: "method", required: true, desc: "`redact`, `partial`, `hash` or `null`."},
 			{name: "hash_key", desc: "The HMAC key of the `hash` method." + refDesc},
-			{name: "unless", desc: "When true, the mask does not apply (`'pci' in identity.groups`)." + celDesc},
-			{name: "allow_in_predicates", kind: aBool, desc: "Let statements filter, join, sort, group and compute on the masked columns. Off by default: each such use answers a question about the values (`WHERE card LIKE '4111%'`), and enough questions reveal them."},
+			{name: "unless", desc: "When true, the mask does not apply (`'pci' in identity.groups`); it sees the `request` of its resources' kind (`request.namespace` on Kubernetes)." + celDesc},
+			{name: "allow_in_predicates", kind: aBool, desc: "PostgreSQL masks: let statements filter, join, sort, group and compute on the masked columns. Off by default: each such use answers a question about the values (`WHERE card LIKE '4111%'`), and enough questions reveal them."},
 		},
 	},
 	{
@@ -202,7 +208,7 @@ var kinds = []kindSpec{
 			{name: "now", desc: "The evaluation time, RFC 3339. Default: when the test runs."},
 			{name: "expect", required: true, desc: "The expected effect: `allow`, `deny` or `review`."},
 			{name: "expect_rules", kind: aStrings, desc: "The exact set of rules (`policy/rule`) that must match; `[]` asserts none, unset is not checked."},
-			{name: "expect_masks", kind: aStringMap, desc: "The exact masks (column or `detector:NAME` to method); `{}` asserts none, unset is not checked."},
+			{name: "expect_masks", kind: aStringMap, desc: "The exact masks (column, `detector:NAME` or `kubernetes:RESOURCE[.GROUP]/PATH` to method); `{}` asserts none, unset is not checked."},
 		},
 	},
 }
