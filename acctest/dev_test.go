@@ -20,7 +20,7 @@ func TestDevDemo(t *testing.T) {
 	if _, err := exec.LookPath("psql"); err != nil {
 		t.Fatalf("psql is required: %v (apt package postgresql-client-15)", err)
 	}
-	out, code := ghRun(t, "dev", "--exit", "--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0")
+	out, code := ghRun(t, "dev", "--exit", "--listen", "127.0.0.1:0", "--ssh-listen", "127.0.0.1:0", "--kube-listen", "127.0.0.1:0")
 	if code != 0 {
 		t.Fatalf("gatehouse dev --exit: exit %d\n%s", code, out)
 	}
@@ -39,7 +39,14 @@ func TestDevDemo(t *testing.T) {
 		"APPROV ap-",
 		"approve by dev-approver-dba",
 		"the payment for order 2 was written once a DBA approved it",
-		"All 17 statements went as scripted, one held and approved; 3 ssh commands as scripted; 6 sessions recorded, sealed and verified.",
+		// Kubernetes sessions are one per token on the cluster (one per
+		// caller unless it idled past the dev idle timeout between steps).
+		"All 17 statements went as scripted, one held and approved; 3 ssh commands as scripted; 4 kubectl commands as scripted;",
+		"kubernetes_cluster prod-cluster: a throwaway kube-apiserver",
+		"web-0",
+		"permission denied by rule cluster-readers/no-secrets: analytics never reads secrets",
+		"W1JFREFDVEVEXQ==",
+		"hello from web-0",
 		"load average",
 		"gatehouse: permission denied by rule bastion-ops/no-destructive",
 		"administratively prohibited: gatehouse: permission denied by rule bastion-ops/no-forwarding",
@@ -51,7 +58,10 @@ func TestDevDemo(t *testing.T) {
 			t.Errorf("the demo's output lacks %q", want)
 		}
 	}
-	for _, never := range []string{"jane.doe@example.com", "4111 1111", "\033["} {
+	if !regexp.MustCompile(`kubectl commands as scripted; (8|9|10) sessions recorded, sealed and verified\.`).MatchString(out) {
+		t.Errorf("the demo's summary does not count the sessions as expected")
+	}
+	for _, never := range []string{"jane.doe@example.com", "4111 1111", "\033[", "s3cr3t-db-password", "czNjcjN0LWRiLXBhc3N3b3Jk"} {
 		if strings.Contains(out, never) {
 			t.Errorf("the demo's output shows %q", never)
 		}

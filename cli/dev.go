@@ -21,7 +21,7 @@ import (
 )
 
 func newDevCmd() *cobra.Command {
-	var listen, sshListen, logFile string
+	var listen, sshListen, kubeListen, logFile string
 	var seeds []string
 	var exit, noScript, verbose bool
 	var keep string
@@ -33,6 +33,9 @@ func newDevCmd() *cobra.Command {
   - a private PostgreSQL (the system's binaries), seeded with sample rows;
   - for each ssh_host, a private OpenSSH sshd (the system's binary), logged in to with a key made
     for the run, its host key pinned in the bundle;
+  - for the kubernetes_cluster resources, one private kube-apiserver and etcd, with kwok for pods,
+    when their binaries are built (make kube-binaries: about 10 minutes, once; without them the
+    clusters are skipped, with how to build them);
   - a DEVELOPMENT-ONLY OIDC issuer that signs a token for anyone on this machine who asks
     (its URLs say DEV-ONLY-NOT-FOR-PRODUCTION, and it never listens beyond loopback);
   - the real gateway, enforcing the policy as a bundle signed with a key made for this run.
@@ -46,8 +49,10 @@ claims of the first policy test that names it.
 On the quickstart it then runs a scripted psql session: an allowed SELECT with masked columns, a
 denied DROP, a denied DELETE without WHERE, a write held for approval and approved from the CLI;
 then ssh through the gateway: uptime allowed, rm -rf ./build denied by rule, a port forward
-denied. It checks on the database that nothing denied ran, and replays and verifies the
-recordings. Then it prints how to connect your own psql and ssh, and runs until Ctrl-C (or exits
+denied; then kubectl through the gateway: pods listed, Secrets denied to analytics, a Secret read
+masked by an operator, a command run in a pod. It checks on the database that nothing denied ran,
+and replays and verifies the recordings. Then it prints how to connect your own psql, ssh and
+kubectl, and runs until Ctrl-C (or exits
 at once with --exit). Everything is removed on exit.
 
 Needs: the PostgreSQL 15 server binaries and psql (apt-get install postgresql-15), and for the
@@ -59,7 +64,7 @@ installs them.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w := cmd.OutOrStdout()
-			opts := devenv.Options{Listen: listen, SSHListen: sshListen, Progress: w, Seeds: map[string]string{}}
+			opts := devenv.Options{Listen: listen, SSHListen: sshListen, KubeListen: kubeListen, Progress: w, Seeds: map[string]string{}}
 			if len(args) == 1 {
 				opts.PolicyDir = args[0]
 			}
@@ -132,6 +137,7 @@ installs them.`,
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", "", "the gateway's PostgreSQL address, on loopback (default "+devenv.DefaultListen+", or a free port when that is taken)")
 	f.StringVar(&sshListen, "ssh-listen", "", "the gateway's SSH address, on loopback (default "+devenv.DefaultSSHListen+", or a free port when that is taken)")
+	f.StringVar(&kubeListen, "kube-listen", "", "the gateway's Kubernetes API address, on loopback (default "+devenv.DefaultKubeListen+", or a free port when that is taken)")
 	f.StringArrayVar(&seeds, "seed", nil, "RESOURCE=FILE: SQL run on the resource's database at start, as its upstream role (repeatable)")
 	f.BoolVar(&exit, "exit", false, "exit after the scripted session instead of waiting for Ctrl-C")
 	f.BoolVar(&noScript, "no-script", false, "skip the scripted psql session")
@@ -188,6 +194,7 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! not what the demo expects: "+approvalErr.Error()))
 	}
 	sshRan, sshErr := runSSHDemo(ctx, env, self, w, p)
+	kubeRan, kubeErr := runKubeDemo(ctx, env, self, w, p)
 
 	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== What reached the database (asked directly, around the gateway) =="))
 	checkErr := env.RunChecks(ctx, devenv.QuickstartChecks, w)
@@ -202,7 +209,8 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 		return failed("%w", err)
 	}
 	bad := 0
-	approvalReplayed, sshReplayed := false, false
+	approvalReplayed, sshReplayed, kubeReplayed := false, false, false
+	kubeSessions := 0
 	for i, s := range sessions {
 		path := filepath.Join(gateway.RecordingsDir(env.DataDir), s.Session+".jsonl")
 		evs, err := recorder.ReadEvents(path)
@@ -210,6 +218,17 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 			return failed("%w", err)
 		}
 		isSSH := len(evs) > 0 && evs[0].Protocol == "ssh"
+		isKube := len(evs) > 0 && evs[0].Protocol == "kubernetes"
+		if isKube {
+			kubeSessions++
+			if !kubeReplayed && hasFrames(evs) {
+				kubeReplayed = true
+				fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s --format timeline    # a kubectl session\n\n", s.Session, env.DataDir)
+				writeTimeline(w, evs)
+				fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s    # the exec's output, as it came\n", s.Session, env.DataDir)
+				playTerminal(w, evs, 100, 0)
+			}
+		}
 		if i == 0 || (approvalID != "" && holdsApproval(evs, approvalID)) || (isSSH && !sshReplayed) {
 			fmt.Fprintf(w, "\n$ gatehouse replay %s --data-dir %s --format timeline\n\n", s.Session, env.DataDir)
 			writeTimeline(w, evs)
@@ -258,6 +277,9 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 	if sshErr != nil {
 		return failed("%w", sshErr)
 	}
+	if kubeErr != nil {
+		return failed("%w", kubeErr)
+	}
 	if bad > 0 {
 		return failed("%d recording(s) did not verify", bad)
 	}
@@ -269,12 +291,23 @@ func runDemoScript(ctx context.Context, env *devenv.Env, w io.Writer, p painter)
 			return failed("no recording of the SSH session")
 		}
 	}
+	if kubeRan {
+		// A Kubernetes session is one token on one cluster: one per
+		// caller, or more when a caller was idle past the idle timeout.
+		if kubeSessions == 0 || !kubeReplayed {
+			return failed("no recording of the kubectl exec")
+		}
+		want += kubeSessions
+	}
 	if len(sessions) != want {
 		return failed("%d recording(s), want one per scripted session (%d)", len(sessions), want)
 	}
 	summary := fmt.Sprintf("All %d statements went as scripted, one held and approved", len(results)+1)
 	if sshRan {
 		summary += fmt.Sprintf("; %d ssh commands as scripted", len(devenv.QuickstartSSH))
+	}
+	if kubeRan {
+		summary += fmt.Sprintf("; %d kubectl commands as scripted", len(devenv.QuickstartKube))
 	}
 	fmt.Fprintf(w, "\n%s; %d sessions recorded, sealed and verified.\n", summary, len(sessions))
 	return nil
@@ -298,6 +331,34 @@ func runSSHDemo(ctx context.Context, env *devenv.Env, self string, w io.Writer, 
 		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! not what the demo expects: "+err.Error()))
 	}
 	return true, err
+}
+
+// runKubeDemo runs the Kubernetes part of the demo when the environment
+// serves a cluster; otherwise it says how to get one. ran is false then.
+func runKubeDemo(ctx context.Context, env *devenv.Env, self string, w io.Writer, p painter) (ran bool, err error) {
+	if env.Kube == nil {
+		for _, c := range env.Model.KubernetesClusters {
+			fmt.Fprintf(w, "\n%s\n   kubernetes_cluster %q is not served: %s\n", p.paint("1", "== kubectl through the gateway: skipped =="), c.Name, kubeSkipReason(env, c.Name))
+			break
+		}
+		return false, nil
+	}
+	fmt.Fprintf(w, "\n%s\n", p.paint("1", "== kubectl through the gateway: requests decided per rule, Secrets masked, exec recorded =="))
+	err = env.RunKubeScript(ctx, self, devenv.QuickstartKube, w, p.color)
+	if err != nil {
+		fmt.Fprintf(w, "   %s\n", p.paint("31", "!! "+err.Error()))
+	}
+	return true, err
+}
+
+// kubeSkipReason is why a cluster is not served, from the start-up notes.
+func kubeSkipReason(env *devenv.Env, name string) string {
+	for _, s := range env.Skipped {
+		if strings.Contains(s, fmt.Sprintf("%q", name)) {
+			return strings.TrimPrefix(s, fmt.Sprintf("kubernetes_cluster %q ", name))
+		}
+	}
+	return "its binaries are not built"
 }
 
 // askpassLink makes dir/bin/gatehouse-askpass, a link to this binary, for
@@ -385,6 +446,18 @@ func writeConnectHelp(w io.Writer, env *devenv.Env, p painter) {
 				fmt.Fprintf(w, "  SSH_ASKPASS=%s SSH_ASKPASS_REQUIRE=force GATEHOUSE_TOKEN_FILE=%s \\\n    ssh %s uptime\n",
 					askpass, env.SSHCaller.TokenFile, strings.Join(env.SSHArgs(env.SSH[0].Name), " "))
 				fmt.Fprintf(w, "  # or paste the token at the password prompt: cat %s\n", env.SSHCaller.TokenFile)
+			}
+		}
+	}
+	if env.Kube != nil {
+		if self, err := os.Executable(); err == nil {
+			certFile, _ := gateway.KubernetesTLSPaths(env.DataDir)
+			for _, c := range env.Callers {
+				fmt.Fprintf(w, "\nkubectl through the gateway as %s:\n", c.Identity)
+				fmt.Fprintf(w, "  %s kubeconfig --resource %s --gateway https://%s --ca %s \\\n    --token-command 'cat %s' --out %s.kubeconfig\n",
+					self, env.KubeClusters[0], env.Gateway.Addr("kubernetes"), certFile, c.TokenFile, c.Identity)
+				fmt.Fprintf(w, "  KUBECONFIG=%s.kubeconfig kubectl get pods -n web\n", c.Identity)
+				break
 			}
 		}
 	}

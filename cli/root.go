@@ -113,6 +113,8 @@ audit verify exits 3 when nothing was altered but a recording is unsealed.`,
 		newImpactCmd(),
 		newTrafficCmd(),
 		newPlanCheckCmd(),
+		newKubeconfigCmd(),
+		newKubeCredentialCmd(),
 	)
 	return root
 }

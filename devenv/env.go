@@ -38,6 +38,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/internal/kubecluster"
 	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
 )
 
@@ -70,6 +71,15 @@ type Options struct {
 	// when the policy has ssh_host resources. Empty means
 	// DefaultSSHListen, or a random port when that is taken.
 	SSHListen string
+	// KubeListen is the gateway's Kubernetes API listener (a loopback
+	// address), used when the policy has kubernetes_cluster resources and
+	// the Kubernetes binaries are built. Empty means DefaultKubeListen, or
+	// a random port when that is taken.
+	KubeListen string
+	// Root is the repository whose .cache/bin holds the Kubernetes
+	// binaries (kubecluster.Available). Empty means the one around the
+	// working directory, if any.
+	Root string
 }
 
 // Caller is an identity of the policy that the development issuer can
@@ -122,6 +132,11 @@ type Env struct {
 	SSHCaller *Caller
 	// KnownHosts pins the gateway's SSH host key for ssh clients.
 	KnownHosts string
+	// Kube is the Kubernetes API server every kubernetes_cluster resource
+	// points at (nil when the binaries are not built), and KubeClusters
+	// the clusters served.
+	Kube         *kubecluster.Cluster
+	KubeClusters []string
 
 	PG      *pgcluster.Server
 	Issuer  *Issuer
@@ -160,11 +175,8 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	e.Model = m
 	step("policy: %s (%d identities, %d postgres resources, %d rules, %d tests pass)",
 		e.policyName(), len(m.Identities), len(m.Postgres), res.Policy.RuleCount(), len(m.Tests))
-	if len(m.Postgres) == 0 && len(m.SSHHosts) == 0 {
-		return nil, errors.New("dev: the policy has no postgres or ssh_host resource; gatehouse dev serves those")
-	}
-	for _, r := range m.KubernetesClusters {
-		e.Skipped = append(e.Skipped, fmt.Sprintf("kubernetes_cluster %q (the Kubernetes gateway is not built yet)", r.Name))
+	if len(m.Postgres) == 0 && len(m.SSHHosts) == 0 && len(m.KubernetesClusters) == 0 {
+		return nil, errors.New("dev: the policy has no postgres, ssh_host or kubernetes_cluster resource; gatehouse dev serves those")
 	}
 
 	ca, err := newDevCA()
@@ -190,6 +202,19 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 	}
 	if err := e.setUpSSHHosts(step); err != nil {
+		return nil, err
+	}
+	root := opts.Root
+	if root == "" {
+		if wd, err := os.Getwd(); err == nil {
+			root, _ = kubecluster.FindRoot(wd)
+		}
+	}
+	if root == "" {
+		for _, r := range m.KubernetesClusters {
+			e.Skipped = append(e.Skipped, fmt.Sprintf("kubernetes_cluster %q (the Kubernetes binaries are built in a gatehouse checkout: run gatehouse dev from one, after `%s`)", r.Name, kubecluster.BuildCommand))
+		}
+	} else if err := e.setUpClusters(ctx, root, step); err != nil {
 		return nil, err
 	}
 
@@ -224,6 +249,9 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}
 	if a := e.Gateway.Addr("ssh"); a != "" {
 		served = append(served, "ssh on "+a)
+	}
+	if a := e.Gateway.Addr("kubernetes"); a != "" {
+		served = append(served, "kubernetes on https://"+a+"/k8s/NAME")
 	}
 	step("gateway: %s, admin on http://%s", strings.Join(served, ", "), e.Gateway.AdminAddr)
 	return e, nil
@@ -541,6 +569,13 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 		}
 		cfg.SSH = &gateway.SSHListener{Listen: sl}
 	}
+	if e.Kube != nil {
+		kl, err := kubeListen(opts.KubeListen)
+		if err != nil {
+			return err
+		}
+		cfg.Kubernetes = &gateway.KubernetesListener{Listen: kl}
+	}
 	logw := opts.Log
 	if logw == nil {
 		e.LogFile = filepath.Join(e.Dir, "gateway.log")
@@ -607,6 +642,9 @@ func (e *Env) Close() error {
 	}
 	for _, h := range e.SSH {
 		errs = append(errs, h.Server.Close())
+	}
+	if e.Kube != nil {
+		errs = append(errs, e.Kube.Close())
 	}
 	if e.logFile != nil {
 		errs = append(errs, e.logFile.Close())

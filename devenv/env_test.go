@@ -148,7 +148,7 @@ func TestStartRefuses(t *testing.T) {
 	}{
 		"a broken policy":    {Options{PolicyDir: writePolicy(t, "identity {")}, "error(s) in the policy"},
 		"a failing test":     {Options{PolicyDir: writePolicy(t, failing)}, `policy test(s) fail (deployer reads)`},
-		"no postgres":        {Options{PolicyDir: writePolicy(t, noPostgres)}, "no postgres or ssh_host resource"},
+		"no postgres":        {Options{PolicyDir: writePolicy(t, noPostgres)}, "no postgres, ssh_host or kubernetes_cluster resource"},
 		"an unknown seed":    {Options{PolicyDir: writePolicy(t, policyHCL), Seeds: map[string]string{"nope": "SELECT 1"}}, `seed for "nope"`},
 		"a public listener":  {Options{PolicyDir: writePolicy(t, policyHCL), Listen: "0.0.0.0:0"}, "only listens on loopback"},
 		"a seed that breaks": {Options{PolicyDir: writePolicy(t, policyHCL), Seeds: map[string]string{"inventory": "CREATE TABLE"}}, `seeding "inventory"`},

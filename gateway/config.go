@@ -31,6 +31,9 @@ type Config struct {
 	Postgres *PostgresListener
 	// SSH is the SSH listener; nil when the gateway serves no SSH clients.
 	SSH *SSHListener
+	// Kubernetes is the Kubernetes API listener; nil when the gateway
+	// serves no Kubernetes clients.
+	Kubernetes *KubernetesListener
 	// Bundle says where the signed bundle comes from and whom to trust.
 	Bundle BundleSource
 	// Admin is the admin HTTP listener; empty Listen disables it.
@@ -66,6 +69,20 @@ type SSHListener struct {
 	// Default 16 MiB.
 	RecordLimit int64
 	// Limits bound the listener's sessions and pending connections.
+	Limits session.Limits
+}
+
+// KubernetesListener configures the Kubernetes API listener (HTTPS).
+type KubernetesListener struct {
+	Listen string
+	// TLSCert and TLSKey are the listener's certificate. When unset, the
+	// gateway makes a self-signed one in DATA_DIR on first start
+	// (KubernetesTLSPaths), which gatehouse kubeconfig embeds.
+	TLSCert, TLSKey string
+	// RecordLimit bounds the bytes recorded per stream of an exec or
+	// attach. Default 16 MiB.
+	RecordLimit int64
+	// Limits bound the listener's sessions.
 	Limits session.Limits
 }
 
@@ -138,6 +155,17 @@ ssh {
   limits { }                           # as in the postgres block
 }
 
+kubernetes {
+  listen       = "0.0.0.0:8443"        # required in the block; host:port of the HTTPS API for
+                                       # kubectl: cluster NAME is https://gateway:8443/k8s/NAME
+                                       # (gatehouse kubeconfig --resource NAME writes the kubeconfig)
+  tls_cert     = "/etc/gatehouse/tls/kube.crt"  # PEM certificate offered to clients; when unset, a
+  tls_key      = "/etc/gatehouse/tls/kube.key"  # self-signed one is made in DATA_DIR on first start
+                                       # (kubernetes-tls.crt; gatehouse kubeconfig embeds it)
+  record_limit = 16777216              # bytes of exec and attach output recorded per stream
+  limits { }                           # as in the postgres block (a session is one token on one cluster)
+}
+
 bundle {
   file          = "/var/lib/gatehouse/policy.bundle"  # required; watched and polled
   trusted_keys  = ["/etc/gatehouse/gatehouse.pub"]    # required; PKIX PEM ed25519 public keys;
@@ -197,7 +225,7 @@ var (
 	configSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "data_dir", Required: true}},
 		Blocks: []hcl.BlockHeaderSchema{
-			{Type: "postgres"}, {Type: "ssh"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"}, {Type: "recorder"},
+			{Type: "postgres"}, {Type: "ssh"}, {Type: "kubernetes"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"}, {Type: "recorder"},
 		},
 	}
 	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
@@ -205,6 +233,9 @@ var (
 	}, Blocks: []hcl.BlockHeaderSchema{{Type: "limits"}}}
 	sshSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "listen", Required: true}, {Name: "host_key"}, {Name: "record_shell_input"}, {Name: "record_limit"},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "limits"}}}
+	kubernetesSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+		{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "record_limit"},
 	}, Blocks: []hcl.BlockHeaderSchema{{Type: "limits"}}}
 	limitsSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "max_sessions"}, {Name: "max_sessions_per_identity"}, {Name: "max_sessions_per_resource"},
@@ -275,6 +306,17 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			if a := c["record_limit"]; a != nil {
 				cfg.SSH.RecordLimit = d.integer(a, 0, 1<<40)
 			}
+		case "kubernetes":
+			c, blocks := d.contentBlocks(b.Body, kubernetesSchema)
+			cfg.Kubernetes = &KubernetesListener{Listen: d.str(c["listen"]), TLSCert: d.str(c["tls_cert"]), TLSKey: d.str(c["tls_key"]),
+				Limits: d.limits(blocks)}
+			d.checkListen(c["listen"], cfg.Kubernetes.Listen)
+			if (cfg.Kubernetes.TLSCert == "") != (cfg.Kubernetes.TLSKey == "") {
+				d.errorf(b.DefRange, "Incomplete TLS settings", "set both tls_cert and tls_key, or neither (a self-signed certificate is made in data_dir)")
+			}
+			if a := c["record_limit"]; a != nil {
+				cfg.Kubernetes.RecordLimit = d.integer(a, 0, 1<<40)
+			}
 		case "bundle":
 			c := d.content(b.Body, bundleSchema)
 			cfg.Bundle.File = d.str(c["file"])
@@ -324,7 +366,7 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 	}
 	if !cfg.servesAProtocol() {
 		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "No protocol listener",
-			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" } or ssh { listen = \"127.0.0.1:2222\" } (see gatehouse gateway --help)"})
+			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" }, ssh { listen = \"127.0.0.1:2222\" } or kubernetes { listen = \"127.0.0.1:8443\" } (see gatehouse gateway --help)"})
 	}
 	if _, ok := seen["bundle"]; !ok {
 		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file and the trusted keys"})
@@ -336,7 +378,9 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 }
 
 // servesAProtocol reports whether any protocol listener is configured.
-func (c *Config) servesAProtocol() bool { return c.Postgres != nil || c.SSH != nil }
+func (c *Config) servesAProtocol() bool {
+	return c.Postgres != nil || c.SSH != nil || c.Kubernetes != nil
+}
 
 type decoder struct{ diags hcl.Diagnostics }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/auth"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/gateway/kubernetes"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
@@ -106,7 +107,7 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		g.log = NewLogger(cfg.Log, os.Stderr)
 	}
 	if !cfg.servesAProtocol() {
-		return nil, errors.New("gateway: no protocol listener is configured (add a postgres or ssh block)")
+		return nil, errors.New("gateway: no protocol listener is configured (add a postgres, ssh or kubernetes block)")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: data_dir: %w", err)
@@ -187,6 +188,28 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 		}
 		g.log.Info("ssh host key", "fingerprint", p.Fingerprint(), "path", path)
 		g.listeners = append(g.listeners, listener{proxy: p, addr: sc.Listen})
+	}
+	if kc := g.cfg.Kubernetes; kc != nil {
+		certFile, keyFile := kc.TLSCert, kc.TLSKey
+		if certFile == "" {
+			var err error
+			certFile, keyFile, err = EnsureKubernetesTLS(g.cfg.DataDir)
+			if err != nil {
+				return fmt.Errorf("gateway: %w", err)
+			}
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("gateway: kubernetes TLS certificate: %w", err)
+		}
+		g.core.SetLimits(kubernetes.Protocol, kc.Limits)
+		p, err := kubernetes.New(kubernetes.Config{TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+			RecordLimit: kc.RecordLimit}, g.core, kubernetes.WithLogger(g.log), kubernetes.WithSecrets(res))
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		g.log.Info("kubernetes listener certificate", "cert", certFile)
+		g.listeners = append(g.listeners, listener{proxy: p, addr: kc.Listen})
 	}
 	return nil
 }

@@ -37,11 +37,11 @@ func TestLoadQuickstart(t *testing.T) {
 	if len(m.IdentityProviders) != 1 || len(m.Identities) != 2 {
 		t.Errorf("identity_providers/identities = %d/%d, want 1/2", len(m.IdentityProviders), len(m.Identities))
 	}
-	if got := len(m.Policies); got != 6 {
-		t.Errorf("policies = %d, want 6", got)
+	if got := len(m.Policies); got != 8 {
+		t.Errorf("policies = %d, want 8", got)
 	}
-	if got := len(m.Masks); got != 2 {
-		t.Errorf("masks = %d, want 2", got)
+	if got := len(m.Masks); got != 3 {
+		t.Errorf("masks = %d, want 3", got)
 	}
 	if got := len(m.Tests); got < 30 {
 		t.Errorf("tests = %d, want at least 30", got)
@@ -489,6 +489,108 @@ test "t" {
 			want: []diagWant{{summary: "Invalid secret reference", code: bundle.CodeInvalidSecretRef, file: "t.hcl", at: `"env:hunter 2"`,
 				detail: []string{"env: must be followed by an environment variable name"}, notDetail: []string{"hunter 2"}}},
 		},
+		"bad kubernetes mask field spelling": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  fields    = ["secrets/data", "Secrets/stringData", "widgets.example.com/spec..password"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{
+				problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"Secrets/stringData"`,
+					`field "Secrets/stringData": resource "Secrets" must be lower case`),
+				problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"widgets.example.com/spec..password"`,
+					`an empty path segment`),
+			},
+		},
+		"kubernetes mask field without a path": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  fields    = ["secrets"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"secrets"`,
+				`field "secrets" names no path: want RESOURCE[.GROUP]/PATH such as secrets/data`)},
+		},
+		"kubernetes mask field listed twice": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  fields    = ["secrets/data", "secrets/stringData", "secrets/data"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeDuplicateName, "Duplicate name", "t.hcl", `"secrets/stringData", |"secrets/data"`,
+				`field "secrets/data" is already listed (fields[0])`)},
+		},
+		"fields on a postgres mask": {
+			src: `mask "m" {
+  resources = ["orders"]
+  columns   = ["customers.email"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeConflict, "Conflicting attributes", "t.hcl", `["secrets/data"]`,
+				"fields names Kubernetes object fields, for masks of kubernetes_cluster resources; this mask applies to postgres resources")},
+		},
+		"columns and detectors on a kubernetes mask": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  fields    = ["secrets/data"]
+  columns   = ["customers.email"]
+  detectors = ["email"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{
+				problemErr(bundle.CodeConflict, "Conflicting attributes", "t.hcl", `["customers.email"]`,
+					"columns is for masks of postgres resources; this mask applies to kubernetes_cluster resources"),
+				problemErr(bundle.CodeConflict, "Conflicting attributes", "t.hcl", `["email"]`,
+					"detectors is for masks of postgres resources"),
+			},
+		},
+		"kubernetes mask without fields": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeMissingAttribute, "Missing required attribute", "t.hcl", `mask "m"`,
+				"fields is required: name the Kubernetes object fields this mask hides, such as secrets/data")},
+		},
+		"mask mixing postgres and kubernetes_cluster": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s", "orders"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeMixedKinds, "Mask covers several resource kinds", "t.hcl", `"orders"`,
+				`resource "orders" is a postgres but this mask already applies to kubernetes_cluster resources`)},
+		},
+		"mask on an ssh_host": {
+			src: `mask "m" {
+  resources = ["bastion"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `"bastion"`,
+				`resource "bastion" is a ssh_host; masks apply to postgres and kubernetes_cluster resources`)},
+		},
+		"expect_masks with a bad kubernetes field": {
+			src: kubeCluster + `test "t" {
+  identity     = "svc"
+  resource     = "k8s"
+  request      = { kind = "api", verb = "get", resource = "secrets" }
+  expect       = "deny"
+  expect_masks = { "kubernetes:secrets" = "redact" }
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeInvalidValue, "Invalid value", "t.hcl", `{ "kubernetes:secrets" = "redact" }`,
+				`"kubernetes:secrets": field "secrets" names no path`)},
+		},
 		"policy mixing postgres and ssh_host": {
 			src: `policy "p" {
   resources = ["orders", "bastion"]
@@ -827,6 +929,16 @@ EOT
 }
 `,
 			want: []diagWant{problemErr(bundle.CodeCELType, "CEL type error", "t.hcl", "grups", "undefined field 'grups'", `in unless of mask "m"`)},
+		},
+		"a kubernetes mask's unless sees the kubernetes request": {
+			src: kubeCluster + `mask "m" {
+  resources = ["k8s"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+  unless    = "request.namespace == 'dev' || request.statements.size() == 0"
+}
+`,
+			want: []diagWant{problemErr(bundle.CodeCELType, "CEL type error", "t.hcl", "statements", "undefined field 'statements'", `in unless of mask "m"`)},
 		},
 		"worst-case cost over the static limit": {
 			src: celPolicy(`  rule "r" {
@@ -1212,5 +1324,60 @@ func TestWriteDiagnosticsHidesInlineSecrets(t *testing.T) {
 	}
 	if !strings.Contains(out, "s.hcl:5:14: error: Secret written inline") {
 		t.Errorf("diagnostics do not point at the secret:\n%s", out)
+	}
+}
+
+// TestKubernetesMask: a mask of Kubernetes object fields loads, its fields
+// are kept in canonical order, its unless reads the Kubernetes request, and
+// a policy test asserts its targets.
+func TestKubernetesMask(t *testing.T) {
+	src := kubeCluster + `policy "read" {
+  resources = ["k8s"]
+  everyone  = true
+  rule "get" {
+    effect = "allow"
+    when   = "request.verb == 'get'"
+    reason = "anyone may read"
+  }
+}
+
+mask "secret-values" {
+  resources = ["k8s"]
+  fields    = ["secrets/stringData", "secrets/data"]
+  method    = "redact"
+  unless    = "'secret-admins' in identity.groups || request.namespace == 'sandbox'"
+}
+
+test "secrets are redacted" {
+  identity     = "svc"
+  resource     = "k8s"
+  request      = { kind = "api", verb = "get", resource = "secrets", namespace = "prod" }
+  expect       = "allow"
+  expect_masks = { "kubernetes:secrets/data" = "redact", "kubernetes:secrets/stringData" = "redact" }
+}
+
+test "secret admins see values" {
+  identity     = "svc"
+  groups       = ["secret-admins"]
+  resource     = "k8s"
+  request      = { kind = "api", verb = "get", resource = "secrets", namespace = "prod" }
+  expect       = "allow"
+  expect_masks = {}
+}
+`
+	res, _ := checkDiags(t, withBase(src), nil)
+	var mk *bundle.Mask
+	for i := range res.Model.Masks {
+		if res.Model.Masks[i].Name == "secret-values" {
+			mk = &res.Model.Masks[i]
+		}
+	}
+	if mk == nil || !reflect.DeepEqual(mk.Fields, []string{"secrets/data", "secrets/stringData"}) || mk.Columns != nil || mk.Detectors != nil {
+		t.Fatalf("mask %+v, want fields [secrets/data secrets/stringData] only", mk)
+	}
+	for _, r := range res.Policy.RunTests() {
+		if !r.Passed {
+			t.Errorf("test %q failed: %q", r.Name, r.Failures)
+		}
 	}
 }

@@ -184,7 +184,46 @@ policy "cluster-readers" {
 
   rule "read-workloads" {
     effect = "allow"
-    when   = "request.verb in ['get', 'list', 'watch'] && request.resource != 'secrets'"
+    when   = "request.verb in ['get', 'list', 'watch'] && request.subresource == '' && request.resource != 'secrets'"
     reason = "analytics may read cluster state"
+  }
+
+  rule "no-secrets" {
+    effect = "deny"
+    when   = "request.resource == 'secrets'"
+    reason = "analytics never reads secrets"
+  }
+}
+
+policy "cluster-discovery" {
+  description = "kubectl reads the API's discovery documents before anything else"
+  resources   = ["prod-cluster"]
+  everyone    = true
+
+  rule "discovery" {
+    effect = "allow"
+    when   = "request.path != '' && request.verb in ['get', 'head']"
+    reason = "API discovery (/api, /apis, /version, /openapi) describes the API, not its objects"
+  }
+}
+
+policy "cluster-operators" {
+  description = "Operators run the cluster; deletes in prod wait for a second operator"
+  resources   = ["prod-cluster"]
+  groups      = ["dba"]
+
+  rule "operate" {
+    effect = "allow"
+    reason = "operators may read, change and exec in workloads"
+  }
+
+  rule "prod-deletes" {
+    effect = "review"
+    when   = "request.verb in ['delete', 'deletecollection'] && request.namespace == 'prod'"
+    reason = "deleting in the prod namespace needs a second operator"
+    approval {
+      groups  = ["dba"]
+      timeout = "15m"
+    }
   }
 }

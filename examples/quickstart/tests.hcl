@@ -82,12 +82,52 @@ test "analytics reads cluster workloads" {
 }
 
 test "analytics cannot read cluster secrets" {
+  identity     = "analytics-job"
+  subject      = "analytics-7f9c"
+  claims       = { env = "prod" }
+  resource     = "prod-cluster"
+  request      = { verb = "get", resource = "secrets", namespace = "shop", name = "db" }
+  expect       = "deny"
+  expect_rules = ["cluster-readers/no-secrets"]
+}
+
+test "analytics cannot exec in pods" {
   identity = "analytics-job"
   subject  = "analytics-7f9c"
   claims   = { env = "prod" }
   resource = "prod-cluster"
-  request  = { verb = "get", resource = "secrets", namespace = "shop", name = "db" }
+  request  = { verb = "create", resource = "pods", subresource = "exec", namespace = "shop", name = "web-0", command = ["sh"] }
   expect   = "deny"
+}
+
+test "operators read secrets, masked" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "prod-cluster"
+  request      = { verb = "get", resource = "secrets", namespace = "shop", name = "db" }
+  expect       = "allow"
+  expect_masks = { "kubernetes:secrets/data" = "redact", "kubernetes:secrets/stringData" = "redact" }
+}
+
+test "the security team reads secrets in the clear" {
+  provider     = "corp"
+  subject      = "sam"
+  groups       = ["dba", "security"]
+  resource     = "prod-cluster"
+  request      = { verb = "get", resource = "secrets", namespace = "shop", name = "db" }
+  expect       = "allow"
+  expect_masks = {}
+}
+
+test "deleting in prod waits for a second operator" {
+  provider     = "corp"
+  subject      = "alice"
+  groups       = ["dba"]
+  resource     = "prod-cluster"
+  request      = { verb = "delete", resource = "deployments", api_group = "apps", namespace = "prod", name = "web" }
+  expect       = "review"
+  expect_rules = ["cluster-operators/operate", "cluster-operators/prod-deletes"]
 }
 
 # --- billing-service: read, write billing tables --------------------------
@@ -467,4 +507,13 @@ test "billing cannot copy card numbers into a table it writes" {
   resource = "orders"
   sql      = "INSERT INTO billing.invoices (order_id, amount, memo) SELECT 1, 0, card_number FROM customers RETURNING memo"
   expect   = "deny"
+}
+
+test "kubectl may read the API's discovery documents" {
+  identity = "analytics-job"
+  subject  = "analytics-7f9c"
+  claims   = { env = "prod" }
+  resource = "prod-cluster"
+  request  = { verb = "get", path = "/apis" }
+  expect   = "allow"
 }

@@ -31,7 +31,7 @@ type sessionChannel struct {
 	program string
 	ref     int
 	started time.Time
-	out, in *stream
+	out, in *core.Stream
 
 	// exit is the program's exit status or signal, from upstream.
 	exitMu  sync.Mutex
@@ -65,7 +65,7 @@ func (c *conn) session(ctx context.Context, nch gossh.NewChannel) {
 		return
 	}
 	sc := &sessionChannel{c: c, down: down, up: up, downClosed: make(chan struct{}), outputDone: make(chan struct{}), upClosed: make(chan struct{}),
-		out: newStream(c.cs, "o", c.srv.cfg.RecordLimit)}
+		out: core.NewStream(c.cs, "o", c.srv.cfg.RecordLimit)}
 	c.openMu.Lock()
 	c.open[sc] = struct{}{}
 	c.openMu.Unlock()
@@ -235,14 +235,14 @@ func (sc *sessionChannel) start(ctx context.Context, r *gossh.Request) {
 	if req.Kind == "subsystem" {
 		limit = 0 // a file transfer's bytes are counted, not kept
 	}
-	sc.out.attach(sc.ref)
+	sc.out.Attach(sc.ref)
 	if req.Kind == "exec" || sc.c.srv.cfg.RecordShellInput {
-		sc.in = newStream(sc.c.cs, "i", limit)
+		sc.in = core.NewStream(sc.c.cs, "i", limit)
 	} else {
-		sc.in = newStream(sc.c.cs, "i", 0)
+		sc.in = core.NewStream(sc.c.cs, "i", 0)
 	}
-	sc.in.attach(sc.ref)
-	sc.out.setLimit(limit)
+	sc.in.Attach(sc.ref)
+	sc.out.SetLimit(limit)
 	if ok, err := sc.up.SendRequest(r.Type, true, r.Payload); err != nil || !ok {
 		msg := "gatehouse: the upstream refused to start the " + req.Kind
 		_, _ = io.WriteString(sc.down.Stderr(), msg+"\r\n")
@@ -362,9 +362,9 @@ func (sc *sessionChannel) finish() {
 	}
 	if sc.ref != 0 {
 		o := core.Outcome{Duration: time.Since(sc.started), ExitCode: code}
-		o.Bytes = sc.out.close()
+		o.Bytes = sc.out.Close()
 		if sc.in != nil {
-			o.Bytes += sc.in.close()
+			o.Bytes += sc.in.Close()
 		}
 		if exit != nil && exit.Type == "exit-signal" {
 			var p struct{ Signal string }

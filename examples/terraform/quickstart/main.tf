@@ -177,6 +177,43 @@ resource "gatehouse_policy" "billing-service" {
   }
 }
 
+resource "gatehouse_policy" "cluster-discovery" {
+  name        = "cluster-discovery"
+  description = "kubectl reads the API's discovery documents before anything else"
+  resources   = [gatehouse_kubernetes_cluster.prod-cluster.name]
+  everyone    = true
+
+  rule {
+    name   = "discovery"
+    effect = "allow"
+    when   = "request.path != '' && request.verb in ['get', 'head']"
+    reason = "API discovery (/api, /apis, /version, /openapi) describes the API, not its objects"
+  }
+}
+
+resource "gatehouse_policy" "cluster-operators" {
+  name        = "cluster-operators"
+  description = "Operators run the cluster; deletes in prod wait for a second operator"
+  resources   = [gatehouse_kubernetes_cluster.prod-cluster.name]
+  groups      = ["dba"]
+
+  rule {
+    name   = "operate"
+    effect = "allow"
+    reason = "operators may read, change and exec in workloads"
+  }
+  rule {
+    name   = "prod-deletes"
+    effect = "review"
+    when   = "request.verb in ['delete', 'deletecollection'] && request.namespace == 'prod'"
+    reason = "deleting in the prod namespace needs a second operator"
+
+    approval {
+      groups = ["dba"]
+    }
+  }
+}
+
 resource "gatehouse_policy" "cluster-readers" {
   name        = "cluster-readers"
   description = "Analytics may read workloads, never secrets"
@@ -186,8 +223,14 @@ resource "gatehouse_policy" "cluster-readers" {
   rule {
     name   = "read-workloads"
     effect = "allow"
-    when   = "request.verb in ['get', 'list', 'watch'] && request.resource != 'secrets'"
+    when   = "request.verb in ['get', 'list', 'watch'] && request.subresource == '' && request.resource != 'secrets'"
     reason = "analytics may read cluster state"
+  }
+  rule {
+    name   = "no-secrets"
+    effect = "deny"
+    when   = "request.resource == 'secrets'"
+    reason = "analytics never reads secrets"
   }
 }
 
@@ -296,6 +339,15 @@ resource "gatehouse_mask" "customer-email" {
   resources   = [gatehouse_postgres.orders.name]
   columns     = ["public.customers.email"]
   method      = "partial"
+}
+
+resource "gatehouse_mask" "secret-values" {
+  name        = "secret-values"
+  description = "Secret values are for the security team only"
+  resources   = [gatehouse_kubernetes_cluster.prod-cluster.name]
+  fields      = ["secrets/data", "secrets/stringData"]
+  method      = "redact"
+  unless      = "'security' in identity.groups"
 }
 
 resource "gatehouse_policy_test" "alter_system_is_denied" {
@@ -448,6 +500,25 @@ resource "gatehouse_policy_test" "analytics_cannot_call_functions_with_side_effe
   expect   = "deny"
 }
 
+resource "gatehouse_policy_test" "analytics_cannot_exec_in_pods" {
+  name     = "analytics cannot exec in pods"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_kubernetes_cluster.prod-cluster.name
+  request = jsonencode({
+    command     = ["sh"]
+    name        = "web-0"
+    namespace   = "shop"
+    resource    = "pods"
+    subresource = "exec"
+    verb        = "create"
+  })
+  expect = "deny"
+}
+
 resource "gatehouse_policy_test" "analytics_cannot_guess_card_numbers_with_a_filter" {
   name     = "analytics cannot guess card numbers with a filter"
   identity = gatehouse_identity.analytics-job.name
@@ -510,7 +581,8 @@ resource "gatehouse_policy_test" "analytics_cannot_read_cluster_secrets" {
     resource  = "secrets"
     verb      = "get"
   })
-  expect = "deny"
+  expect       = "deny"
+  expect_rules = ["cluster-readers/no-secrets"]
 }
 
 resource "gatehouse_policy_test" "analytics_cannot_sort_by_email" {
@@ -688,6 +760,38 @@ resource "gatehouse_policy_test" "delete_without_where_is_denied" {
   expect   = "deny"
 }
 
+resource "gatehouse_policy_test" "deleting_in_prod_waits_for_a_second_operator" {
+  name              = "deleting in prod waits for a second operator"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "alice"
+  groups            = ["dba"]
+  resource          = gatehouse_kubernetes_cluster.prod-cluster.name
+  request = jsonencode({
+    api_group = "apps"
+    name      = "web"
+    namespace = "prod"
+    resource  = "deployments"
+    verb      = "delete"
+  })
+  expect       = "review"
+  expect_rules = ["cluster-operators/operate", "cluster-operators/prod-deletes"]
+}
+
+resource "gatehouse_policy_test" "kubectl_may_read_the_api_s_discovery_documents" {
+  name     = "kubectl may read the API's discovery documents"
+  identity = gatehouse_identity.analytics-job.name
+  subject  = "analytics-7f9c"
+  claims = jsonencode({
+    env = "prod"
+  })
+  resource = gatehouse_kubernetes_cluster.prod-cluster.name
+  request = jsonencode({
+    path = "/apis"
+    verb = "get"
+  })
+  expect = "allow"
+}
+
 resource "gatehouse_policy_test" "new_functions_are_denied" {
   name              = "new functions are denied"
   identity_provider = gatehouse_identity_provider.corp.name
@@ -774,6 +878,25 @@ resource "gatehouse_policy_test" "nobody_may_truncate" {
   expect            = "deny"
 }
 
+resource "gatehouse_policy_test" "operators_read_secrets_masked" {
+  name              = "operators read secrets, masked"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "alice"
+  groups            = ["dba"]
+  resource          = gatehouse_kubernetes_cluster.prod-cluster.name
+  request = jsonencode({
+    name      = "db"
+    namespace = "shop"
+    resource  = "secrets"
+    verb      = "get"
+  })
+  expect = "allow"
+  expect_masks = {
+    "kubernetes:secrets/data"       = "redact"
+    "kubernetes:secrets/stringData" = "redact"
+  }
+}
+
 resource "gatehouse_policy_test" "pci_callers_see_card_numbers" {
   name     = "pci callers see card numbers"
   identity = gatehouse_identity.billing-service.name
@@ -810,6 +933,23 @@ resource "gatehouse_policy_test" "set_config_role_is_denied" {
   resource = gatehouse_postgres.orders.name
   sql      = "SELECT pg_catalog.set_config('role', 'postgres', false)"
   expect   = "deny"
+}
+
+resource "gatehouse_policy_test" "the_security_team_reads_secrets_in_the_clear" {
+  name              = "the security team reads secrets in the clear"
+  identity_provider = gatehouse_identity_provider.corp.name
+  subject           = "sam"
+  groups            = ["dba", "security"]
+  resource          = gatehouse_kubernetes_cluster.prod-cluster.name
+  request = jsonencode({
+    name      = "db"
+    namespace = "shop"
+    resource  = "secrets"
+    verb      = "get"
+  })
+  expect = "allow"
+  expect_masks = {
+  }
 }
 
 resource "gatehouse_policy_test" "turning_standard_conforming_strings_off_is_denied" {
@@ -878,11 +1018,14 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy.analytics-read-only.spec,
     gatehouse_policy.bastion-ops.spec,
     gatehouse_policy.billing-service.spec,
+    gatehouse_policy.cluster-discovery.spec,
+    gatehouse_policy.cluster-operators.spec,
     gatehouse_policy.cluster-readers.spec,
     gatehouse_policy.dba.spec,
     gatehouse_policy.guardrails.spec,
     gatehouse_mask.card-number.spec,
     gatehouse_mask.customer-email.spec,
+    gatehouse_mask.secret-values.spec,
     gatehouse_policy_test.alter_system_is_denied.spec,
     gatehouse_policy_test.copy_from_a_server_file_is_denied.spec,
     gatehouse_policy_test.copy_to_a_program_is_denied.spec,
@@ -897,6 +1040,7 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy_test.a_dollar-quoted_drop_is_only_a_string.spec,
     gatehouse_policy_test.a_staging_analytics_token_is_not_the_analytics_job.spec,
     gatehouse_policy_test.analytics_cannot_call_functions_with_side_effects.spec,
+    gatehouse_policy_test.analytics_cannot_exec_in_pods.spec,
     gatehouse_policy_test.analytics_cannot_guess_card_numbers_with_a_filter.spec,
     gatehouse_policy_test.analytics_cannot_hide_a_write_in_a_cte.spec,
     gatehouse_policy_test.analytics_cannot_lock_rows.spec,
@@ -918,6 +1062,8 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy_test.customer_email_is_partly_masked_for_billing.spec,
     gatehouse_policy_test.delete_with_a_filter_is_allowed.spec,
     gatehouse_policy_test.delete_without_where_is_denied.spec,
+    gatehouse_policy_test.deleting_in_prod_waits_for_a_second_operator.spec,
+    gatehouse_policy_test.kubectl_may_read_the_api_s_discovery_documents.spec,
     gatehouse_policy_test.new_functions_are_denied.spec,
     gatehouse_policy_test.no_compound_commands_on_the_bastion.spec,
     gatehouse_policy_test.no_destructive_commands_on_the_bastion.spec,
@@ -925,10 +1071,12 @@ resource "gatehouse_bundle" "policy" {
     gatehouse_policy_test.no_shell_on_the_bastion.spec,
     gatehouse_policy_test.nobody_may_drop.spec,
     gatehouse_policy_test.nobody_may_truncate.spec,
+    gatehouse_policy_test.operators_read_secrets_masked.spec,
     gatehouse_policy_test.pci_callers_see_card_numbers.spec,
     gatehouse_policy_test.persisting_a_parser_setting_for_the_role_is_denied.spec,
     gatehouse_policy_test.server-side_file_export_is_denied.spec,
     gatehouse_policy_test.set_config_role_is_denied.spec,
+    gatehouse_policy_test.the_security_team_reads_secrets_in_the_clear.spec,
     gatehouse_policy_test.turning_standard_conforming_strings_off_is_denied.spec,
     gatehouse_policy_test.unknown_callers_are_denied_by_default.spec,
     gatehouse_policy_test.unparseable_sql_is_denied.spec,

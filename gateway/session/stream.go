@@ -1,4 +1,4 @@
-package ssh
+package session
 
 import (
 	"fmt"
@@ -7,7 +7,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
-	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 )
 
 // flushBytes and flushEvery bound what a stream keeps before it notes its
@@ -18,12 +17,13 @@ const (
 	flushEvery = 250 * time.Millisecond
 )
 
-// stream records one direction of a channel's data as asciicast frames
+// Stream records one direction of a stream's data (an SSH channel, a
+// Kubernetes exec) as asciicast frames
 // ("o" output, "i" input), up to a limit; past it the bytes are counted,
 // and a marker says how many were not kept. It never fails a write: the
 // data path does not wait for the recording of what already happened.
-type stream struct {
-	cs     *core.Session
+type Stream struct {
+	cs     *Session
 	kind   string
 	limit  int64
 	origin time.Time
@@ -38,26 +38,28 @@ type stream struct {
 	partial []byte // an incomplete UTF-8 sequence from the last write
 }
 
-func newStream(cs *core.Session, kind string, limit int64) *stream {
-	return &stream{cs: cs, kind: kind, limit: limit, origin: cs.Started(), last: time.Now()}
+// NewStream records a stream of session cs: kind "o" (output) or "i"
+// (input), keeping at most limit bytes.
+func NewStream(cs *Session, kind string, limit int64) *Stream {
+	return &Stream{cs: cs, kind: kind, limit: limit, origin: cs.Started(), last: time.Now()}
 }
 
-// attach sets the recorded request the frames belong to.
-func (s *stream) attach(ref int) {
+// Attach sets the recorded request the frames belong to.
+func (s *Stream) Attach(ref int) {
 	s.mu.Lock()
 	s.ref = ref
 	s.mu.Unlock()
 }
 
-// setLimit changes how many bytes the stream keeps.
-func (s *stream) setLimit(n int64) {
+// SetLimit changes how many bytes the stream keeps.
+func (s *Stream) SetLimit(n int64) {
 	s.mu.Lock()
 	s.limit = n
 	s.mu.Unlock()
 }
 
 // Write records p (or counts it, past the limit).
-func (s *stream) Write(p []byte) (int, error) {
+func (s *Stream) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.total += int64(len(p))
@@ -94,20 +96,20 @@ func (s *stream) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (s *stream) since() float64 {
+func (s *Stream) since() float64 {
 	return float64(time.Since(s.origin).Microseconds()) / 1e6
 }
 
-func (s *stream) flushLocked() {
+func (s *Stream) flushLocked() {
 	if len(s.frames) > 0 && s.ref != 0 {
 		s.cs.NoteOutput(s.ref, s.frames)
 	}
 	s.frames, s.pending, s.last = nil, 0, time.Now()
 }
 
-// close notes what is left, and a marker when bytes went unrecorded. It
+// Close notes what is left, and a marker when bytes went unrecorded. It
 // returns the bytes the stream carried.
-func (s *stream) close() int64 {
+func (s *Stream) Close() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.partial) > 0 {
@@ -122,7 +124,7 @@ func (s *stream) close() int64 {
 	return s.total
 }
 
-func (s *stream) name() string {
+func (s *Stream) name() string {
 	if s.kind == "i" {
 		return "input"
 	}
