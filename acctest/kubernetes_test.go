@@ -188,6 +188,11 @@ log {
 	}
 	gw := exec.Command(gatehouseBin, "gateway", "--config", cfgFile)
 	gw.Env = append(os.Environ(), "KUBE_GATEWAY_TOKEN="+s.cluster.AdminToken)
+	check := exec.Command(gatehouseBin, "gateway", "--config", cfgFile, "--check")
+	check.Env = gw.Env
+	if out, err := check.CombinedOutput(); err != nil || !strings.Contains(string(out), `kubernetes_cluster "test": token (env:KUBE_GATEWAY_TOKEN)`) {
+		t.Fatalf("gateway --check: %v\n%s", err, out)
+	}
 	gw.Stdout, gw.Stderr = s.logs, s.logs
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)
@@ -515,6 +520,36 @@ func TestKubernetesGateway(t *testing.T) {
 		}
 		if _, err := admin.CoreV1().ConfigMaps("prod").Get(ctx, "doomed", metav1.GetOptions{}); err == nil {
 			t.Fatal("the approved delete did not happen")
+		}
+	})
+
+	// Last: it changes the policy.
+	t.Run("a running watch is cut when a new bundle no longer allows it", func(t *testing.T) {
+		cmd := exec.Command("kubectl", "--kubeconfig", s.kubeconfig(t, "reader", "test"), "get", "configmaps", "-n", "apps", "--watch")
+		cmd.Env = append(os.Environ(), "HOME="+s.dir)
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		time.Sleep(2 * time.Second)
+		select {
+		case err := <-exited:
+			t.Fatalf("the watch ended before the bundle changed: %v\n%s", err, out.String())
+		default:
+		}
+		s.publish(t, strings.Replace(kubePolicy(s.hydra.Issuer(), s.cluster), "request.verb in ['get', 'list', 'watch'] &&", "request.verb in ['get', 'list'] &&", 1))
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Fatalf("the watch still runs under a bundle that denies it:\n%s", out.String())
+		}
+		_, stderr, code := s.kubectl(t, "reader", "test", "get", "configmaps", "-n", "apps", "--watch", "--request-timeout=5s")
+		if code == 0 || !strings.Contains(stderr, "deny by default") {
+			t.Fatalf("a new watch: exit %d %s", code, stderr)
 		}
 	})
 }

@@ -142,7 +142,7 @@ func payload(t *testing.T, file string) *bundle.Payload {
 func TestTerraformQuickstart(t *testing.T) {
 	x := newTF(t)
 	out := x.must("apply", "-auto-approve", "-no-color")
-	if !strings.Contains(out, "Apply complete! Resources: 66 added") {
+	if !strings.Contains(out, "Apply complete! Resources: 74 added") {
 		t.Fatalf("apply:\n%s", out)
 	}
 	bundleFile, pub := filepath.Join(x.dir, "policy.bundle"), filepath.Join(x.dir, "keys", "gatehouse.pub")
@@ -276,7 +276,7 @@ func TestTerraformQuickstart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"## Gatehouse plan check", "### `gatehouse_bundle.policy` (update)", "51 passed, 0 failed",
+		for _, want := range []string{"## Gatehouse plan check", "### `gatehouse_bundle.policy` (update)", "56 passed, 0 failed",
 			"#### Access diff (against " + published + ")", "billing-service gained allow", "#### Impact on recorded traffic",
 			"replayed over 31 requests", "**No decision changes.**"} {
 			if !strings.Contains(string(report), want) {
@@ -316,7 +316,7 @@ func TestTerraformQuickstart(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("plan-check: exit %d\n%s", code, pc)
 		}
-		for _, want := range []string{"51 passed, 0 failed", `policy "analytics-read-only" changed`, "analytics-job lost allow",
+		for _, want := range []string{"56 passed, 0 failed", `policy "analytics-read-only" changed`, "analytics-job lost allow",
 			"| narrow | analytics-job | orders |", "SELECT count(*) FROM payments"} {
 			if !strings.Contains(pc, want) {
 				t.Errorf("plan-check lacks %q:\n%s", want, pc)

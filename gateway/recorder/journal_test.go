@@ -65,6 +65,50 @@ func TestGroupCommitSharesSyncs(t *testing.T) {
 	}
 }
 
+// One session's parallel requests (a Kubernetes caller's, an SSH
+// connection's channels) share fdatasyncs too: Record waits for the disk
+// outside the session's lock.
+func TestGroupCommitWithinASession(t *testing.T) {
+	r, kr := newRec(t)
+	var syncs atomic.Int64
+	r.sync = func(f *os.File) error {
+		syncs.Add(1)
+		time.Sleep(2 * time.Millisecond)
+		return fdatasync(f)
+	}
+	s, err := r.Start("one", Event{Identity: "kubectl"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, events = 8, 25
+	before := syncs.Load()
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range events {
+				if _, err := s.Record(Event{Type: TypeRequest, Text: fmt.Sprintf("GET /api/v1/pods/%d-%d", w, k)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := syncs.Load() - before; got >= workers*events/2 {
+		t.Errorf("%d syncs for %d requests of one session: no sharing", got, workers*events)
+	} else {
+		t.Logf("%d syncs for %d requests of one session", got, workers*events)
+	}
+	if err := s.End("done"); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Verify(s.Path, kr); err != nil || !rep.OK() || rep.Events != 1+workers*events+2 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
 // A crash that loses a recording's unsynced tail (power loss) is repaired
 // from the journal when the recorder is opened again: torn last line cut,
 // missing events appended, chain intact (unsealed, as the session never

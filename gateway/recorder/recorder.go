@@ -323,14 +323,23 @@ var ErrSealed = errors.New("recorder: the recording is sealed")
 // sequence number. An error means the event is not recorded: the caller
 // must not act on what it describes. The time it took is counted in the
 // recorder's Stats.
+//
+// The disk is waited for outside the session's lock: a session's parallel
+// requests (a Kubernetes caller's, an SSH connection's channels) write
+// their events meanwhile, and one fdatasync makes them all durable.
 func (s *Session) Record(ev Event) (int, error) {
 	start := time.Now()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.sealed {
+		s.mu.Unlock()
 		return 0, ErrSealed
 	}
-	seq, err := s.appendLocked(ev, true)
+	seq, err := s.appendLocked(ev, false)
+	ticket := s.ticket
+	s.mu.Unlock()
+	if err == nil {
+		err = s.r.j.commit(ticket)
+	}
 	if err != nil {
 		s.r.Stats.Errors.Add(1)
 		return 0, err
