@@ -185,7 +185,11 @@ func (s *Session) release(r approval.Request, ref int, d celpolicy.Decision, sta
 func (s *Session) wait(ctx context.Context, h Held, r approval.Request, created bool, ref int, d celpolicy.Decision, cancel chan struct{}) Verdict {
 	store := s.core.approvals
 	wait := min(r.Wait, r.ExpiresAt.Sub(s.core.clock.Now()))
+	// Held before the caller hears of it: once told, the caller (or a
+	// shutdown that follows at once) may ask which request is held.
+	s.held.Store(&r.ID)
 	if err := h.Notify(r, wait); err != nil {
+		s.held.Store(nil)
 		if created {
 			_ = store.Cancel(ctx, r.ID, "the caller's connection failed")
 		}
@@ -193,10 +197,10 @@ func (s *Session) wait(ctx context.Context, h Held, r approval.Request, created 
 	}
 	settled, err := store.Settled(ctx, r.ID)
 	if err != nil {
+		s.held.Store(nil)
 		s.log.Error("approval state cannot be read; the request is refused", "approval", r.ID, "err", err)
 		return Verdict{Decision: d, Ref: ref, Refusal: s.approvalRefusal(Unavailable, r.ID, "the approval state cannot be read (the gateway's log has the cause)", "", "")}
 	}
-	s.held.Store(&r.ID)
 	s.log.Info("request held for approval", "approval", r.ID, "wait", wait.Round(time.Second), "joined", !created)
 	timer := s.core.clock.NewTimer(wait)
 	gone, stopWatch := (<-chan struct{})(nil), func() {}
