@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
@@ -48,7 +49,7 @@ func (c *call) held(r *http.Request, d celpolicy.Decision, body []byte) core.Hel
 	}
 	h.Subject.Text = c.text
 	if len(body) > 0 {
-		h.Subject.Params = []string{shownBody(c.attrs.Request, body)}
+		h.Subject.Params = []string{shownBody(c.attrs.Request, body, masksResource(d, c.attrs.Request))}
 	}
 	return h
 }
@@ -56,19 +57,38 @@ func (c *call) held(r *http.Request, d celpolicy.Decision, body []byte) core.Hel
 // maxShownBody bounds the body approvers are shown.
 const maxShownBody = 4 << 10
 
-// shownBody is a request body as approvers see it: a Secret's is not shown
-// (it holds the values), others up to maxShownBody bytes. The approval
-// binds the whole body whatever is shown.
-func shownBody(req *celpolicy.KubernetesRequest, body []byte) string {
+// shownBody is a request body as approvers see it: a Secret's is not
+// shown (it holds the values), nor one of a resource whose fields masks
+// hide from this caller (approvers would read what the caller's masks
+// hide); others up to maxShownBody bytes. The approval binds the whole
+// body whatever is shown.
+func shownBody(req *celpolicy.KubernetesRequest, body []byte, masked bool) string {
 	sum := sha256.Sum256(body)
 	digest := "sha256:" + hex.EncodeToString(sum[:])
 	if req.APIGroup == "" && req.Resource == "secrets" {
 		return fmt.Sprintf("(a Secret body of %d bytes, not shown: it holds the secret's values; %s)", len(body), digest)
 	}
+	if masked {
+		return fmt.Sprintf("(a body of %d bytes, not shown: masks hide fields of %s; %s)", len(body), req.Resource, digest)
+	}
 	if len(body) > maxShownBody {
 		return fmt.Sprintf("%s... (%d bytes in all; %s)", body[:maxShownBody], len(body), digest)
 	}
 	return string(body)
+}
+
+// masksResource reports whether a decision masks fields of the request's
+// resource.
+func masksResource(d celpolicy.Decision, req *celpolicy.KubernetesRequest) bool {
+	for _, a := range d.Masks {
+		if a.Target.Field == "" {
+			continue
+		}
+		if f, err := bundle.ParseKubernetesField(a.Target.Field); err != nil || f.Resource == req.Resource && f.Group == req.APIGroup {
+			return true
+		}
+	}
+	return false
 }
 
 // requestHash binds an approval to one API request: each part

@@ -56,7 +56,7 @@ func TestShownBody(t *testing.T) {
 		return "sha256:" + hex.EncodeToString(s[:])
 	}
 	secret := []byte(`{"apiVersion":"v1","kind":"Secret","metadata":{"name":"db"},"stringData":{"password":"s3cr3t-value"}}`)
-	got := shownBody(&celpolicy.KubernetesRequest{Resource: "secrets", Verb: "create"}, secret)
+	got := shownBody(&celpolicy.KubernetesRequest{Resource: "secrets", Verb: "create"}, secret, false)
 	if strings.Contains(got, "s3cr3t") || strings.Contains(got, "stringData") {
 		t.Errorf("a Secret body is shown: %s", got)
 	}
@@ -65,21 +65,34 @@ func TestShownBody(t *testing.T) {
 	}
 
 	short := []byte(`{"spec":{"replicas":3}}`)
-	if got := shownBody(&celpolicy.KubernetesRequest{APIGroup: "apps", Resource: "deployments"}, short); got != string(short) {
+	if got := shownBody(&celpolicy.KubernetesRequest{APIGroup: "apps", Resource: "deployments"}, short, false); got != string(short) {
 		t.Errorf("short body shown as %q", got)
 	}
 	// secrets of another API group are not core Secrets.
-	if got := shownBody(&celpolicy.KubernetesRequest{APIGroup: "example.com", Resource: "secrets"}, short); got != string(short) {
+	if got := shownBody(&celpolicy.KubernetesRequest{APIGroup: "example.com", Resource: "secrets"}, short, false); got != string(short) {
 		t.Errorf("short body shown as %q", got)
 	}
 
+	// A body of a resource whose fields the caller's masks hide is not
+	// shown either: approvers would read what the masks hide.
+	cm := []byte(`{"kind":"ConfigMap","data":{"api-key":"k3y-value"}}`)
+	got = shownBody(&celpolicy.KubernetesRequest{Resource: "configmaps"}, cm, true)
+	if strings.Contains(got, "k3y-value") || !strings.Contains(got, digest(cm)) {
+		t.Errorf("a masked resource's body is shown: %s", got)
+	}
+	d := celpolicy.Decision{Masks: []celpolicy.MaskAction{{Target: celpolicy.MaskTarget{Field: "configmaps/data"}, Method: "redact"}}}
+	if !masksResource(d, &celpolicy.KubernetesRequest{Resource: "configmaps"}) || masksResource(d, &celpolicy.KubernetesRequest{Resource: "secrets"}) ||
+		masksResource(d, &celpolicy.KubernetesRequest{APIGroup: "apps", Resource: "configmaps"}) {
+		t.Error("masksResource does not match the field's resource and group")
+	}
+
 	exact := []byte(strings.Repeat("a", maxShownBody))
-	if got := shownBody(&celpolicy.KubernetesRequest{Resource: "configmaps"}, exact); got != string(exact) {
+	if got := shownBody(&celpolicy.KubernetesRequest{Resource: "configmaps"}, exact, false); got != string(exact) {
 		t.Errorf("a body of exactly maxShownBody bytes was cut to %d bytes", len(got))
 	}
 
 	long := []byte(strings.Repeat("0123456789", 500)) // 5000 bytes
-	got = shownBody(&celpolicy.KubernetesRequest{Resource: "configmaps"}, long)
+	got = shownBody(&celpolicy.KubernetesRequest{Resource: "configmaps"}, long, false)
 	want := string(long[:maxShownBody]) + fmt.Sprintf("... (%d bytes in all; %s)", len(long), digest(long))
 	if got != want {
 		t.Errorf("long body shown as %q...%q", got[:20], got[len(got)-90:])
