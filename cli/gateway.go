@@ -20,11 +20,11 @@ func newGatewayCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "gateway --config gateway.hcl",
 		Short: "Run the gateway: the PostgreSQL enforcement point",
-		Long: `Run the gateway. It loads the signed bundle named in its config (verifying it against the trusted
-keys), watches it for new revisions, and serves PostgreSQL clients: each connects with an OIDC token
-as its password and a bundle resource's name as the database; every statement is decided against the
-active bundle, then forwarded with credentials only the gateway holds, refused with SQLSTATE 42501, or
-masked.
+		Long: `Run the gateway. It loads the signed bundle named in its config (a file it watches, or an HTTPS URL
+it polls with ETags), verifying it against the trusted keys, follows it to new revisions, and serves
+PostgreSQL clients: each connects with an OIDC token as its password and a bundle resource's name as
+the database; every statement is decided against the active bundle, then forwarded with credentials
+only the gateway holds, refused with SQLSTATE 42501, or masked.
 
 A bad bundle never replaces a good one: it is refused, logged, and the last good bundle stays active
 (it is also kept in data_dir for restarts). SIGINT or SIGTERM ends the gateway and its sessions.

@@ -48,6 +48,7 @@ func (g *Gateway) adminHandler() http.Handler {
 			status["revision"], status["digest"], status["key_id"] = a.Revision, a.Digest, a.KeyID
 			status["loaded_at"], status["source"] = a.LoadedAt.UTC().Format(time.RFC3339), a.Source
 		}
+		g.bundleSourceStatus(status)
 		_ = json.NewEncoder(w).Encode(status)
 	})
 	return mux
@@ -91,19 +92,20 @@ func (g *Gateway) approverGroups() []string {
 }
 
 // readyz says whether traffic should come here: a bundle is loaded and not
-// older than admin.max_bundle_age, and the recorder can write (its last
-// fdatasync did not fail, and its file system has admin.ready_disk_free
-// left), since a gateway that cannot record refuses every session. Each
-// upstream's reachability is reported too, but does not make the gateway
-// unready: other resources may still be served.
+// older than admin.max_bundle_age (for a bundle url: not confirmed by the
+// url for longer), and the recorder can write (its last fdatasync did not
+// fail, and its file system has admin.ready_disk_free left), since a
+// gateway that cannot record refuses every session. Each upstream's
+// reachability is reported too, but does not make the gateway unready:
+// other resources may still be served.
 func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	var problems, notes []string
 	a := g.store.Current()
 	switch {
 	case a == nil:
 		problems = append(problems, "no policy bundle loaded")
-	case g.cfg.Admin.MaxBundleAge > 0 && time.Since(a.LoadedAt) > g.cfg.Admin.MaxBundleAge:
-		problems = append(problems, fmt.Sprintf("bundle revision %d was loaded %s ago, over admin.max_bundle_age (%s)", a.Revision, time.Since(a.LoadedAt).Round(time.Second), g.cfg.Admin.MaxBundleAge))
+	case g.cfg.Admin.MaxBundleAge > 0 && time.Since(g.store.ConfirmedAt()) > g.cfg.Admin.MaxBundleAge:
+		problems = append(problems, g.staleBundle(a))
 	}
 	if err := g.rec.Healthy(); err != nil {
 		problems = append(problems, "the session recorder cannot record: "+err.Error())

@@ -41,6 +41,8 @@ type Config struct {
 	// Recorder says where the recorder key lives, where the ledger is
 	// anchored, and how often it checkpoints (recording.go).
 	Recorder RecorderConfig
+	// State is where state shared by gateway replicas lives.
+	State StateConfig
 	// Log configures logging.
 	Log LogConfig
 	// ClockSkew is allowed on token exp and nbf. Default 30s.
@@ -86,9 +88,21 @@ type KubernetesListener struct {
 	Limits session.Limits
 }
 
-// BundleSource configures where the bundle comes from.
+// BundleSource configures where the bundle comes from: a file or a URL,
+// exactly one.
 type BundleSource struct {
-	File         string
+	// File is a bundle file, watched (fsnotify on its directory) and
+	// polled every PollInterval.
+	File string
+	// URL is a bundle served over HTTPS (http only on loopback), polled
+	// every PollInterval with If-None-Match and If-Modified-Since; after
+	// errors the polls back off (bundlestore.WatchURL).
+	URL string
+	// CAFile is a PEM file of CAs trusted for URL besides the system's.
+	CAFile string
+	// Token is a secret reference (env:NAME or file:/path) to the bearer
+	// token sent to URL, resolved for every request; never the token.
+	Token        string
 	TrustedKeys  []string
 	PollInterval time.Duration
 }
@@ -111,6 +125,15 @@ type AdminListener struct {
 	MaxBundleAge  time.Duration
 }
 
+// StateConfig configures state that several gateway replicas share.
+type StateConfig struct {
+	// Postgres is a secret reference (env:NAME or file:/path) to the DSN
+	// of a PostgreSQL database that keeps approval requests for every
+	// replica that names it (approval.OpenPostgres). Empty: they are kept
+	// in DATA_DIR/approvals, for this gateway alone.
+	Postgres string
+}
+
 // LogConfig configures logging.
 type LogConfig struct{ Level, Format string }
 
@@ -121,7 +144,8 @@ const ConfigReference = `# gateway.hcl: the gateway's own settings. Policy is no
 data_dir = "/var/lib/gatehouse"      # required (created 0700): the last good bundle, session
                                      # recordings and their ledger (recordings/), the recorder key
                                      # (recorder.key, unless recorder.key says otherwise) and its
-                                     # public key (recorder.pub), and approval requests (approvals/)
+                                     # public key (recorder.pub), and approval requests (approvals/,
+                                     # unless the state block names a database)
 
 # At least one protocol block is required; each is optional on its own.
 postgres {
@@ -167,10 +191,26 @@ kubernetes {
 }
 
 bundle {
-  file          = "/var/lib/gatehouse/policy.bundle"  # required; watched and polled
+  file          = "/var/lib/gatehouse/policy.bundle"  # file or url, exactly one: a bundle file,
+                                                      # watched (fsnotify) and polled
+  # url         = "https://bundles.internal/prod/policy.bundle"  # or a bundle served over HTTPS:
+                                                      # a web server, a CDN or an object store's
+                                                      # https URL (an S3 object URL); polled with
+                                                      # If-None-Match / If-Modified-Since (unchanged:
+                                                      # a 304, no body); http:// only on loopback. On
+                                                      # errors the polls back off (doubling, jittered,
+                                                      # up to 10 poll intervals and at most 5m) and
+                                                      # the last good bundle stays active
+  # ca_file     = "/etc/gatehouse/tls/bundles-ca.pem" # optional, url only: PEM CAs trusted besides
+                                                      # the system's
+  # token       = "env:BUNDLE_TOKEN"                  # optional, url only: sent as Authorization:
+                                                      # Bearer; env:NAME or file:/path (read for every
+                                                      # request, so a rotated file is used), never the
+                                                      # token itself
   trusted_keys  = ["/etc/gatehouse/gatehouse.pub"]    # required; PKIX PEM ed25519 public keys;
                                                       # list two during a key rotation
-  poll_interval = "5s"                                 # default 5s; fsnotify is used as well
+  poll_interval = "5s"                                 # default 5s (1s to 1h): how often the file or
+                                                      # url is checked (fsnotify is used as well)
 }
 
 admin {
@@ -185,7 +225,9 @@ admin {
                                      # unless this is true (logged as a warning at every start)
   ready_disk_free = 104857600        # /readyz fails when the recordings' file system has less
                                      # free space than this (bytes; default 100 MiB)
-  max_bundle_age  = "0s"             # /readyz fails when the active bundle is older (0: never)
+  max_bundle_age  = "0s"             # /readyz fails when the active bundle is older (0: never):
+                                     # since it was loaded or, for a bundle url, since the url
+                                     # last confirmed it (a 304, or the same bundle)
 }
 
 recorder {
@@ -211,6 +253,19 @@ recorder {
                                      # head of every open session that grew (and at shutdown)
 }
 
+state {
+  # Optional: state that several gateway replicas share. Without it, approval requests are
+  # kept in data_dir, for this gateway alone.
+  postgres = "env:GATEHOUSE_STATE_DSN"  # required in the block: the DSN of a PostgreSQL database
+                                     # (postgres://user:password@host:5432/db?sslmode=verify-full)
+                                     # as a secret reference, env:NAME or file:/path, never the DSN
+                                     # itself. Approval requests live there: a vote through any
+                                     # replica settles a request held on any other, and a
+                                     # single-use approval is spent once across them. The schema is
+                                     # created and migrated at start (the role needs CREATE on the
+                                     # schema); gatehouse gateway --check reports its version
+}
+
 log {
   level  = "info"                    # debug, info, warn, error
   format = "text"                    # text or json
@@ -225,7 +280,7 @@ var (
 	configSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "data_dir", Required: true}},
 		Blocks: []hcl.BlockHeaderSchema{
-			{Type: "postgres"}, {Type: "ssh"}, {Type: "kubernetes"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"}, {Type: "recorder"},
+			{Type: "postgres"}, {Type: "ssh"}, {Type: "kubernetes"}, {Type: "bundle"}, {Type: "admin"}, {Type: "log"}, {Type: "auth"}, {Type: "recorder"}, {Type: "state"},
 		},
 	}
 	postgresSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
@@ -242,12 +297,14 @@ var (
 		{Name: "max_pending"}, {Name: "login_timeout"}, {Name: "auth_failures_per_minute"},
 	}}
 	bundleSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "file", Required: true}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
+		{Name: "file"}, {Name: "url"}, {Name: "ca_file"}, {Name: "token"}, {Name: "trusted_keys", Required: true}, {Name: "poll_interval"},
 	}}
 	adminSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "listen", Required: true}, {Name: "tls_cert"}, {Name: "tls_key"}, {Name: "admin_groups"},
 		{Name: "insecure_plaintext"}, {Name: "ready_disk_free"}, {Name: "max_bundle_age"}}}
 	logSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
 	authSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
+
+	stateSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "postgres", Required: true}}}
 )
 
 // LoadConfig reads and checks a gateway.hcl file. Problems are diagnostics
@@ -318,15 +375,7 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 				cfg.Kubernetes.RecordLimit = d.integer(a, 0, 1<<40)
 			}
 		case "bundle":
-			c := d.content(b.Body, bundleSchema)
-			cfg.Bundle.File = d.str(c["file"])
-			cfg.Bundle.TrustedKeys = d.strs(c["trusted_keys"])
-			if a := c["poll_interval"]; a != nil {
-				cfg.Bundle.PollInterval = d.duration(a, time.Second, time.Hour)
-			}
-			if a := c["trusted_keys"]; a != nil && len(cfg.Bundle.TrustedKeys) == 0 {
-				d.errorf(a.Expr.Range(), "No trusted keys", "list at least one public key file: the gateway loads only bundles signed by a trusted key")
-			}
+			cfg.Bundle = d.bundleBlock(b, cfg.Bundle)
 		case "admin":
 			c := d.content(b.Body, adminSchema)
 			cfg.Admin.Listen = d.str(c["listen"])
@@ -357,6 +406,12 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			}
 		case "recorder":
 			cfg.Recorder = d.recorderBlock(b, cfg.DataDir)
+		case "state":
+			c := d.content(b.Body, stateSchema)
+			if a := c["postgres"]; a != nil {
+				cfg.State.Postgres = d.str(a)
+				d.secretRef(a, cfg.State.Postgres)
+			}
 		case "auth":
 			c := d.content(b.Body, authSchema)
 			if a := c["clock_skew"]; a != nil {
@@ -369,7 +424,7 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			Detail: "the gateway serves no protocol: add a protocol block with its listen address, such as postgres { listen = \"127.0.0.1:6432\" }, ssh { listen = \"127.0.0.1:2222\" } or kubernetes { listen = \"127.0.0.1:8443\" } (see gatehouse gateway --help)"})
 	}
 	if _, ok := seen["bundle"]; !ok {
-		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file and the trusted keys"})
+		d.diags = append(d.diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Missing bundle block", Detail: "add a bundle block naming the bundle file (or url) and the trusted keys"})
 	}
 	if d.diags.HasErrors() {
 		return nil, files, d.diags

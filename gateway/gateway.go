@@ -49,14 +49,18 @@ type Gateway struct {
 	store *bundlestore.Store
 	core  *session.Core
 	rec   *recorder.Recorder
-	// approvals keeps review requests; notifier tells their webhooks.
-	approvals *approval.FileStore
+	// approvals keeps review requests (files in the data directory, or
+	// the state block's PostgreSQL); notifier tells their webhooks.
+	approvals approval.Store
 	notifier  *approval.Notifier
 	adminTLS  *tls.Config
 	upstreams upstreamProbe
 	listeners []listener
 
 	devIssuers bool
+
+	// bundleURL is the bundle's URL source; nil for a file.
+	bundleURL *bundlestore.URLSource
 
 	// Ready is closed once the listeners are up (tests wait on it).
 	Ready chan struct{}
@@ -121,6 +125,11 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		authOpts = append(authOpts, auth.AllowDevIssuers())
 	}
 	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log), bundlestore.WithAuthOptions(authOpts...))
+	if cfg.Bundle.URL != "" {
+		if g.bundleURL, err = bundleURLSource(cfg.Bundle, secrets.Resolver{}); err != nil {
+			return nil, fmt.Errorf("gateway: bundle: %w", err)
+		}
+	}
 	if cfg.Admin.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCert, cfg.Admin.TLSKey)
 		if err != nil {
@@ -140,7 +149,7 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	}
 	var res secrets.Resolver
 	g.notifier = approval.NewNotifier(res.Resolve, g.log)
-	g.approvals, err = approval.Open(ApprovalsDir(cfg.DataDir), approval.WithLogger(g.log), approval.WithNotify(g.notifier.Notify), approval.WithClock(g.clock))
+	g.approvals, err = g.openApprovals(res)
 	if err != nil {
 		g.rec.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -280,7 +289,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	defer func() { cancel(); bg.Wait() }()
 	bg.Add(2)
 	go func() { defer bg.Done(); g.notifier.Run(ctx) }()
-	go func() { defer bg.Done(); g.store.WatchFile(ctx, g.cfg.Bundle.File, g.cfg.Bundle.PollInterval) }()
+	go func() { defer bg.Done(); g.watchBundle(ctx) }()
 
 	errs := make(chan error, len(lns)+1)
 	for i, l := range g.listeners {
@@ -297,7 +306,7 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		running++
 		go func() { errs <- g.serveAdmin(ctx, admin[0]) }()
 	}
-	attrs := []any{"tls_admin", g.adminTLS != nil, "admin", g.AdminAddr, "bundle", g.cfg.Bundle.File}
+	attrs := []any{"tls_admin", g.adminTLS != nil, "admin", g.AdminAddr, "bundle", g.cfg.Bundle.where()}
 	for _, l := range g.listeners {
 		attrs = append(attrs, l.proxy.Kind(), g.Addr(l.proxy.Kind()))
 	}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +25,10 @@ var (
 	descReloads        = prometheus.NewDesc("gatehouse_bundle_reloads_total", "Bundles activated.", nil, nil)
 	descReloadFailures = prometheus.NewDesc("gatehouse_bundle_reload_failures_total", "Bundles refused (bad signature, rollback, schema, CEL).", nil, nil)
 	descRevision       = prometheus.NewDesc("gatehouse_bundle_revision", "Revision of the active bundle (0: none).", nil, nil)
+	descBundleAge      = prometheus.NewDesc("gatehouse_bundle_age_seconds", "Seconds since the active bundle was created (its created_at).", nil, nil)
+	descBundleStale    = prometheus.NewDesc("gatehouse_bundle_stale_seconds", "Seconds since the active bundle was last known current: its activation, or a later successful check of the bundle url that found it unchanged (a 304, or the same bundle). /readyz compares it with admin.max_bundle_age.", nil, nil)
+	descBundleChecks   = prometheus.NewDesc("gatehouse_bundle_url_checks_total", "Checks of the bundle url, by result: fetched (a 200 whose bundle is now active), not_modified (a 304), error (the network, a timeout, an HTTP status, a body over the size limit, a bundle refused).", []string{"result"}, nil)
+	descBundleFailing  = prometheus.NewDesc("gatehouse_bundle_url_consecutive_failures", "Failed checks of the bundle url since the last successful one (0: the last check succeeded); the wait between checks doubles with each.", nil, nil)
 	descRecSyncs       = prometheus.NewDesc("gatehouse_recorder_syncs_total", "fdatasyncs that made recorded events durable (group commits and checkpoints); the latency histogram's count divided by this is how many requests one sync served.", nil, nil)
 	descRecErrors      = prometheus.NewDesc("gatehouse_recorder_errors_total", "Recording writes that failed: a request's refuses the request, a start's the session; a result's leaves a gap the recording reports.", nil, nil)
 	descRecLatency     = prometheus.NewDesc("gatehouse_recorder_write_seconds", "Time to make an event durable (successful writes).", nil, nil)
@@ -35,7 +40,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
 		ch <- d
 	}
 }
@@ -76,6 +81,19 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		rev = float64(a.Revision)
 	}
 	ch <- prometheus.MustNewConstMetric(descRevision, prometheus.GaugeValue, rev)
+	if a := g.store.Current(); a != nil {
+		if created, err := time.Parse(time.RFC3339, a.Payload.CreatedAt); err == nil {
+			ch <- prometheus.MustNewConstMetric(descBundleAge, prometheus.GaugeValue, time.Since(created).Seconds())
+		}
+		ch <- prometheus.MustNewConstMetric(descBundleStale, prometheus.GaugeValue, time.Since(g.store.ConfirmedAt()).Seconds())
+	}
+	if g.cfg.Bundle.URL != "" {
+		src := &g.store.Stats.Source
+		ch <- prometheus.MustNewConstMetric(descBundleChecks, prometheus.CounterValue, float64(src.Fetched.Load()), "fetched")
+		ch <- prometheus.MustNewConstMetric(descBundleChecks, prometheus.CounterValue, float64(src.NotModified.Load()), "not_modified")
+		ch <- prometheus.MustNewConstMetric(descBundleChecks, prometheus.CounterValue, float64(src.Failures.Load()), "error")
+		ch <- prometheus.MustNewConstMetric(descBundleFailing, prometheus.GaugeValue, float64(src.ConsecutiveFailures.Load()))
+	}
 	ch <- prometheus.MustNewConstMetric(descRecErrors, prometheus.CounterValue, float64(g.rec.Stats.Errors.Load()))
 	ch <- prometheus.MustNewConstMetric(descRecSyncs, prometheus.CounterValue, float64(g.rec.Stats.Syncs.Load()))
 	healthy := 1.0

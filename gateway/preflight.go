@@ -44,9 +44,9 @@ type PreflightOptions struct {
 // Preflight checks what the gateway needs before it serves, without
 // starting it or changing anything: the data directory, the TLS
 // certificates and keys, the SSH host key, the trusted keys, the bundle
-// (read and verified), every credential reference of the bundle's
-// resources (resolved, never shown), the recorder key, and each identity
-// provider's discovery document. `gatehouse gateway --check` prints it.
+// (read, or fetched once from its url, and verified; not activated), every
+// credential reference of the bundle's resources (resolved, never shown),
+// the recorder key, and each identity provider's discovery document. `gatehouse gateway --check` prints it.
 func Preflight(ctx context.Context, cfg *Config, o PreflightOptions) []Check {
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Timeout: 5 * time.Second}
@@ -58,6 +58,10 @@ func Preflight(ctx context.Context, cfg *Config, o PreflightOptions) []Check {
 	add := func(what string, err error, note string) { out = append(out, Check{What: what, Err: err, Note: note}) }
 
 	add("data_dir "+cfg.DataDir, writableDir(cfg.DataDir), "")
+	if ref := cfg.State.Postgres; ref != "" {
+		note, err := stateCheck(ctx, ref, o.Resolver)
+		add("state database "+ref, err, note)
+	}
 	if pg := cfg.Postgres; pg != nil {
 		if pg.TLSCert != "" {
 			note, err := certificate(pg.TLSCert, pg.TLSKey, o.Now())
@@ -102,12 +106,11 @@ func Preflight(ctx context.Context, cfg *Config, o PreflightOptions) []Check {
 	if err != nil {
 		return out
 	}
-	p, err := readBundle(cfg.Bundle.File, kr)
+	what, note, p, err := preflightBundle(ctx, cfg.Bundle, kr, o.Resolver)
+	add(what, err, note)
 	if err != nil {
-		add("bundle "+cfg.Bundle.File, err, "")
 		return out
 	}
-	add("bundle "+cfg.Bundle.File, nil, fmt.Sprintf("revision %d, created %s", p.Revision, p.CreatedAt))
 	for _, ref := range credentialRefs(&p.Model) {
 		_, err := o.Resolver.Resolve(ref.ref)
 		add(fmt.Sprintf("%s: %s (%s)", ref.owner, ref.field, ref.ref), err, "")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,10 +20,8 @@ import (
 // and settled requests survive a restart. It serves one gateway: a second
 // process on the same directory would not see this one's settlements.
 type FileStore struct {
-	dir    string
-	clock  clock.Clock
-	log    *slog.Logger
-	notify func(string, Request)
+	options
+	dir string
 
 	mu      sync.Mutex
 	reqs    map[string]*Request
@@ -35,30 +32,12 @@ type FileStore struct {
 
 var _ Store = (*FileStore)(nil)
 
-// Option configures a FileStore.
-type Option func(*FileStore)
-
-// WithClock sets the time source (tests).
-func WithClock(c clock.Clock) Option { return func(s *FileStore) { s.clock = c } }
-
-// WithLogger sets the logger.
-func WithLogger(l *slog.Logger) Option { return func(s *FileStore) { s.log = l } }
-
-// WithNotify sets what is told of every request event (the webhook
-// notifier). It must not block.
-func WithNotify(fn func(event string, r Request)) Option {
-	return func(s *FileStore) { s.notify = fn }
-}
-
 // Open loads the requests in dir (creating it), expiring those whose time
 // ran out while the gateway was down and dropping settled ones older than
 // Retention. Files of format 1 are read and converted.
 func Open(dir string, opts ...Option) (*FileStore, error) {
-	s := &FileStore{dir: dir, clock: clock.Real, log: slog.New(slog.DiscardHandler),
+	s := &FileStore{options: newOptions(opts), dir: dir,
 		reqs: map[string]*Request{}, waiters: map[string]chan struct{}{}, timers: map[string]clock.Timer{}}
-	for _, o := range opts {
-		o(s)
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("approvals: %w", err)
 	}
@@ -355,12 +334,6 @@ func (s *FileStore) apply(next *Request) {
 		}
 		s.log.Info("approval settled", "approval", next.ID, "state", next.State, "outcome", next.Outcome)
 		s.tell(SettleEvent(next.State), &stored)
-	}
-}
-
-func (s *FileStore) tell(event string, r *Request) {
-	if s.notify != nil {
-		s.notify(event, r.Clone())
 	}
 }
 

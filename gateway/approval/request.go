@@ -6,8 +6,9 @@
 //
 // Requests are kept by a Store. The file store (filestore.go) keeps one
 // JSON file per request in the data directory, written durably before
-// anything acts on it. Every store passes the conformance suite in
-// approvaltest.
+// anything acts on it, for one gateway. The PostgreSQL store (pgstore.go)
+// keeps them in a database that several gateway replicas share. Every
+// store passes the conformance suite in approvaltest.
 //
 // Nothing here knows a wire protocol: a request carries a Subject (the
 // text approvers read, its canonical form and its parameters), and the

@@ -1,10 +1,11 @@
 // Package bundlestore holds the gateway's active bundle and keeps it
-// current. A new bundle is verified (signature, trusted key, schema,
-// revision strictly above the active one), compiled, and only then swapped
-// in whole, atomically; on any failure the last good bundle stays active and
-// the reason is logged. The last good bundle is persisted in the data
-// directory, so a restart comes up with it even when the source is gone,
-// and so a restart cannot be used to roll back to an older signed bundle.
+// current, from a file it watches or an HTTP(S) URL it polls. A new bundle
+// is verified (signature, trusted key, schema, revision strictly above the
+// active one), compiled, and only then swapped in whole, atomically; on any
+// failure the last good bundle stays active and the reason is logged. The
+// last good bundle is persisted in the data directory, so a restart comes
+// up with it even when the source is gone, and so a restart cannot be used
+// to roll back to an older signed bundle.
 package bundlestore
 
 import (
@@ -36,7 +37,8 @@ type Active struct {
 	Policy   *celpolicy.Policy
 	Verifier *auth.Verifier
 	LoadedAt time.Time
-	// Source says where it came from (a path, "persisted").
+	// Source says where it came from (a path, a URL as Redact shows it,
+	// "persisted").
 	Source string
 	raw    []byte
 }
@@ -51,6 +53,8 @@ type Stats struct {
 	LastAttempt atomic.Pointer[time.Time]
 	LastSuccess atomic.Pointer[time.Time]
 	LastErrorAt atomic.Pointer[time.Time]
+	// Source are a URL source's checks (zero for a file source).
+	Source SourceStats
 }
 
 // Store holds the active bundle.

@@ -14,7 +14,7 @@ import (
 )
 
 // build signs the quickstart policy at a revision.
-func build(t *testing.T, priv ed25519.PrivateKey, rev uint64) []byte {
+func build(t testing.TB, priv ed25519.PrivateKey, rev uint64) []byte {
 	t.Helper()
 	res, diags := hclconfig.Load("../../examples/quickstart")
 	if diags.HasErrors() {
@@ -35,7 +35,7 @@ func build(t *testing.T, priv ed25519.PrivateKey, rev uint64) []byte {
 	return data
 }
 
-func key(t *testing.T) ed25519.PrivateKey {
+func key(t testing.TB) ed25519.PrivateKey {
 	t.Helper()
 	k, err := bundle.GenerateKey()
 	if err != nil {

@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"context"
+	"crypto/ed25519"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	"github.com/gatehouse-dev/gatehouse/gateway/approval/approvaltest"
+	"github.com/gatehouse-dev/gatehouse/internal/pgtest"
+)
+
+func TestStateBlock(t *testing.T) {
+	cfg, _, diags := ParseConfig([]byte(goodConfig), "gateway.hcl")
+	if diags.HasErrors() || cfg.State.Postgres != "" {
+		t.Fatalf("default: %+v %v", cfg.State, diags)
+	}
+	cfg, _, diags = ParseConfig([]byte(goodConfig+"\nstate {\n  postgres = \"file:/etc/gatehouse/state-dsn\"\n}\n"), "gateway.hcl")
+	if diags.HasErrors() || cfg.State.Postgres != "file:/etc/gatehouse/state-dsn" {
+		t.Fatalf("state: %+v %v", cfg.State, diags)
+	}
+	// The reference's state block is a valid one.
+	ref, _, ok := strings.Cut(ConfigReference[strings.Index(ConfigReference, "\nstate {\n")+1:], "\n}\n")
+	if !ok || !strings.HasPrefix(ref, "state {") {
+		t.Fatal("ConfigReference has no state block")
+	}
+	cfg, _, diags = ParseConfig([]byte(goodConfig+ref+"\n}\n"), "gateway.hcl")
+	if diags.HasErrors() || cfg.State.Postgres != "env:GATEHOUSE_STATE_DSN" {
+		t.Fatalf("ConfigReference's state block: %v %+v", diags, cfg.State)
+	}
+	const dsn = "postgres://gatehouse:hunter2@db.internal/state"
+	block := func(body string) string { return goodConfig + "\nstate {\n" + body + "}\n" }
+	tests := map[string]struct {
+		src, want string
+		line      int
+	}{
+		"a DSN in clear":      {block(`  postgres = "` + dsn + `"` + "\n"), "Not a secret reference", 15},
+		"a k8s reference":     {block(`  postgres = "k8s:gatehouse/state#dsn"` + "\n"), "Not a secret reference", 15},
+		"an empty block":      {block(""), "Missing required argument", 14},
+		"an unknown argument": {block(`  postgres = "env:DSN"` + "\n" + `  dsn = "env:DSN"` + "\n"), "Unsupported argument", 16},
+		"two blocks":          {block(`  postgres = "env:DSN"`+"\n") + "state {\n  postgres = \"env:DSN\"\n}\n", "Duplicate block", 17},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, _, diags := ParseConfig([]byte(tc.src), "gateway.hcl")
+			for _, d := range diags {
+				if d.Summary == tc.want {
+					if d.Subject == nil || d.Subject.Start.Line != tc.line {
+						t.Errorf("at %v, want line %d", d.Subject, tc.line)
+					}
+					if strings.Contains(d.Detail, "hunter2") {
+						t.Errorf("the diagnostic repeats the DSN: %s", d.Detail)
+					}
+					return
+				}
+			}
+			t.Fatalf("diags %v, want %q", diags, tc.want)
+		})
+	}
+}
+
+// stateConfig is an SSH-only gateway config whose approvals live in the
+// database env names.
+func stateConfig(t *testing.T, env string) *Config {
+	t.Helper()
+	dir := t.TempDir()
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	if err := os.WriteFile(filepath.Join(dir, "trusted.pub"), pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &Config{DataDir: filepath.Join(dir, "data"), SSH: &SSHListener{Listen: "127.0.0.1:0"},
+		Bundle: BundleSource{File: filepath.Join(dir, "policy.bundle"), TrustedKeys: []string{filepath.Join(dir, "trusted.pub")}, PollInterval: time.Second},
+		State:  StateConfig{Postgres: "env:" + env}}
+}
+
+// newStopped makes a gateway and, when the test ends, runs it with a done
+// context: Run closes what New opened.
+func newStopped(t *testing.T, cfg *Config) *Gateway {
+	t.Helper()
+	g, err := New(cfg, WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = g.Run(ctx)
+	})
+	return g
+}
+
+// TestGatewayOnPostgresState: with a state block, two gateways keep their
+// approvals in one database: a vote through one settles a request held
+// on the other. --check reports the schema before and after.
+func TestGatewayOnPostgresState(t *testing.T) {
+	srv := pgtest.Start(t)
+	srv.CreateRole(t, "gatehouse", "state-pw")
+	srv.CreateDatabase(t, "state", "gatehouse")
+	t.Setenv("GATEHOUSE_TEST_STATE_DSN", srv.ConnString("gatehouse", "state-pw", "state"))
+	ctx := context.Background()
+
+	a, b := stateConfig(t, "GATEHOUSE_TEST_STATE_DSN"), stateConfig(t, "GATEHOUSE_TEST_STATE_DSN")
+	stateNote := func(cfg *Config) (string, error) {
+		for _, c := range Preflight(ctx, cfg, PreflightOptions{}) {
+			if c.What == "state database env:GATEHOUSE_TEST_STATE_DSN" {
+				return c.Note, c.Err
+			}
+		}
+		t.Fatal("Preflight has no state database check")
+		return "", nil
+	}
+	if note, err := stateNote(a); err != nil || !strings.Contains(note, "no schema yet") {
+		t.Errorf("check of an empty database: %q, %v", note, err)
+	}
+
+	ga, gb := newStopped(t, a), newStopped(t, b)
+	if _, ok := ga.Approvals().(*approval.PGStore); !ok {
+		t.Fatalf("approvals kept in %T, want the PostgreSQL store", ga.Approvals())
+	}
+	if _, err := os.Stat(ApprovalsDir(a.DataDir)); err == nil {
+		t.Error("the gateway made an approvals directory though the state database keeps them")
+	}
+	if note, err := stateNote(a); err != nil || !strings.Contains(note, "current") {
+		t.Errorf("check after start: %q, %v", note, err)
+	}
+	r, created, err := ga.Approvals().Open(ctx, approvaltest.Request(time.Now()))
+	if err != nil || !created {
+		t.Fatalf("Open: %v", err)
+	}
+	held, err := ga.Approvals().Settled(ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob := approval.Principal{Name: "bob", Issuer: r.Requester.Issuer, Subject: "sub-bob", Groups: []string{"dba"}}
+	if _, err := gb.Approvals().Vote(ctx, r.ID, bob, true, "through the other gateway"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a vote through gateway b did not release the request held on gateway a")
+	}
+
+	t.Setenv("GATEHOUSE_TEST_STATE_DSN", "")
+	if _, err := New(stateConfig(t, "GATEHOUSE_TEST_STATE_DSN"), WithLogger(slog.New(slog.DiscardHandler))); err == nil ||
+		!strings.Contains(err.Error(), "state.postgres") || !strings.Contains(err.Error(), "not set") {
+		t.Errorf("New without the DSN: %v", err)
+	}
+}
