@@ -1,0 +1,221 @@
+package acctest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+)
+
+// TestReplicas runs three gateway processes that share what a team would
+// share: approvals in one PostgreSQL state database, and one bundle
+// published over HTTPS. Each has its own data directory, listeners and
+// recordings. A statement held on one replica is approved through
+// another's admin API and runs once; a one-time approval spent on one
+// replica is refused on a third; a bundle reaches all three, and a
+// tampered or older one is refused by all three while they keep serving.
+func TestReplicas(t *testing.T) {
+	hook := &hookReceiver{}
+	hooks := httptest.NewServer(hook)
+	defer hooks.Close()
+	s := startStackWith(t, stackOptions{
+		policy:  approvalsPolicy(hooks.URL + "/gatehouse"),
+		schema:  approvalsSchema,
+		clients: []string{"billing-service", "dba-alice", "dba-bob"},
+		env:     []string{"HOOK_SECRET=hook-secret-for-tests"},
+	})
+	// The stack's own gateway (a file bundle, approvals in its data
+	// directory) makes way for the replicas.
+	s.stopGateway(t)
+	s.pg.CreateDatabase(t, "gatehouse_state", "gatehouse")
+	dsn := s.pg.ConnString("gatehouse", s.pgPass, "gatehouse_state")
+
+	srv := bundlestore.StartTestServer(t, "")
+	build := func(rev int) []byte {
+		out := filepath.Join(t.TempDir(), "policy.bundle")
+		gh(t, "bundle", "build", s.policyDir, "--key", s.keyFile, "--out", out, "--revision", fmt.Sprint(rev))
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	srv.Publish(build(100))
+
+	dir := t.TempDir()
+	caFile, cert, key := tlsFiles(t, dir)
+	replicas := make([]*stack, 3)
+	for i := range replicas {
+		r := *s
+		r.caFile, r.pgAddr, r.adminAddr = caFile, freePort(t), freePort(t)
+		r.dataDir = filepath.Join(dir, fmt.Sprintf("replica-%d", i))
+		r.logs, r.gateway, r.exited = &lockedBuffer{}, nil, nil
+		cfg := fmt.Sprintf(`data_dir = %q
+
+postgres {
+  listen   = %q
+  tls_cert = %q
+  tls_key  = %q
+}
+
+bundle {
+  url           = "%s/policy.bundle"
+  ca_file       = %q
+  trusted_keys  = [%q]
+  poll_interval = "1s"
+}
+
+state {
+  postgres = "env:GATEHOUSE_STATE_DSN"
+}
+
+admin {
+  listen = %q
+}
+
+log {
+  level = "debug"
+}
+`, r.dataDir, r.pgAddr, cert, key, srv.URL, srv.CAFile, filepath.Join(filepath.Dir(s.keyFile), "gatehouse.pub"), r.adminAddr)
+		r.cfgFile = filepath.Join(dir, fmt.Sprintf("replica-%d.hcl", i))
+		if err := os.WriteFile(r.cfgFile, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r.env = append(append([]string{}, s.env...), "GATEHOUSE_STATE_DSN="+dsn)
+		replicas[i] = &r
+		t.Cleanup(func() {
+			r.stopGateway(t)
+			if t.Failed() {
+				t.Logf("replica %d log:\n%s", i, r.logs.String())
+			}
+		})
+	}
+	// Started at once: the state schema's migrations are safe with
+	// several replicas starting together.
+	started := make(chan struct{}, len(replicas))
+	for _, r := range replicas {
+		go func() {
+			defer func() { started <- struct{}{} }()
+			r.startGateway(t)
+		}()
+	}
+	for range replicas {
+		<-started
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	a, b, c := replicas[0], replicas[1], replicas[2]
+	billing := s.token(t, "billing-service")
+
+	t.Run("a bundle over HTTPS reaches all three; a tampered or older one is refused by all three", func(t *testing.T) {
+		for i, r := range replicas {
+			st := r.waitBundle(t, "revision 100", func(st map[string]any) bool { return st["revision"] == 100.0 })
+			if st["source_url"] != srv.URL+"/policy.bundle" {
+				t.Errorf("replica %d serves %v", i, st)
+			}
+		}
+		srv.Publish(build(101))
+		for _, r := range replicas {
+			r.waitBundle(t, "revision 101", func(st map[string]any) bool { return st["revision"] == 101.0 })
+		}
+		tampered := build(102)
+		tampered[len(tampered)/2] ^= 1
+		srv.Publish(tampered)
+		for _, r := range replicas {
+			r.waitBundle(t, "the tampered bundle refused", fetchFailing("bundle refused"))
+		}
+		srv.Publish(build(99))
+		for i, r := range replicas {
+			st := r.waitBundle(t, "the older bundle refused", fetchFailing("not newer than the active one"))
+			if st["revision"] != 101.0 {
+				t.Errorf("replica %d: %v", i, st)
+			}
+		}
+		// They keep serving under revision 101.
+		for i, r := range replicas {
+			if out, _, err := r.psql(t, billing, "SELECT count(*) FROM orders"); err != nil || strings.TrimSpace(out) == "" {
+				t.Errorf("replica %d after the refusals: %v %q", i, err, out)
+			}
+		}
+		srv.Publish(build(103))
+		for _, r := range replicas {
+			r.waitBundle(t, "revision 103", func(st map[string]any) bool { return st["revision"] == 103.0 })
+		}
+	})
+
+	t.Run("held on one replica, approved through another, run once", func(t *testing.T) {
+		p := a.startPsql(t, billing, "INSERT INTO payments (order_id, amount) VALUES (7, 70.00)")
+		id := p.held(t)
+		out, code := c.approver(t, "dba-alice", "list")
+		if code != 0 || !strings.Contains(out, id) {
+			t.Fatalf("a third replica does not list the request: exit %d\n%s", code, out)
+		}
+		if out, code := b.approver(t, "dba-bob", "approve", id, "--comment", "via replica b"); code != 0 || !strings.Contains(out, "Approved "+id) {
+			t.Fatalf("approve on b: exit %d\n%s", code, out)
+		}
+		if err := p.wait(t); err != nil {
+			t.Fatalf("the held psql on a after the approval on b: %v\n%s", err, p.errText())
+		}
+		if n := a.upstreamCount(t, "payments", "amount = 70.00"); n != 1 {
+			t.Fatalf("%d rows, want the statement run once", n)
+		}
+	})
+
+	t.Run("a one-time approval is spent once, whichever replica the retry reaches", func(t *testing.T) {
+		x := "INSERT INTO ledger (note) VALUES ('replicated')"
+		_, stderr, err := a.psql(t, billing, x)
+		id := approvalID.FindString(stderr)
+		if err == nil || id == "" {
+			t.Fatalf("hold = false on a: %v\n%s", err, stderr)
+		}
+		if out, code := c.approver(t, "dba-bob", "approve", id, "--comment", "once"); code != 0 {
+			t.Fatalf("approve on c: exit %d\n%s", code, out)
+		}
+		if _, stderr, err := b.psql(t, billing, x); err != nil {
+			t.Fatalf("the retry on b: %v\n%s", err, stderr)
+		}
+		_, stderr, err = c.psql(t, billing, x)
+		if err == nil || approvalID.FindString(stderr) == id {
+			t.Fatalf("a second use on c was not refused: %v\n%s", err, stderr)
+		}
+		if n := a.upstreamCount(t, "ledger", "note = 'replicated'"); n != 1 {
+			t.Fatalf("%d ledger rows, want 1", n)
+		}
+	})
+}
+
+// waitBundle polls the replica's /v1/bundle until cond holds.
+func (s *stack) waitBundle(t *testing.T, what string, cond func(map[string]any) bool) map[string]any {
+	t.Helper()
+	var last map[string]any
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get("http://" + s.adminAddr + "/v1/bundle")
+		if err != nil {
+			continue
+		}
+		last = nil
+		_ = json.NewDecoder(resp.Body).Decode(&last)
+		resp.Body.Close()
+		if last != nil && cond(last) {
+			return last
+		}
+	}
+	t.Fatalf("%s: timed out; /v1/bundle on %s: %v", what, s.adminAddr, last)
+	return nil
+}
+
+// fetchFailing: the last fetch of the bundle failed with substr.
+func fetchFailing(substr string) func(map[string]any) bool {
+	return func(st map[string]any) bool {
+		e, _ := st["last_fetch_error"].(string)
+		return strings.Contains(e, substr)
+	}
+}
