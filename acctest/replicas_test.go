@@ -1,8 +1,12 @@
 package acctest
 
 import (
+	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 )
 
@@ -169,6 +176,48 @@ log {
 		}
 	})
 
+	t.Run("a CancelRequest that reaches another replica cancels the right statement", func(t *testing.T) {
+		conn, err := a.pgx(t, billing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(context.Background(), "INSERT INTO payments (order_id, amount) VALUES (8, 80.00)")
+			done <- err
+		}()
+		id := a.waitPendingText(t, "dba-alice", "80.00")
+		// The client's cancel connection lands on replica c, as a load
+		// balancer may send it: the key (pid and secret) is all it holds.
+		pid, secret := conn.PgConn().PID(), conn.PgConn().SecretKey()
+		cancel := make([]byte, 12+len(secret))
+		binary.BigEndian.PutUint32(cancel[0:], uint32(len(cancel)))
+		binary.BigEndian.PutUint32(cancel[4:], 80877102)
+		binary.BigEndian.PutUint32(cancel[8:], pid)
+		copy(cancel[12:], secret)
+		cn, err := net.Dial("tcp", c.pgAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cn.Write(cancel); err != nil {
+			t.Fatal(err)
+		}
+		cn.Close()
+		select {
+		case err := <-done:
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "57014" || !strings.Contains(pe.Message, id) {
+				t.Fatalf("the held statement on a after a cancel sent to c: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("a cancel sent to replica c did not reach the statement held on a")
+		}
+		if n := a.upstreamCount(t, "payments", "amount = 80.00"); n != 0 {
+			t.Fatalf("the cancelled statement ran (%d rows)", n)
+		}
+	})
+
 	t.Run("a one-time approval is spent once, whichever replica the retry reaches", func(t *testing.T) {
 		x := "INSERT INTO ledger (note) VALUES ('replicated')"
 		_, stderr, err := a.psql(t, billing, x)
@@ -190,6 +239,31 @@ log {
 			t.Fatalf("%d ledger rows, want 1", n)
 		}
 	})
+}
+
+// waitPendingText waits for a pending approval whose statement mentions
+// text, as approver client sees it on this replica.
+func (s *stack) waitPendingText(t *testing.T, client, text string) string {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, code := s.approver(t, client, "list", "--format", "json")
+		if code != 0 {
+			t.Fatalf("approvals list: exit %d\n%s", code, out)
+		}
+		var l struct {
+			Approvals []approval.Request `json:"approvals"`
+		}
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range l.Approvals {
+			if strings.Contains(r.Subject.Text, text) && r.State == approval.Pending {
+				return r.ID
+			}
+		}
+	}
+	t.Fatalf("no pending approval for %q", text)
+	return ""
 }
 
 // waitBundle polls the replica's /v1/bundle until cond holds.

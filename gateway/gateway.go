@@ -59,6 +59,10 @@ type Gateway struct {
 
 	devIssuers bool
 
+	// cancels relays PostgreSQL CancelRequests between replicas through
+	// the state database; nil without one.
+	cancels *cancelRelay
+
 	// bundleURL is the bundle's URL source; nil for a file.
 	bundleURL *bundlestore.URLSource
 
@@ -149,6 +153,14 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	}
 	var res secrets.Resolver
 	g.notifier = approval.NewNotifier(res.Resolve, g.log)
+	if ref := cfg.State.Postgres; ref != "" && cfg.Postgres != nil {
+		dsn, err := res.Resolve(ref)
+		if err != nil {
+			g.rec.Close()
+			return nil, fmt.Errorf("gateway: state.postgres: %w", err)
+		}
+		g.cancels = newCancelRelay(dsn, g.log)
+	}
 	g.approvals, err = g.openApprovals(res)
 	if err != nil {
 		g.rec.Close()
@@ -176,8 +188,14 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 			tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		}
 		g.core.SetLimits(postgres.Protocol, pg.Limits)
-		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext}, g.core,
-			postgres.WithLogger(g.log), postgres.WithSecrets(res))
+		opts := []postgres.Option{postgres.WithLogger(g.log), postgres.WithSecrets(res)}
+		if g.cancels != nil {
+			opts = append(opts, postgres.WithCancelRelay(g.cancels.Publish))
+		}
+		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext}, g.core, opts...)
+		if g.cancels != nil {
+			g.cancels.local = p.CancelLocal
+		}
 		g.listeners = append(g.listeners, listener{proxy: p, addr: pg.Listen})
 	}
 	if sc := g.cfg.SSH; sc != nil {
@@ -290,6 +308,10 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	bg.Add(2)
 	go func() { defer bg.Done(); g.notifier.Run(ctx) }()
 	go func() { defer bg.Done(); g.watchBundle(ctx) }()
+	if g.cancels != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); g.cancels.Run(ctx) }()
+	}
 
 	errs := make(chan error, len(lns)+1)
 	for i, l := range g.listeners {

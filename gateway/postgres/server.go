@@ -56,7 +56,10 @@ type Server struct {
 	types   *typeNames
 
 	sessions sync.Map // cancel key -> *session
-	wg       sync.WaitGroup
+	// relayCancel passes a CancelRequest for a session held by another
+	// replica on to the others (nil: one gateway alone).
+	relayCancel func(pid uint32, secret []byte)
+	wg          sync.WaitGroup
 }
 
 // Option configures a Server.
@@ -64,6 +67,12 @@ type Option func(*Server)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithCancelRelay passes CancelRequests for sessions this gateway does
+// not hold to relay (to the other replicas).
+func WithCancelRelay(relay func(pid uint32, secret []byte)) Option {
+	return func(s *Server) { s.relayCancel = relay }
+}
 
 // WithSecrets sets the secret resolver.
 func WithSecrets(r secrets.Resolver) Option { return func(s *Server) { s.secrets = r } }
@@ -214,19 +223,30 @@ func findPostgres(m *bundle.Model, name string) *bundle.Postgres {
 // it names, with the upstream's own key. Unknown keys are ignored, as
 // PostgreSQL ignores them.
 func (s *Server) cancel(m *pgproto3.CancelRequest) {
-	v, ok := s.sessions.Load(cancelKey(m.ProcessID, m.SecretKey))
+	if !s.CancelLocal(m.ProcessID, m.SecretKey) && s.relayCancel != nil {
+		// Not a session of this replica: another may hold it (a load
+		// balancer sends a client's cancel connection anywhere).
+		s.relayCancel(m.ProcessID, m.SecretKey)
+	}
+}
+
+// CancelLocal cancels the session of this gateway with that key, if it
+// has one, and reports whether it had.
+func (s *Server) CancelLocal(pid uint32, secret []byte) bool {
+	v, ok := s.sessions.Load(cancelKey(pid, secret))
 	if !ok {
-		return
+		return false
 	}
 	sess := v.(*session)
 	if sess.cs.CancelHold() {
 		// The statement was held for approval and never reached the
 		// upstream: withdrawing it is the whole cancel.
-		return
+		return true
 	}
 	if err := sess.cancelUpstream(); err != nil {
 		sess.log.Warn("cancel request failed", "err", err)
 	}
+	return true
 }
 
 func cancelKey(pid uint32, secret []byte) string {
