@@ -2,10 +2,13 @@ package acctest
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
@@ -153,6 +156,100 @@ func TestTerraformQuickstart(t *testing.T) {
 		t.Fatalf("a second plan is not empty (exit %d):\n%s", code, out)
 	}
 
+	t.Run("a state of schema version 0 upgrades without publishing", func(t *testing.T) {
+		// What the provider wrote before objects was keyed: schema version
+		// 0, objects a set (a JSON list), no decisions.
+		digest, revision := x.bundleState(t)
+		x.rewriteBundleState(t, func(inst map[string]any) {
+			attrs := inst["attributes"].(map[string]any)
+			var specs []string
+			for _, v := range attrs["objects"].(map[string]any) {
+				specs = append(specs, v.(string))
+			}
+			sort.Strings(specs)
+			attrs["objects"] = specs
+			delete(attrs, "decisions")
+			delete(attrs, "warn_unlisted_objects")
+			inst["schema_version"] = 0
+		})
+		// The old configuration had no decisions: with them, the plan adds
+		// them and publishes nothing.
+		plan := x.must("plan", "-no-color")
+		if !strings.Contains(plan, "Plan: 0 to add, 1 to change, 0 to destroy.") || !strings.Contains(plan, "+ decisions") ||
+			strings.Contains(plan, "(known after apply)") || strings.Contains(plan, "~ objects") {
+			t.Errorf("after the upgrade, the plan should only add the decisions:\n%s", plan)
+		}
+		x.must("apply", "-auto-approve", "-no-color")
+		if d, r := x.bundleState(t); d != digest || r != revision {
+			t.Errorf("the upgrade published again: %s %v, was %s %v", d, r, digest, revision)
+		}
+		if out, code := x.run("plan", "-detailed-exitcode", "-no-color"); code != 0 {
+			t.Fatalf("a plan after the upgrade is not empty (exit %d):\n%s", code, out)
+		}
+	})
+
+	t.Run("objects in no bundle are reported", func(t *testing.T) {
+		const unlisted = `
+resource "gatehouse_policy" "forgotten" {
+  name       = "forgotten-deny"
+  resources  = [gatehouse_postgres.orders.name]
+  everyone   = true
+  %s
+  rule {
+    name   = "no-vacuum"
+    effect = "deny"
+    when   = "request.statements.exists(s, s.command == 'VACUUM')"
+    reason = "no VACUUM through the gateway"
+  }
+}
+`
+		write := func(body string) {
+			if err := os.WriteFile(filepath.Join(x.dir, "forgotten.tf"), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer os.Remove(filepath.Join(x.dir, "forgotten.tf"))
+		// Planned before the bundle (the bundle waits for it without
+		// listing it): the bundle reports it.
+		write(fmt.Sprintf(unlisted, ""))
+		x.edit("main.tf", "  decisions = var.decisions\n", "  decisions = var.decisions\n  depends_on = [gatehouse_policy.forgotten]\n")
+		out := x.must("plan", "-no-color")
+		for _, want := range []string{`Warning: gatehouse_policy "forgotten-deny" is in no bundle`, `with gatehouse_bundle.policy,`,
+			`"policy/forgotten-deny" = gatehouse_policy.<resource name>.spec`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("planned before the bundle: the plan lacks %q:\n%s", want, out)
+			}
+		}
+		x.edit("main.tf", "  decisions = var.decisions\n  depends_on = [gatehouse_policy.forgotten]\n", "  decisions = var.decisions\n")
+		// Planned after the bundle: it reports itself, at its name.
+		write(fmt.Sprintf(unlisted, "description = \"after ${gatehouse_bundle.policy.file}\""))
+		out = x.must("plan", "-no-color")
+		for _, want := range []string{`Warning: gatehouse_policy "forgotten-deny" is in no bundle`, `with gatehouse_policy.forgotten,`,
+			`name       = "forgotten-deny"`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("planned after the bundle: the plan lacks %q:\n%s", want, out)
+			}
+		}
+		// Listed: nothing to report. A second object of the same kind and
+		// name, which the map's equal keys hide, is reported.
+		write(fmt.Sprintf(unlisted, ""))
+		x.edit("main.tf", `    "policy/guardrails" `, `    "policy/forgotten-deny" = gatehouse_policy.forgotten.spec
+    "policy/guardrails" `)
+		defer x.edit("main.tf", `    "policy/forgotten-deny" = gatehouse_policy.forgotten.spec
+`, "")
+		if out := x.must("plan", "-no-color"); strings.Contains(out, "in no bundle") || strings.Contains(out, "are named") {
+			t.Errorf("a listed object is reported:\n%s", out)
+		}
+		write(fmt.Sprintf(unlisted, "") + strings.NewReplacer(`"forgotten"`, `"forgotten2"`, "VACUUM", "ANALYZE").Replace(fmt.Sprintf(unlisted, "")))
+		x.edit("main.tf", `    "policy/guardrails" `, `    "policy/forgotten-deny" = gatehouse_policy.forgotten2.spec
+    "policy/guardrails" `)
+		defer x.edit("main.tf", `    "policy/forgotten-deny" = gatehouse_policy.forgotten2.spec
+`, "")
+		if out := x.must("plan", "-no-color"); !strings.Contains(out, `Warning: Two gatehouse_policy objects are named "forgotten-deny"`) {
+			t.Errorf("two objects under one key: no warning:\n%s", out)
+		}
+	})
+
 	t.Run("same payload as the HCL quickstart", func(t *testing.T) {
 		res, diags := hclconfig.Load("../examples/quickstart")
 		if diags.HasErrors() {
@@ -183,13 +280,55 @@ func TestTerraformQuickstart(t *testing.T) {
 			"gatehouse_policy.billing-service will be updated in-place",
 			"'coalesce', 'md5']",
 			"gatehouse_bundle.policy will be updated in-place",
+			// The changed object is an update of its entry in objects.
+			`~ "policy/billing-service"`,
+			"# (72 unchanged elements hidden)",
 			"Plan: 0 to add, 2 to change, 0 to destroy.",
 		} {
 			if !strings.Contains(plan, want) {
 				t.Errorf("the plan lacks %q:\n%s", want, plan)
 			}
 		}
+		// No object reprinted: no data source read, no object removed and
+		// added again.
+		actions := plan[strings.Index(plan, "Terraform will perform"):]
+		actions = actions[:strings.Index(actions, "\nPlan:")]
+		if strings.Contains(actions, "<= data") || regexp.MustCompile(`(?m)^\s+[-+] jsonencode\(`).MatchString(actions) {
+			t.Errorf("the plan reprints objects:\n%s", actions)
+		}
+		if n := strings.Count(actions, "\n"); n > 105 {
+			t.Errorf("a one-line rule change plans %d lines of actions:\n%s", n, actions)
+		} else {
+			t.Logf("a one-line rule change plans %d lines of actions", n)
+		}
+
+		// A decision is decided against the planned objects, at plan time:
+		// the published bundle denies md5, the planned one allows it.
+		x.edit("decisions.auto.tfvars", "decisions = {\n", `decisions = {
+  billing_md5 = {
+    identity = "billing-service"
+    resource = "orders"
+    sql      = "SELECT md5('x')"
+  }
+`)
+		plan = x.must("plan", "-no-color")
+		if !regexp.MustCompile(`(?s)\+ "billing_md5" = \{.*\+ effect\s+= "allow".*\+ "billing-service/read"`).MatchString(plan) {
+			t.Errorf("the new decision is not decided against the planned objects:\n%s", plan)
+		}
+		if out, _ := ghRun(t, "eval", bundleFile, "--trust", pub, "--identity", "billing-service", "--resource", "orders", "--sql", "SELECT md5('x')"); !strings.Contains(out, "deny") {
+			t.Errorf("the published bundle should still deny md5: %s", out)
+		}
 		x.must("apply", "-auto-approve", "-no-color")
+		// A change to decisions alone publishes nothing.
+		revision := payload(t, bundleFile).Revision
+		x.edit("decisions.auto.tfvars", `sql      = "SELECT md5('x')"`, `sql      = "SELECT md5('y')"`)
+		if plan := x.must("plan", "-no-color"); !regexp.MustCompile(`~ sql\s+= "SELECT md5\('x'\)" -> "SELECT md5\('y'\)"`).MatchString(plan) || strings.Contains(plan, "(known after apply)") {
+			t.Errorf("a changed decision: the plan should change it and publish nothing:\n%s", plan)
+		}
+		x.must("apply", "-auto-approve", "-no-color")
+		if p := payload(t, bundleFile); p.Revision != revision {
+			t.Errorf("a changed decision published revision %d after %d", p.Revision, revision)
+		}
 		if p, o := payload(t, bundleFile), payload(t, old); p.Revision <= o.Revision {
 			t.Errorf("revision %d after %d", p.Revision, o.Revision)
 		}
@@ -262,7 +401,7 @@ func TestTerraformQuickstart(t *testing.T) {
 			t.Fatalf("make pr: %v\n%s", err, out)
 		}
 		for _, want := range []string{"terraform", "fmt -check", "validate", "Plan: 0 to add, 2 to change", "passed", `identity billing-service gained allow`,
-			"access_changes = ["} {
+			"~ access_changes "} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("make pr output lacks %q:\n%s", want, out)
 			}
@@ -304,7 +443,7 @@ func TestTerraformQuickstart(t *testing.T) {
 		// guide says; then the pipeline with FAIL_ON=narrow fails on it.
 		x.edit("main.tf", "t.access == 'read') &&", "t.access == 'read' && t.name != 'payments') &&")
 		// The plan itself says who loses what (the bundle's access_changes).
-		if out := x.must("plan", "-no-color", "-input=false", "-out=p"); !strings.Contains(out, "~ access_changes = [") ||
+		if out := x.must("plan", "-no-color", "-input=false", "-out=p"); !regexp.MustCompile(`~ access_changes\s+= \[`).MatchString(out) ||
 			!strings.Contains(out, `"identity analytics-job lost allow on \"orders\" via analytics-read-only/read (3 probe requests, e.g. SELECT * FROM public.payments WHERE id = 1; SELECT * FROM billing.payments WHERE id = 1)"`) {
 			t.Errorf("the plan does not show the access change:\n%s", out)
 		}
@@ -328,6 +467,53 @@ func TestTerraformQuickstart(t *testing.T) {
 			t.Errorf("make pr FAIL_ON=narrow should fail on the narrowing: %v\n%s", err, out)
 		}
 	})
+}
+
+// bundleState reads gatehouse_bundle.policy's digest and revision from
+// the state file.
+func (x *tf) bundleState(t *testing.T) (digest, revision string) {
+	t.Helper()
+	state := x.state(t)
+	attrs := bundleInstance(t, state)["attributes"].(map[string]any)
+	return attrs["digest"].(string), attrs["revision"].(json.Number).String()
+}
+
+// rewriteBundleState edits gatehouse_bundle.policy's instance in the state
+// file.
+func (x *tf) rewriteBundleState(t *testing.T, edit func(inst map[string]any)) {
+	t.Helper()
+	state := x.state(t)
+	edit(bundleInstance(t, state))
+	data, err := json.MarshalIndent(state, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(x.dir, "terraform.tfstate"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (x *tf) state(t *testing.T) map[string]any {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(mustRead(t, filepath.Join(x.dir, "terraform.tfstate"))))
+	dec.UseNumber()
+	var state map[string]any
+	if err := dec.Decode(&state); err != nil {
+		t.Fatal(err)
+	}
+	return state
+}
+
+func bundleInstance(t *testing.T, state map[string]any) map[string]any {
+	t.Helper()
+	for _, r := range state["resources"].([]any) {
+		r := r.(map[string]any)
+		if r["type"] == "gatehouse_bundle" && r["name"] == "policy" {
+			return r["instances"].([]any)[0].(map[string]any)
+		}
+	}
+	t.Fatal("no gatehouse_bundle.policy in the state")
+	return nil
 }
 
 func mustJSON(t *testing.T, p *bundle.Payload) []byte {

@@ -74,8 +74,11 @@ func tfName(name string, used map[string]bool) string {
 type exporter struct {
 	buf   bytes.Buffer
 	names map[string]map[string]string // kind -> object name -> tf name
-	specs []string
+	specs []specRef
 }
+
+// specRef is one entry of the bundle's objects: its key and the spec.
+type specRef struct{ key, ref string }
 
 // exportTerraform writes the model as Terraform configuration.
 func exportTerraform(m *bundle.Model, bundleFile, keyRef string) []byte {
@@ -221,19 +224,41 @@ provider "gatehouse" {
 		}, "")
 	}
 	fmt.Fprintf(&e.buf, "\nvariable \"bundle_file\" {\n  description = \"Where the signed bundle is published (relative to the working directory); gateways watch this file.\"\n  type        = string\n  default     = %s\n}\n", e.str(bundleFile))
-	e.buf.WriteString("\n# The signed bundle gateways load. Add objects here, or from modules' outputs.\nresource \"gatehouse_bundle\" \"policy\" {\n  file = var.bundle_file\n  objects = [\n")
+	e.buf.WriteString(decisionsVariable)
+	e.buf.WriteString("\n# The signed bundle gateways load. Add objects here, keyed by KIND/NAME, or merge in modules' outputs.\nresource \"gatehouse_bundle\" \"policy\" {\n  file = var.bundle_file\n  objects = {\n")
 	for _, s := range e.specs {
-		fmt.Fprintf(&e.buf, "    %s,\n", s)
+		fmt.Fprintf(&e.buf, "    %s = %s\n", e.str(s.key), s.ref)
 	}
-	e.buf.WriteString("  ]\n}\n\noutput \"bundle_revision\" {\n  value = gatehouse_bundle.policy.revision\n}\n\noutput \"bundle_digest\" {\n  value = gatehouse_bundle.policy.digest\n}\n")
+	e.buf.WriteString("  }\n\n  # Requests decided against the planned objects at plan time (var.decisions).\n  decisions = var.decisions\n}\n\noutput \"bundle_revision\" {\n  value = gatehouse_bundle.policy.revision\n}\n\noutput \"bundle_digest\" {\n  value = gatehouse_bundle.policy.digest\n}\n")
 	return hclwrite.Format(e.buf.Bytes())
 }
+
+// decisionsVariable declares the requests gatehouse_bundle decides at
+// plan time: the policy directory has none, so they come from a .tfvars
+// file (or a module's caller), and check blocks assert on the results.
+const decisionsVariable = `
+variable "decisions" {
+  description = "Requests gatehouse_bundle.policy decides against the objects it is about to publish, at plan time (set them in a .tfvars file). The plan shows a result when it changes; check blocks and terraform test assert on gatehouse_bundle.policy.decisions[KEY]."
+  type = map(object({
+    identity          = optional(string)
+    identity_provider = optional(string)
+    subject           = optional(string)
+    groups            = optional(list(string))
+    claims            = optional(string)
+    resource          = string
+    sql               = optional(string)
+    request           = optional(string)
+    now               = optional(string)
+  }))
+  default = null
+}
+`
 
 type attr struct{ name, value string }
 
 func (e *exporter) block(kind, suffix, name, desc string, attrs []attr, body string) {
 	tf := e.names[kind][name]
-	e.specs = append(e.specs, fmt.Sprintf("gatehouse_%s.%s.spec", suffix, tf))
+	e.specs = append(e.specs, specRef{key: kind + "/" + name, ref: fmt.Sprintf("gatehouse_%s.%s.spec", suffix, tf)})
 	fmt.Fprintf(&e.buf, "\nresource \"gatehouse_%s\" %q {\n  name = %s\n", suffix, tf, e.str(name))
 	if desc != "" {
 		fmt.Fprintf(&e.buf, "  description = %s\n", e.str(desc))

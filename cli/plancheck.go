@@ -257,19 +257,43 @@ func plannedBundles(data []byte) ([]plannedBundle, error) {
 		if objectsUnknown(rc.Change.AfterUnknown) {
 			b.unknown = true
 		} else if v, ok := planned[rc.Address]; ok {
-			if err := json.Unmarshal(v["objects"], &b.objects); err != nil || b.objects == nil {
+			if b.objects = specsJSON(v["objects"]); b.objects == nil {
 				b.unknown = true
 			}
 		} else if !containsAction(rc.Change.Actions, "delete") {
 			b.unknown = true
 		}
 		if v, ok := prior[rc.Address]; ok {
-			_ = json.Unmarshal(v["objects"], &b.prior)
+			b.prior = specsJSON(v["objects"])
 		}
 		out = append(out, b)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].address < out[j].address })
 	return out, nil
+}
+
+// specsJSON reads gatehouse_bundle.objects: a map of specs keyed by
+// KIND/NAME (schema version 1), or a set of them (version 0, in a state
+// not yet upgraded). nil when it is neither.
+func specsJSON(raw json.RawMessage) []string {
+	var list []string
+	if err := json.Unmarshal(raw, &list); err == nil && list != nil {
+		return list
+	}
+	var keyed map[string]string
+	if err := json.Unmarshal(raw, &keyed); err != nil || keyed == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(keyed))
+	for k := range keyed {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, keyed[k])
+	}
+	return out
 }
 
 func containsAction(actions []string, a string) bool {

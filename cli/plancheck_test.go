@@ -14,6 +14,20 @@ func TestPlannedBundles(t *testing.T) {
 	if err != nil || len(bs) != 1 || bs[0].unknown || len(bs[0].objects) != 1 || len(bs[0].prior) != 1 || bs[0].address != "module.p.gatehouse_bundle.b" {
 		t.Fatalf("known: %+v %v", bs, err)
 	}
+	// Schema version 1: objects keyed by KIND/NAME; the prior state may be
+	// version 0 (a set) until the state is upgraded.
+	keyed := `{"format_version":"1.2","planned_values":{"root_module":{"resources":[
+		{"address":"gatehouse_bundle.b","type":"gatehouse_bundle","values":{"objects":{"policy/p":"{\"policy\":{}}","identity/i":"{\"identity\":{}}"}}}]}},
+		"resource_changes":[{"address":"gatehouse_bundle.b","type":"gatehouse_bundle","change":{"actions":["update"],"after_unknown":{"objects":{}}}}],
+		"prior_state":{"values":{"root_module":{"resources":[{"address":"gatehouse_bundle.b","type":"gatehouse_bundle","values":{"objects":["old"]}}]}}}}`
+	bs, err = plannedBundles([]byte(keyed))
+	if err != nil || len(bs) != 1 || bs[0].unknown || strings.Join(bs[0].objects, " ") != `{"identity":{}} {"policy":{}}` || len(bs[0].prior) != 1 {
+		t.Fatalf("keyed: %+v %v", bs, err)
+	}
+	unknownEntry := strings.Replace(keyed, `"after_unknown":{"objects":{}}`, `"after_unknown":{"objects":{"policy/p":true}}`, 1)
+	if bs, err = plannedBundles([]byte(unknownEntry)); err != nil || !bs[0].unknown {
+		t.Fatalf("keyed, an entry unknown: %+v %v", bs, err)
+	}
 	// An object computed at apply: unknown, never guessed.
 	unknown := `{"format_version":"1.2","planned_values":{"root_module":{"resources":[
 		{"address":"gatehouse_bundle.b","type":"gatehouse_bundle","values":{}}]}},

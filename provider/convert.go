@@ -373,31 +373,80 @@ func specOf(kind string, obj any) (string, error) {
 	return string(data), nil
 }
 
-// modelFromSpecs assembles a model from gatehouse_bundle.objects. Problems
-// name the element.
+// objectKey is an object's key in gatehouse_bundle.objects: KIND/NAME,
+// the kind as the spec names it ("policy", "postgres", "test").
+func objectKey(kind, name string) string { return kind + "/" + name }
+
+// parseSpec decodes one spec into its kind and model object.
+func parseSpec(s string) (string, any, error) {
+	var wrapper map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(s), &wrapper); err != nil || len(wrapper) != 1 {
+		return "", nil, fmt.Errorf("not an object's spec (use the spec attribute of a gatehouse_* resource): %.80q", s)
+	}
+	for kind, raw := range wrapper {
+		obj := newObject(kind)
+		if obj == nil {
+			return "", nil, fmt.Errorf("unknown kind %q", kind)
+		}
+		if err := decodeStrict(raw, obj); err != nil {
+			return "", nil, fmt.Errorf("%s: %v", kind, err)
+		}
+		return kind, obj, nil
+	}
+	panic("unreachable")
+}
+
+// specKey is the key a spec has in gatehouse_bundle.objects.
+func specKey(s string) (string, error) {
+	kind, obj, err := parseSpec(s)
+	if err != nil {
+		return "", err
+	}
+	return objectKey(kind, objectName(obj)), nil
+}
+
+// modelFromSpecs assembles a model from specs. Problems name the element.
 func modelFromSpecs(specs []string) (*bundle.Model, error) {
 	m := &bundle.Model{}
 	var errs []error
 	for i, s := range specs {
-		var wrapper map[string]json.RawMessage
-		if err := json.Unmarshal([]byte(s), &wrapper); err != nil || len(wrapper) != 1 {
-			errs = append(errs, fmt.Errorf("objects element %d is not an object's spec (use the spec attribute of a gatehouse_* resource): %.80q", i, s))
+		_, obj, err := parseSpec(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("objects element %d: %v", i, err))
 			continue
 		}
-		for kind, raw := range wrapper {
-			obj := newObject(kind)
-			if obj == nil {
-				errs = append(errs, fmt.Errorf("objects element %d: unknown kind %q", i, kind))
-				continue
-			}
-			if err := decodeStrict(raw, obj); err != nil {
-				errs = append(errs, fmt.Errorf("objects element %d (%s): %v", i, kind, err))
-				continue
-			}
-			add(m, obj)
-		}
+		add(m, obj)
 	}
 	return m, errors.Join(errs...)
+}
+
+// keyedSpecs lists objects (gatehouse_bundle.objects) as keys and specs,
+// in key order.
+func keyedSpecs(objects map[string]string) (keys, specs []string) {
+	for k := range objects {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		specs = append(specs, objects[k])
+	}
+	return keys, specs
+}
+
+// specMap keys specs as gatehouse_bundle.objects does.
+func specMap(specs []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, s := range specs {
+		k, err := specKey(s)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("two objects are %s", k)
+		}
+		out[k] = s
+	}
+	return out, nil
 }
 
 // specsOf lists a model's objects as specs, sorted.

@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"slices"
+	"sort"
 
 	"github.com/hashicorp/terraform-plugin-framework-validators/datasourcevalidator"
+	"github.com/hashicorp/terraform-plugin-framework/attr"
 	"github.com/hashicorp/terraform-plugin-framework/datasource"
 	"github.com/hashicorp/terraform-plugin-framework/datasource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/diag"
@@ -26,28 +27,22 @@ type decisionDataSource struct{ cfg *config }
 var _ datasource.DataSourceWithConfigValidators = (*decisionDataSource)(nil)
 
 type decisionModel struct {
-	Objects    types.Set    `tfsdk:"objects"`
-	BundleFile types.String `tfsdk:"bundle_file"`
-	Identity   types.String `tfsdk:"identity"`
-	Provider   types.String `tfsdk:"identity_provider"`
-	Subject    types.String `tfsdk:"subject"`
-	Groups     types.List   `tfsdk:"groups"`
-	Claims     types.String `tfsdk:"claims"`
-	Resource   types.String `tfsdk:"resource"`
-	SQL        types.String `tfsdk:"sql"`
-	Request    types.String `tfsdk:"request"`
-	Now        types.String `tfsdk:"now"`
-
-	Effect       types.String `tfsdk:"effect"`
-	MatchedRules types.List   `tfsdk:"matched_rules"`
-	Reasons      types.List   `tfsdk:"reasons"`
-	Masks        types.Map    `tfsdk:"masks"`
-	Revision     types.Int64  `tfsdk:"bundle_revision"`
+	Objects    types.Dynamic `tfsdk:"objects"`
+	BundleFile types.String  `tfsdk:"bundle_file"`
+	decisionRequest
+	decisionResult
+	Revision types.Int64 `tfsdk:"bundle_revision"`
 }
 
 func (d *decisionDataSource) Metadata(_ context.Context, req datasource.MetadataRequest, resp *datasource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_decision"
 }
+
+// decidingObjectsDeprecated is why objects is deprecated here.
+const decidingObjectsDeprecated = "Decide the policy a bundle is about to publish with gatehouse_bundle's `decisions` instead: " +
+	"Terraform reads a data source that takes objects during apply whenever an object changes (it depends on them), so its " +
+	"checks do not run at plan time, and the plan prints every object once per data source. `decisions` are decided at plan " +
+	"time, and the plan shows only the results that change. `objects` keeps working."
 
 func (d *decisionDataSource) Schema(_ context.Context, _ datasource.SchemaRequest, resp *datasource.SchemaResponse) {
 	in := func(desc string) schema.StringAttribute {
@@ -57,26 +52,29 @@ func (d *decisionDataSource) Schema(_ context.Context, _ datasource.SchemaReques
 		return schema.StringAttribute{Computed: true, MarkdownDescription: desc}
 	}
 	resp.Schema = schema.Schema{
-		MarkdownDescription: "Decides one request the way the gateway would: against objects (their `spec`s, before they are published) " +
-			"or a published bundle. Use it in `check` blocks and in `terraform test` assertions. The caller is given as a " +
+		MarkdownDescription: "Decides one request the way the gateway would, against a published bundle (or, deprecated, against objects' `spec`s). " +
+			"To check the policy a `gatehouse_bundle` is about to publish, use that bundle's `decisions`: they are decided at plan time, " +
+			"against the planned objects, and the plan shows a result when it changes. The caller is given as a " +
 			"policy test gives it: an identity, or a provider and subject, with groups and claims.",
 		Attributes: map[string]schema.Attribute{
-			"objects":           schema.SetAttribute{ElementType: types.StringType, Optional: true, MarkdownDescription: "Objects to decide against: `spec` attributes of `gatehouse_*` resources. Exactly one of `objects` and `bundle_file`."},
+			"objects": schema.DynamicAttribute{Optional: true, DeprecationMessage: decidingObjectsDeprecated,
+				MarkdownDescription: "Deprecated: " + decidingObjectsDeprecated + " Objects to decide against: `spec` attributes of `gatehouse_*` resources, " +
+					"as a list or set, or a map such as `gatehouse_bundle.policy.objects`. Exactly one of `objects` and `bundle_file`."},
 			"bundle_file":       in("A published bundle to decide against, verified with the provider's keys."),
-			"identity":          in("The identity calling; its provider and subject are used unless given."),
-			"identity_provider": in("The identity provider of an ad-hoc caller (`provider` in a test block)."),
-			"subject":           in("The caller's token subject."),
-			"groups":            schema.ListAttribute{ElementType: types.StringType, Optional: true, MarkdownDescription: "Groups the caller's token carries."},
-			"claims":            in("Extra token claims, as a JSON object (`jsonencode({ env = \"prod\" })`)."),
-			"resource":          schema.StringAttribute{Required: true, MarkdownDescription: "The resource called."},
-			"sql":               in("A PostgreSQL query (several statements allowed). Exactly one of `sql` and `request`."),
-			"request":           in("The request as a JSON object (`jsonencode({ kind = \"connect\" })`)."),
-			"now":               in("The evaluation time, RFC 3339. Default: now."),
+			"identity":          in(descIdentity),
+			"identity_provider": in(descProvider),
+			"subject":           in(descSubject),
+			"groups":            schema.ListAttribute{ElementType: types.StringType, Optional: true, MarkdownDescription: descGroups},
+			"claims":            in(descClaims),
+			"resource":          schema.StringAttribute{Required: true, MarkdownDescription: descResource},
+			"sql":               in(descSQL),
+			"request":           in(descRequest),
+			"now":               in(descNow),
 
-			"effect":          out("`allow`, `deny` or `review`."),
-			"matched_rules":   schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Rules that matched, as `policy/rule`."},
-			"reasons":         schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Why: the matched rules' reasons, or why nothing matched."},
-			"masks":           schema.MapAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Masked targets (a column `schema.table.column`, `detector:NAME`, or a Kubernetes object field `kubernetes:RESOURCE[.GROUP]/PATH`) and their methods."},
+			"effect":          out(descEffect),
+			"matched_rules":   schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: descRules},
+			"reasons":         schema.ListAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: descReasons},
+			"masks":           schema.MapAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: descMasks},
 			"bundle_revision": schema.Int64Attribute{Computed: true, MarkdownDescription: "The bundle's revision (0 for objects)."},
 		},
 	}
@@ -114,53 +112,61 @@ func (d *decisionDataSource) Read(ctx context.Context, req datasource.ReadReques
 			return
 		}
 	} else {
-		var specs []string
-		resp.Diagnostics.Append(m.Objects.ElementsAs(ctx, &specs, false)...)
+		specs, err := dynamicStrings(m.Objects)
+		if err != nil {
+			resp.Diagnostics.AddAttributeError(path.Root("objects"), "Invalid objects", err.Error())
+			return
+		}
 		model, ok := compileSpecs(specs, false, &resp.Diagnostics)
 		if !ok {
 			return
 		}
-		var err error
 		if pol, err = celpolicy.Compile(model, sqlfacts.Analysis()); err != nil {
 			resp.Diagnostics.AddAttributeError(path.Root("objects"), "Cannot compile the policy", err.Error())
 			return
 		}
 	}
-	t := &bundle.Test{
-		Name: "decision", Identity: m.Identity.ValueString(), Provider: m.Provider.ValueString(),
-		Subject: m.Subject.ValueString(), Claims: m.Claims.ValueString(), Resource: m.Resource.ValueString(),
-		SQL: m.SQL.ValueString(), Request: m.Request.ValueString(), Now: m.Now.ValueString(),
-	}
-	resp.Diagnostics.Append(m.Groups.ElementsAs(ctx, &t.Groups, false)...)
-	in, err := pol.TestInput(t)
+	res, rev, err := decide(ctx, pol, &m.decisionRequest)
 	if err != nil {
 		resp.Diagnostics.AddError("Cannot build the request", err.Error())
 		return
 	}
-	dec := pol.Decide(in)
-	masks := map[string]string{}
-	for _, mk := range dec.Masks {
-		masks[mk.Target.String()] = mk.Method
-	}
-	rules := dec.Rules()
-	slices.Sort(rules)
-	m.Effect = types.StringValue(string(dec.Effect))
-	m.Revision = types.Int64Value(int64(dec.BundleRevision))
-	var diags diag.Diagnostics
-	m.MatchedRules, diags = types.ListValueFrom(ctx, types.StringType, nonNil(rules))
-	resp.Diagnostics.Append(diags...)
-	m.Reasons, diags = types.ListValueFrom(ctx, types.StringType, nonNil(dec.Reasons))
-	resp.Diagnostics.Append(diags...)
-	m.Masks, diags = types.MapValueFrom(ctx, types.StringType, masks)
-	resp.Diagnostics.Append(diags...)
+	m.decisionResult = res
+	m.Revision = types.Int64Value(int64(rev))
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
 
-func nonNil(xs []string) []string {
-	if xs == nil {
-		return []string{}
+// dynamicStrings reads the strings of a list, set, tuple, map or object.
+func dynamicStrings(v types.Dynamic) ([]string, error) {
+	var elems []attr.Value
+	switch u := v.UnderlyingValue().(type) {
+	case types.List:
+		elems = u.Elements()
+	case types.Set:
+		elems = u.Elements()
+	case types.Tuple:
+		elems = u.Elements()
+	case types.Map:
+		for _, e := range u.Elements() {
+			elems = append(elems, e)
+		}
+	case types.Object:
+		for _, e := range u.Attributes() {
+			elems = append(elems, e)
+		}
+	default:
+		return nil, fmt.Errorf("objects must be a list, set or map of specs, not %s", v.UnderlyingValue().Type(context.Background()))
 	}
-	return xs
+	out := make([]string, 0, len(elems))
+	for _, e := range elems {
+		s, ok := e.(types.String)
+		if !ok {
+			return nil, fmt.Errorf("objects must hold specs (strings), not %s", e.Type(context.Background()))
+		}
+		out = append(out, s.ValueString())
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // bundleDataSource reads and verifies a published bundle.
@@ -174,7 +180,7 @@ type bundleDataModel struct {
 	KeyID       types.String `tfsdk:"key_id"`
 	CreatedAt   types.String `tfsdk:"created_at"`
 	Compiler    types.String `tfsdk:"compiler"`
-	Objects     types.Set    `tfsdk:"objects"`
+	Objects     types.Map    `tfsdk:"objects"`
 	Summary     types.String `tfsdk:"summary"`
 }
 
@@ -197,7 +203,7 @@ func (d *bundleDataSource) Schema(_ context.Context, _ datasource.SchemaRequest,
 			"key_id":       out("The id of the key that signed it."),
 			"created_at":   out("When it was built (RFC 3339)."),
 			"compiler":     out("What built it."),
-			"objects":      schema.SetAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Its objects, as `spec`s (the form `gatehouse_bundle.objects` takes)."},
+			"objects":      schema.MapAttribute{ElementType: types.StringType, Computed: true, MarkdownDescription: "Its objects, as `spec`s keyed by `KIND/NAME` (the form `gatehouse_bundle.objects` takes)."},
 			"summary":      out("A one-line count of what it holds."),
 		},
 	}
@@ -248,7 +254,12 @@ func (d *bundleDataSource) Read(ctx context.Context, req datasource.ReadRequest,
 	m.Summary = types.StringValue(fmt.Sprintf("%d identity providers, %d identities, %d resources, %d policies (%d rules), %d masks, %d tests",
 		len(mod.IdentityProviders), len(mod.Identities), len(mod.Resources()), len(mod.Policies), rules, len(mod.Masks), len(mod.Tests)))
 	var diags diag.Diagnostics
-	m.Objects, diags = types.SetValueFrom(ctx, types.StringType, specs)
+	objects, err := specMap(specs)
+	if err != nil {
+		resp.Diagnostics.AddError("Cannot read the bundle's objects", err.Error())
+		return
+	}
+	m.Objects, diags = types.MapValueFrom(ctx, types.StringType, objects)
 	resp.Diagnostics.Append(diags...)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }

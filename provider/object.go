@@ -231,16 +231,21 @@ func position(src string, off int) (line, col int, text string) {
 }
 
 // ModifyPlan computes id and spec at plan time, so gatehouse_bundle's plan
-// shows exactly which objects change.
+// shows exactly which objects change; and reports the object when a bundle
+// planned in this run without it.
 func (r *objectResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
 	if req.Plan.Raw.IsNull() {
 		return // destroy
 	}
+	var name types.String
+	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("name"), &name)...)
+	spec := ""
+	defer func() { r.reportUnlisted(name, spec, &resp.Diagnostics) }()
 	obj, err := objectFromValue(r.k, req.Plan.Raw)
 	if err != nil {
 		return // unknown until apply
 	}
-	spec, err := specOf(r.k.kind, obj)
+	spec, err = specOf(r.k.kind, obj)
 	if err != nil {
 		resp.Diagnostics.AddError("Cannot encode "+r.k.kind, err.Error())
 		return
@@ -257,10 +262,23 @@ func (r *objectResource) ModifyPlan(ctx context.Context, req resource.ModifyPlan
 			return
 		}
 	}
-	var name types.String
-	resp.Diagnostics.Append(req.Plan.GetAttribute(ctx, path.Root("name"), &name)...)
 	resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("id"), name)...)
 	resp.Diagnostics.Append(resp.Plan.SetAttribute(ctx, path.Root("spec"), spec)...)
+}
+
+// reportUnlisted registers the object as planned in this run, and warns
+// when a bundle has planned without listing it (see registry): a bundle
+// that lists it depends on it, so plans after it.
+func (r *objectResource) reportUnlisted(name types.String, spec string, diags *diag.Diagnostics) {
+	if r.cfg == nil || name.IsUnknown() || name.IsNull() {
+		return
+	}
+	if !r.cfg.run.object(r.k.kind, name.ValueString(), spec) {
+		return
+	}
+	o := &plannedObject{key: objectKey(r.k.kind, name.ValueString()), kind: r.k.kind, name: name.ValueString(), spec: spec}
+	summary, detail := r.cfg.run.unlisted([]*plannedObject{o})
+	diags.AddAttributeWarning(path.Root("name"), summary, detail)
 }
 
 func (r *objectResource) store(ctx context.Context, plan tftypes.Value, state interface {

@@ -42,6 +42,8 @@ type config struct {
 	// trustedKeys are public key files that published bundles are checked
 	// against; empty means the signing key's public half.
 	trustedKeys []string
+	// run is what this provider configuration has planned in this run.
+	run *registry
 }
 
 type providerModel struct {
@@ -84,7 +86,7 @@ func (p *gatehouseProvider) Configure(ctx context.Context, req provider.Configur
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	c := &config{signingKey: m.SigningKey.ValueString()}
+	c := &config{signingKey: m.SigningKey.ValueString(), run: newRegistry()}
 	if c.signingKey != "" && !strings.HasPrefix(c.signingKey, "env:") && !strings.HasPrefix(c.signingKey, "file:") {
 		resp.Diagnostics.AddAttributeError(pathRoot("signing_key"), "signing_key must be a reference",
 			"Write `file:/path/to/gatehouse.key` or `env:NAME`, not the key itself: the provider block's value would be in your configuration and plan logs.")

@@ -13,7 +13,10 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/providerserver"
 	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
 	"github.com/hashicorp/terraform-plugin-testing/helper/resource"
+	"github.com/hashicorp/terraform-plugin-testing/knownvalue"
+	"github.com/hashicorp/terraform-plugin-testing/plancheck"
 	"github.com/hashicorp/terraform-plugin-testing/terraform"
+	"github.com/hashicorp/terraform-plugin-testing/tfjsonpath"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/cli"
@@ -52,6 +55,11 @@ func keys(t *testing.T) (priv, pub string, pem []byte) {
 // objects is a configuration with one resource of every kind and a bundle
 // of them. readVerbs is what the read rule allows.
 func objects(keyRef, file, readVerbs, extra string) string {
+	return objectsWith(keyRef, file, readVerbs, "", extra)
+}
+
+// objectsWith is objects with more of the bundle's attributes (inBundle).
+func objectsWith(keyRef, file, readVerbs, inBundle, extra string) string {
 	return fmt.Sprintf(`
 provider "gatehouse" {
   signing_key = %q
@@ -205,24 +213,25 @@ resource "gatehouse_policy_test" "analytics" {
 
 resource "gatehouse_bundle" "all" {
   file = %q
-  objects = [
-    gatehouse_identity_provider.corp.spec,
-    gatehouse_identity.billing.spec,
-    gatehouse_identity.analytics.spec,
-    gatehouse_postgres.orders.spec,
-    gatehouse_ssh_host.bastion.spec,
-    gatehouse_kubernetes_cluster.prod.spec,
-    gatehouse_policy.billing.spec,
-    gatehouse_mask.email.spec,
-    gatehouse_policy.k8s_read.spec,
-    gatehouse_mask.secret_values.spec,
-    gatehouse_policy_test.secrets.spec,
-    gatehouse_policy_test.reads.spec,
-    gatehouse_policy_test.analytics.spec,
-  ]
+  objects = {
+    "identity_provider/corp"                    = gatehouse_identity_provider.corp.spec
+    "identity/billing-service"                  = gatehouse_identity.billing.spec
+    "identity/analytics-job"                    = gatehouse_identity.analytics.spec
+    "postgres/orders"                           = gatehouse_postgres.orders.spec
+    "ssh_host/bastion"                          = gatehouse_ssh_host.bastion.spec
+    "kubernetes_cluster/prod-cluster"           = gatehouse_kubernetes_cluster.prod.spec
+    "policy/billing"                            = gatehouse_policy.billing.spec
+    "mask/email"                                = gatehouse_mask.email.spec
+    "policy/k8s-read"                           = gatehouse_policy.k8s_read.spec
+    "mask/secret-values"                        = gatehouse_mask.secret_values.spec
+    "test/billing reads redacted secrets"       = gatehouse_policy_test.secrets.spec
+    "test/billing reads customers"              = gatehouse_policy_test.reads.spec
+    "test/analytics connects nowhere"           = gatehouse_policy_test.analytics.spec
+  }
+%s
 }
 %s
-`, keyRef, readVerbs, file, extra)
+`, keyRef, readVerbs, file, inBundle, extra)
 }
 
 var importable = map[string]string{
@@ -254,7 +263,8 @@ func TestAccEveryResource(t *testing.T) {
 	steps := []resource.TestStep{{
 		Config: objects("file:"+priv, file, "'SELECT'", ""),
 		Check: resource.ComposeAggregateTestCheckFunc(
-			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.#", "13"),
+			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.%", "13"),
+			resource.TestCheckResourceAttr("gatehouse_bundle.all", "objects.policy/billing", `{"policy":{"name":"billing","resources":["orders"],"identities":["billing-service"],"rules":[{"name":"read","effect":"allow","when":"request.statements.all(s, s.command in ['SELECT'])","reason":"billing may read"},{"name":"payments-need-review","effect":"review","when":"request.statements.exists(s, s.tables.exists(t, t.name == 'payments' \u0026\u0026 t.access == 'write'))","reason":"writes to payments need a DBA","approval":{"groups":["dba"],"count":2,"timeout":"30m0s","hold":false,"valid_for":"1h0m0s","webhook":{"url":"https://hooks.example.com/gatehouse","secret":"env:GATEHOUSE_WEBHOOK_SECRET"}}}]}}`),
 			resource.TestMatchResourceAttr("gatehouse_bundle.all", "digest", regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)),
 			resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
 				rev1, _ = strconv.ParseInt(v, 10, 64)
@@ -385,28 +395,43 @@ func TestAccPlanTimeErrors(t *testing.T) {
 			strings.Replace(base, "s.command in ['SELECT']", "s.comand in ['SELECT']", 1),
 			`(?s)CEL type error in policy "billing", rule "read" when at 1:\d+.*undefined field\s+'comand'`,
 		},
+		// Cross-object errors are on the object's entry in the bundle's
+		// objects: Terraform shows that line, which names the resource,
+		// and the summary names the resource type, object and attribute.
 		"unknown reference": {
 			strings.Replace(base, "identities = [gatehouse_identity.billing.name]", `identities = ["billing-svc"]`, 1),
-			`(?s)policy "billing": Unknown reference.*billing-svc`,
+			`(?s)Error: Unknown reference in gatehouse_policy "billing", identities\[0\].*with gatehouse_bundle.all,.*"policy/billing"\s+= gatehouse_policy.billing.spec\n.*identity\s+"billing-svc"\s+is\s+not\s+defined`,
+		},
+		"rule CEL against the actual resource kind": {
+			strings.Replace(base, "when   = \"request.verb == 'get'\"", "when   = \"request.statements.size() > 0\"", 1),
+			`(?s)CEL type error in policy "k8s-read", rule "get" when at 1:\d+.*"policy/k8s-read"\s+= gatehouse_policy.k8s_read.spec\n.*In\s+gatehouse_policy\s+"k8s-read",\s+rule\[0\].when`,
+		},
+		"object under the wrong key": {
+			strings.Replace(base, `"mask/email"                                = gatehouse_mask.email.spec`, `"mask/e-mail"                                = gatehouse_mask.email.spec`, 1),
+			`(?s)Object under the wrong key.*"mask/e-mail"\s+= gatehouse_mask.email.spec\n.*objects\["mask/e-mail"\]\s+holds\s+mask\s+"email".*"mask/email"`,
 		},
 		"inline secret": {
 			strings.Replace(base, `password                = "env:ORDERS_DB_PASSWORD"`, `password                = "hunter2"`, 1),
 			`(?s)Secret written inline.*env:`,
 		},
 		"duplicate name": {
-			strings.Replace(base, "    gatehouse_mask.email.spec,", "    gatehouse_mask.email.spec,\n    gatehouse_mask.email2.spec,", 1) + `
-resource "gatehouse_mask" "email2" {
-  name      = "email"
-  resources = ["orders"]
-  columns   = ["customers.name"]
-  method    = "redact"
+			// Keys are KIND/NAME, so duplicates are across kinds: resource
+			// names are unique among all resources.
+			strings.Replace(base, `    "mask/email"  `, `    "ssh_host/orders" = gatehouse_ssh_host.orders.spec
+    "mask/email"  `, 1) + `
+resource "gatehouse_ssh_host" "orders" {
+  name     = "orders"
+  address  = "orders.internal:22"
+  user     = "ops"
+  host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOEUTqBqeZQjtMndz1LphtYO5IcPCLaCN3hxN0yK1Sen"
+  password = "env:OPS_PASSWORD"
 }
 `,
-			`(?s)mask "email": Duplicate name`,
+			`(?s)Duplicate name in gatehouse_(postgres|ssh_host) "orders"`,
 		},
 		"failing test": {
 			strings.Replace(base, `expect       = "allow"`, `expect       = "deny"`, 1),
-			`(?s)Policy test "billing reads customers" fails.*expected deny, got allow`,
+			`(?s)Policy test "billing reads customers" fails.*"test/billing reads customers"\s+= gatehouse_policy_test.reads.spec\n.*gatehouse_policy_test "billing reads customers": expected deny, got allow`,
 		},
 		"bad kubernetes mask field": {
 			strings.Replace(base, `fields    = ["secrets/data", "secrets/stringData"]`, `fields    = ["secrets/data", "Secrets/stringData"]`, 1),
@@ -418,7 +443,7 @@ resource "gatehouse_mask" "email2" {
 		},
 		"fields on a postgres mask": {
 			strings.Replace(base, `columns   = ["customers.email"]`, `fields    = ["secrets/data"]`, 1),
-			`(?s)mask "email":.*fields\s+names\s+Kubernetes\s+object\s+fields`,
+			`(?s)Invalid value in gatehouse_mask "email", fields.*"mask/email"\s+= gatehouse_mask.email.spec\n.*fields\s+names\s+Kubernetes\s+object\s+fields`,
 		},
 		"columns on a kubernetes mask": {
 			strings.Replace(base, `fields    = ["secrets/data", "secrets/stringData"]`, `fields    = ["secrets/data"]
@@ -432,6 +457,29 @@ resource "gatehouse_mask" "email2" {
 		"failing kubernetes mask expectation": {
 			strings.Replace(base, `"kubernetes:secrets/data"       = "redact"`, `"kubernetes:secrets/data"       = "hash"`, 1),
 			`(?s)Policy test "billing reads redacted secrets" fails.*expected masks`,
+		},
+		"decision without a request": {
+			objectsWith("file:"+priv, file, "'SELECT'", `
+  decisions = {
+    drop = {
+      identity = "billing-service"
+      resource = "orders"
+    }
+  }
+`, ""),
+			`(?s)Invalid decision.*decisions\["drop"\]: give exactly one of sql and request`,
+		},
+		"decision for an unknown identity": {
+			objectsWith("file:"+priv, file, "'SELECT'", `
+  decisions = {
+    drop = {
+      identity = "billing-svc"
+      resource = "orders"
+      sql      = "DROP TABLE customers"
+    }
+  }
+`, ""),
+			`(?s)Cannot decide "drop".*billing-svc`,
 		},
 		"invalid mask method": {
 			strings.Replace(base, `method    = "partial"`, `method    = "blur"`, 1),
@@ -467,8 +515,9 @@ func TestAccDrift(t *testing.T) {
 	})
 }
 
-// TestAccDecision: gatehouse_decision decides against objects and against
-// the published bundle, as a check block or terraform test would use it.
+// TestAccDecision: gatehouse_decision decides against the published bundle
+// and, deprecated, against objects (a list, or the bundle's map), as a check
+// block or terraform test would use it.
 func TestAccDecision(t *testing.T) {
 	priv, _, _ := keys(t)
 	file := filepath.Join(t.TempDir(), "policy.bundle")
@@ -489,16 +538,8 @@ data "gatehouse_decision" "from_bundle" {
 }
 
 data "gatehouse_decision" "secret" {
-  objects  = gatehouse_bundle.all.objects
+  objects  = values(gatehouse_bundle.all.objects)
   identity = "billing-service"
-  resource = "prod-cluster"
-  request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
-}
-
-data "gatehouse_decision" "secret_admin" {
-  objects  = gatehouse_bundle.all.objects
-  identity = "billing-service"
-  groups   = ["secret-admins"]
   resource = "prod-cluster"
   request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
 }
@@ -520,13 +561,147 @@ data "gatehouse_bundle" "published" {
 				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "effect", "allow"),
 				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "masks.%", "2"),
 				resource.TestCheckResourceAttr("data.gatehouse_decision.secret", "masks.kubernetes:secrets/data", "redact"),
-				resource.TestCheckResourceAttr("data.gatehouse_decision.secret_admin", "effect", "allow"),
-				resource.TestCheckResourceAttr("data.gatehouse_decision.secret_admin", "masks.%", "0"),
 				resource.TestCheckResourceAttrPair("data.gatehouse_decision.from_bundle", "bundle_revision", "gatehouse_bundle.all", "revision"),
 				resource.TestCheckResourceAttrPair("data.gatehouse_bundle.published", "digest", "gatehouse_bundle.all", "digest"),
-				resource.TestCheckResourceAttr("data.gatehouse_bundle.published", "objects.#", "13"),
+				resource.TestCheckResourceAttr("data.gatehouse_bundle.published", "objects.%", "13"),
+				resource.TestCheckResourceAttrPair("data.gatehouse_bundle.published", "objects.policy/billing", "gatehouse_bundle.all", "objects.policy/billing"),
 			),
 		}},
+	})
+}
+
+// bundleDecisions are decisions of gatehouse_bundle.all; secretGroups are
+// the groups of the secret_admin caller.
+func bundleDecisions(secretGroups string) string {
+	return fmt.Sprintf(`
+  decisions = {
+    drop = {
+      identity = "billing-service"
+      resource = "orders"
+      sql      = "SELECT email FROM customers; DELETE FROM payments WHERE id = 1"
+    }
+    secret_admin = {
+      identity = "billing-service"
+      groups   = %s
+      resource = "prod-cluster"
+      request  = jsonencode({ kind = "api", verb = "get", resource = "secrets", namespace = "prod" })
+    }
+  }
+`, secretGroups)
+}
+
+// TestAccBundleDecisions: gatehouse_bundle decides its decisions against
+// the planned objects at plan time (the plan holds the new results before
+// anything is applied, and a check block fails the plan's checks), and a
+// change to decisions alone publishes nothing.
+func TestAccBundleDecisions(t *testing.T) {
+	priv, _, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	check := `
+check "drops_need_review" {
+  assert {
+    condition     = gatehouse_bundle.all.decisions["drop"].effect == "review"
+    error_message = "the DELETE is ${gatehouse_bundle.all.decisions["drop"].effect}"
+  }
+}
+`
+	decision := func(key, attr string) tfjsonpath.Path {
+		return tfjsonpath.New("decisions").AtMapKey(key).AtMapKey(attr)
+	}
+	var revision, digest string
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{
+			{
+				// Created: decided at plan time.
+				Config: objectsWith("file:"+priv, file, "'SELECT', 'DELETE'", bundleDecisions(`[]`), check),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", decision("drop", "effect"), knownvalue.StringExact("review")),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", decision("drop", "matched_rules"),
+						knownvalue.ListExact([]knownvalue.Check{knownvalue.StringExact("billing/payments-need-review"), knownvalue.StringExact("billing/read")})),
+				}},
+				Check: resource.ComposeAggregateTestCheckFunc(
+					resource.TestCheckResourceAttr("gatehouse_bundle.all", "decisions.drop.effect", "review"),
+					resource.TestCheckResourceAttr("gatehouse_bundle.all", "decisions.secret_admin.effect", "allow"),
+					resource.TestCheckResourceAttr("gatehouse_bundle.all", "decisions.secret_admin.masks.%", "2"),
+					resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error { revision = v; return nil }),
+					resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "digest", func(v string) error { digest = v; return nil }),
+				),
+			},
+			{
+				// The read rule no longer allows DELETE: the plan already
+				// says the DELETE is denied, and the check fails at plan.
+				Config: objectsWith("file:"+priv, file, "'SELECT'", bundleDecisions(`[]`), check),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("gatehouse_bundle.all", plancheck.ResourceActionUpdate),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", decision("drop", "effect"), knownvalue.StringExact("review")),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", decision("drop", "matched_rules"),
+						knownvalue.ListExact([]knownvalue.Check{knownvalue.StringExact("billing/payments-need-review")})),
+					plancheck.ExpectUnknownValue("gatehouse_bundle.all", tfjsonpath.New("digest")),
+				}},
+			},
+			{
+				// Only a decision changes: the plan updates it, and the
+				// bundle is not published again.
+				Config: objectsWith("file:"+priv, file, "'SELECT'", bundleDecisions(`["secret-admins"]`), check),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("gatehouse_bundle.all", plancheck.ResourceActionUpdate),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", decision("secret_admin", "masks"), knownvalue.MapExact(map[string]knownvalue.Check{})),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", tfjsonpath.New("digest"), knownvalue.NotNull()),
+				}},
+				Check: resource.ComposeAggregateTestCheckFunc(
+					resource.TestCheckResourceAttr("gatehouse_bundle.all", "decisions.secret_admin.masks.%", "0"),
+					resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
+						if v == revision {
+							return fmt.Errorf("revision %s: the rule change of step 2 was not published", v)
+						}
+						revision = v
+						return nil
+					}),
+				),
+			},
+			{
+				Config: objectsWith("file:"+priv, file, "'SELECT'", bundleDecisions(`[]`), check),
+				Check: resource.ComposeAggregateTestCheckFunc(
+					resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "revision", func(v string) error {
+						if v != revision {
+							return fmt.Errorf("revision %s after %s: a change to decisions alone published the bundle", v, revision)
+						}
+						return nil
+					}),
+					resource.TestCheckResourceAttrWith("gatehouse_bundle.all", "digest", func(v string) error {
+						if v == digest {
+							return fmt.Errorf("digest %s unchanged since step 1", v)
+						}
+						return nil
+					}),
+				),
+			},
+			{Config: objectsWith("file:"+priv, file, "'SELECT'", bundleDecisions(`[]`), check), PlanOnly: true},
+		},
+	})
+}
+
+// TestAccChangedObjectIsAnUpdate: a changed object is an update of its
+// entry in objects (the map keeps its key; the other entries are the same).
+func TestAccChangedObjectIsAnUpdate(t *testing.T) {
+	priv, _, _ := keys(t)
+	file := filepath.Join(t.TempDir(), "policy.bundle")
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: factories,
+		Steps: []resource.TestStep{
+			{Config: objects("file:"+priv, file, "'SELECT'", "")},
+			{
+				Config: objects("file:"+priv, file, "'SELECT', 'SHOW'", ""),
+				ConfigPlanChecks: resource.ConfigPlanChecks{PreApply: []plancheck.PlanCheck{
+					plancheck.ExpectResourceAction("gatehouse_bundle.all", plancheck.ResourceActionUpdate),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", tfjsonpath.New("objects").AtMapKey("policy/billing"),
+						knownvalue.StringRegexp(regexp.MustCompile(`'SELECT', 'SHOW'`))),
+					plancheck.ExpectKnownValue("gatehouse_bundle.all", tfjsonpath.New("access_changes"),
+						knownvalue.ListExact([]knownvalue.Check{knownvalue.StringRegexp(regexp.MustCompile(`^identity billing-service gained allow on "orders" via billing/read`))})),
+				}},
+			},
+		},
 	})
 }
 

@@ -319,11 +319,16 @@ func TestHold(t *testing.T) {
 	})
 	t.Run("the wait runs out on the clock", func(t *testing.T) {
 		s := r.mustAdmit("ops")
+		// Every session's own timers (expiry, idle) are armed already:
+		// wait for the two the hold adds, the request's expiry and the
+		// hold's wait, before the clock moves, or the wait would be armed
+		// after the move and never run out.
+		base := r.clock.Timers()
 		notified := make(chan approval.Request, 1)
 		done := make(chan session.Verdict, 1)
 		go func() { done <- hold(s, "sha256:waited", notified) }()
 		<-notified
-		for r.clock.Timers() < 2 { // the request's expiry and the hold's wait
+		for r.clock.Timers() < base+2 {
 			time.Sleep(time.Millisecond)
 		}
 		r.clock.Advance(2 * time.Minute)

@@ -1005,84 +1005,103 @@ variable "bundle_file" {
   default     = "policy.bundle"
 }
 
-# The signed bundle gateways load. Add objects here, or from modules' outputs.
+variable "decisions" {
+  description = "Requests gatehouse_bundle.policy decides against the objects it is about to publish, at plan time (set them in a .tfvars file). The plan shows a result when it changes; check blocks and terraform test assert on gatehouse_bundle.policy.decisions[KEY]."
+  type = map(object({
+    identity          = optional(string)
+    identity_provider = optional(string)
+    subject           = optional(string)
+    groups            = optional(list(string))
+    claims            = optional(string)
+    resource          = string
+    sql               = optional(string)
+    request           = optional(string)
+    now               = optional(string)
+  }))
+  default = null
+}
+
+# The signed bundle gateways load. Add objects here, keyed by KIND/NAME, or merge in modules' outputs.
 resource "gatehouse_bundle" "policy" {
   file = var.bundle_file
-  objects = [
-    gatehouse_identity_provider.corp.spec,
-    gatehouse_identity.analytics-job.spec,
-    gatehouse_identity.billing-service.spec,
-    gatehouse_postgres.orders.spec,
-    gatehouse_ssh_host.bastion.spec,
-    gatehouse_kubernetes_cluster.prod-cluster.spec,
-    gatehouse_policy.analytics-read-only.spec,
-    gatehouse_policy.bastion-ops.spec,
-    gatehouse_policy.billing-service.spec,
-    gatehouse_policy.cluster-discovery.spec,
-    gatehouse_policy.cluster-operators.spec,
-    gatehouse_policy.cluster-readers.spec,
-    gatehouse_policy.dba.spec,
-    gatehouse_policy.guardrails.spec,
-    gatehouse_mask.card-number.spec,
-    gatehouse_mask.customer-email.spec,
-    gatehouse_mask.secret-values.spec,
-    gatehouse_policy_test.alter_system_is_denied.spec,
-    gatehouse_policy_test.copy_from_a_server_file_is_denied.spec,
-    gatehouse_policy_test.copy_to_a_program_is_denied.spec,
-    gatehouse_policy_test.dba_write_to_payments_still_needs_review.spec,
-    gatehouse_policy_test.dbas_may_open_sessions_on_the_bastion.spec,
-    gatehouse_policy_test.dbas_may_run_diagnostics_on_the_bastion.spec,
-    gatehouse_policy_test.do_blocks_are_denied.spec,
-    gatehouse_policy_test.set_role_is_denied.spec,
-    gatehouse_policy_test.a_dba_in_pci_cannot_copy_emails.spec,
-    gatehouse_policy_test.a_dba_in_pci_may_copy_card_numbers_not_emails.spec,
-    gatehouse_policy_test.a_dba_outside_pci_cannot_copy_card_numbers_into_a_table.spec,
-    gatehouse_policy_test.a_dollar-quoted_drop_is_only_a_string.spec,
-    gatehouse_policy_test.a_staging_analytics_token_is_not_the_analytics_job.spec,
-    gatehouse_policy_test.analytics_cannot_call_functions_with_side_effects.spec,
-    gatehouse_policy_test.analytics_cannot_exec_in_pods.spec,
-    gatehouse_policy_test.analytics_cannot_guess_card_numbers_with_a_filter.spec,
-    gatehouse_policy_test.analytics_cannot_hide_a_write_in_a_cte.spec,
-    gatehouse_policy_test.analytics_cannot_lock_rows.spec,
-    gatehouse_policy_test.analytics_cannot_move_a_sequence_with_a_select.spec,
-    gatehouse_policy_test.analytics_cannot_read_cluster_secrets.spec,
-    gatehouse_policy_test.analytics_cannot_sort_by_email.spec,
-    gatehouse_policy_test.analytics_cannot_write.spec,
-    gatehouse_policy_test.analytics_lists_tables_as_psql_s_dt_does.spec,
-    gatehouse_policy_test.analytics_may_connect.spec,
-    gatehouse_policy_test.analytics_reads_cluster_workloads.spec,
-    gatehouse_policy_test.analytics_reads_orders_and_customers.spec,
-    gatehouse_policy_test.analytics_runs_select_1_count_and_now.spec,
-    gatehouse_policy_test.billing_cannot_copy_card_numbers_into_a_table_it_writes.spec,
-    gatehouse_policy_test.billing_cannot_write_orders.spec,
-    gatehouse_policy_test.billing_reads.spec,
-    gatehouse_policy_test.billing_write_to_payments_is_held_for_review.spec,
-    gatehouse_policy_test.billing_writes_invoices.spec,
-    gatehouse_policy_test.changing_the_client_encoding_is_denied.spec,
-    gatehouse_policy_test.customer_email_is_partly_masked_for_billing.spec,
-    gatehouse_policy_test.delete_with_a_filter_is_allowed.spec,
-    gatehouse_policy_test.delete_without_where_is_denied.spec,
-    gatehouse_policy_test.deleting_in_prod_waits_for_a_second_operator.spec,
-    gatehouse_policy_test.kubectl_may_read_the_api_s_discovery_documents.spec,
-    gatehouse_policy_test.new_functions_are_denied.spec,
-    gatehouse_policy_test.no_compound_commands_on_the_bastion.spec,
-    gatehouse_policy_test.no_destructive_commands_on_the_bastion.spec,
-    gatehouse_policy_test.no_port_forwarding_through_the_bastion.spec,
-    gatehouse_policy_test.no_shell_on_the_bastion.spec,
-    gatehouse_policy_test.nobody_may_drop.spec,
-    gatehouse_policy_test.nobody_may_truncate.spec,
-    gatehouse_policy_test.operators_read_secrets_masked.spec,
-    gatehouse_policy_test.pci_callers_see_card_numbers.spec,
-    gatehouse_policy_test.persisting_a_parser_setting_for_the_role_is_denied.spec,
-    gatehouse_policy_test.server-side_file_export_is_denied.spec,
-    gatehouse_policy_test.set_config_role_is_denied.spec,
-    gatehouse_policy_test.the_security_team_reads_secrets_in_the_clear.spec,
-    gatehouse_policy_test.turning_standard_conforming_strings_off_is_denied.spec,
-    gatehouse_policy_test.unknown_callers_are_denied_by_default.spec,
-    gatehouse_policy_test.unparseable_sql_is_denied.spec,
-    gatehouse_policy_test.update_where_true_is_denied.spec,
-    gatehouse_policy_test.writing_the_settings_catalog_is_denied.spec,
-  ]
+  objects = {
+    "identity_provider/corp"                                       = gatehouse_identity_provider.corp.spec
+    "identity/analytics-job"                                       = gatehouse_identity.analytics-job.spec
+    "identity/billing-service"                                     = gatehouse_identity.billing-service.spec
+    "postgres/orders"                                              = gatehouse_postgres.orders.spec
+    "ssh_host/bastion"                                             = gatehouse_ssh_host.bastion.spec
+    "kubernetes_cluster/prod-cluster"                              = gatehouse_kubernetes_cluster.prod-cluster.spec
+    "policy/analytics-read-only"                                   = gatehouse_policy.analytics-read-only.spec
+    "policy/bastion-ops"                                           = gatehouse_policy.bastion-ops.spec
+    "policy/billing-service"                                       = gatehouse_policy.billing-service.spec
+    "policy/cluster-discovery"                                     = gatehouse_policy.cluster-discovery.spec
+    "policy/cluster-operators"                                     = gatehouse_policy.cluster-operators.spec
+    "policy/cluster-readers"                                       = gatehouse_policy.cluster-readers.spec
+    "policy/dba"                                                   = gatehouse_policy.dba.spec
+    "policy/guardrails"                                            = gatehouse_policy.guardrails.spec
+    "mask/card-number"                                             = gatehouse_mask.card-number.spec
+    "mask/customer-email"                                          = gatehouse_mask.customer-email.spec
+    "mask/secret-values"                                           = gatehouse_mask.secret-values.spec
+    "test/ALTER SYSTEM is denied"                                  = gatehouse_policy_test.alter_system_is_denied.spec
+    "test/COPY from a server file is denied"                       = gatehouse_policy_test.copy_from_a_server_file_is_denied.spec
+    "test/COPY to a program is denied"                             = gatehouse_policy_test.copy_to_a_program_is_denied.spec
+    "test/DBA write to payments still needs review"                = gatehouse_policy_test.dba_write_to_payments_still_needs_review.spec
+    "test/DBAs may open sessions on the bastion"                   = gatehouse_policy_test.dbas_may_open_sessions_on_the_bastion.spec
+    "test/DBAs may run diagnostics on the bastion"                 = gatehouse_policy_test.dbas_may_run_diagnostics_on_the_bastion.spec
+    "test/DO blocks are denied"                                    = gatehouse_policy_test.do_blocks_are_denied.spec
+    "test/SET ROLE is denied"                                      = gatehouse_policy_test.set_role_is_denied.spec
+    "test/a DBA in pci cannot copy emails"                         = gatehouse_policy_test.a_dba_in_pci_cannot_copy_emails.spec
+    "test/a DBA in pci may copy card numbers, not emails"          = gatehouse_policy_test.a_dba_in_pci_may_copy_card_numbers_not_emails.spec
+    "test/a DBA outside pci cannot copy card numbers into a table" = gatehouse_policy_test.a_dba_outside_pci_cannot_copy_card_numbers_into_a_table.spec
+    "test/a dollar-quoted DROP is only a string"                   = gatehouse_policy_test.a_dollar-quoted_drop_is_only_a_string.spec
+    "test/a staging analytics token is not the analytics job"      = gatehouse_policy_test.a_staging_analytics_token_is_not_the_analytics_job.spec
+    "test/analytics cannot call functions with side effects"       = gatehouse_policy_test.analytics_cannot_call_functions_with_side_effects.spec
+    "test/analytics cannot exec in pods"                           = gatehouse_policy_test.analytics_cannot_exec_in_pods.spec
+    "test/analytics cannot guess card numbers with a filter"       = gatehouse_policy_test.analytics_cannot_guess_card_numbers_with_a_filter.spec
+    "test/analytics cannot hide a write in a CTE"                  = gatehouse_policy_test.analytics_cannot_hide_a_write_in_a_cte.spec
+    "test/analytics cannot lock rows"                              = gatehouse_policy_test.analytics_cannot_lock_rows.spec
+    "test/analytics cannot move a sequence with a SELECT"          = gatehouse_policy_test.analytics_cannot_move_a_sequence_with_a_select.spec
+    "test/analytics cannot read cluster secrets"                   = gatehouse_policy_test.analytics_cannot_read_cluster_secrets.spec
+    "test/analytics cannot sort by email"                          = gatehouse_policy_test.analytics_cannot_sort_by_email.spec
+    "test/analytics cannot write"                                  = gatehouse_policy_test.analytics_cannot_write.spec
+    "test/analytics lists tables as psql's \\dt does"              = gatehouse_policy_test.analytics_lists_tables_as_psql_s_dt_does.spec
+    "test/analytics may connect"                                   = gatehouse_policy_test.analytics_may_connect.spec
+    "test/analytics reads cluster workloads"                       = gatehouse_policy_test.analytics_reads_cluster_workloads.spec
+    "test/analytics reads orders and customers"                    = gatehouse_policy_test.analytics_reads_orders_and_customers.spec
+    "test/analytics runs SELECT 1, count(*) and now()"             = gatehouse_policy_test.analytics_runs_select_1_count_and_now.spec
+    "test/billing cannot copy card numbers into a table it writes" = gatehouse_policy_test.billing_cannot_copy_card_numbers_into_a_table_it_writes.spec
+    "test/billing cannot write orders"                             = gatehouse_policy_test.billing_cannot_write_orders.spec
+    "test/billing reads"                                           = gatehouse_policy_test.billing_reads.spec
+    "test/billing write to payments is held for review"            = gatehouse_policy_test.billing_write_to_payments_is_held_for_review.spec
+    "test/billing writes invoices"                                 = gatehouse_policy_test.billing_writes_invoices.spec
+    "test/changing the client encoding is denied"                  = gatehouse_policy_test.changing_the_client_encoding_is_denied.spec
+    "test/customer email is partly masked for billing"             = gatehouse_policy_test.customer_email_is_partly_masked_for_billing.spec
+    "test/delete with a filter is allowed"                         = gatehouse_policy_test.delete_with_a_filter_is_allowed.spec
+    "test/delete without where is denied"                          = gatehouse_policy_test.delete_without_where_is_denied.spec
+    "test/deleting in prod waits for a second operator"            = gatehouse_policy_test.deleting_in_prod_waits_for_a_second_operator.spec
+    "test/kubectl may read the API's discovery documents"          = gatehouse_policy_test.kubectl_may_read_the_api_s_discovery_documents.spec
+    "test/new functions are denied"                                = gatehouse_policy_test.new_functions_are_denied.spec
+    "test/no compound commands on the bastion"                     = gatehouse_policy_test.no_compound_commands_on_the_bastion.spec
+    "test/no destructive commands on the bastion"                  = gatehouse_policy_test.no_destructive_commands_on_the_bastion.spec
+    "test/no port forwarding through the bastion"                  = gatehouse_policy_test.no_port_forwarding_through_the_bastion.spec
+    "test/no shell on the bastion"                                 = gatehouse_policy_test.no_shell_on_the_bastion.spec
+    "test/nobody may drop"                                         = gatehouse_policy_test.nobody_may_drop.spec
+    "test/nobody may truncate"                                     = gatehouse_policy_test.nobody_may_truncate.spec
+    "test/operators read secrets, masked"                          = gatehouse_policy_test.operators_read_secrets_masked.spec
+    "test/pci callers see card numbers"                            = gatehouse_policy_test.pci_callers_see_card_numbers.spec
+    "test/persisting a parser setting for the role is denied"      = gatehouse_policy_test.persisting_a_parser_setting_for_the_role_is_denied.spec
+    "test/server-side file export is denied"                       = gatehouse_policy_test.server-side_file_export_is_denied.spec
+    "test/set_config role is denied"                               = gatehouse_policy_test.set_config_role_is_denied.spec
+    "test/the security team reads secrets in the clear"            = gatehouse_policy_test.the_security_team_reads_secrets_in_the_clear.spec
+    "test/turning standard_conforming_strings off is denied"       = gatehouse_policy_test.turning_standard_conforming_strings_off_is_denied.spec
+    "test/unknown callers are denied by default"                   = gatehouse_policy_test.unknown_callers_are_denied_by_default.spec
+    "test/unparseable SQL is denied"                               = gatehouse_policy_test.unparseable_sql_is_denied.spec
+    "test/update where true is denied"                             = gatehouse_policy_test.update_where_true_is_denied.spec
+    "test/writing the settings catalog is denied"                  = gatehouse_policy_test.writing_the_settings_catalog_is_denied.spec
+  }
+
+  # Requests decided against the planned objects at plan time (var.decisions).
+  decisions = var.decisions
 }
 
 output "bundle_revision" {
