@@ -14,6 +14,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/gateway"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 )
 
@@ -85,11 +86,12 @@ type auditJSON struct {
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Verify session recordings, their ledger and its anchor"}
 	var dataDir, ledger, anchor, anchorToken string
+	var bucket bucketFlags
 	var keys []string
 	var strict bool
 	var isJSON func() (bool, error)
 	verify := &cobra.Command{
-		Use:   "verify [DIR | SESSION|FILE...] [--anchor FILE|URL]",
+		Use:   "verify [DIR | s3://BUCKET/PREFIX | SESSION|FILE...] [--anchor FILE|URL]",
 		Short: "Check recordings and their ledger for edits, deletions, cut tails and additions",
 		Long: `Verify session recordings offline with the recorder's public key.
 
@@ -122,6 +124,13 @@ With no argument, DATA_DIR/recordings is audited. A directory is audited whole; 
 ids or files) are checked against the ledger beside them (or --ledger), without the search for
 missing or unlisted recordings.
 
+A bucket the gateway uploads recordings to (s3://BUCKET/PREFIX, its recorder.bucket block) is
+downloaded, recordings and ledger, into a temporary directory and audited whole, as a directory;
+--endpoint (or $GATEHOUSE_S3_ENDPOINT) names an S3-compatible store other than AWS S3, and the
+credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY. A recording the bucket's
+ledger names as started but not sealed, and the bucket lacks, belongs to a session that was open
+when the ledger was uploaded: it is UNSEALED, not MISSING. Pass --key with the recorder's public key.
+
 Exit status:
   0  every recording verified or crash-sealed; the ledger (and the anchor) agree
   1  evidence of tampering: ALTERED, MISSING, UNLISTED, LEDGER ALTERED, ANCHOR MISMATCH
@@ -131,7 +140,8 @@ Exit status:
 		Example: `  gatehouse audit verify --data-dir /var/lib/gatehouse
   gatehouse audit verify --data-dir /var/lib/gatehouse --key /secure/recorder.pub --anchor https://anchor.internal/v1/gatehouse/ledger
   gatehouse audit verify /backups/recordings --key recorder.pub --anchor /mnt/worm/gatehouse/ledger.jsonl --strict
-  gatehouse audit verify 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse`,
+  gatehouse audit verify 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse
+  gatehouse audit verify s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000 --key recorder.pub`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kr, err := recorderKeys(dataDir, keys...)
 			if err != nil {
@@ -153,7 +163,22 @@ Exit status:
 				}
 				opts.AnchorSource = anchor
 			}
-			rep, err := runAudit(dataDir, args, opts)
+			var rep *recorder.AuditReport
+			if len(args) > 0 && recordstore.IsURL(args[0]) {
+				if len(args) > 1 {
+					return &exitError{code: exitUsage, err: errors.New("audit verify takes one bucket URL")}
+				}
+				dir, cleanup, derr := bucket.download(cmd.Context(), args[0])
+				if derr != nil {
+					return &exitError{code: exitUsage, err: derr}
+				}
+				defer cleanup()
+				if rep, err = recorder.Audit(dir, opts); err == nil {
+					relocate(rep, dir, args[0])
+				}
+			} else {
+				rep, err = runAudit(dataDir, args, opts)
+			}
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
 			}
@@ -188,6 +213,7 @@ Exit status:
 		},
 	}
 	dataDirFlag(verify, &dataDir)
+	addBucketFlags(verify, &bucket)
 	verify.Flags().StringArrayVar(&keys, "key", nil, "a recorder public key to trust (repeat for several; default DATA_DIR/recorder.pub and DATA_DIR/recorder-*.pub)")
 	verify.Flags().BoolVar(&strict, "strict", false, "exit 1, not 3, for unsealed or incomplete recordings")
 	isJSON = jsonFormat(verify.Flags())

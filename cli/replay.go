@@ -6,16 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 )
 
 func newReplayCmd() *cobra.Command {
 	var dataDir, key, format string
+	var bucket bucketFlags
 	var speed float64
 	var idle time.Duration
 	var input bool
@@ -39,8 +42,13 @@ Formats:
 The integrity report goes to stdout after a timeline, and to stderr otherwise, so that the
 terminal and asciicast outputs stay exactly what was recorded; the recording is also checked
 against the ledger beside it (a cut tail, a rewritten event). Exit status 1 when the recording was
-altered.`,
+altered.
+
+SESSION may also be a recording in a bucket, s3://BUCKET/PREFIX/SESSION: it is downloaded, with the
+bucket's ledger, into a temporary directory (see 'gatehouse sessions list' for --endpoint and the
+credentials). Pass --key: the default key is the one in --data-dir.`,
 		Example: `  gatehouse replay 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse
+  gatehouse replay s3://audit-recordings/gatehouse/20261126T101500Z-3-ab12cd34 --key recorder.pub
   gatehouse replay 20261126T101500Z-4-0f9e8d7c --speed 4
   gatehouse replay 20261126T101500Z-4-0f9e8d7c --format asciicast > session.cast && asciinema play session.cast`,
 		Args: cobra.ExactArgs(1),
@@ -49,6 +57,18 @@ altered.`,
 				return &exitError{code: exitUsage, err: errors.New("--speed must be above 0")}
 			}
 			path := sessionPath(dataDir, args[0])
+			if recordstore.IsURL(args[0]) {
+				bucketURL, session, err := splitSessionURL(args[0])
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				dir, cleanup, err := bucket.download(cmd.Context(), bucketURL, session)
+				if err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer cleanup()
+				path = filepath.Join(dir, session+".jsonl")
+			}
 			evs, err := recorder.ReadEvents(path)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
@@ -77,6 +97,7 @@ altered.`,
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
+	addBucketFlags(cmd, &bucket)
 	cmd.Flags().StringVar(&key, "key", "", "the recorder's public key (default DATA_DIR/recorder.pub)")
 	cmd.Flags().StringVar(&format, "format", "auto", "auto, timeline, terminal or asciicast")
 	cmd.Flags().Float64Var(&speed, "speed", 1, "terminal: play this many times faster than recorded")

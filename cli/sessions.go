@@ -17,6 +17,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway"
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 )
 
 // dataDirFlag is the gateway data directory the recording commands read.
@@ -39,26 +40,52 @@ func sessionPath(dataDir, arg string) string {
 func newSessionsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sessions", Short: "List recorded gateway sessions"}
 	var dataDir, identity, resource, since string
+	var bucket bucketFlags
 	var isJSON func() (bool, error)
 	list := &cobra.Command{
-		Use:   "list [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
+		Use:   "list [DIR | s3://BUCKET/PREFIX] [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
 		Short: "List recorded sessions, oldest first",
 		Long: `List the sessions recorded in the gateway's data directory: when each started, who (the identity,
 or the token subject), which resource, how many events, and whether the recording is sealed. A
 recording is sealed when its session ended; "crashed" when the gateway stopped while the session
 was open and sealed it at its next start; an unsealed one belongs to a session still open (or to a
 gateway that has not started again since it stopped). Use 'gatehouse audit verify' to check
-integrity.`,
-		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h`,
-		Args:    cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+integrity.
+
+With an argument, the recordings in that directory are listed, or those uploaded to a bucket
+(s3://BUCKET/PREFIX, as the gateway's recorder.bucket block names it), which are downloaded into a
+temporary directory first; --endpoint (or $GATEHOUSE_S3_ENDPOINT) names an S3-compatible store other
+than AWS S3, and the credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY.`,
+		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h
+  gatehouse sessions list s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			from, err := sinceTime(since, time.Now())
 			if err != nil {
 				return err
 			}
-			ss, err := recorder.List(gateway.RecordingsDir(dataDir))
+			dir := gateway.RecordingsDir(dataDir)
+			if len(args) == 1 {
+				dir = args[0]
+			}
+			var bucketURL string
+			if recordstore.IsURL(dir) {
+				var cleanup func()
+				bucketURL = dir
+				if dir, cleanup, err = bucket.download(cmd.Context(), bucketURL); err != nil {
+					return &exitError{code: exitUsage, err: err}
+				}
+				defer cleanup()
+			}
+			ss, err := recorder.List(dir)
 			if err != nil {
 				return &exitError{code: exitUsage, err: err}
+			}
+			if bucketURL != "" {
+				loc, _ := recordstore.ParseURL(bucketURL)
+				for i := range ss {
+					ss[i].Path = loc.String() + filepath.Base(ss[i].Path)
+				}
 			}
 			var out []recorder.Summary
 			for _, s := range ss {
@@ -90,6 +117,7 @@ integrity.`,
 		},
 	}
 	dataDirFlag(list, &dataDir)
+	addBucketFlags(list, &bucket)
 	list.Flags().StringVar(&identity, "identity", "", "only sessions of this identity")
 	list.Flags().StringVar(&resource, "resource", "", "only sessions to this resource")
 	list.Flags().StringVar(&since, "since", "", "only sessions started since: 14d, 24h, 90m before now, or an RFC 3339 time")

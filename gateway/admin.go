@@ -110,6 +110,9 @@ func (g *Gateway) readyz(w http.ResponseWriter, r *http.Request) {
 	if err := g.rec.Healthy(); err != nil {
 		problems = append(problems, "the session recorder cannot record: "+err.Error())
 	}
+	if msg := g.uploadsBehind(); msg != "" {
+		problems = append(problems, msg)
+	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(g.rec.Dir(), &fs); err != nil {
 		problems = append(problems, "the recordings' file system cannot be read: "+err.Error())

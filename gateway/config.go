@@ -251,6 +251,17 @@ recorder {
   anchor_ca    = "/etc/gatehouse/tls/anchor-ca.pem"  # optional: CAs for an https anchor
   checkpoint_interval = "30s"        # default 30s (1s to 1h): how often the ledger records the
                                      # head of every open session that grew (and at shutdown)
+  # bucket {                         # optional: upload each recording once its session ends,
+                                     # and the ledger after it, to S3-compatible object storage;
+                                     # the local write stays first, and the local copy is kept
+  #   url        = "s3://audit-recordings/gatehouse"  # s3://BUCKET/PREFIX
+  #   endpoint   = "https://s3.internal:9000"  # default AWS S3; http only on loopback
+  #   region     = "us-east-1"
+  #   access_key = "env:GATEHOUSE_S3_ACCESS_KEY"   # secret references (env:NAME, file:/path);
+  #   secret_key = "env:GATEHOUSE_S3_SECRET_KEY"   # both empty: anonymous requests
+  #   max_behind = "15m"             # /readyz fails while a recording waits longer for upload
+  #                                  # (failures are retried with backoff; 0: never)
+  # }
 }
 
 state {

@@ -21,6 +21,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/kubernetes"
 	"github.com/gatehouse-dev/gatehouse/gateway/postgres"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	"github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/gateway/ssh"
@@ -49,6 +50,8 @@ type Gateway struct {
 	store *bundlestore.Store
 	core  *session.Core
 	rec   *recorder.Recorder
+	// uploader copies sealed recordings to recorder.bucket; nil without.
+	uploader *recordstore.Uploader
 	// approvals keeps review requests (files in the data directory, or
 	// the state block's PostgreSQL); notifier tells their webhooks.
 	approvals approval.Store
@@ -144,9 +147,19 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	// Every session is recorded, sealed with the recorder key (a file,
 	// by default DATA_DIR/recorder.key, or a PKCS#11 token) and named in
 	// the recordings' ledger (recording.go).
-	g.rec, err = openRecorder(cfg, g.log)
+	var onSeal func(string)
+	if cfg.Recorder.Bucket != nil {
+		onSeal = func(id string) { g.uploader.Sealed(id) } // set below, before any session
+	}
+	g.rec, err = openRecorder(cfg, g.log, onSeal)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Recorder.Bucket != nil {
+		if g.uploader, err = openUploader(cfg.Recorder.Bucket, g.rec, g.log); err != nil {
+			g.rec.Close()
+			return nil, fmt.Errorf("gateway: recorder.bucket: %w", err)
+		}
 	}
 	for _, p := range g.rec.Recovered {
 		g.log.Warn("a recording could not be repaired after a crash; audit verify reports it", "detail", p)
@@ -289,6 +302,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 				err = fmt.Errorf("gateway: recorder: %w", cerr)
 			}
 		}
+		if g.uploader != nil {
+			flushUploads(g.uploader, g.log)
+		}
 	}()
 	// The persisted bundle first: it sets the revision floor, so a source
 	// rolled back while the gateway was down is refused.
@@ -308,6 +324,10 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 	bg.Add(2)
 	go func() { defer bg.Done(); g.notifier.Run(ctx) }()
 	go func() { defer bg.Done(); g.watchBundle(ctx) }()
+	if g.uploader != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); g.uploader.Run(ctx) }()
+	}
 	if g.cancels != nil {
 		bg.Add(1)
 		go func() { defer bg.Done(); g.cancels.Run(ctx) }()

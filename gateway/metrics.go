@@ -36,11 +36,14 @@ var (
 	descWebhooks       = prometheus.NewDesc("gatehouse_approval_webhook_deliveries_total", "Approval webhook deliveries, by result (delivered, failed after retries, dropped on a full queue).", []string{"result"}, nil)
 	descLimited        = prometheus.NewDesc("gatehouse_sessions_refused_total", "Connections refused or closed by a limit, by protocol and limit (sessions, per_identity, per_resource, pending: the oldest unauthenticated connection closed for a new one, auth_failures).", []string{"protocol", "limit"}, nil)
 	descKeyFetches     = prometheus.NewDesc("gatehouse_identity_key_fetches_total", "Fetches of identity providers' discovery documents and key sets.", nil, nil)
+	descUploads        = prometheus.NewDesc("gatehouse_recordings_uploads_total", "Uploads to recorder.bucket, by object (recording, ledger) and result (ok; error: retried with backoff).", []string{"object", "result"}, nil)
+	descUploadQueue    = prometheus.NewDesc("gatehouse_recordings_upload_pending", "Sealed recordings waiting for their upload to recorder.bucket.", nil, nil)
+	descUploadOldest   = prometheus.NewDesc("gatehouse_recordings_upload_oldest_pending_seconds", "Seconds the oldest recording waiting for upload has waited (0: none); /readyz compares it with recorder.bucket.max_behind.", nil, nil)
 	descRecHealthy     = prometheus.NewDesc("gatehouse_recorder_healthy", "1 while the recorder can record; 0 after a failed fdatasync, until restart (every request is refused).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches, descUploads, descUploadQueue, descUploadOldest} {
 		ch <- d
 	}
 }
@@ -101,6 +104,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		healthy = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descRecHealthy, prometheus.GaugeValue, healthy)
+	if u := g.uploader; u != nil {
+		ch <- prometheus.MustNewConstMetric(descUploads, prometheus.CounterValue, float64(u.Stats.Uploads.Load()), "recording", "ok")
+		ch <- prometheus.MustNewConstMetric(descUploads, prometheus.CounterValue, float64(u.Stats.LedgerUploads.Load()), "ledger", "ok")
+		ch <- prometheus.MustNewConstMetric(descUploads, prometheus.CounterValue, float64(u.Stats.Failures.Load()), "any", "error")
+		n, oldest := u.Backlog()
+		ch <- prometheus.MustNewConstMetric(descUploadQueue, prometheus.GaugeValue, float64(n))
+		ch <- prometheus.MustNewConstMetric(descUploadOldest, prometheus.GaugeValue, oldest.Seconds())
+	}
 	buckets, count, sum := g.rec.Stats.Histogram()
 	ch <- prometheus.MustNewConstHistogram(descRecLatency, count, sum, buckets)
 }

@@ -57,18 +57,22 @@ type RecorderConfig struct {
 	// checkpoint are the ones a cut tail can take while the gateway is
 	// down.
 	CheckpointInterval time.Duration
+	// Bucket, when set, uploads sealed recordings and the ledger to
+	// S3-compatible object storage (recordingbucket.go).
+	Bucket *BucketConfig
 }
 
 var recorderSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "key"}, {Name: "pin"}, {Name: "anchor"}, {Name: "anchor_token"}, {Name: "anchor_ca"}, {Name: "checkpoint_interval"},
-}}
+}, Blocks: []hcl.BlockHeaderSchema{{Type: "bucket"}}}
 
 // recorderBlock reads the recorder block and checks what can be checked
 // without the token or the network.
 func (d *decoder) recorderBlock(b *hcl.Block, dataDir string) RecorderConfig {
-	c := d.content(b.Body, recorderSchema)
+	c, blocks := d.contentBlocks(b.Body, recorderSchema)
 	rc := RecorderConfig{Key: d.str(c["key"]), PIN: d.str(c["pin"]), Anchor: d.str(c["anchor"]),
-		AnchorToken: d.str(c["anchor_token"]), AnchorCA: d.str(c["anchor_ca"]), CheckpointInterval: recorder.DefaultCheckpointInterval}
+		AnchorToken: d.str(c["anchor_token"]), AnchorCA: d.str(c["anchor_ca"]), CheckpointInterval: recorder.DefaultCheckpointInterval,
+		Bucket: d.bucketBlock(blocks)}
 	if a := c["checkpoint_interval"]; a != nil {
 		rc.CheckpointInterval = d.duration(a, time.Second, time.Hour)
 	}
@@ -142,7 +146,7 @@ func within(dir, path string) bool {
 // DATA_DIR/recorder.pub (keeping an earlier, different one as
 // recorder-KEYID.pub, so recordings it signed still verify), and says in
 // the log what the setup does not protect against.
-func openRecorder(cfg *Config, log *slog.Logger) (*recorder.Recorder, error) {
+func openRecorder(cfg *Config, log *slog.Logger, onSeal func(string)) (*recorder.Recorder, error) {
 	rc := cfg.Recorder
 	key, where, err := recorderKey(cfg)
 	if err != nil {
@@ -150,6 +154,9 @@ func openRecorder(cfg *Config, log *slog.Logger) (*recorder.Recorder, error) {
 	}
 	opts := []recorder.Option{recorder.WithLogger(log),
 		recorder.WithCheckpointInterval(cmp.Or(rc.CheckpointInterval, recorder.DefaultCheckpointInterval))}
+	if onSeal != nil {
+		opts = append(opts, recorder.WithOnSeal(onSeal))
+	}
 	if rc.Anchor != "" {
 		a, err := anchorOf(rc)
 		if err != nil {

@@ -55,6 +55,8 @@ type Recorder struct {
 	// interval is how often the ledger checkpoints open sessions.
 	interval time.Duration
 	anchor   Anchor
+	// onSeal is told of every recording End closed (WithOnSeal).
+	onSeal func(session string)
 
 	// Recovered lists what Open could not repair from a journal left by a
 	// crash, and the recordings it could not seal (the gateway logs it;
@@ -475,6 +477,9 @@ func (s *Session) End(reason string) error {
 	}
 	if err != nil {
 		s.r.Stats.Errors.Add(1)
+	}
+	if s.r.onSeal != nil {
+		s.r.onSeal(s.id)
 	}
 	return err
 }
