@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
+	"github.com/gatehouse-dev/gatehouse/internal/s3test"
 )
 
 // TestReplicas runs three gateway processes that share what a team would
@@ -27,7 +29,10 @@ import (
 // recordings. A statement held on one replica is approved through
 // another's admin API and runs once; a one-time approval spent on one
 // replica is refused on a third; a bundle reaches all three, and a
-// tampered or older one is refused by all three while they keep serving.
+// tampered or older one is refused by all three while they keep serving;
+// a CancelRequest reaching another replica cancels the right statement;
+// and a replica killed mid-session loses no recording: each replica's
+// recordings, uploaded to its prefix of one bucket, verify from there.
 func TestReplicas(t *testing.T) {
 	hook := &hookReceiver{}
 	hooks := httptest.NewServer(hook)
@@ -44,6 +49,7 @@ func TestReplicas(t *testing.T) {
 	s.pg.CreateDatabase(t, "gatehouse_state", "gatehouse")
 	dsn := s.pg.ConnString("gatehouse", s.pgPass, "gatehouse_state")
 
+	s3 := s3test.Start(t)
 	srv := bundlestore.StartTestServer(t, "")
 	build := func(rev int) []byte {
 		out := filepath.Join(t.TempDir(), "policy.bundle")
@@ -83,6 +89,15 @@ state {
   postgres = "env:GATEHOUSE_STATE_DSN"
 }
 
+recorder {
+  bucket {
+    url        = "s3://%s/replica-%d"
+    endpoint   = %q
+    access_key = "env:GH_S3_KEY"
+    secret_key = "env:GH_S3_SECRET"
+  }
+}
+
 admin {
   listen = %q
 }
@@ -90,12 +105,12 @@ admin {
 log {
   level = "debug"
 }
-`, r.dataDir, r.pgAddr, cert, key, srv.URL, srv.CAFile, filepath.Join(filepath.Dir(s.keyFile), "gatehouse.pub"), r.adminAddr)
+`, r.dataDir, r.pgAddr, cert, key, srv.URL, srv.CAFile, filepath.Join(filepath.Dir(s.keyFile), "gatehouse.pub"), s3.Bucket(), i, s3.Endpoint(), r.adminAddr)
 		r.cfgFile = filepath.Join(dir, fmt.Sprintf("replica-%d.hcl", i))
 		if err := os.WriteFile(r.cfgFile, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		r.env = append(append([]string{}, s.env...), "GATEHOUSE_STATE_DSN="+dsn)
+		r.env = append(append([]string{}, s.env...), "GATEHOUSE_STATE_DSN="+dsn, "GH_S3_KEY="+s3.AccessKey(), "GH_S3_SECRET="+s3.SecretKey())
 		replicas[i] = &r
 		t.Cleanup(func() {
 			r.stopGateway(t)
@@ -237,6 +252,52 @@ log {
 		}
 		if n := a.upstreamCount(t, "ledger", "note = 'replicated'"); n != 1 {
 			t.Fatalf("%d ledger rows, want 1", n)
+		}
+	})
+
+	// Last: it kills a replica.
+	t.Run("killing a replica loses no recording: every replica's recordings verify from the bucket", func(t *testing.T) {
+		conn, err := a.pgx(t, billing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(context.Background(), "SELECT count(*) FROM orders"); err != nil {
+			t.Fatal(err)
+		}
+		a.kill(t)
+		conn.Close(context.Background())
+		// The others keep serving meanwhile.
+		if _, stderr, err := b.psql(t, billing, "SELECT count(*) FROM orders"); err != nil {
+			t.Fatalf("replica b while a is down: %v\n%s", err, stderr)
+		}
+		// The next start crash-seals the killed session and uploads it.
+		a.startGateway(t)
+		for i, r := range replicas {
+			prefix := fmt.Sprintf("s3://%s/replica-%d", s3.Bucket(), i)
+			var out string
+			var code int
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+				cmd := exec.Command(gatehouseBin, "audit", "verify", prefix, "--key", filepath.Join(r.dataDir, "recorder.pub"))
+				cmd.Env = append(os.Environ(), "GATEHOUSE_S3_ENDPOINT="+s3.Endpoint(),
+					"AWS_ACCESS_KEY_ID="+s3.AccessKey(), "AWS_SECRET_ACCESS_KEY="+s3.SecretKey())
+				raw, err := cmd.CombinedOutput()
+				out, code = string(raw), 0
+				if ee, ok := err.(*exec.ExitError); ok {
+					code = ee.ExitCode()
+				} else if err != nil {
+					t.Fatal(err)
+				}
+				done := code == 0 && strings.Contains(out, "0 with problems")
+				if i == 0 {
+					done = done && strings.Contains(out, "CRASHED")
+				}
+				if done || time.Now().After(deadline) {
+					break
+				}
+			}
+			if code != 0 || strings.Contains(out, "MISSING") || strings.Contains(out, "UNSEALED") || (i == 0 && !strings.Contains(out, "CRASHED")) {
+				t.Fatalf("audit verify %s: exit %d\n%s", prefix, code, out)
+			}
 		}
 	})
 }
