@@ -76,7 +76,7 @@ policy "everyone" {
 
   rule "discovery" {
     effect = "allow"
-    when   = "request.path != '' || request.resource == 'selfsubjectreviews'"
+    when   = "(request.path in ['/api', '/apis', '/version'] || request.path.startsWith('/api/') || request.path.startsWith('/apis/') || request.path.startsWith('/openapi/')) || request.resource == 'selfsubjectreviews'"
     reason = "API discovery, and asking who one is"
   }
 }

@@ -104,16 +104,24 @@ func (r *execRecording) close() int64 {
 // Bytes pass through unchanged; a copy is parsed into frames.
 type recordingConn struct{ rec *execRecording }
 
+// errUnreadable ends a stream whose framing the recorder cannot read:
+// what it cannot record, it does not relay.
+var errUnreadable = errors.New("gatehouse: the stream's framing could not be read; it is closed (what cannot be recorded is not relayed)")
+
 func (c *recordingConn) Read(p []byte) (int, error) {
 	n, err := c.rec.conn.Read(p)
-	if n > 0 {
-		c.rec.down.feed(p[:n])
+	if n > 0 && !c.rec.down.feed(p[:n]) {
+		c.rec.conn.Close()
+		return 0, errUnreadable
 	}
 	return n, err
 }
 
 func (c *recordingConn) Write(p []byte) (int, error) {
-	c.rec.up.feed(p)
+	if !c.rec.up.feed(p) {
+		c.rec.conn.Close()
+		return 0, errUnreadable
+	}
 	return c.rec.conn.Write(p)
 }
 
@@ -127,9 +135,10 @@ func (f *frameReader) count() int64 {
 }
 
 // frameReader parses a stream of WebSocket frames (RFC 6455) fed to it in
-// pieces, and delivers each channel message's data. It never fails the
-// stream: bytes it cannot parse stop the recording of that direction,
-// with a marker, and keep flowing.
+// pieces, and delivers each channel message's data. Bytes it cannot parse
+// (an unknown opcode, an oversized or fragmented control frame, a frame
+// over maxFrame) stop it, with a marker in the recording, and feed says
+// so: the stream is then closed, since what follows would go unrecorded.
 type frameReader struct {
 	base64  bool
 	deliver func(channel byte, data []byte)
@@ -143,12 +152,12 @@ type frameReader struct {
 // maxFrame bounds a frame the recorder buffers whole.
 const maxFrame = 16 << 20
 
-func (f *frameReader) feed(p []byte) {
+func (f *frameReader) feed(p []byte) (ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.bytes += int64(len(p))
 	if f.broken {
-		return
+		return false
 	}
 	f.buf = append(f.buf, p...)
 	for {
@@ -156,11 +165,11 @@ func (f *frameReader) feed(p []byte) {
 		if err != nil {
 			f.broken = true
 			f.buf = nil
-			f.deliver(3, []byte("\r\n[gatehouse: the stream's framing could not be read ("+err.Error()+"); the rest is not recorded]\r\n"))
-			return
+			f.deliver(3, []byte("\r\n[gatehouse: the stream's framing could not be read ("+err.Error()+"); the stream is closed]\r\n"))
+			return false
 		}
 		if n == 0 {
-			return
+			return true
 		}
 		f.buf = f.buf[n:]
 	}

@@ -19,7 +19,10 @@ import (
 // a caller that hangs up withdraws it. The approval binds the method, the
 // path, the query and the body, byte for byte, as they will be forwarded.
 func (c *call) held(r *http.Request, d celpolicy.Decision, body []byte) core.Held {
-	hash := requestHash(r.Method, c.rest, c.query.Encode(), body)
+	ct := r.Header.Get("Content-Type")
+	// The Content-Type is part of what is approved: one body is a merge,
+	// a strategic merge or an apply patch depending on it.
+	hash := requestHash(r.Method, c.rest, c.query.Encode(), ct, body)
 	h := core.Held{Kind: "api", Text: c.text, Request: c.attrs.Request, Decision: d,
 		Bind: func() (string, error) { return hash, nil },
 		// A request cannot say it is held before its answer: the hold
@@ -48,6 +51,9 @@ func (c *call) held(r *http.Request, d celpolicy.Decision, body []byte) core.Hel
 		Immediate: c.attrs.Upgrade != "",
 	}
 	h.Subject.Text = c.text
+	if ct != "" && len(body) > 0 {
+		h.Subject.Text += " (Content-Type: " + ct + ")"
+	}
 	if len(body) > 0 {
 		h.Subject.Params = []string{shownBody(c.attrs.Request, body, masksResource(d, c.attrs.Request))}
 	}
@@ -93,10 +99,10 @@ func masksResource(d celpolicy.Decision, req *celpolicy.KubernetesRequest) bool 
 
 // requestHash binds an approval to one API request: each part
 // length-prefixed, under a version tag.
-func requestHash(method, path, query string, body []byte) string {
+func requestHash(method, path, query, contentType string, body []byte) string {
 	h := sha256.New()
 	h.Write([]byte("gatehouse/kubernetes/v1\x00"))
-	for _, part := range [][]byte{[]byte(method), []byte(path), []byte(query), body} {
+	for _, part := range [][]byte{[]byte(method), []byte(path), []byte(query), []byte(contentType), body} {
 		var n [8]byte
 		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
 		h.Write(n[:])

@@ -12,40 +12,41 @@ import (
 )
 
 func TestRequestHash(t *testing.T) {
-	base := requestHash("PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", []byte(`{"data":{}}`))
+	base := requestHash("PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", []byte(`{"data":{}}`))
 	if !regexp.MustCompile(`^sha256:[0-9a-f]{64}$`).MatchString(base) {
 		t.Fatalf("hash %q", base)
 	}
 	// Stable: the same request hashes the same.
 	for range 3 {
-		if h := requestHash("PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", []byte(`{"data":{}}`)); h != base {
+		if h := requestHash("PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", []byte(`{"data":{}}`)); h != base {
 			t.Fatalf("unstable: %s then %s", base, h)
 		}
 	}
 	// Any difference in any part changes it, including a part moving
 	// across a boundary (each is length-prefixed).
-	others := map[string][4]string{
-		"method":         {"PUT", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", `{"data":{}}`},
-		"path":           {"PATCH", "/api/v1/namespaces/default/secrets/db2", "fieldManager=kubectl", `{"data":{}}`},
-		"namespace":      {"PATCH", "/api/v1/namespaces/kube-system/secrets/db", "fieldManager=kubectl", `{"data":{}}`},
-		"query":          {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=other", `{"data":{}}`},
-		"no query":       {"PATCH", "/api/v1/namespaces/default/secrets/db", "", `{"data":{}}`},
-		"body":           {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", `{"data":{"a":"b"}}`},
-		"no body":        {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", ``},
-		"body in query":  {"PATCH", "/api/v1/namespaces/default/secrets/db", `fieldManager=kubectl{"data":{}}`, ``},
-		"query in path":  {"PATCH", "/api/v1/namespaces/default/secrets/dbfieldManager=kubectl", "", `{"data":{}}`},
-		"path in method": {"PATCH/api/v1/namespaces/default/secrets/db", "", "fieldManager=kubectl", `{"data":{}}`},
+	others := map[string][5]string{
+		"method":         {"PUT", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", `{"data":{}}`},
+		"path":           {"PATCH", "/api/v1/namespaces/default/secrets/db2", "fieldManager=kubectl", "application/merge-patch+json", `{"data":{}}`},
+		"namespace":      {"PATCH", "/api/v1/namespaces/kube-system/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", `{"data":{}}`},
+		"query":          {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=other", "application/merge-patch+json", `{"data":{}}`},
+		"no query":       {"PATCH", "/api/v1/namespaces/default/secrets/db", "", "application/merge-patch+json", `{"data":{}}`},
+		"body":           {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", `{"data":{"a":"b"}}`},
+		"no body":        {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/merge-patch+json", ``},
+		"body in query":  {"PATCH", "/api/v1/namespaces/default/secrets/db", `fieldManager=kubectl{"data":{}}`, "application/merge-patch+json", ``},
+		"query in path":  {"PATCH", "/api/v1/namespaces/default/secrets/dbfieldManager=kubectl", "", "application/merge-patch+json", `{"data":{}}`},
+		"content type":   {"PATCH", "/api/v1/namespaces/default/secrets/db", "fieldManager=kubectl", "application/strategic-merge-patch+json", `{"data":{}}`},
+		"path in method": {"PATCH/api/v1/namespaces/default/secrets/db", "", "fieldManager=kubectl", "application/merge-patch+json", `{"data":{}}`},
 	}
 	seen := map[string]string{base: "base"}
 	for name, o := range others {
-		h := requestHash(o[0], o[1], o[2], []byte(o[3]))
+		h := requestHash(o[0], o[1], o[2], o[3], []byte(o[4]))
 		if prev, ok := seen[h]; ok {
 			t.Errorf("%s hashes as %s", name, prev)
 		}
 		seen[h] = name
 	}
 	// A nil body and an empty one are the same request.
-	if requestHash("GET", "/version", "", nil) != requestHash("GET", "/version", "", []byte{}) {
+	if requestHash("GET", "/version", "", "", nil) != requestHash("GET", "/version", "", "", []byte{}) {
 		t.Error("nil and empty bodies differ")
 	}
 }

@@ -68,7 +68,7 @@ func (s *Server) maskerFor(req *celpolicy.KubernetesRequest, d celpolicy.Decisio
 			m = &masker{applied: map[string]bool{}}
 		}
 		fm := fieldMask{target: a.Target.String(), path: f.Path, method: a.Method,
-			b64: f.Group == "" && len(f.Path) == 1 && (f.Resource == "secrets" && f.Path[0] == "data" || f.Resource == "configmaps" && f.Path[0] == "binaryData")}
+			b64: f.Group == "" && (f.Resource == "secrets" && f.Path[0] == "data" || f.Resource == "configmaps" && f.Path[0] == "binaryData")}
 		if a.Method == bundle.MaskHash {
 			fm.key = s.hashKey(a.Mask)
 			if fm.key == nil {
@@ -76,17 +76,17 @@ func (s *Server) maskerFor(req *celpolicy.KubernetesRequest, d celpolicy.Decisio
 			}
 		}
 		m.fields = append(m.fields, fm)
-		if f.Group == "" && f.Resource == "secrets" && len(f.Path) == 1 && (f.Path[0] == "data" || f.Path[0] == "stringData") {
+		if f.Group == "" && f.Resource == "secrets" && (f.Path[0] == "data" || f.Path[0] == "stringData") {
 			// data and stringData are one set of values: what a writer put
 			// in stringData the API server returns in data, and kubectl
 			// apply keeps it, as written, in the last-applied annotation.
 			// Masking one masks the other.
 			twin := fm
-			twin.path, twin.b64 = []string{"stringData"}, false
+			twin.path, twin.b64 = append([]string{"stringData"}, f.Path[1:]...), false
 			if f.Path[0] == "stringData" {
-				twin.path, twin.b64 = []string{"data"}, true
+				twin.path, twin.b64 = append([]string{"data"}, f.Path[1:]...), true
 			}
-			twin.target = bundle.KubernetesTargetPrefix + "secrets/" + twin.path[0]
+			twin.target = bundle.KubernetesTargetPrefix + "secrets/" + strings.Join(twin.path, ".")
 			m.fields = append(m.fields, twin)
 		}
 	}
@@ -164,6 +164,9 @@ func (m *masker) response(resp *http.Response, maxBody int64, watch bool) error 
 	if m == nil {
 		return nil
 	}
+	// Warning headers may echo what an admission webhook saw: not
+	// relayed where masks apply.
+	resp.Header.Del("Warning")
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if resp.StatusCode >= 300 {
 		return m.withholdStatus(resp)

@@ -624,3 +624,47 @@ func TestMaskResponseWatchBroken(t *testing.T) {
 		t.Errorf("after a read error: %q %v", out, err)
 	}
 }
+
+// A per-key mask on a Secret's data (secrets/data.password) also masks
+// the key in stringData, which kubectl apply keeps in the last-applied
+// annotation as written, and masks what the base64 encodes.
+func TestPerKeySecretMask(t *testing.T) {
+	req := &celpolicy.KubernetesRequest{Verb: "get", Resource: "secrets", Namespace: "ns", Name: "db"}
+	d := celpolicy.Decision{Masks: []celpolicy.MaskAction{{Target: celpolicy.MaskTarget{Field: "secrets/data.password"}, Method: "redact", Mask: "pw"}}}
+	m, err := (&Server{}).maskerFor(req, d)
+	if err != nil || m == nil {
+		t.Fatalf("maskerFor: %v %v", m, err)
+	}
+	applied := `{\"kind\":\"Secret\",\"stringData\":{\"password\":\"hunter2\",\"user\":\"app\"}}`
+	doc := `{"kind":"Secret","data":{"password":"aHVudGVyMg==","user":"YXBw"},"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"` + applied + `"}}}`
+	out, err := m.rewrite([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(out)
+	if strings.Contains(got, "hunter2") || strings.Contains(got, "aHVudGVyMg==") {
+		t.Fatalf("the password leaks: %s", got)
+	}
+	if !strings.Contains(got, `"password":"W1JFREFDVEVEXQ=="`) || !strings.Contains(got, `"user":"YXBw"`) || !strings.Contains(got, `\"user\":\"app\"`) {
+		t.Fatalf("masked too much or not as base64: %s", got)
+	}
+}
+
+// A recording that cannot read the stream's framing says so, and feed
+// reports it, so that the stream is closed rather than relayed unrecorded.
+func TestFrameReaderFailsClosed(t *testing.T) {
+	var got []string
+	f := frameReader{deliver: func(ch byte, data []byte) { got = append(got, string(data)) }}
+	if !f.feed([]byte{0x82, 0x02, 0x00, 'a'}) {
+		t.Fatal("a good frame failed")
+	}
+	if f.feed([]byte{0x83, 0x01, 'x'}) { // a reserved opcode
+		t.Fatal("an unknown opcode was accepted")
+	}
+	if f.feed([]byte{0x82, 0x02, 0x00, 'b'}) {
+		t.Fatal("a broken reader took more")
+	}
+	if len(got) != 2 || got[0] != "a" || !strings.Contains(got[1], "closed") {
+		t.Fatalf("deliveries %q", got)
+	}
+}

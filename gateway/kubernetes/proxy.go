@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -146,7 +147,22 @@ func (c *call) decide(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	c.masks = masks
+	if masks != nil && c.attrs.Request.Verb == "patch" && isJSONPatch(r.Header.Get("Content-Type")) {
+		// A JSON patch can copy or move a masked field into one that is
+		// not masked, or test its value, and the answer (even a dry
+		// run's) shows the result: refused where masks apply.
+		msg := "gatehouse: a JSON patch (application/json-patch+json) is refused on a resource whose fields masks hide from you: it could copy or test a masked value; use a merge patch"
+		writeStatus(w, http.StatusForbidden, "Forbidden", msg)
+		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
+		return false
+	}
 	return true
+}
+
+// isJSONPatch reports whether a Content-Type is an RFC 6902 JSON patch.
+func isJSONPatch(ct string) bool {
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt == "application/json-patch+json"
 }
 
 func readOnly(method string) bool { return method == http.MethodGet || method == http.MethodHead }

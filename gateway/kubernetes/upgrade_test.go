@@ -128,6 +128,22 @@ func TestUpgradeOnlyForStreams(t *testing.T) {
 		t.Fatalf("GET: %d %s", resp.StatusCode, b)
 	}
 
+	// A JSON patch could copy a masked value into a field no mask
+	// covers, and the answer would show it: refused where masks apply.
+	req, _ = http.NewRequest("PATCH", gw.URL+"/k8s/prod/api/v1/namespaces/default/secrets/db?dryRun=All",
+		strings.NewReader(`[{"op":"copy","from":"/data/password","path":"/metadata/annotations/x"}]`))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json-patch+json")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || strings.Contains(string(b), secretB64) || !strings.Contains(string(b), "JSON patch") {
+		t.Fatalf("a JSON patch of a masked Secret: %d %s", resp.StatusCode, b)
+	}
+
 	// A watch over WebSocket with a channel subprotocol.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(gw.URL, "http://"))
 	if err != nil {

@@ -112,7 +112,7 @@ policy "bench" {
 
   rule "discovery" {
     effect = "allow"
-    when   = "request.path != '' && request.verb in ['get', 'head']"
+    when   = "request.verb in ['get', 'head'] && (request.path in ['/api', '/apis', '/version'] || request.path.startsWith('/api/') || request.path.startsWith('/apis/') || request.path.startsWith('/openapi/'))"
     reason = "API discovery describes the API, not its objects"
   }
 }

@@ -186,7 +186,7 @@ resource "gatehouse_policy" "cluster-discovery" {
   rule {
     name   = "discovery"
     effect = "allow"
-    when   = "request.path != '' && request.verb in ['get', 'head']"
+    when   = "request.verb in ['get', 'head'] && (request.path in ['/api', '/apis', '/version'] || request.path.startsWith('/api/') || request.path.startsWith('/apis/') || request.path.startsWith('/openapi/'))"
     reason = "API discovery (/api, /apis, /version, /openapi) describes the API, not its objects"
   }
 }
