@@ -38,6 +38,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/hclconfig"
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 	"github.com/gatehouse-dev/gatehouse/internal/kubecluster"
 	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
 )
@@ -207,7 +208,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	root := opts.Root
 	if root == "" {
 		if wd, err := os.Getwd(); err == nil {
-			root, _ = kubecluster.FindRoot(wd)
+			root, _ = gotool.FindRoot(wd)
 		}
 	}
 	if root == "" {
@@ -563,14 +564,14 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 		cfg.Postgres = &gateway.PostgresListener{Listen: listen, TLSCert: certFile, TLSKey: keyFile}
 	}
 	if len(e.SSH) > 0 {
-		sl, err := sshListen(opts.SSHListen)
+		sl, err := listenAddr(opts.SSHListen, DefaultSSHListen, "--ssh-listen")
 		if err != nil {
 			return err
 		}
 		cfg.SSH = &gateway.SSHListener{Listen: sl}
 	}
 	if e.Kube != nil {
-		kl, err := kubeListen(opts.KubeListen)
+		kl, err := listenAddr(opts.KubeListen, DefaultKubeListen, "--kube-listen")
 		if err != nil {
 			return err
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,22 +91,6 @@ func seedCluster(ctx context.Context, c *kubecluster.Cluster) error {
 		return fmt.Errorf("dev: Kubernetes: %w", err)
 	}
 	return nil
-}
-
-// kubeListen picks the gateway's Kubernetes address.
-func kubeListen(want string) (string, error) {
-	if want == "" {
-		want = DefaultKubeListen
-		if ln, err := net.Listen("tcp", want); err != nil {
-			want = "127.0.0.1:0"
-		} else {
-			ln.Close()
-		}
-	}
-	if host, _, err := net.SplitHostPort(want); err != nil || !isLoopback(host) {
-		return "", fmt.Errorf("dev: --kube-listen %q: the development gateway only listens on loopback", want)
-	}
-	return want, nil
 }
 
 // Kubeconfig writes a kubeconfig for cluster through the gateway, with

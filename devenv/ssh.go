@@ -104,10 +104,11 @@ func (e *Env) mintSSHCaller(groupsClaim map[string]string) error {
 	return nil
 }
 
-// sshListen picks the gateway's SSH address.
-func sshListen(want string) (string, error) {
+// listenAddr picks a listener's address: want, or def when that port is
+// free, or a random loopback port. flag names the option in errors.
+func listenAddr(want, def, flag string) (string, error) {
 	if want == "" {
-		want = DefaultSSHListen
+		want = def
 		if ln, err := net.Listen("tcp", want); err != nil {
 			want = "127.0.0.1:0"
 		} else {
@@ -115,7 +116,7 @@ func sshListen(want string) (string, error) {
 		}
 	}
 	if host, _, err := net.SplitHostPort(want); err != nil || !isLoopback(host) {
-		return "", fmt.Errorf("dev: --ssh-listen %q: the development gateway only listens on loopback", want)
+		return "", fmt.Errorf("dev: %s %q: the development gateway only listens on loopback", flag, want)
 	}
 	return want, nil
 }

@@ -71,6 +71,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/devenv"
 	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 	"github.com/gatehouse-dev/gatehouse/internal/kubecluster"
 )
 
@@ -197,7 +198,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	root, err := kubecluster.FindRoot(wd)
+	root, err := gotool.FindRoot(wd)
 	if err != nil {
 		return fmt.Errorf("run it from the gatehouse checkout: %w", err)
 	}

@@ -22,7 +22,6 @@
 package hydratest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -42,12 +41,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 )
 
 const (
-	// rootModule identifies the repository root while walking up from the
-	// test's working directory.
-	rootModule = "github.com/gatehouse-dev/gatehouse"
 	// toolsDir is the nested module that pins Hydra, relative to the root.
 	toolsDir   = "acctest/tools"
 	hydraPkg   = "github.com/ory/hydra/v2"
@@ -468,30 +466,32 @@ func Binary(tb testing.TB) string {
 
 func buildBinary(tb testing.TB) (string, error) {
 	tb.Helper()
-	root, err := repoRoot()
+	root, err := gotool.FindRootFromWD()
 	if err != nil {
 		return "", err
 	}
 	tools := filepath.Join(root, filepath.FromSlash(toolsDir))
-	version, err := requiredVersion(filepath.Join(tools, "go.mod"), hydraPkg)
+	version, err := gotool.RequiredVersion(filepath.Join(tools, "go.mod"), hydraPkg)
 	if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(root, filepath.FromSlash(cacheDir))
 	bin := filepath.Join(dir, "hydra-"+version)
-	if isExecutable(bin) {
+	if gotool.IsExecutable(bin) {
 		return bin, nil
 	}
 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	unlock, err := lockFile(tb, bin+".lock")
+	unlock, err := gotool.Lock(context.Background(), bin+".lock", func() {
+		tb.Logf("hydratest: waiting for another test process to finish building Hydra (%s)", bin+".lock")
+	})
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	if isExecutable(bin) { // another process built it while we waited
+	if gotool.IsExecutable(bin) { // another process built it while we waited
 		return bin, nil
 	}
 
@@ -543,83 +543,4 @@ func buildBinary(tb testing.TB) (string, error) {
 	}
 	tb.Logf("hydratest: built Hydra %s in %s", version, time.Since(start).Round(time.Second))
 	return bin, nil
-}
-
-// lockFile takes an exclusive flock on path, blocking (with a log line) while
-// another test process holds it.
-func lockFile(tb testing.TB, path string) (unlock func(), err error) {
-	tb.Helper()
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		tb.Logf("hydratest: waiting for another test process to finish building Hydra (%s)", path)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-	}
-	// Closing the file releases the lock.
-	return func() { f.Close() }, nil
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// repoRoot walks up from the working directory (a test runs in its package
-// directory) to the directory whose go.mod declares the root module; nested
-// modules such as acctest/tools are passed over.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for dir := wd; ; {
-		if mod, err := modulePath(filepath.Join(dir, "go.mod")); err == nil && mod == rootModule {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod for module %s in %s or above", rootModule, wd)
-		}
-		dir = parent
-	}
-}
-
-// modulePath returns the module path a go.mod declares.
-func modulePath(gomod string) (string, error) {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module"); ok {
-			return strings.Trim(strings.TrimSpace(rest), `"`), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", fmt.Errorf("%s: no module line", gomod)
-}
-
-// requiredVersion returns the version of module that gomod requires, from a
-// line "module version" inside or outside a require block.
-func requiredVersion(gomod, module string) (string, error) {
-	data, err := os.ReadFile(gomod)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", gomod, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) >= 2 && f[0] == module && strings.HasPrefix(f[1], "v") {
-			return f[1], nil
-		}
-	}
-	return "", fmt.Errorf("%s does not require %s", gomod, module)
 }

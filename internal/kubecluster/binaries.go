@@ -1,10 +1,8 @@
 package kubecluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,11 +11,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 )
 
 const (
-	// rootModule identifies the repository root.
-	rootModule = "github.com/gatehouse-dev/gatehouse"
 	// ToolsDir is the nested module that pins kube-apiserver, etcd and
 	// kwok, relative to the repository root.
 	ToolsDir = "acctest/kubetools"
@@ -83,7 +81,7 @@ var tools = []tool{
 // built at, the one acctest/kubetools/go.mod requires.
 func (t tool) binaryPath(root string) (path, version string, err error) {
 	gomod := filepath.Join(root, filepath.FromSlash(ToolsDir), "go.mod")
-	version, err = requiredVersion(gomod, t.module)
+	version, err = gotool.RequiredVersion(gomod, t.module)
 	if err != nil {
 		return "", "", err
 	}
@@ -111,7 +109,7 @@ func Available(root string) (paths Paths, ok bool, msg string) {
 		if err != nil {
 			return Paths{}, false, err.Error()
 		}
-		if !isExecutable(bin) {
+		if !gotool.IsExecutable(bin) {
 			missing = append(missing, bin)
 		}
 		paths.set(t.name, bin)
@@ -156,21 +154,21 @@ func (t tool) build(ctx context.Context, root string, progress io.Writer) (strin
 	if err != nil {
 		return "", err
 	}
-	if isExecutable(bin) {
+	if gotool.IsExecutable(bin) {
 		return bin, nil
 	}
 	dir := filepath.Dir(bin)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	unlock, err := lockFile(ctx, bin+".lock", func() {
+	unlock, err := gotool.Lock(ctx, bin+".lock", func() {
 		fmt.Fprintf(progress, "waiting for another process to finish building %s %s (%s.lock)\n", t.name, version, bin)
 	})
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	if isExecutable(bin) { // another process built it while we waited
+	if gotool.IsExecutable(bin) { // another process built it while we waited
 		return bin, nil
 	}
 
@@ -246,95 +244,4 @@ func quoteArgs(args []string) []string {
 		q[i] = a
 	}
 	return q
-}
-
-// lockFile takes an exclusive flock on path, calling waiting once and
-// blocking while another process holds it. The wait gives up when ctx ends.
-func lockFile(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	for announced := false; ; {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-		if !announced {
-			waiting()
-			announced = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("waiting for %s: %w", path, context.Cause(ctx))
-		case <-time.After(time.Second):
-		}
-	}
-	// Closing the file releases the lock.
-	return func() { f.Close() }, nil
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// FindRoot walks up from dir to the repository root: the directory whose
-// go.mod declares module github.com/gatehouse-dev/gatehouse. Nested
-// modules such as acctest/kubetools are passed over.
-func FindRoot(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for d := abs; ; {
-		if mod, err := modulePath(filepath.Join(d, "go.mod")); err == nil && mod == rootModule {
-			return d, nil
-		}
-		parent := filepath.Dir(d)
-		if parent == d {
-			return "", fmt.Errorf("no go.mod for module %s in %s or above", rootModule, abs)
-		}
-		d = parent
-	}
-}
-
-// modulePath returns the module path a go.mod declares.
-func modulePath(gomod string) (string, error) {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module"); ok {
-			return strings.Trim(strings.TrimSpace(rest), `"`), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", fmt.Errorf("%s: no module line", gomod)
-}
-
-// requiredVersion returns the version of module that gomod requires, from a
-// line "module version" inside or outside a require block.
-func requiredVersion(gomod, module string) (string, error) {
-	data, err := os.ReadFile(gomod)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", gomod, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) >= 2 && f[0] == module && strings.HasPrefix(f[1], "v") {
-			return f[1], nil
-		}
-	}
-	return "", fmt.Errorf("%s does not require %s", gomod, module)
 }

@@ -54,6 +54,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 )
 
 const (
@@ -139,11 +141,11 @@ func Start(ctx context.Context, dir string, paths Paths, opts ...Option) (_ *Clu
 		o(&cfg)
 	}
 	for name, bin := range map[string]string{"kube-apiserver": paths.KubeAPIServer, "etcd": paths.Etcd} {
-		if !isExecutable(bin) {
+		if !gotool.IsExecutable(bin) {
 			return nil, fmt.Errorf("kubecluster: %s binary %q is missing; build it with `%s`", name, bin, BuildCommand)
 		}
 	}
-	if cfg.kwok && !isExecutable(paths.Kwok) {
+	if cfg.kwok && !gotool.IsExecutable(paths.Kwok) {
 		return nil, fmt.Errorf("kubecluster: kwok binary %q is missing; build it with `%s`", paths.Kwok, BuildCommand)
 	}
 	dir, err = filepath.Abs(dir)

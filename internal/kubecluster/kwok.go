@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 )
 
 // DefaultNode is the kwok node CreatePod puts pods on; CreatePod creates
@@ -52,7 +54,7 @@ func (c *Cluster) StartKwok(ctx context.Context) error {
 	if c.kwokAddr != "" {
 		return fmt.Errorf("kubecluster: kwok is already running on %s", c.kwokAddr)
 	}
-	if !isExecutable(c.paths.Kwok) {
+	if !gotool.IsExecutable(c.paths.Kwok) {
 		return fmt.Errorf("kubecluster: kwok binary %q is missing; build it with `%s`", c.paths.Kwok, BuildCommand)
 	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)

@@ -35,6 +35,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 	"github.com/gatehouse-dev/gatehouse/internal/kubecluster"
 )
 
@@ -57,7 +58,7 @@ func Binaries(tb testing.TB) kubecluster.Paths {
 	if err != nil {
 		tb.Fatalf("kubetest: %v", err)
 	}
-	root, err := kubecluster.FindRoot(wd)
+	root, err := gotool.FindRoot(wd)
 	if err != nil {
 		tb.Fatalf("kubetest: %v", err)
 	}

@@ -22,7 +22,6 @@
 package s3test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -43,12 +42,11 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 )
 
 const (
-	// rootModule identifies the repository root while walking up from the
-	// test's working directory.
-	rootModule = "github.com/gatehouse-dev/gatehouse"
 	// ToolsDir is the nested module that pins SeaweedFS, relative to the
 	// root.
 	ToolsDir = "acctest/s3tools"
@@ -442,7 +440,7 @@ func Binary(tb testing.TB) string {
 	if binaryPath != "" {
 		return binaryPath
 	}
-	root, err := RepoRoot()
+	root, err := gotool.FindRootFromWD()
 	if err != nil {
 		tb.Fatalf("s3test: %v", err)
 	}
@@ -474,26 +472,26 @@ func Build(ctx context.Context, root string, progress io.Writer) (string, error)
 		progress = io.Discard
 	}
 	tools := filepath.Join(root, filepath.FromSlash(ToolsDir))
-	version, err := requiredVersion(filepath.Join(tools, "go.mod"), weedModule)
+	version, err := gotool.RequiredVersion(filepath.Join(tools, "go.mod"), weedModule)
 	if err != nil {
 		return "", err
 	}
 	dir := filepath.Join(root, filepath.FromSlash(CacheDir))
 	bin := filepath.Join(dir, "weed-"+version)
-	if isExecutable(bin) {
+	if gotool.IsExecutable(bin) {
 		return bin, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create %s: %w", dir, err)
 	}
-	unlock, err := lockFile(bin+".lock", func() {
+	unlock, err := gotool.Lock(ctx, bin+".lock", func() {
 		fmt.Fprintf(progress, "waiting for another process to finish building weed %s (%s.lock)\n", version, bin)
 	})
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	if isExecutable(bin) { // another process built it while we waited
+	if gotool.IsExecutable(bin) { // another process built it while we waited
 		return bin, nil
 	}
 	goTool, err := exec.LookPath("go")
@@ -544,81 +542,4 @@ func Build(ctx context.Context, root string, progress io.Writer) (string, error)
 	}
 	fmt.Fprintf(progress, "built weed %s in %s\n", version, time.Since(start).Round(time.Second))
 	return bin, nil
-}
-
-// lockFile takes an exclusive flock on path, calling waiting once if
-// another process holds it.
-func lockFile(path string, waiting func()) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", path, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		waiting()
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", path, err)
-		}
-	}
-	// Closing the file releases the lock.
-	return func() { f.Close() }, nil
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
-}
-
-// RepoRoot walks up from the working directory to the directory whose go.mod
-// declares the root module; nested modules such as acctest/s3tools are
-// passed over.
-func RepoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for dir := wd; ; {
-		if mod, err := modulePath(filepath.Join(dir, "go.mod")); err == nil && mod == rootModule {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod for module %s in %s or above", rootModule, wd)
-		}
-		dir = parent
-	}
-}
-
-func modulePath(gomod string) (string, error) {
-	f, err := os.Open(gomod)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module"); ok {
-			return strings.Trim(strings.TrimSpace(rest), `"`), nil
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", fmt.Errorf("%s: no module line", gomod)
-}
-
-// requiredVersion returns the version of module that gomod requires, from a
-// line "module version" inside or outside a require block.
-func requiredVersion(gomod, module string) (string, error) {
-	data, err := os.ReadFile(gomod)
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", gomod, err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
-		if len(f) >= 2 && f[0] == module && strings.HasPrefix(f[1], "v") {
-			return f[1], nil
-		}
-	}
-	return "", fmt.Errorf("%s does not require %s", gomod, module)
 }

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 	"github.com/gatehouse-dev/gatehouse/internal/kubecluster"
 )
 
@@ -34,7 +35,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	root, err := kubecluster.FindRoot(wd)
+	root, err := gotool.FindRoot(wd)
 	if err != nil {
 		return err
 	}

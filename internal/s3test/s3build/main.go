@@ -16,13 +16,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/gatehouse-dev/gatehouse/internal/gotool"
 	"github.com/gatehouse-dev/gatehouse/internal/s3test"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root, err := s3test.RepoRoot()
+	root, err := gotool.FindRootFromWD()
 	if err == nil {
 		var bin string
 		if bin, err = s3test.Build(ctx, root, os.Stderr); err == nil {
