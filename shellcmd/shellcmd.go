@@ -43,6 +43,12 @@ func Analyze(command string) (Facts, error) {
 	if strings.ContainsRune(command, 0) {
 		return Facts{}, fmt.Errorf("the command holds a NUL byte")
 	}
+	if strings.ContainsRune(command, '\r') {
+		// The parser folds carriage returns (before a newline, inside
+		// quotes) where the upstream's shell keeps them: its words would
+		// not be the words run. Such a command is not simple.
+		return Facts{}, nil
+	}
 	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(strings.NewReader(command), "")
 	if err != nil {
 		return Facts{}, fmt.Errorf("the command does not parse as a shell command: %w", err)
