@@ -66,6 +66,23 @@ func gh(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// ghEnv runs the gatehouse CLI with env added to the test's environment,
+// and returns its output and exit code.
+func ghEnv(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(gatehouseBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errOut.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("gatehouse %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errOut.String(), 0
+}
+
 const schema = `
 CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card_number text);
 CREATE TABLE orders (id serial PRIMARY KEY, customer_id int, total numeric);

@@ -50,6 +50,10 @@ func TestReplicas(t *testing.T) {
 	dsn := s.pg.ConnString("gatehouse", s.pgPass, "gatehouse_state")
 
 	s3 := s3test.Start(t)
+	// Each replica anchors its ledger in a bucket with object lock.
+	if err := s3.CreateLockedBucket("anchors"); err != nil {
+		t.Fatal(err)
+	}
 	srv := bundlestore.StartTestServer(t, "")
 	build := func(rev int) []byte {
 		out := filepath.Join(t.TempDir(), "policy.bundle")
@@ -90,6 +94,8 @@ state {
 }
 
 recorder {
+  anchor           = "s3://anchors/replica-%d"
+  anchor_retention = "1h"
   bucket {
     url        = "s3://%s/replica-%d"
     endpoint   = %q
@@ -105,7 +111,7 @@ admin {
 log {
   level = "debug"
 }
-`, r.dataDir, r.pgAddr, cert, key, srv.URL, srv.CAFile, filepath.Join(filepath.Dir(s.keyFile), "gatehouse.pub"), s3.Bucket(), i, s3.Endpoint(), r.adminAddr)
+`, r.dataDir, r.pgAddr, cert, key, srv.URL, srv.CAFile, filepath.Join(filepath.Dir(s.keyFile), "gatehouse.pub"), i, s3.Bucket(), i, s3.Endpoint(), r.adminAddr)
 		r.cfgFile = filepath.Join(dir, fmt.Sprintf("replica-%d.hcl", i))
 		if err := os.WriteFile(r.cfgFile, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -264,6 +270,10 @@ log {
 		if _, err := conn.Exec(context.Background(), "SELECT count(*) FROM orders"); err != nil {
 			t.Fatal(err)
 		}
+		// The session index names it, open, on replica 0.
+		s3env := []string{"GATEHOUSE_S3_ENDPOINT=" + s3.Endpoint(), "AWS_ACCESS_KEY_ID=" + s3.AccessKey(), "AWS_SECRET_ACCESS_KEY=" + s3.SecretKey(),
+			"GATEHOUSE_STATE_DSN=" + dsn}
+		killed := waitIndexed(t, s3env, "s3://"+s3.Bucket()+"/replica-0", func(e indexRow) bool { return e.Status == "open" && e.Identity == "billing-service" })
 		a.kill(t)
 		conn.Close(context.Background())
 		// The others keep serving meanwhile.
@@ -277,9 +287,9 @@ log {
 			var out string
 			var code int
 			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-				cmd := exec.Command(gatehouseBin, "audit", "verify", prefix, "--key", filepath.Join(r.dataDir, "recorder.pub"))
-				cmd.Env = append(os.Environ(), "GATEHOUSE_S3_ENDPOINT="+s3.Endpoint(),
-					"AWS_ACCESS_KEY_ID="+s3.AccessKey(), "AWS_SECRET_ACCESS_KEY="+s3.SecretKey())
+				cmd := exec.Command(gatehouseBin, "audit", "verify", prefix, "--key", filepath.Join(r.dataDir, "recorder.pub"),
+					"--anchor", fmt.Sprintf("s3://anchors/replica-%d", i))
+				cmd.Env = append(os.Environ(), s3env...)
 				raw, err := cmd.CombinedOutput()
 				out, code = string(raw), 0
 				if ee, ok := err.(*exec.ExitError); ok {
@@ -287,7 +297,7 @@ log {
 				} else if err != nil {
 					t.Fatal(err)
 				}
-				done := code == 0 && strings.Contains(out, "0 with problems")
+				done := code == 0 && strings.Contains(out, "0 with problems") && strings.Contains(out, "ANCHOR")
 				if i == 0 {
 					done = done && strings.Contains(out, "CRASHED")
 				}
@@ -295,11 +305,61 @@ log {
 					break
 				}
 			}
-			if code != 0 || strings.Contains(out, "MISSING") || strings.Contains(out, "UNSEALED") || (i == 0 && !strings.Contains(out, "CRASHED")) {
+			if code != 0 || strings.Contains(out, "MISSING") || strings.Contains(out, "UNSEALED") || (i == 0 && !strings.Contains(out, "CRASHED")) ||
+				!strings.Contains(out, "ANCHOR") {
 				t.Fatalf("audit verify %s: exit %d\n%s", prefix, code, out)
 			}
 		}
+		// The index, read without the bucket, has the killed session
+		// crash-sealed and uploaded, and every replica's sessions.
+		row := waitIndexed(t, s3env, "s3://"+s3.Bucket()+"/", func(e indexRow) bool { return e.Session == killed.Session && e.Status == "crashed" })
+		if row.Object != "s3://"+s3.Bucket()+"/replica-0/"+killed.Session+".jsonl" || row.SHA256 == "" || row.Ended == nil {
+			t.Errorf("the killed session's row: %+v", row)
+		}
+		for i := range replicas {
+			waitIndexed(t, s3env, fmt.Sprintf("s3://%s/replica-%d", s3.Bucket(), i), func(e indexRow) bool { return e.Status == "ok" && e.Object != "" })
+		}
 	})
+}
+
+// indexRow is a row of `sessions list --state --format json`.
+type indexRow struct {
+	Session  string     `json:"session"`
+	Location string     `json:"location"`
+	Identity string     `json:"identity"`
+	Status   string     `json:"status"`
+	Object   string     `json:"object"`
+	SHA256   string     `json:"sha256"`
+	Ended    *time.Time `json:"ended"`
+}
+
+// waitIndexed waits for `gatehouse sessions list --state` under the
+// bucket URL where to list a row that ok accepts, and returns it.
+func waitIndexed(t *testing.T, env []string, where string, ok func(indexRow) bool) indexRow {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		out, stderr, code := ghEnv(t, env, "sessions", "list", where, "--state", "env:GATEHOUSE_STATE_DSN", "--format", "json")
+		if code != 0 {
+			t.Fatalf("sessions list --state: exit %d\n%s", code, stderr)
+		}
+		var rows []indexRow
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("sessions list --state: %v\n%s", err, out)
+		}
+		for i := len(rows) - 1; i >= 0; i-- { // newest first
+			r := rows[i]
+			if !strings.HasPrefix(r.Location, strings.TrimSuffix(where, "/")+"/") {
+				t.Fatalf("sessions list %s listed %s", where, r.Location)
+			}
+			if ok(r) {
+				return r
+			}
+		}
+		last = out
+	}
+	t.Fatalf("no such row in the session index under %s:\n%s", where, last)
+	return indexRow{}
 }
 
 // waitPendingText waits for a pending approval whose statement mentions

@@ -91,7 +91,7 @@ func newAuditCmd() *cobra.Command {
 	var strict bool
 	var isJSON func() (bool, error)
 	verify := &cobra.Command{
-		Use:   "verify [DIR | s3://BUCKET/PREFIX | SESSION|FILE...] [--anchor FILE|URL]",
+		Use:   "verify [DIR | s3://BUCKET/PREFIX | SESSION|FILE...] [--anchor FILE|URL|s3://BUCKET/PREFIX]",
 		Short: "Check recordings and their ledger for edits, deletions, cut tails and additions",
 		Long: `Verify session recordings offline with the recorder's public key.
 
@@ -113,8 +113,9 @@ start with a seal of its own kind: CRASHED, which verifies; the ledger records t
 checkpoint held. UNSEALED therefore means a session that is still open, a gateway that has not
 started since it stopped, or tampering.
 
-With --anchor, the ledger is compared with the anchor's copy (a file, or the anchor's URL, read
-with GET): every entry the anchor holds must be in the ledger byte for byte, and the ledger must not
+With --anchor, the ledger is compared with the anchor's copy (a file; the anchor's URL, read with
+GET; or an s3:// anchor's objects, every version of each, so an entry replaced or hidden behind a
+delete marker still counts): every entry the anchor holds must be in the ledger byte for byte, and the ledger must not
 end before it. This is what catches a rewrite of a recording and the ledger re-signed with the
 recorder key (which the default key in the data directory allows): without an anchor, that rewrite
 verifies. Keys read from the data directory (the default) are only as trustworthy as it is: pass
@@ -141,7 +142,8 @@ Exit status:
   gatehouse audit verify --data-dir /var/lib/gatehouse --key /secure/recorder.pub --anchor https://anchor.internal/v1/gatehouse/ledger
   gatehouse audit verify /backups/recordings --key recorder.pub --anchor /mnt/worm/gatehouse/ledger.jsonl --strict
   gatehouse audit verify 20261126T101500Z-3-ab12cd34 --data-dir /var/lib/gatehouse
-  gatehouse audit verify s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000 --key recorder.pub`,
+  gatehouse audit verify s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000 --key recorder.pub
+  gatehouse audit verify s3://audit-recordings/gatehouse/replica-1 --anchor s3://audit-anchors/gatehouse/replica-1 --key recorder.pub`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kr, err := recorderKeys(dataDir, keys...)
 			if err != nil {
@@ -156,7 +158,14 @@ Exit status:
 					}
 				}
 				ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-				opts.Anchor, err = recorder.ReadAnchor(ctx, anchor, nil, token)
+				if recordstore.IsURL(anchor) {
+					var st *recordstore.Store
+					if st, err = bucket.open(anchor); err == nil {
+						opts.Anchor, err = recordstore.ReadAnchor(ctx, st)
+					}
+				} else {
+					opts.Anchor, err = recorder.ReadAnchor(ctx, anchor, nil, token)
+				}
 				cancel()
 				if err != nil {
 					return &exitError{code: exitUsage, err: err}

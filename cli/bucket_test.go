@@ -102,3 +102,19 @@ func TestRecordingCommandsReadABucket(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
 	mustRun(t, exitUsage, "sessions", "list", url)
 }
+
+// TestSessionsListStateUsage: --state takes a reference to the DSN, never
+// the DSN (which holds a password), and the index's flags need it.
+func TestSessionsListStateUsage(t *testing.T) {
+	res := mustRun(t, exitUsage, "sessions", "list", "--state", "postgres://auditor:hunter2@db.internal/gatehouse")
+	assertContains(t, "a DSN given as --state", res.stderr, "want a reference to the DSN")
+	if strings.Contains(res.stderr, "hunter2") {
+		t.Errorf("the error repeats the password:\n%s", res.stderr)
+	}
+	res = mustRun(t, exitUsage, "sessions", "list", "--status", "open")
+	assertContains(t, "--status without --state", res.stderr, "for the session index (--state)")
+	res = mustRun(t, exitUsage, "sessions", "list", t.TempDir(), "--state", "env:GATEHOUSE_TEST_NO_SUCH_DSN")
+	assertContains(t, "a directory with --state", res.stderr, "a bucket URL (s3://BUCKET/PREFIX)")
+	res = mustRun(t, exitUsage, "sessions", "list", "--state", "env:GATEHOUSE_TEST_NO_SUCH_DSN")
+	assertContains(t, "an unset reference", res.stderr, "GATEHOUSE_TEST_NO_SUCH_DSN")
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
+	"github.com/gatehouse-dev/gatehouse/gateway/sessionindex"
 )
 
 // dataDirFlag is the gateway data directory the recording commands read.
@@ -39,11 +40,12 @@ func sessionPath(dataDir, arg string) string {
 
 func newSessionsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sessions", Short: "List recorded gateway sessions"}
-	var dataDir, identity, resource, since string
+	var dataDir, identity, resource, since, stateRef, status string
+	var limit int
 	var bucket bucketFlags
 	var isJSON func() (bool, error)
 	list := &cobra.Command{
-		Use:   "list [DIR | s3://BUCKET/PREFIX] [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
+		Use:   "list [DIR | s3://BUCKET/PREFIX] [--state env:DSN_VAR] [--identity NAME] [--resource NAME] [--since 24h|RFC3339]",
 		Short: "List recorded sessions, oldest first",
 		Long: `List the sessions recorded in the gateway's data directory: when each started, who (the identity,
 or the token subject), which resource, how many events, and whether the recording is sealed. A
@@ -55,14 +57,39 @@ integrity.
 With an argument, the recordings in that directory are listed, or those uploaded to a bucket
 (s3://BUCKET/PREFIX, as the gateway's recorder.bucket block names it), which are downloaded into a
 temporary directory first; --endpoint (or $GATEHOUSE_S3_ENDPOINT) names an S3-compatible store other
-than AWS S3, and the credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY.`,
+than AWS S3, and the credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY.
+
+With --state, the session index in the state database is listed instead, without reading any
+recording: every replica whose gateway.hcl has both a state block and a recorder.bucket block writes
+a row when a session starts ("open") and again once its recording is uploaded and read back, with
+the object's URL and what the replica's verification said of it (yes, crashed, no, altered, ...).
+An s3:// argument then narrows the list to the replicas uploading under that URL. The index is a
+catalogue, not evidence: 'gatehouse audit verify s3://...' proves the recordings. --state takes a
+reference to the DSN (env:NAME or file:/path), never the DSN itself.`,
 		Example: `  gatehouse sessions list --data-dir /var/lib/gatehouse --identity billing-service --since 24h
-  gatehouse sessions list s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000`,
+  gatehouse sessions list s3://audit-recordings/gatehouse --endpoint https://s3.internal:9000
+  gatehouse sessions list --state env:GATEHOUSE_STATE_DSN --status open
+  gatehouse sessions list s3://audit-recordings/gatehouse/replica-1 --state env:GATEHOUSE_STATE_DSN --since 24h`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			from, err := sinceTime(since, time.Now())
 			if err != nil {
 				return err
+			}
+			if stateRef != "" {
+				asJSON, err := isJSON()
+				if err != nil {
+					return err
+				}
+				l := indexList{state: stateRef, limit: limit, asJSON: asJSON, progress: cmd.ErrOrStderr(),
+					filter: sessionindex.Filter{Identity: identity, Resource: resource, Since: from, Status: status}}
+				if len(args) == 1 {
+					l.where = args[0]
+				}
+				return l.run(cmd.Context(), cmd.OutOrStdout())
+			}
+			if status != "" || cmd.Flags().Changed("limit") {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--status and --limit are for the session index (--state)")}
 			}
 			dir := gateway.RecordingsDir(dataDir)
 			if len(args) == 1 {
@@ -120,6 +147,9 @@ than AWS S3, and the credentials come from $AWS_ACCESS_KEY_ID and $AWS_SECRET_AC
 	addBucketFlags(list, &bucket)
 	list.Flags().StringVar(&identity, "identity", "", "only sessions of this identity")
 	list.Flags().StringVar(&resource, "resource", "", "only sessions to this resource")
+	list.Flags().StringVar(&stateRef, "state", "", "list the session index in the state database: a reference to its DSN, env:NAME or file:/path (as gateway.hcl's state.postgres)")
+	list.Flags().StringVar(&status, "status", "", "with --state: only sessions of this status: open, ok, crashed, unsealed, incomplete or altered")
+	list.Flags().IntVar(&limit, "limit", 1000, "with --state: at most this many sessions, the newest (0: all)")
 	list.Flags().StringVar(&since, "since", "", "only sessions started since: 14d, 24h, 90m before now, or an RFC 3339 time")
 	isJSON = jsonFormat(list.Flags())
 	cmd.AddCommand(list)

@@ -217,6 +217,7 @@ recorder {
 		t.Fatalf("ConfigReference's recorder block: %v %+v", diags, cfg)
 	}
 	block := func(body string) string { return goodConfig + "\nrecorder {\n" + body + "}\n" }
+	const bucket = "  bucket {\n    url = \"s3://rec/gw-1\"\n  }\n"
 	const uri = "pkcs11:token=gatehouse;object=recorder?module-path=/usr/lib/softhsm/libsofthsm2.so"
 	tests := map[string]struct {
 		src, want string
@@ -238,6 +239,14 @@ recorder {
 		"token for a file anchor":     {block(`  anchor = "/mnt/worm/l.jsonl"` + "\n" + `  anchor_token = "env:T"` + "\n"), "Token without an HTTP anchor", 16},
 		"a token in clear":            {block(`  anchor = "https://a.example/l"` + "\n" + `  anchor_token = "eyJhbGciOi"` + "\n"), "Not a secret reference", 16},
 		"CA for a file anchor":        {block(`  anchor = "/mnt/worm/l.jsonl"` + "\n" + `  anchor_ca = "/ca.pem"` + "\n"), "CA without an HTTPS anchor", 16},
+		"bucket anchor":               {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_retention = "2160h"` + "\n" + `  anchor_lock_mode = "governance"` + "\n" + bucket), "", 0},
+		"bucket anchor, no bucket":    {block(`  anchor = "s3://anchors/gw-1"` + "\n"), "Bucket anchor without a bucket block", 15},
+		"bucket anchor, no prefix":    {block(`  anchor = "s3://anchors"` + "\n" + bucket), "Invalid anchor", 15},
+		"anchor beside recordings":    {block(`  anchor = "s3://rec/gw-1/"` + "\n" + bucket), "Anchor beside the recordings", 15},
+		"retention, file anchor":      {block(`  anchor = "/mnt/worm/l.jsonl"` + "\n" + `  anchor_retention = "24h"` + "\n"), "Retention without a bucket anchor", 16},
+		"lock mode, no retention":     {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_lock_mode = "COMPLIANCE"` + "\n" + bucket), "Lock mode without retention", 16},
+		"unknown lock mode":           {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_retention = "24h"` + "\n" + `  anchor_lock_mode = "LEGAL"` + "\n" + bucket), "Invalid lock mode", 17},
+		"retention too short":         {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_retention = "1m"` + "\n" + bucket), "Invalid duration", 16},
 		"interval too short":          {block(`  checkpoint_interval = "10ms"` + "\n"), "Invalid duration", 15},
 		"unknown attribute":           {block(`  keyfile = "/k"` + "\n"), "Unsupported argument", 15},
 	}

@@ -108,10 +108,18 @@ recorder {
   anchor = "https://anchor.internal/v1/gatehouse/ledger"  # optional: every ledger entry is
                                      # also sent here, off the host: an http(s) URL (POST of
                                      # JSON lines; GET returns them for audit verify --anchor;
-                                     # http only to loopback) or an absolute file path on
-                                     # write-once or append-only storage (never in data_dir)
+                                     # http only to loopback), an absolute file path on
+                                     # write-once or append-only storage (never in data_dir),
+                                     # or s3://BUCKET/PREFIX (one per replica), reached with the
+                                     # bucket block's endpoint and credentials: each batch is a
+                                     # new object, never overwritten, and retained under object
+                                     # lock when the bucket has it
   anchor_token = "env:ANCHOR_TOKEN"  # optional: Authorization: Bearer for an http(s) anchor
   anchor_ca    = "/etc/gatehouse/tls/anchor-ca.pem"  # optional: CAs for an https anchor
+  # anchor_retention = "8760h"       # s3:// anchor in an object lock bucket: retain each object
+                                     # this long (default: the bucket's default retention)
+  # anchor_lock_mode = "COMPLIANCE"  # with anchor_retention: COMPLIANCE (default; no one can
+                                     # delete or shorten it) or GOVERNANCE
   checkpoint_interval = "30s"        # default 30s (1s to 1h): how often the ledger records the
                                      # head of every open session that grew (and at shutdown)
   # bucket {                         # optional: upload each recording once its session ends,
@@ -135,7 +143,10 @@ state {
                                      # as a secret reference, env:NAME or file:/path, never the DSN
                                      # itself. Approval requests live there: a vote through any
                                      # replica settles a request held on any other, and a
-                                     # single-use approval is spent once across them. The schema is
+                                     # single-use approval is spent once across them. With a
+                                     # recorder.bucket block too, the session index lives there:
+                                     # gatehouse sessions list --state lists every replica's
+                                     # sessions without reading the bucket. The schema is
                                      # created and migrated at start (the role needs CREATE on the
                                      # schema); gatehouse gateway --check reports its version
 }

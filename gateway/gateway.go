@@ -24,6 +24,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	"github.com/gatehouse-dev/gatehouse/gateway/session"
+	"github.com/gatehouse-dev/gatehouse/gateway/sessionindex"
 	"github.com/gatehouse-dev/gatehouse/gateway/ssh"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
 )
@@ -52,6 +53,9 @@ type Gateway struct {
 	rec   *recorder.Recorder
 	// uploader copies sealed recordings to recorder.bucket; nil without.
 	uploader *recordstore.Uploader
+	// index is the session index in the state database, which uploader
+	// writes; nil without a bucket and a state database.
+	index *sessionindex.Index
 	// approvals keeps review requests (files in the data directory, or
 	// the state block's PostgreSQL); notifier tells their webhooks.
 	approvals approval.Store
@@ -147,16 +151,22 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	// Every session is recorded, sealed with the recorder key (a file,
 	// by default DATA_DIR/recorder.key, or a PKCS#11 token) and named in
 	// the recordings' ledger (recording.go).
-	var onSeal func(string)
+	// With a bucket, sealed recordings are uploaded; with a state database
+	// too, the session index catalogues them (recordingbucket.go).
+	var hooks []recorder.Option
 	if cfg.Recorder.Bucket != nil {
-		onSeal = func(id string) { g.uploader.Sealed(id) } // set below, before any session
+		// g.uploader is set below, before any session starts.
+		hooks = append(hooks, recorder.WithOnSeal(func(id string) { g.uploader.Sealed(id) }))
+		if cfg.State.Postgres != "" {
+			hooks = append(hooks, recorder.WithOnStart(func(id string, ev recorder.Event) { g.uploader.Started(id, ev) }))
+		}
 	}
-	g.rec, err = openRecorder(cfg, g.log, onSeal)
+	g.rec, err = openRecorder(cfg, g.log, hooks...)
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Recorder.Bucket != nil {
-		if g.uploader, err = openUploader(cfg.Recorder.Bucket, g.rec, g.log); err != nil {
+		if g.uploader, g.index, err = openUploader(cfg, g.rec, g.log); err != nil {
 			g.rec.Close()
 			return nil, fmt.Errorf("gateway: recorder.bucket: %w", err)
 		}
@@ -304,6 +314,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 		if g.uploader != nil {
 			flushUploads(g.uploader, g.log)
+		}
+		if g.index != nil {
+			g.index.Close()
 		}
 	}()
 	// The persisted bundle first: it sets the revision floor, so a source

@@ -38,12 +38,15 @@ var (
 	descKeyFetches     = prometheus.NewDesc("gatehouse_identity_key_fetches_total", "Fetches of identity providers' discovery documents and key sets.", nil, nil)
 	descUploads        = prometheus.NewDesc("gatehouse_recordings_uploads_total", "Uploads to recorder.bucket, by object (recording, ledger) and result (ok; error: retried with backoff).", []string{"object", "result"}, nil)
 	descUploadQueue    = prometheus.NewDesc("gatehouse_recordings_upload_pending", "Sealed recordings waiting for their upload to recorder.bucket.", nil, nil)
+	descIndexRows      = prometheus.NewDesc("gatehouse_sessions_index_rows_total", "Rows written to the session index in the state database (a session's start, then its uploaded recording).", nil, nil)
+	descIndexPending   = prometheus.NewDesc("gatehouse_sessions_index_pending", "Session index rows waiting to be written (the state database was unreachable; retried with the uploads).", nil, nil)
+	descIndexDropped   = prometheus.NewDesc("gatehouse_sessions_index_dropped_total", "Session start rows not queued because the index queue was full; those sessions are indexed once their recordings are uploaded.", nil, nil)
 	descUploadOldest   = prometheus.NewDesc("gatehouse_recordings_upload_oldest_pending_seconds", "Seconds the oldest recording waiting for upload has waited (0: none); /readyz compares it with recorder.bucket.max_behind.", nil, nil)
 	descRecHealthy     = prometheus.NewDesc("gatehouse_recorder_healthy", "1 while the recorder can record; 0 after a failed fdatasync, until restart (every request is refused).", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches, descUploads, descUploadQueue, descUploadOldest} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches, descUploads, descUploadQueue, descUploadOldest, descIndexRows, descIndexPending, descIndexDropped} {
 		ch <- d
 	}
 }
@@ -111,6 +114,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		n, oldest := u.Backlog()
 		ch <- prometheus.MustNewConstMetric(descUploadQueue, prometheus.GaugeValue, float64(n))
 		ch <- prometheus.MustNewConstMetric(descUploadOldest, prometheus.GaugeValue, oldest.Seconds())
+		if g.index != nil {
+			ch <- prometheus.MustNewConstMetric(descIndexRows, prometheus.CounterValue, float64(u.Stats.IndexRows.Load()))
+			ch <- prometheus.MustNewConstMetric(descIndexPending, prometheus.GaugeValue, float64(u.Stats.IndexPending.Load()))
+			ch <- prometheus.MustNewConstMetric(descIndexDropped, prometheus.CounterValue, float64(u.Stats.IndexDropped.Load()))
+		}
 	}
 	buckets, count, sum := g.rec.Stats.Histogram()
 	ch <- prometheus.MustNewConstHistogram(descRecLatency, count, sum, buckets)

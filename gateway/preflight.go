@@ -17,6 +17,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/hsm"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 )
 
@@ -99,6 +100,18 @@ func Preflight(ctx context.Context, cfg *Config, o PreflightOptions) []Check {
 			path = RecorderKeyPath(cfg.DataDir)
 		}
 		add("recorder key "+path, existingOrCreatable(path), "")
+	}
+
+	if bc := cfg.Recorder.Bucket; bc != nil {
+		add("recordings bucket "+bc.URL, bucketCheck(ctx, bc, o.Resolver), "")
+		if recordstore.IsURL(cfg.Recorder.Anchor) {
+			note, err := anchorCheck(ctx, cfg.Recorder, o.Resolver)
+			add("recorder anchor "+cfg.Recorder.Anchor, err, note)
+		}
+		if ref := cfg.State.Postgres; ref != "" {
+			note, err := indexCheck(ctx, ref, o.Resolver)
+			add("session index in "+ref, err, note)
+		}
 	}
 
 	kr, err := bundle.LoadKeyring(cfg.Bundle.TrustedKeys...)

@@ -24,6 +24,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/hsm"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 )
 
@@ -43,8 +44,11 @@ type RecorderConfig struct {
 	// pin-source may name a PIN file instead.
 	PIN string
 	// Anchor receives every ledger entry: an absolute file path (meant for
-	// write-once or append-only storage, never inside data_dir) or an
-	// http(s) URL (POST of JSON lines; plain http only to loopback).
+	// write-once or append-only storage, never inside data_dir), an
+	// http(s) URL (POST of JSON lines; plain http only to loopback), or an
+	// s3://BUCKET/PREFIX reached with the bucket block's endpoint and
+	// credentials, where each batch is a new object, never overwritten,
+	// under object lock when the bucket has it.
 	Anchor string
 	// AnchorToken is a bearer token for an HTTP anchor, as a secret
 	// reference.
@@ -52,6 +56,12 @@ type RecorderConfig struct {
 	// AnchorCA is a PEM file of the CAs an HTTPS anchor's certificate
 	// chains to (default: the system's roots).
 	AnchorCA string
+	// AnchorRetention and AnchorLockMode are for an s3:// anchor in a
+	// bucket with object lock: each anchor object is retained for this
+	// long in this mode (COMPLIANCE or GOVERNANCE). 0: the bucket's
+	// default retention.
+	AnchorRetention time.Duration
+	AnchorLockMode  string
 	// CheckpointInterval is how often the ledger records the head of every
 	// open session that grew. Default 30s; events after a session's last
 	// checkpoint are the ones a cut tail can take while the gateway is
@@ -64,6 +74,7 @@ type RecorderConfig struct {
 
 var recorderSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "key"}, {Name: "pin"}, {Name: "anchor"}, {Name: "anchor_token"}, {Name: "anchor_ca"}, {Name: "checkpoint_interval"},
+	{Name: "anchor_retention"}, {Name: "anchor_lock_mode"},
 }, Blocks: []hcl.BlockHeaderSchema{{Type: "bucket"}}}
 
 // recorderBlock reads the recorder block and checks what can be checked
@@ -94,16 +105,18 @@ func (d *decoder) recorderBlock(b *hcl.Block, dataDir string) RecorderConfig {
 		d.secretRef(a, rc.PIN)
 	}
 	if a := c["anchor"]; a != nil && rc.Anchor != "" {
-		if recorder.IsURL(rc.Anchor) {
+		if recordstore.IsURL(rc.Anchor) {
+			d.bucketAnchor(a, rc)
+		} else if recorder.IsURL(rc.Anchor) {
 			u, err := url.Parse(rc.Anchor)
 			switch {
 			case err != nil || u.Host == "":
-				d.errorf(a.Expr.Range(), "Invalid anchor", "anchor must be an absolute file path or an http(s) URL")
+				d.errorf(a.Expr.Range(), "Invalid anchor", "anchor must be an absolute file path, an http(s) URL or an s3:// bucket URL")
 			case u.Scheme == "http" && !isLoopback(net.JoinHostPort(u.Hostname(), "0")):
 				d.errorf(a.Expr.Range(), "Plaintext anchor outside loopback", "an http:// anchor is only accepted on a loopback address: use https")
 			}
 		} else if !filepath.IsAbs(rc.Anchor) {
-			d.errorf(a.Expr.Range(), "Invalid anchor", "anchor must be an absolute file path or an http(s) URL")
+			d.errorf(a.Expr.Range(), "Invalid anchor", "anchor must be an absolute file path, an http(s) URL or an s3:// bucket URL")
 		} else if within(dataDir, rc.Anchor) {
 			d.errorf(a.Expr.Range(), "Anchor inside data_dir", "an anchor in the data directory anchors nothing: whoever can rewrite the ledger can rewrite it too; put it on storage the gateway's host can append to but not rewrite")
 		}
@@ -117,7 +130,43 @@ func (d *decoder) recorderBlock(b *hcl.Block, dataDir string) RecorderConfig {
 	if a := c["anchor_ca"]; a != nil && !strings.HasPrefix(rc.Anchor, "https://") {
 		d.errorf(a.Expr.Range(), "CA without an HTTPS anchor", "anchor_ca is for an https anchor")
 	}
+	if a := c["anchor_retention"]; a != nil {
+		rc.AnchorRetention = d.duration(a, time.Hour, 100*365*24*time.Hour)
+		if !recordstore.IsURL(rc.Anchor) {
+			d.errorf(a.Expr.Range(), "Retention without a bucket anchor", "anchor_retention is for an s3:// anchor in a bucket with object lock")
+		}
+	}
+	if a := c["anchor_lock_mode"]; a != nil {
+		rc.AnchorLockMode = strings.ToUpper(d.str(a))
+		switch {
+		case !recordstore.IsURL(rc.Anchor):
+			d.errorf(a.Expr.Range(), "Lock mode without a bucket anchor", "anchor_lock_mode is for an s3:// anchor in a bucket with object lock")
+		case rc.AnchorLockMode != "COMPLIANCE" && rc.AnchorLockMode != "GOVERNANCE":
+			d.errorf(a.Expr.Range(), "Invalid lock mode", "anchor_lock_mode is COMPLIANCE (no one can delete or shorten a retained object, the account's root included) or GOVERNANCE (users granted s3:BypassGovernanceRetention can)")
+		case rc.AnchorRetention == 0:
+			d.errorf(a.Expr.Range(), "Lock mode without retention", "anchor_lock_mode applies with anchor_retention; without it, objects take the bucket's default retention and its mode")
+		}
+	}
 	return rc
+}
+
+// bucketAnchor checks an s3:// anchor: a bucket URL, reached with the
+// bucket block's endpoint and credentials, at another place than the
+// recordings (its objects are not recordings).
+func (d *decoder) bucketAnchor(a *hcl.Attribute, rc RecorderConfig) {
+	loc, err := recordstore.ParseURL(rc.Anchor)
+	switch {
+	case err != nil:
+		d.errorf(a.Expr.Range(), "Invalid anchor", "%v", err)
+	case rc.Bucket == nil:
+		d.errorf(a.Expr.Range(), "Bucket anchor without a bucket block", "an s3:// anchor is reached with the recorder's bucket block (its endpoint, region and credentials): add recorder { bucket { ... } }")
+	case loc.Prefix == "":
+		d.errorf(a.Expr.Range(), "Invalid anchor", "give the anchor a prefix of its own, s3://BUCKET/PREFIX (one per gateway replica)")
+	default:
+		if rl, err := recordstore.ParseURL(rc.Bucket.URL); err == nil && rl == loc {
+			d.errorf(a.Expr.Range(), "Anchor beside the recordings", "the anchor needs a prefix other than the recordings' (%s), ideally in a bucket with object lock", rl)
+		}
+	}
 }
 
 // secretRef checks that an attribute is an env: or file: reference. The
@@ -146,7 +195,7 @@ func within(dir, path string) bool {
 // DATA_DIR/recorder.pub (keeping an earlier, different one as
 // recorder-KEYID.pub, so recordings it signed still verify), and says in
 // the log what the setup does not protect against.
-func openRecorder(cfg *Config, log *slog.Logger, onSeal func(string)) (*recorder.Recorder, error) {
+func openRecorder(cfg *Config, log *slog.Logger, hooks ...recorder.Option) (*recorder.Recorder, error) {
 	rc := cfg.Recorder
 	key, where, err := recorderKey(cfg)
 	if err != nil {
@@ -154,11 +203,9 @@ func openRecorder(cfg *Config, log *slog.Logger, onSeal func(string)) (*recorder
 	}
 	opts := []recorder.Option{recorder.WithLogger(log),
 		recorder.WithCheckpointInterval(cmp.Or(rc.CheckpointInterval, recorder.DefaultCheckpointInterval))}
-	if onSeal != nil {
-		opts = append(opts, recorder.WithOnSeal(onSeal))
-	}
+	opts = append(opts, hooks...)
 	if rc.Anchor != "" {
-		a, err := anchorOf(rc)
+		a, err := anchorOf(rc, log)
 		if err != nil {
 			closeKey(key)
 			return nil, fmt.Errorf("gateway: recorder anchor: %w", err)
@@ -229,7 +276,10 @@ func closeKey(k crypto.Signer) {
 }
 
 // anchorOf makes the anchor the config names.
-func anchorOf(rc RecorderConfig) (recorder.Anchor, error) {
+func anchorOf(rc RecorderConfig, log *slog.Logger) (recorder.Anchor, error) {
+	if recordstore.IsURL(rc.Anchor) {
+		return bucketAnchorOf(rc, log)
+	}
 	if !recorder.IsURL(rc.Anchor) {
 		return recorder.NewFileAnchor(rc.Anchor), nil
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
+	"github.com/gatehouse-dev/gatehouse/internal/pgmigrate"
 )
 
 // stateTimeout bounds connecting to the state database at start, and its
@@ -42,13 +43,19 @@ func (g *Gateway) openApprovals(res secrets.Resolver) (approval.Store, error) {
 // resolves, the database answers, and its schema is one this build can
 // use (older ones are migrated at start). It changes nothing.
 func stateCheck(ctx context.Context, ref string, res secrets.Resolver) (string, error) {
+	return schemaCheck(ctx, ref, res, approval.CheckPostgres)
+}
+
+// schemaCheck resolves ref and reads one component's schema version in the
+// database it names, with check, changing nothing.
+func schemaCheck(ctx context.Context, ref string, res secrets.Resolver, check func(context.Context, string) (pgmigrate.Status, error)) (string, error) {
 	dsn, err := res.Resolve(ref)
 	if err != nil {
 		return "", err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := approval.CheckPostgres(ctx, dsn)
+	st, err := check(ctx, dsn)
 	switch {
 	case err != nil:
 		return "", err

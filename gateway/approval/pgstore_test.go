@@ -15,55 +15,28 @@ import (
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/approval/approvaltest"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
-	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
 	"github.com/gatehouse-dev/gatehouse/internal/pgtest"
 )
 
 // The PostgreSQL tests share one server, started by the first that needs
 // it; each test gets a database of its own, owned by a role that is not a
 // superuser, as a gateway's state database would be.
-var (
-	pgOnce sync.Once
-	pgSrv  *pgtest.Server
-	pgErr  error
-	pgSeq  atomic.Int64
-)
+var pg = &pgtest.Shared{Role: stateRole, Password: statePassword}
 
 const stateRole, statePassword = "gatehouse", "state-pw'1"
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if pgSrv != nil {
-		if err := pgSrv.Close(); err != nil {
-			fmt.Fprintln(os.Stderr, "pgcluster:", err)
-		}
+	if err := pg.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "pgcluster:", err)
 	}
 	os.Exit(code)
 }
 
-func pgServer(t *testing.T) *pgtest.Server {
-	t.Helper()
-	pgOnce.Do(func() {
-		var srv *pgcluster.Server
-		if srv, pgErr = pgcluster.Start(); pgErr == nil {
-			pgSrv = &pgtest.Server{Server: srv}
-			pgErr = srv.CreateRole(stateRole, statePassword)
-		}
-	})
-	if pgErr != nil {
-		t.Fatalf("pgcluster: %v", pgErr)
-	}
-	return pgSrv
-}
+func pgServer(t *testing.T) *pgtest.Server { return pg.Server(t) }
 
 // stateDB makes an empty database and returns its name and DSN.
-func stateDB(t *testing.T) (string, string) {
-	t.Helper()
-	srv := pgServer(t)
-	name := fmt.Sprint("state_", pgSeq.Add(1))
-	srv.CreateDatabase(t, name, stateRole)
-	return name, srv.ConnString(stateRole, statePassword, name)
-}
+func stateDB(t *testing.T) (string, string) { return pg.NewDatabase(t) }
 
 // openPG opens a store on dsn and closes it when the test ends.
 func openPG(t *testing.T, dsn string, opts ...approval.Option) *approval.PGStore {

@@ -14,6 +14,15 @@ import (
 // before it. fn is called with the session's lock held: it must not block.
 func WithOnSeal(fn func(session string)) Option { return func(r *Recorder) { r.onSeal = fn } }
 
+// WithOnStart calls fn with a session's id and its start event (as
+// written: type, session, time and format filled in) once the recording has
+// begun and the ledger names it. It is called on the session's own path
+// before anything is forwarded, so it must not block: a catalogue of open
+// sessions (the session index) queues what it is told.
+func WithOnStart(fn func(session string, start Event)) Option {
+	return func(r *Recorder) { r.onStart = fn }
+}
+
 // LedgerSnapshot returns the ledger's durable entries, whole lines only:
 // a copy that never holds an entry a crash could take back.
 func (r *Recorder) LedgerSnapshot() ([]byte, error) {

@@ -57,6 +57,8 @@ type Recorder struct {
 	anchor   Anchor
 	// onSeal is told of every recording End closed (WithOnSeal).
 	onSeal func(session string)
+	// onStart is told of every recording Start began (WithOnStart).
+	onStart func(session string, start Event)
 
 	// Recovered lists what Open could not repair from a journal left by a
 	// crash, and the recordings it could not seal (the gateway logs it;
@@ -282,6 +284,9 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 		return nil, err
 	}
 	start.Type, start.Session, start.Format = TypeStart, id, FormatVersion
+	if start.Time.IsZero() {
+		start.Time = time.Now().UTC()
+	}
 	if _, err := s.Record(start); err != nil {
 		r.j.forget(s)
 		f.Close()
@@ -301,6 +306,9 @@ func (r *Recorder) Start(id string, start Event) (*Session, error) {
 	s.mu.Lock()
 	s.checkpointed = max(s.checkpointed, 1)
 	s.mu.Unlock()
+	if r.onStart != nil {
+		r.onStart(id, start)
+	}
 	return s, nil
 }
 

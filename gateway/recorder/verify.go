@@ -315,7 +315,12 @@ func ReadEvents(path string) ([]Event, error) {
 		return nil, err
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 64<<10)
+	return ParseEvents(f)
+}
+
+// ParseEvents reads a recording's events from r, as ReadEvents does.
+func ParseEvents(r io.Reader) ([]Event, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
 	var out []Event
 	for {
 		raw, err := readLine(br)

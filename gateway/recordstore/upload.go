@@ -1,6 +1,8 @@
 package recordstore
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
+	"github.com/gatehouse-dev/gatehouse/gateway/sessionindex"
 )
 
 // Stats count the Uploader's work, for metrics.
@@ -31,7 +34,24 @@ type Stats struct {
 	Failures atomic.Int64
 	// LastError is the last failure's message.
 	LastError atomic.Pointer[string]
+	// IndexRows counts rows written to the session index, IndexPending
+	// the rows waiting, IndexDropped the start rows not queued because
+	// the queue was full (their sessions are indexed once uploaded).
+	IndexRows    atomic.Int64
+	IndexPending atomic.Int64
+	IndexDropped atomic.Int64
 }
+
+// Indexer keeps the session index (sessionindex.Index).
+type Indexer interface {
+	Put(ctx context.Context, rows []sessionindex.Entry) error
+	List(ctx context.Context, f sessionindex.Filter) ([]sessionindex.Entry, error)
+}
+
+// maxIndexQueue bounds the rows waiting for the index while it cannot be
+// reached. Past it, start rows are dropped (counted); rows of uploaded
+// recordings are always kept, so every uploaded session is indexed.
+const maxIndexQueue = 50000
 
 // Uploader copies recordings into a Store once their sessions end, and the
 // ledger after them. It never deletes or changes a local file.
@@ -59,6 +79,17 @@ type Uploader struct {
 	ledgerDirty bool
 	kick        chan struct{}
 	pass        sync.Mutex
+
+	// index, when set, is told of sessions as they start and as their
+	// recordings are uploaded; indexQ holds the rows not written yet.
+	index  Indexer
+	indexQ []sessionindex.Entry
+	// unindexed: leftovers the bucket holds already, indexed again
+	// unless the index has their uploaded row (checkIndexed).
+	unindexed []string
+	// indexOnly: pending recordings the bucket may hold already (same
+	// size), indexed without a second upload when its SHA-256 matches.
+	indexOnly map[string]bool
 }
 
 // UploaderOption configures an Uploader.
@@ -69,6 +100,10 @@ type UploaderOption func(*Uploader)
 func WithBackoff(min, max time.Duration) UploaderOption {
 	return func(u *Uploader) { u.min, u.max = min, max }
 }
+
+// WithIndex makes the Uploader keep a session index: a row when a session
+// starts (Started) and another once its recording is uploaded.
+func WithIndex(ix Indexer) UploaderOption { return func(u *Uploader) { u.index = ix } }
 
 // WithLogger sets where the Uploader reports failures.
 func WithLogger(l *slog.Logger) UploaderOption { return func(u *Uploader) { u.log = l } }
@@ -84,7 +119,7 @@ func WithLogger(l *slog.Logger) UploaderOption { return func(u *Uploader) { u.lo
 func NewUploader(store *Store, dir string, pub ed25519.PublicKey, ledger func() ([]byte, error), opts ...UploaderOption) (*Uploader, error) {
 	u := &Uploader{store: store, dir: dir, ledger: ledger, log: slog.New(slog.DiscardHandler),
 		min: time.Second, max: 5 * time.Minute, now: time.Now,
-		pending: map[string]time.Time{}, kick: make(chan struct{}, 1), ledgerDirty: true}
+		pending: map[string]time.Time{}, indexOnly: map[string]bool{}, kick: make(chan struct{}, 1), ledgerDirty: true}
 	for _, o := range opts {
 		o(u)
 	}
@@ -117,6 +152,64 @@ func (u *Uploader) Sealed(session string) {
 	u.ledgerDirty = true
 	u.mu.Unlock()
 	u.poke()
+}
+
+// Started queues a session's start for the index (the recorder calls it,
+// recorder.WithOnStart, before anything of the session is forwarded). It
+// never blocks. Without an index it does nothing.
+func (u *Uploader) Started(session string, start recorder.Event) {
+	if u.index == nil {
+		return
+	}
+	row := sessionindex.Entry{Session: session, Location: u.store.Location().String(), Identity: start.Identity,
+		Subject: start.Subject, Issuer: start.Issuer, Resource: start.Resource, Protocol: cmp.Or(start.Protocol, "postgres"),
+		ClientAddr: start.ClientAddr, Started: start.Time, Status: sessionindex.StatusOpen, Events: 1, Updated: u.now()}
+	u.mu.Lock()
+	if len(u.indexQ) >= maxIndexQueue {
+		u.mu.Unlock()
+		u.Stats.IndexDropped.Add(1)
+		return
+	}
+	u.indexQ = append(u.indexQ, row)
+	u.Stats.IndexPending.Store(int64(len(u.indexQ)))
+	u.mu.Unlock()
+	u.poke()
+}
+
+// queueIndex queues the row of an uploaded recording.
+func (u *Uploader) queueIndex(row sessionindex.Entry) {
+	u.mu.Lock()
+	u.indexQ = append(u.indexQ, row)
+	u.Stats.IndexPending.Store(int64(len(u.indexQ)))
+	u.mu.Unlock()
+}
+
+// writeIndex writes the rows queued, in order. What fails stays queued,
+// ahead of what came since.
+func (u *Uploader) writeIndex(ctx context.Context) error {
+	u.mu.Lock()
+	rows := u.indexQ
+	u.indexQ = nil
+	u.mu.Unlock()
+	if len(rows) == 0 {
+		return nil
+	}
+	for len(rows) > 0 {
+		n := min(len(rows), 500)
+		if err := u.index.Put(ctx, rows[:n]); err != nil {
+			u.mu.Lock()
+			u.indexQ = append(rows, u.indexQ...)
+			u.Stats.IndexPending.Store(int64(len(u.indexQ)))
+			u.mu.Unlock()
+			return fmt.Errorf("session index: %w", err)
+		}
+		u.Stats.IndexRows.Add(int64(n))
+		rows = rows[n:]
+	}
+	u.mu.Lock()
+	u.Stats.IndexPending.Store(int64(len(u.indexQ)))
+	u.mu.Unlock()
+	return nil
 }
 
 func (u *Uploader) poke() {
@@ -185,6 +278,12 @@ func (u *Uploader) Pass(ctx context.Context) error {
 	if err := u.scan(ctx); err != nil {
 		return u.failed(err)
 	}
+	// An index that cannot be read holds no upload up: its error is
+	// returned once the rest is done.
+	var indexErr error
+	if u.index != nil {
+		indexErr = u.checkIndexed(ctx)
+	}
 	u.mu.Lock()
 	names := make([]string, 0, len(u.pending))
 	for n := range u.pending {
@@ -196,13 +295,24 @@ func (u *Uploader) Pass(ctx context.Context) error {
 	})
 	u.mu.Unlock()
 	for _, n := range names {
-		if err := u.upload(ctx, n); err != nil {
+		u.mu.Lock()
+		indexOnly := u.indexOnly[n]
+		u.mu.Unlock()
+		if err := u.upload(ctx, n, indexOnly); err != nil {
+			// The rows queued so far still go to the index: a bucket
+			// that is down keeps no session out of it.
+			if u.index != nil {
+				_ = u.writeIndex(ctx)
+			}
 			return u.failed(err)
 		}
 		u.mu.Lock()
 		delete(u.pending, n)
+		delete(u.indexOnly, n)
 		u.mu.Unlock()
-		u.Stats.Uploads.Add(1)
+		if !indexOnly {
+			u.Stats.Uploads.Add(1)
+		}
 	}
 	u.mu.Lock()
 	dirty := u.ledgerDirty
@@ -216,6 +326,14 @@ func (u *Uploader) Pass(ctx context.Context) error {
 			return u.failed(err)
 		}
 		u.Stats.LedgerUploads.Add(1)
+	}
+	if u.index != nil {
+		if err := u.writeIndex(ctx); err != nil {
+			return u.failed(err)
+		}
+	}
+	if indexErr != nil {
+		return u.failed(indexErr)
 	}
 	return nil
 }
@@ -262,6 +380,9 @@ func (u *Uploader) scan(ctx context.Context) error {
 			continue
 		}
 		if size, ok := inBucket[id+".jsonl"]; ok && size == fi.Size() {
+			if u.index != nil {
+				u.unindexed = append(u.unindexed, id)
+			}
 			continue
 		}
 		if _, ok := u.pending[id]; !ok {
@@ -276,24 +397,67 @@ func (u *Uploader) scan(ctx context.Context) error {
 	return nil
 }
 
-// upload verifies one recording, to mark it, and uploads it.
-func (u *Uploader) upload(ctx context.Context, id string) error {
+// checkIndexed queues again the leftovers the bucket holds whose uploaded
+// row the index lacks: a recording uploaded just before a crash may have
+// no row yet, or its start row alone. Each is indexed without a second
+// upload when the bucket's copy has its SHA-256 (uploaded again when
+// not). While the index cannot be read they wait for the next pass.
+func (u *Uploader) checkIndexed(ctx context.Context) error {
+	u.mu.Lock()
+	ids := u.unindexed
+	u.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := u.index.List(ctx, sessionindex.Filter{Location: u.store.Location().String()})
+	if err != nil {
+		return fmt.Errorf("session index: %w", err)
+	}
+	indexed := map[string]bool{}
+	for _, r := range rows {
+		if r.Status != sessionindex.StatusOpen {
+			indexed[r.Session] = true
+		}
+	}
+	since := u.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := u.pending[id]; !ok && !indexed[id] {
+			u.pending[id] = since
+			u.indexOnly[id] = true
+		}
+	}
+	u.unindexed = nil
+	return nil
+}
+
+// local is a recording as read from the directory, verified to mark it.
+type local struct {
+	path   string
+	data   []byte
+	sum    string // hex SHA-256 of data
+	status string
+}
+
+// read reads and verifies one recording; nil, nil when it is gone from
+// the directory (removed by hand: nothing to upload; audit verify reports
+// it MISSING from the ledger).
+func (u *Uploader) read(id string) (*local, error) {
 	path := filepath.Join(u.dir, id+".jsonl")
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			// Gone from the directory (removed by hand): nothing to
-			// upload; audit verify reports it MISSING from the ledger.
 			u.log.Error("a recording to upload is no longer in the recordings directory", "recording", id)
-			return nil
+			return nil, nil
 		}
-		return err
+		return nil, err
 	}
 	status := recorder.StatusUnsealed
 	if u.keys != nil {
 		rep, err := recorder.Verify(path, u.keys)
 		if err != nil {
-			return fmt.Errorf("verify %s: %w", path, err)
+			return nil, fmt.Errorf("verify %s: %w", path, err)
 		}
 		status = rep.State()
 		if rep.Events == 0 {
@@ -301,18 +465,65 @@ func (u *Uploader) upload(ctx context.Context, id string) error {
 		}
 		// What was read must be what was verified.
 		if fi, err := os.Stat(path); err == nil && fi.Size() != int64(len(data)) {
-			return fmt.Errorf("%s changed while it was uploaded", path)
+			return nil, fmt.Errorf("%s changed while it was uploaded", path)
 		}
 	}
 	sum := sha256.Sum256(data)
-	meta := map[string]string{MetaStatus: status, MetaSHA256: hex.EncodeToString(sum[:])}
-	if err := u.store.Put(ctx, id+".jsonl", data, meta); err != nil {
+	return &local{path: path, data: data, sum: hex.EncodeToString(sum[:]), status: status}, nil
+}
+
+// upload verifies one recording, to mark it, and uploads it. With
+// indexOnly, a recording the bucket already holds with the same SHA-256 is
+// not uploaded again, only indexed.
+func (u *Uploader) upload(ctx context.Context, id string, indexOnly bool) error {
+	l, err := u.read(id)
+	if l == nil || err != nil {
 		return err
 	}
-	if status != recorder.StatusOK {
-		u.log.Warn("uploaded a recording that is not sealed by its session's end", "recording", id, "status", status, "bucket", u.store.Location().String())
+	if indexOnly {
+		if o, err := u.store.Stat(ctx, id+".jsonl"); err == nil && o.Meta[MetaSHA256] == l.sum && o.Size == int64(len(l.data)) {
+			u.queueIndex(indexRow(u.store.Location(), id, l, u.now()))
+			return nil
+		}
+	}
+	meta := map[string]string{MetaStatus: l.status, MetaSHA256: l.sum}
+	if err := u.store.Put(ctx, id+".jsonl", l.data, meta); err != nil {
+		return err
+	}
+	if u.index != nil {
+		u.queueIndex(indexRow(u.store.Location(), id, l, u.now()))
+	}
+	if l.status != recorder.StatusOK {
+		u.log.Warn("uploaded a recording that is not sealed by its session's end", "recording", id, "status", l.status, "bucket", u.store.Location().String())
 	}
 	return nil
+}
+
+// indexRow is an uploaded recording's row: its start event says who and
+// what, its last event when it ended (unless it is not sealed).
+func indexRow(loc Location, id string, l *local, now time.Time) sessionindex.Entry {
+	row := sessionindex.Entry{Session: id, Location: loc.String(), Status: l.status, Object: loc.String() + id + ".jsonl",
+		Size: int64(len(l.data)), SHA256: l.sum, Updated: now}
+	evs, _ := recorder.ParseEvents(bytes.NewReader(l.data)) // lines that do not parse: Verify judged them (status)
+	row.Events = len(evs)
+	if len(evs) > 0 {
+		st := evs[0]
+		row.Identity, row.Subject, row.Issuer, row.Resource = st.Identity, st.Subject, st.Issuer, st.Resource
+		row.Protocol, row.ClientAddr, row.Started = cmp.Or(st.Protocol, "postgres"), st.ClientAddr, st.Time
+		// A crash seal is written at the next start: the session ended
+		// with the event before it.
+		if last := evs[len(evs)-1]; last.Type == recorder.TypeSeal {
+			end := last.Time
+			if last.Kind == recorder.SealCrashed && len(evs) > 1 {
+				end = evs[len(evs)-2].Time
+			}
+			row.Ended = &end
+		}
+	}
+	if row.Started.IsZero() {
+		row.Started = now // not a recording the recorder wrote; Verify said so (status)
+	}
+	return row
 }
 
 func (u *Uploader) uploadLedger(ctx context.Context) error {

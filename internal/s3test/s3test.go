@@ -350,6 +350,18 @@ func (s *Server) CreateBucket(name string) error {
 	}
 }
 
+// CreateLockedBucket creates a bucket with S3 Object Lock enabled (and
+// so versioning), as an anchor's bucket is meant to be.
+func (s *Server) CreateLockedBucket(name string) error {
+	c, err := s.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), httpTimeout)
+	defer cancel()
+	return c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: "us-east-1", ObjectLocking: true})
+}
+
 func (s *Server) signedPut(path string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), httpTimeout)
 	defer cancel()
