@@ -163,6 +163,11 @@ Exit status:
 					if st, err = bucket.open(anchor); err == nil {
 						opts.Anchor, err = recordstore.ReadAnchor(ctx, st)
 					}
+					if err == nil && len(opts.Anchor) == 0 {
+						// A mistyped prefix, or an anchor never written:
+						// comparing with nothing would prove nothing.
+						err = fmt.Errorf("the anchor %s holds no ledger entries: is the prefix the gateway's recorder.anchor, and has it written there (gatehouse gateway --check)?", anchor)
+					}
 				} else {
 					opts.Anchor, err = recorder.ReadAnchor(ctx, anchor, nil, token)
 				}

@@ -96,6 +96,10 @@ func TestRecordingCommandsReadABucket(t *testing.T) {
 	assertContains(t, "audit verify (rewritten)", res.stdout, "ALTERED  "+url+"/done.jsonl")
 	mustRun(t, exitFailure, "replay", url+"/done", "--key", pubPath, "--format", "timeline")
 
+	// An anchor prefix with nothing in it proves nothing: exit 2.
+	res = mustRun(t, exitUsage, "audit", "verify", url, "--key", pubPath, "--anchor", "s3://"+s.Bucket()+"/no-anchor-here")
+	assertContains(t, "audit verify --anchor (empty)", res.stderr, "holds no ledger entries")
+
 	// Wrong credentials, or no such session: exit 2, saying why.
 	res = mustRun(t, exitUsage, "replay", url+"/nosuch", "--key", pubPath)
 	assertContains(t, "replay of a missing session", res.stderr, "not in the bucket")

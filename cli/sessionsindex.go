@@ -31,6 +31,11 @@ func (l indexList) run(ctx context.Context, w io.Writer) error {
 		// Not repeated: it may be the DSN, password and all.
 		return &exitError{code: exitUsage, err: errors.New("--state: want a reference to the DSN, env:NAME or file:/path (a DSN holds a password: keep it out of the command line)")}
 	}
+	switch l.filter.Status {
+	case "", sessionindex.StatusOpen, recorder.StatusOK, recorder.StatusCrashed, recorder.StatusUnsealed, recorder.StatusIncomplete, recorder.StatusAltered:
+	default:
+		return &exitError{code: exitUsage, err: fmt.Errorf("--status %q: want open, ok, crashed, unsealed, incomplete or altered", l.filter.Status)}
+	}
 	if l.where != "" {
 		if !recordstore.IsURL(l.where) {
 			return &exitError{code: exitUsage, err: fmt.Errorf("with --state, the argument is a bucket URL (s3://BUCKET/PREFIX) that narrows the list, not %q", l.where)}
@@ -49,7 +54,7 @@ func (l indexList) run(ctx context.Context, w io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	ix, err := sessionindex.Open(ctx, dsn)
+	ix, err := sessionindex.OpenReader(ctx, dsn)
 	if err != nil {
 		return &exitError{code: exitUsage, err: fmt.Errorf("--state %s: %w", l.state, err)}
 	}
@@ -85,6 +90,8 @@ func (l indexList) run(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6s  %-8s %s\n", r.Session, r.Started.UTC().Format("2006-01-02 15:04:05"),
 			r.Identity, r.Resource, events, sealedWord(r.Status), where)
 	}
+	// The index is what the replicas said, not what the bucket holds now.
+	fmt.Fprintln(l.progress, "from the session index (what each replica reported at upload); prove recordings with: gatehouse audit verify s3://...")
 	return nil
 }
 

@@ -165,9 +165,22 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	// From here on, a failure closes what was opened.
+	built := false
+	defer func() {
+		if built {
+			return
+		}
+		if g.approvals != nil {
+			g.approvals.Close()
+		}
+		if g.index != nil {
+			g.index.Close()
+		}
+		g.rec.Close()
+	}()
 	if cfg.Recorder.Bucket != nil {
 		if g.uploader, g.index, err = openUploader(cfg, g.rec, g.log); err != nil {
-			g.rec.Close()
 			return nil, fmt.Errorf("gateway: recorder.bucket: %w", err)
 		}
 	}
@@ -179,23 +192,21 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	if ref := cfg.State.Postgres; ref != "" && cfg.Postgres != nil {
 		dsn, err := res.Resolve(ref)
 		if err != nil {
-			g.rec.Close()
 			return nil, fmt.Errorf("gateway: state.postgres: %w", err)
 		}
 		g.cancels = newCancelRelay(dsn, g.log)
 	}
-	g.approvals, err = g.openApprovals(res)
+	approvals, err := g.openApprovals(res)
 	if err != nil {
-		g.rec.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	g.approvals = approvals
 	g.core = session.New(g.store, session.WithRecorder(g.rec), session.WithApprovals(g.approvals),
 		session.WithClock(g.clock), session.WithLogger(g.log))
 	if err := g.buildProxies(res); err != nil {
-		g.approvals.Close()
-		g.rec.Close()
 		return nil, err
 	}
+	built = true
 	return g, nil
 }
 

@@ -116,6 +116,23 @@ func TestAnchor(t *testing.T) {
 		}
 	})
 
+	t.Run("junk without a newline is read, not fatal", func(t *testing.T) {
+		// Whoever holds the credentials puts an object the gateway never
+		// writes: the audit must see it (as a line that is not a ledger
+		// entry) and the entries after it, not stop.
+		st := storeOf(t, s, "junk")
+		a := recordstore.NewAnchor(st, recordstore.AnchorOptions{})
+		mustAppend(t, a, ledgerLines("gw", 1, 2))
+		if _, err := c.PutObject(ctx, s.Bucket(), "junk/00000000000000000003.jsonl", strings.NewReader("garbage"), 7, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		mustAppend(t, a, ledgerLines("gw", 4, 5))
+		want := append(append(ledgerLines("gw", 1, 2), "garbage\n"...), ledgerLines("gw", 4, 5)...)
+		if got := mustRead(t, st); !bytes.Equal(got, want) {
+			t.Errorf("ReadAnchor = %q, want %q", got, want)
+		}
+	})
+
 	t.Run("retry after a lost answer", func(t *testing.T) {
 		st := storeOf(t, s, "retry")
 		a := recordstore.NewAnchor(st, recordstore.AnchorOptions{})

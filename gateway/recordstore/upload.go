@@ -245,7 +245,8 @@ func (u *Uploader) Run(ctx context.Context) {
 			}
 			wait = min(max(2*wait, u.min), u.max)
 			n, oldest := u.Backlog()
-			u.log.Warn("recordings upload failed; retrying", "err", err, "retry_in", wait, "pending", n, "oldest", oldest.Round(time.Second))
+			u.log.Warn("recordings upload (or the session index) failed; retrying", "err", err, "retry_in", wait, "pending", n, "oldest", oldest.Round(time.Second),
+				"index_rows_pending", u.Stats.IndexPending.Load())
 		} else {
 			wait = 0
 		}
@@ -409,9 +410,9 @@ func (u *Uploader) checkIndexed(ctx context.Context) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	rows, err := u.index.List(ctx, sessionindex.Filter{Location: u.store.Location().String()})
+	rows, err := u.index.List(ctx, sessionindex.Filter{Location: u.store.Location().String(), Sessions: ids})
 	if err != nil {
-		return fmt.Errorf("session index: %w", err)
+		return err
 	}
 	indexed := map[string]bool{}
 	for _, r := range rows {
@@ -550,7 +551,8 @@ func (u *Uploader) Flush(ctx context.Context) error {
 	u.mu.Unlock()
 	if err := u.Pass(ctx); err != nil {
 		n, _ := u.Backlog()
-		return fmt.Errorf("%d recording(s) not uploaded, left for the next start: %w", n, err)
+		return fmt.Errorf("%d recording(s) not uploaded and %d session index row(s) not written; the next start uploads the recordings and indexes them: %w",
+			n, u.Stats.IndexPending.Load(), err)
 	}
 	return nil
 }

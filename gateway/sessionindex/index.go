@@ -10,7 +10,8 @@
 // gateway writes rows after the fact (a session's start once its
 // recording has begun, its end once the recording has been uploaded and
 // read back), from a queue that is retried: an unreachable state database
-// holds no session up and loses no row.
+// holds no session up, and every uploaded recording gets its row (start
+// rows past a bounded queue are dropped, and counted).
 package sessionindex
 
 import (
@@ -96,6 +97,44 @@ func Open(ctx context.Context, dsn string) (*Index, error) {
 	return &Index{pool: pool}, nil
 }
 
+// OpenReader connects to the database dsn names to read the index, in
+// read-only transactions, without migrating anything: an auditor's role
+// may have SELECT alone, and a newer CLI must not change the schema the
+// gateways use. It fails when no gateway has created the index yet, or
+// when its schema is not this build's.
+func OpenReader(ctx context.Context, dsn string) (*Index, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("session index: %w", pgmigrate.ErrBadDSN)
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "gatehouse-cli"
+	}
+	cfg.ConnConfig.RuntimeParams["default_transaction_read_only"] = "on"
+	cfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("session index: %w", err)
+	}
+	err = pool.AcquireFunc(ctx, func(c *pgxpool.Conn) error {
+		st, err := schema.Check(ctx, c.Conn())
+		switch {
+		case err != nil:
+			return err
+		case st.Version == 0:
+			return errors.New("this state database has no session index yet: a gateway creates it when it starts with a state block and a recorder.bucket block")
+		case st.Version < st.Latest:
+			return fmt.Errorf("the session index is at schema version %d, and this gatehouse reads %d: upgrade the gateways first (they migrate it at start)", st.Version, st.Latest)
+		}
+		return nil
+	})
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("session index: %w", err)
+	}
+	return &Index{pool: pool}, nil
+}
+
 // Close closes the connections.
 func (ix *Index) Close() { ix.pool.Close() }
 
@@ -135,7 +174,8 @@ func (ix *Index) Put(ctx context.Context, entries []Entry) error {
 					issuer = excluded.issuer, resource = excluded.resource, protocol = excluded.protocol,
 					client_addr = excluded.client_addr, started_at = excluded.started_at, ended_at = excluded.ended_at,
 					status = excluded.status, events = excluded.events, object = excluded.object, size = excluded.size,
-					sha256 = excluded.sha256, updated_at = excluded.updated_at`
+					sha256 = excluded.sha256, updated_at = excluded.updated_at
+					WHERE gatehouse_sessions.location = excluded.location`
 			}
 			b.Queue(`INSERT INTO gatehouse_sessions (session, location, identity, subject, issuer, resource, protocol,
 				client_addr, started_at, ended_at, status, events, object, size, sha256, updated_at)
@@ -191,6 +231,8 @@ type Filter struct {
 	Status string
 	// Limit caps the rows (0: no cap); the newest are kept.
 	Limit int
+	// Sessions: only these sessions (nil: any).
+	Sessions []string
 }
 
 // selectRows reads Entry's columns, in scan's order.
@@ -227,6 +269,9 @@ func (ix *Index) List(ctx context.Context, f Filter) ([]Entry, error) {
 	}
 	if f.Status != "" {
 		add("status = $%d", f.Status)
+	}
+	if f.Sessions != nil {
+		add("session = ANY($%d)", f.Sessions)
 	}
 	q := selectRows
 	if len(where) > 0 {

@@ -159,6 +159,43 @@ func TestOpenRowNeverTakesBackAnUploadedOne(t *testing.T) {
 	sameEntry(t, get(t, ix, "batch-2"), up4)
 }
 
+// TestRowsStayWithTheirLocation: a replica's write never moves another
+// replica's row (a session id reused, or a misconfigured replica).
+func TestRowsStayWithTheirLocation(t *testing.T) {
+	ix := fresh(t)
+	mine := uploaded("s1", "s3://b/replica-1/", t0)
+	put(t, ix, mine)
+	other := uploaded("s1", "s3://b/replica-2/", t0)
+	other.Status = "altered"
+	put(t, ix, other)
+	sameEntry(t, get(t, ix, "s1"), mine)
+}
+
+// TestOpenReader: the CLI reads without migrating, in read-only
+// transactions, and says so when no gateway has made the index yet.
+func TestOpenReader(t *testing.T) {
+	db, dsn := stateDB(t)
+	if _, err := sessionindex.OpenReader(ctx, dsn); err == nil || !strings.Contains(err.Error(), "no session index yet") {
+		t.Fatalf("OpenReader on an empty database: %v", err)
+	}
+	var made bool
+	if err := pgServer(t).Conn(t, db).QueryRow(ctx, "SELECT to_regclass('gatehouse_sessions') IS NOT NULL").Scan(&made); err != nil || made {
+		t.Fatalf("OpenReader made the index (%v)", err)
+	}
+	put(t, open(t, dsn), uploaded("s1", "s3://b/gw/", t0))
+	r, err := sessionindex.OpenReader(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if rows, err := r.List(ctx, sessionindex.Filter{}); err != nil || len(rows) != 1 {
+		t.Fatalf("List through the reader: %v %v", rows, err)
+	}
+	if err := r.Put(ctx, []sessionindex.Entry{uploaded("s2", "s3://b/gw/", t0)}); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Fatalf("a write through the reader: %v, want a read-only transaction's refusal", err)
+	}
+}
+
 func sessions(rows []sessionindex.Entry) string {
 	var ids []string
 	for _, r := range rows {
