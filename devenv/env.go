@@ -146,6 +146,9 @@ type Env struct {
 	stop    context.CancelFunc
 	stopped chan error
 	logFile *os.File
+	// gatewayCfg is the gateway's config, which StartExtraGateway copies.
+	gatewayCfg gateway.Config
+	extras     []extraGateway
 }
 
 // Start brings the environment up. On error, whatever was started is
@@ -587,36 +590,12 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 		e.logFile = f
 		logw = f
 	}
-	g, err := gateway.New(cfg, gateway.WithLogger(gateway.NewLogger(cfg.Log, logw)), gateway.WithDevIssuers())
+	e.gatewayCfg = *cfg
+	g, stop, stopped, err := launch(ctx, cfg, logw)
 	if err != nil {
-		return fmt.Errorf("dev: %w", err)
+		return err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	e.Gateway, e.stop, e.stopped = g, stop, make(chan error, 1)
-	go func() { e.stopped <- g.Run(runCtx) }()
-	deadline := time.After(15 * time.Second)
-	select {
-	case <-g.Ready:
-	case err := <-e.stopped:
-		e.stopped <- err
-		return fmt.Errorf("dev: gateway: %w", err)
-	case <-deadline:
-		return errors.New("dev: the gateway did not start listening within 15s")
-	}
-	for g.Store().Current() == nil {
-		select {
-		case err := <-e.stopped:
-			e.stopped <- err
-			return fmt.Errorf("dev: gateway: %w", err)
-		case <-deadline:
-			last := "none"
-			if msg := g.Store().Stats.LastError.Load(); msg != nil {
-				last = *msg
-			}
-			return fmt.Errorf("dev: the gateway did not activate the bundle within 15s (last error: %s)", last)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	e.Gateway, e.stop, e.stopped = g, stop, stopped
 	return nil
 }
 
@@ -624,6 +603,17 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 // PostgreSQL and the SSH hosts, and removes Dir.
 func (e *Env) Close() error {
 	var errs []error
+	for _, x := range e.extras {
+		x.stop()
+		select {
+		case err := <-x.stopped:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				errs = append(errs, fmt.Errorf("gateway: %w", err))
+			}
+		case <-time.After(10 * time.Second):
+			errs = append(errs, errors.New("gateway: did not stop within 10s"))
+		}
+	}
 	if e.stop != nil {
 		e.stop()
 		select {

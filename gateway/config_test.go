@@ -247,6 +247,8 @@ recorder {
 		"lock mode, no retention":     {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_lock_mode = "COMPLIANCE"` + "\n" + bucket), "Lock mode without retention", 16},
 		"unknown lock mode":           {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_retention = "24h"` + "\n" + `  anchor_lock_mode = "LEGAL"` + "\n" + bucket), "Invalid lock mode", 17},
 		"retention too short":         {block(`  anchor = "s3://anchors/gw-1"` + "\n" + `  anchor_retention = "1m"` + "\n" + bucket), "Invalid duration", 16},
+		"overlapped durability":       {block(`  durability = "before_response"` + "\n"), "", 0},
+		"unknown durability":          {block(`  durability = "eventually"` + "\n"), "Invalid durability", 15},
 		"interval too short":          {block(`  checkpoint_interval = "10ms"` + "\n"), "Invalid duration", 15},
 		"unknown attribute":           {block(`  keyfile = "/k"` + "\n"), "Unsupported argument", 15},
 	}

@@ -120,6 +120,13 @@ recorder {
                                      # this long (default: the bucket's default retention)
   # anchor_lock_mode = "COMPLIANCE"  # with anchor_retention: COMPLIANCE (default; no one can
                                      # delete or shorten it) or GOVERNANCE
+  # durability = "before_forward"    # when a PostgreSQL statement's event is durable:
+                                     # before_forward (default): before the statement reaches
+                                     # the database; before_response: forwarded once written, the
+                                     # fdatasync overlaps the database's work, and no response
+                                     # reaches the caller before it is durable (a crash can lose
+                                     # the event of a statement whose result the caller never
+                                     # got; docs/gateway.md). SSH and Kubernetes: always before
   checkpoint_interval = "30s"        # default 30s (1s to 1h): how often the ledger records the
                                      # head of every open session that grew (and at shutdown)
   # bucket {                         # optional: upload each recording once its session ends,

@@ -226,7 +226,8 @@ func (g *Gateway) buildProxies(res secrets.Resolver) error {
 		if g.cancels != nil {
 			opts = append(opts, postgres.WithCancelRelay(g.cancels.Publish))
 		}
-		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext}, g.core, opts...)
+		p := postgres.New(postgres.Config{TLS: tlsCfg, InsecurePlaintext: pg.InsecurePlaintext,
+			BeforeResponse: g.cfg.Recorder.Durability == DurabilityBeforeResponse}, g.core, opts...)
 		if g.cancels != nil {
 			g.cancels.local = p.CancelLocal
 		}

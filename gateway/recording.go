@@ -67,6 +67,13 @@ type RecorderConfig struct {
 	// checkpoint are the ones a cut tail can take while the gateway is
 	// down.
 	CheckpointInterval time.Duration
+	// Durability is when a PostgreSQL statement's event must be durable:
+	// "before_forward" (the default: before the statement reaches the
+	// upstream) or "before_response" (the overlapped mode: it is forwarded
+	// once written, the fdatasync runs during the upstream's round trip,
+	// and no response reaches the caller before it is durable). SSH and
+	// Kubernetes requests are always recorded before they are forwarded.
+	Durability string
 	// Bucket, when set, uploads sealed recordings and the ledger to
 	// S3-compatible object storage (recordingbucket.go).
 	Bucket *BucketConfig
@@ -74,7 +81,7 @@ type RecorderConfig struct {
 
 var recorderSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "key"}, {Name: "pin"}, {Name: "anchor"}, {Name: "anchor_token"}, {Name: "anchor_ca"}, {Name: "checkpoint_interval"},
-	{Name: "anchor_retention"}, {Name: "anchor_lock_mode"},
+	{Name: "anchor_retention"}, {Name: "anchor_lock_mode"}, {Name: "durability"},
 }, Blocks: []hcl.BlockHeaderSchema{{Type: "bucket"}}}
 
 // recorderBlock reads the recorder block and checks what can be checked
@@ -86,6 +93,14 @@ func (d *decoder) recorderBlock(b *hcl.Block, dataDir string) RecorderConfig {
 		Bucket: d.bucketBlock(blocks)}
 	if a := c["checkpoint_interval"]; a != nil {
 		rc.CheckpointInterval = d.duration(a, time.Second, time.Hour)
+	}
+	rc.Durability = DurabilityBeforeForward
+	if a := c["durability"]; a != nil {
+		switch rc.Durability = d.str(a); rc.Durability {
+		case DurabilityBeforeForward, DurabilityBeforeResponse:
+		default:
+			d.errorf(a.Expr.Range(), "Invalid durability", "durability is %q (the default: a statement's event is durable before the statement reaches the database) or %q (it is forwarded once written, and its response is held until the event is durable; a crash can lose the event of a statement whose result the caller never got)", DurabilityBeforeForward, DurabilityBeforeResponse)
+		}
 	}
 	if a := c["key"]; a != nil && hsm.IsURI(rc.Key) {
 		u, err := hsm.ParseURI(rc.Key)
@@ -169,6 +184,12 @@ func (d *decoder) bucketAnchor(a *hcl.Attribute, rc RecorderConfig) {
 	}
 }
 
+// The recorder's durability modes (RecorderConfig.Durability).
+const (
+	DurabilityBeforeForward  = "before_forward"
+	DurabilityBeforeResponse = "before_response"
+)
+
 // secretRef checks that an attribute is an env: or file: reference. The
 // message never repeats the value: it may be the secret itself.
 func (d *decoder) secretRef(a *hcl.Attribute, ref string) {
@@ -222,7 +243,8 @@ func openRecorder(cfg *Config, log *slog.Logger, hooks ...recorder.Option) (*rec
 		log.Warn("cannot write the recorder's public key into the data directory", "err", err)
 	}
 	inDataDir := !hsm.IsURI(where) && within(cfg.DataDir, where)
-	log.Info("recorder", "key", where, "key_id", keyID, "anchor", rc.Anchor, "checkpoint_interval", cmp.Or(rc.CheckpointInterval, recorder.DefaultCheckpointInterval))
+	log.Info("recorder", "key", where, "key_id", keyID, "anchor", rc.Anchor, "checkpoint_interval", cmp.Or(rc.CheckpointInterval, recorder.DefaultCheckpointInterval),
+		"durability", cmp.Or(rc.Durability, DurabilityBeforeForward))
 	if !inDataDir {
 		if _, err := os.Stat(RecorderKeyPath(cfg.DataDir)); err == nil && where != RecorderKeyPath(cfg.DataDir) {
 			log.Warn("an unused recorder key is still in the data directory: whoever holds it can re-sign the recordings it signed; keep it offline and remove it", "path", RecorderKeyPath(cfg.DataDir))

@@ -26,12 +26,24 @@ func (s *session) responses() {
 			}
 			return
 		}
+		h := s.q.head(false)
 		out, flush, ok := s.response(msg)
 		if !ok {
 			return
 		}
 		if out == nil {
 			continue
+		}
+		if h != nil && h.durable != nil {
+			// The overlapped mode: nothing of a statement's response
+			// reaches the caller before its event is durable.
+			err := h.durable()
+			h.durable = nil
+			if err != nil {
+				s.log.Error("a forwarded statement's event could not be made durable; its response is withheld and the session ended", "err", err)
+				s.end("58030", "gatehouse: the statement's record could not be made durable; its result is withheld and the session is ended")
+				return
+			}
 		}
 		if err := s.send(out, flush || s.fe.ReadBufferLen() == 0); err != nil {
 			s.closeAll()

@@ -160,6 +160,23 @@ func startEnv(t testing.TB, opts ...core.Option) *env {
 // clk, so a test moves time instead of sleeping for a token to expire.
 func startEnvClock(t testing.TB, clk clock.Clock, opts ...core.Option) *env {
 	t.Helper()
+	return startEnvWith(t, envSetup{clock: clk, core: opts})
+}
+
+// envSetup is what a test may change in the setup: the core's clock and
+// options, and the proxy's config (plaintext on loopback is always on).
+type envSetup struct {
+	clock clock.Clock
+	core  []core.Option
+	proxy Config
+}
+
+func startEnvWith(t testing.TB, setup envSetup) *env {
+	t.Helper()
+	clk, opts := setup.clock, setup.core
+	if clk == nil {
+		clk = clock.Real
+	}
 	pg := pgtest.Start(t, pgtest.WithStatementLog())
 	pgPass := "upstream-" + fmt.Sprint(time.Now().UnixNano())
 	pg.CreateRole(t, "gatehouse", pgPass)
@@ -213,7 +230,8 @@ func startEnvClock(t testing.TB, clk clock.Clock, opts ...core.Option) *env {
 	}
 	e.recKeys = bundle.NewKeyring(recKey.Public().(ed25519.PublicKey))
 	e.core = core.New(e.store, append([]core.Option{core.WithLogger(log), core.WithRecorder(e.rec), core.WithClock(clk)}, opts...)...)
-	e.srv = New(Config{InsecurePlaintext: true}, e.core, WithLogger(log), WithSecrets(res))
+	setup.proxy.InsecurePlaintext = true
+	e.srv = New(setup.proxy, e.core, WithLogger(log), WithSecrets(res))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

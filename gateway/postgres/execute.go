@@ -44,6 +44,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 	}
 	d := s.cs.Decide(req, true)
 	var ref int
+	var wait func() error
 	var rerr error
 	switch {
 	case d.Effect == bundle.EffectReview && p != nil && p.approval != "":
@@ -62,7 +63,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		}
 		d, ref = held.d, held.ref
 	default:
-		ref, rerr = s.record("execute", sql, req, d)
+		ref, wait, rerr = s.recordForward("execute", sql, req, d)
 	}
 	if rerr != nil || d.Effect != bundle.EffectAllow {
 		// Fail this batch upstream so the upstream skips to Sync.
@@ -74,7 +75,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
 		return nil
 	}
-	return s.forwardExecute(m, req, d, ref)
+	return s.forwardExecute(m, req, d, ref, wait)
 }
 
 // heldExecute is an Execute that approvers released.
@@ -133,11 +134,11 @@ func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *porta
 // the decision; to apply them the gateway needs the rows' layout (formats
 // and types), which an Execute's response does not carry, so it describes
 // the portal first and waits for the answer.
-func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
+func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int, wait func() error) error {
 	ms := maskSetOf(req, d)
 	eff := s.effectsOf(req)
 	if ms == nil {
-		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now()})
+		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now(), durable: wait})
 		s.fe.Send(m)
 		return nil
 	}
@@ -156,7 +157,7 @@ func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresReq
 	}
 	// With no layout, the upstream is skipping to Sync after an earlier
 	// error (or the session is ending): this Execute will not run either.
-	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now()})
+	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now(), durable: wait})
 	s.fe.Send(m)
 	return nil
 }

@@ -147,3 +147,64 @@ func TestRecorderFailureRefusesStatements(t *testing.T) {
 	}
 	_ = filepath.Join
 }
+
+// TestOverlappedDurability: with Config.BeforeResponse, statements are
+// recorded as before (the same events, sealed, verifying), and when the
+// event of a statement already forwarded cannot be made durable, its
+// result is withheld: the caller gets 58030 and its session ends, and new
+// sessions are refused, as in the default mode.
+func TestOverlappedDurability(t *testing.T) {
+	e := startEnvWith(t, envSetup{proxy: Config{BeforeResponse: true}})
+	ctx := context.Background()
+	c := e.connect(t, "billing-service")
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		if _, err := c.Exec(ctx, "INSERT INTO billing.invoices (order_id, amount) VALUES (1, $1)", mode, 20+i); err != nil {
+			t.Fatalf("mode %v: %v", mode, err)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM billing.invoices WHERE amount = $1", mode, 20+i).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("mode %v: %d %v", mode, n, err)
+		}
+	}
+	// Masking holds: the overlapped wait sits before the response is
+	// passed on, after it is masked.
+	var email string
+	if err := c.QueryRow(ctx, "SELECT email FROM customers WHERE id = 1").Scan(&email); err != nil || strings.Contains(email, "jane.doe@") {
+		t.Fatalf("email %q, %v: want it masked", email, err)
+	}
+	c.Close(ctx)
+	ss := waitSealed(t, e, 1)
+	rep, err := recorder.Verify(ss[0].Path, e.recKeys)
+	if err != nil || !rep.OK() {
+		t.Fatalf("the recording does not verify: %+v %v", rep, err)
+	}
+	evs, err := recorder.ReadEvents(ss[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inserts int
+	for _, ev := range evs {
+		if recorder.IsRequest(ev.Type) && strings.Contains(ev.Text, "INSERT INTO billing.invoices") {
+			inserts++
+		}
+	}
+	if inserts != 3 {
+		t.Errorf("%d INSERT events recorded, want 3", inserts)
+	}
+
+	// The disk fails: a statement forwarded meanwhile gets no result.
+	c = e.connect(t, "billing-service")
+	e.failSync.Store(true)
+	_, err = c.Exec(ctx, "SELECT id FROM billing.invoices WHERE amount = 20", pgx.QueryExecModeSimpleProtocol)
+	if pgCode(err) != "58030" {
+		t.Fatalf("a statement whose event could not be made durable: %v, want 58030", err)
+	}
+	if !c.IsClosed() {
+		if _, err := c.Exec(ctx, "SELECT 1"); err == nil {
+			t.Error("the session goes on after a result was withheld")
+		}
+	}
+	if _, err := pgx.Connect(ctx, e.connString(e.issuer.Token(t, "billing-service", "gatehouse"))); pgCode(err) != "58030" {
+		t.Errorf("a session that cannot be recorded: %v", err)
+	}
+}

@@ -44,6 +44,13 @@ type Config struct {
 	StartupTimeout time.Duration
 	// UpstreamTimeout bounds connecting upstream. Default 10s.
 	UpstreamTimeout time.Duration
+	// BeforeResponse is the overlapped durability mode: an allowed
+	// statement is forwarded once its event is written, and its response
+	// is held until the event is durable (the fdatasync runs during the
+	// upstream's round trip). The default (false) makes the event durable
+	// before the statement is forwarded. docs/gateway.md says what each
+	// guarantees on a crash.
+	BeforeResponse bool
 }
 
 // Server is a running proxy.

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 )
@@ -134,6 +135,9 @@ type slot struct {
 	// belongs to; start is when it was sent.
 	recRef int
 	start  time.Time
+	// durable, in the overlapped mode, waits until the request's event is
+	// durable; the first response passed on to the caller waits for it.
+	durable func() error
 }
 
 func (sl *slot) resolve(d *resultDesc) { sl.once.Do(func() { sl.ready <- d }) }
@@ -273,6 +277,19 @@ func (s *session) check(ctx context.Context) bool {
 // the token, a credential, or any result value.
 func (s *session) record(kind, sql string, req celpolicy.Request, d celpolicy.Decision) (int, error) {
 	return s.cs.RecordRequest(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
+}
+
+// recordForward records an allowed statement about to be forwarded. By
+// default its event is durable when it returns (wait is nil); in the
+// overlapped mode (Config.BeforeResponse) it is written, its fdatasync
+// runs meanwhile, and wait, which the statement's slot keeps, holds its
+// first response until it is durable.
+func (s *session) recordForward(kind, sql string, req celpolicy.Request, d celpolicy.Decision) (ref int, wait func() error, err error) {
+	if !s.srv.cfg.BeforeResponse || d.Effect != bundle.EffectAllow {
+		ref, err = s.record(kind, sql, req, d)
+		return ref, nil, err
+	}
+	return s.cs.RecordRequestAsync(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
 }
 
 // unrecorded is the error a statement gets when its event cannot be made

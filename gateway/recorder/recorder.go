@@ -358,6 +358,43 @@ func (s *Session) Record(ev Event) (int, error) {
 	return seq, nil
 }
 
+// RecordAsync appends an event and starts making it durable, without
+// waiting: wait returns once it is durable (nil), or why it cannot be.
+// It is for the overlapped mode, where a statement is forwarded once its
+// event is written and its response is held until wait returns nil; a
+// crash in between can lose the event of a statement that ran, whose
+// response the caller never got. Record is the default: durable before
+// forwarded. An error means the event is not even written.
+func (s *Session) RecordAsync(ev Event) (seq int, wait func() error, err error) {
+	start := time.Now()
+	s.mu.Lock()
+	if s.sealed {
+		s.mu.Unlock()
+		return 0, nil, ErrSealed
+	}
+	seq, err = s.appendLocked(ev, false)
+	ticket := s.ticket
+	s.mu.Unlock()
+	if err != nil {
+		s.r.Stats.Errors.Add(1)
+		return 0, nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.r.j.commit(ticket) }()
+	var once sync.Once
+	var result error
+	return seq, func() error {
+		once.Do(func() {
+			if result = <-done; result != nil {
+				s.r.Stats.Errors.Add(1)
+				return
+			}
+			s.r.Stats.observe(time.Since(start))
+		})
+		return result
+	}, nil
+}
+
 // Append appends an event without waiting for the disk: the next Record or
 // End makes it durable along with its own event (one file, appended in
 // order, so a crash can only lose a tail). It is for events about what has

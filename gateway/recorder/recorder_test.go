@@ -6,7 +6,9 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
 )
@@ -196,5 +198,64 @@ func TestAppendIsMadeDurableByTheNextRecord(t *testing.T) {
 	rep, err := Verify(s.Path, kr)
 	if err != nil || !rep.OK() || rep.Events != 7 {
 		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+// TestRecordAsync: the event is written at once and made durable while
+// the caller goes on; wait says when it is, and says so again; a failed
+// fdatasync reaches wait, and poisons the recorder as Record's does.
+func TestRecordAsync(t *testing.T) {
+	r, _ := newRec(t)
+	var syncs atomic.Int64
+	var fail atomic.Bool
+	release := make(chan struct{})
+	r.sync = func(f *os.File) error {
+		<-release
+		syncs.Add(1)
+		if fail.Load() {
+			return errors.New("no space left on device")
+		}
+		return fdatasync(f)
+	}
+	close(release) // Start syncs
+	s, err := r.Start("s", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = make(chan struct{})
+	ref, wait, err := s.RecordAsync(Event{Type: TypeStatement, SQL: "SELECT 1"})
+	if err != nil || ref == 0 {
+		t.Fatalf("RecordAsync: %d %v", ref, err)
+	}
+	// Written before it is durable: the caller may forward now.
+	if !bytes.Contains(bytes.Join(lines(t, s.Path), nil), []byte("SELECT 1")) {
+		t.Error("the event is not written when RecordAsync returns")
+	}
+	done := make(chan error, 1)
+	go func() { done <- wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("wait returned before the fdatasync: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("wait again: %v", err)
+	}
+	fail.Store(true)
+	_, wait, err = s.RecordAsync(Event{Type: TypeStatement, SQL: "SELECT 2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); !errors.Is(err, ErrPoisoned) {
+		t.Fatalf("wait after a failed fdatasync: %v, want ErrPoisoned", err)
+	}
+	if _, _, err := s.RecordAsync(Event{Type: TypeStatement, SQL: "SELECT 3"}); err == nil {
+		if _, err := s.Record(Event{Type: TypeStatement, SQL: "SELECT 4"}); err == nil {
+			t.Fatal("the recorder goes on after a failed fdatasync")
+		}
 	}
 }

@@ -39,6 +39,24 @@ func (r *Requested) event() recorder.Event {
 // acted on: the protocol refuses it with Unrecorded().
 func (s *Session) RecordRequest(r Requested) (int, error) { return s.Record(r.event()) }
 
+// RecordRequestAsync writes a request's event and starts making it
+// durable without waiting, for the overlapped mode (recorder.durability =
+// "before_response"): the protocol forwards the request, then calls wait
+// before it passes any of the response on, and ends the session if wait
+// fails. An error means the event is not written: the request must not be
+// acted on. Without a recorder, wait is nil.
+func (s *Session) RecordRequestAsync(r Requested) (ref int, wait func() error, err error) {
+	if s.rec == nil {
+		return 0, nil, nil
+	}
+	ev := r.event()
+	ref, wait, err = s.rec.RecordAsync(ev)
+	if err != nil {
+		s.log.Error("recording failed; the request is refused", "event", ev.Type, "err", err)
+	}
+	return ref, wait, err
+}
+
 // Record makes an event durable (write and fdatasync, shared with other
 // sessions by group commit). Without a recorder it records nothing.
 func (s *Session) Record(ev recorder.Event) (int, error) {

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/devenv"
+	"github.com/gatehouse-dev/gatehouse/gateway"
 	"github.com/gatehouse-dev/gatehouse/internal/benchmem"
 	"github.com/gatehouse-dev/gatehouse/internal/pgcluster"
 )
@@ -216,7 +217,16 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 	if err != nil {
 		return err
 	}
+	// The same gateway with the overlapped durability mode: a statement
+	// is forwarded once its event is written, and its response is held
+	// until the event is durable.
+	overlap, err := env.StartExtraGateway(ctx, func(c *gateway.Config) { c.Recorder.Durability = gateway.DurabilityBeforeResponse })
+	if err != nil {
+		return fmt.Errorf("the before_response gateway: %w", err)
+	}
+	gateways := map[string]*gateway.Gateway{"gateway": env.Gateway, "gateway-overlap": overlap}
 	gwHost, gwPort, _ := net.SplitHostPort(env.Gateway.Addr("postgres"))
+	ovHost, ovPort, _ := net.SplitHostPort(overlap.Addr("postgres"))
 	bHost, bPort, _ := net.SplitHostPort(bouncer.addr)
 	paths := []path{
 		{name: "direct", host: pg.Host(), port: strconv.Itoa(pg.Port()), user: "bench", password: string(benchPW), db: "bench"},
@@ -227,6 +237,7 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 		// another. Session pooling is what such clients use with it.
 		{name: "pgbouncer-session", host: bHost, port: bPort, user: "bench", password: "unused", db: "bench_session", only: "prepared"},
 		{name: "gateway", host: gwHost, port: gwPort, user: "bench-client", password: token, db: "bench"},
+		{name: "gateway-overlap", host: ovHost, port: ovPort, user: "bench-client", password: token, db: "bench"},
 	}
 
 	step("warming up each path (2s, 8 clients)")
@@ -261,10 +272,14 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 				} else if p.name == "direct" {
 					cpu = nil
 				}
-				rs := env.Gateway.RecorderStats()
+				gw := gateways[p.name]
+				if gw == nil {
+					gw = env.Gateway
+				}
+				rs := gw.RecorderStats()
 				records0, syncs0 := rs.Records.Load(), rs.Syncs.Load()
 				r := runOne(work, p, env.CAFile, mode, c, duration, cpu)
-				if p.name == "gateway" {
+				if gateways[p.name] != nil {
 					if n := rs.Syncs.Load() - syncs0; n > 0 {
 						r.perSync = float64(rs.Records.Load()-records0) / float64(n)
 					}

@@ -100,16 +100,18 @@ func formatReport(rs []result, clients []int, d time.Duration, scale int) string
 			"pgbouncer in session pooling, which such clients use.\n\n")
 	}
 	for _, mode := range []string{"simple", "prepared"} {
-		dr, gw := find(rs, mode, 1, "direct"), find(rs, mode, 1, "gateway")
-		if dr.err == "" && gw.err == "" && dr.tps > 0 && gw.tps > 0 {
-			fmt.Fprintf(&b, "At 1 client (%s), the gateway adds %s at p50 (%s → %s) and %s at p99.\n",
-				mode, us(gw.p50-dr.p50), ms(dr.p50), ms(gw.p50), us(gw.p99-dr.p99))
+		for _, p := range []string{"gateway", "gateway-overlap"} {
+			dr, gw := find(rs, mode, 1, "direct"), find(rs, mode, 1, p)
+			if dr.err == "" && gw.err == "" && dr.tps > 0 && gw.tps > 0 {
+				fmt.Fprintf(&b, "At 1 client (%s), %s adds %s at p50 (%s → %s) and %s at p99.\n",
+					mode, p, us(gw.p50-dr.p50), ms(dr.p50), ms(gw.p50), us(gw.p99-dr.p99))
+			}
 		}
 	}
 	if slices.Contains(clients, 8) {
 		for _, mode := range []string{"simple", "prepared"} {
 			dr := find(rs, mode, 8, "direct")
-			for _, p := range []string{"gateway", "pgbouncer", "pgbouncer-session"} {
+			for _, p := range []string{"gateway", "gateway-overlap", "pgbouncer", "pgbouncer-session"} {
 				r := find(rs, mode, 8, p)
 				if dr.tps > 0 && r.tps > 0 {
 					fmt.Fprintf(&b, "At 8 clients (%s), %s/direct TPS = %.2f.\n", mode, p, r.tps/dr.tps)
