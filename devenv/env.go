@@ -77,6 +77,12 @@ type Options struct {
 	// the Kubernetes binaries are built. Empty means DefaultKubeListen, or
 	// a random port when that is taken.
 	KubeListen string
+	// PGOptions are added to the PostgreSQL server's (a benchmark raises
+	// max_connections this way).
+	PGOptions []pgcluster.Option
+	// Configure, when set, changes the gateway's config before it starts
+	// (a benchmark raises a limit this way).
+	Configure func(*gateway.Config)
 	// Root is the repository whose .cache/bin holds the Kubernetes
 	// binaries (kubecluster.Available). Empty means the one around the
 	// working directory, if any.
@@ -196,7 +202,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 
 	if len(m.Postgres) > 0 {
 		start := time.Now()
-		e.PG, err = pgcluster.Start(pgcluster.WithTLS(ca.CertPEM, ca.KeyPEM))
+		e.PG, err = pgcluster.Start(append([]pgcluster.Option{pgcluster.WithTLS(ca.CertPEM, ca.KeyPEM)}, opts.PGOptions...)...)
 		if err != nil {
 			return nil, fmt.Errorf("dev: PostgreSQL: %w", err)
 		}
@@ -589,6 +595,9 @@ func (e *Env) startGateway(ctx context.Context, opts Options, certFile, keyFile 
 		}
 		e.logFile = f
 		logw = f
+	}
+	if opts.Configure != nil {
+		opts.Configure(cfg)
 	}
 	e.gatewayCfg = *cfg
 	g, stop, stopped, err := launch(ctx, cfg, logw)

@@ -38,6 +38,8 @@ var (
 	descKeyFetches     = prometheus.NewDesc("gatehouse_identity_key_fetches_total", "Fetches of identity providers' discovery documents and key sets.", nil, nil)
 	descUploads        = prometheus.NewDesc("gatehouse_recordings_uploads_total", "Uploads to recorder.bucket, by object (recording, ledger) and result (ok; error: retried with backoff).", []string{"object", "result"}, nil)
 	descUploadQueue    = prometheus.NewDesc("gatehouse_recordings_upload_pending", "Sealed recordings waiting for their upload to recorder.bucket.", nil, nil)
+	descAnchorFailures = prometheus.NewDesc("gatehouse_recorder_anchor_failures_total", "Exports of ledger entries to recorder.anchor that failed (each is retried with a backoff; a conflict with another writer of an s3:// anchor's prefix counts here too).", nil, nil)
+	descAnchorBehind   = prometheus.NewDesc("gatehouse_recorder_anchor_behind_entries", "Durable ledger entries recorder.anchor does not hold yet.", nil, nil)
 	descIndexRows      = prometheus.NewDesc("gatehouse_sessions_index_rows_total", "Rows written to the session index in the state database (a session's start, then its uploaded recording).", nil, nil)
 	descIndexPending   = prometheus.NewDesc("gatehouse_sessions_index_pending", "Session index rows waiting to be written (the state database was unreachable; retried with the uploads).", nil, nil)
 	descIndexDropped   = prometheus.NewDesc("gatehouse_sessions_index_dropped_total", "Session start rows not queued because the index queue was full; those sessions are indexed once their recordings are uploaded.", nil, nil)
@@ -46,7 +48,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches, descUploads, descUploadQueue, descUploadOldest, descIndexRows, descIndexPending, descIndexDropped} {
+	for _, d := range []*prometheus.Desc{descSessions, descActive, descAuthFailures, descConnectDenied, descRequests, descReviewed, descReloads, descReloadFailures, descRevision, descBundleAge, descBundleStale, descBundleChecks, descBundleFailing, descRecErrors, descRecSyncs, descRecLatency, descRecHealthy, descApprovals, descWebhooks, descLimited, descKeyFetches, descUploads, descUploadQueue, descUploadOldest, descIndexRows, descIndexPending, descIndexDropped, descAnchorFailures, descAnchorBehind} {
 		ch <- d
 	}
 }
@@ -107,6 +109,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		healthy = 0
 	}
 	ch <- prometheus.MustNewConstMetric(descRecHealthy, prometheus.GaugeValue, healthy)
+	if behind, ok := g.rec.AnchorBehind(); ok {
+		ch <- prometheus.MustNewConstMetric(descAnchorFailures, prometheus.CounterValue, float64(g.rec.Stats.AnchorFailures.Load()))
+		ch <- prometheus.MustNewConstMetric(descAnchorBehind, prometheus.GaugeValue, float64(behind))
+	}
 	if u := g.uploader; u != nil {
 		ch <- prometheus.MustNewConstMetric(descUploads, prometheus.CounterValue, float64(u.Stats.Uploads.Load()), "recording", "ok")
 		ch <- prometheus.MustNewConstMetric(descUploads, prometheus.CounterValue, float64(u.Stats.LedgerUploads.Load()), "ledger", "ok")

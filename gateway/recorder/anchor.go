@@ -215,7 +215,22 @@ type exporter struct {
 }
 
 func newExporter(r *Recorder, c exportCursor, offset int64) *exporter {
+	r.Stats.Anchored.Store(c.Index)
 	return &exporter{r: r, a: r.anchor, cursor: c, offset: offset, wake: make(chan struct{}, 1)}
+}
+
+// AnchorBehind is how many durable ledger entries the anchor lacks; false
+// without an anchor.
+func (r *Recorder) AnchorBehind() (uint64, bool) {
+	if r.exp == nil {
+		return 0, false
+	}
+	last, _ := r.l.durableEnd()
+	anchored := r.Stats.Anchored.Load()
+	if anchored >= last {
+		return 0, true
+	}
+	return last - anchored, true
 }
 
 // kick says that entries became durable. It never blocks.
@@ -249,6 +264,7 @@ func (e *exporter) run(ctx context.Context, stop <-chan struct{}) {
 			}
 		}
 		if err := e.export(ctx); err != nil {
+			e.r.Stats.AnchorFailures.Add(1)
 			backoff = min(max(2*backoff, time.Second), time.Minute)
 			if ctx.Err() == nil {
 				e.note(err)
@@ -309,6 +325,7 @@ func (e *exporter) export(ctx context.Context) error {
 		}
 		e.cursor.Index += uint64(bytes.Count(buf, []byte("\n")))
 		e.offset += int64(len(buf))
+		e.r.Stats.Anchored.Store(e.cursor.Index)
 		if err := e.saveCursor(); err != nil {
 			e.r.log.Warn("cannot remember what the anchor was sent; a restart sends it again", "err", err)
 		}

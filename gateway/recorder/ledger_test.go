@@ -389,9 +389,21 @@ func TestHTTPAnchor(t *testing.T) {
 	kr := bundle.NewKeyring(k.Public().(ed25519.PublicKey))
 	r := openRec(t, dir, k, WithAnchor(NewHTTPAnchor(srv.url, nil, "s3cret")))
 	record(t, r, "one", true)
+	// The anchor is down: counted, and how far behind it is, for metrics.
+	for deadline := time.Now().Add(5 * time.Second); r.Stats.AnchorFailures.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no anchor failure counted")
+		}
+	}
+	if behind, ok := r.AnchorBehind(); !ok || behind == 0 {
+		t.Errorf("AnchorBehind = %d, %v while the anchor is down", behind, ok)
+	}
 	srv.fail.Store(false)
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if behind, _ := r.AnchorBehind(); behind != 0 {
+		t.Errorf("AnchorBehind = %d after the flush at Close", behind)
 	}
 	ledger, _ := os.ReadFile(filepath.Join(dir, LedgerName))
 	if got := srv.body(); !bytes.Equal(got, ledger) {

@@ -31,6 +31,10 @@ type Stats struct {
 	// of the journal, and checkpoints): Records / Syncs is how many events
 	// one shares.
 	Syncs atomic.Int64
+	// AnchorFailures counts exports to the anchor that failed (each is
+	// retried); Anchored is the last ledger entry the anchor holds.
+	AnchorFailures atomic.Int64
+	Anchored       atomic.Uint64
 }
 
 func (st *Stats) observe(d time.Duration) {

@@ -128,7 +128,7 @@ func main() {
 	clientsFlag := flag.String("clients", "1,8,32", "client counts")
 	out := flag.String("out", "", "also write the report (markdown) to this file")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (the gateway runs in it) to this file")
-	idle := flag.Int("idle", 40, "idle sessions for the memory measurement, at most the gateway's 50 per identity and PostgreSQL's 100 connections (0: skip it)")
+	idle := flag.Int("idle", 40, "idle sessions for the memory measurement, at most the gateway's 50 per identity (0: skip it)")
 	hold := flag.Int("hold", 0, "(child) hold this many idle sessions to -addr until stdin closes")
 	addr := flag.String("addr", "", "(child) the gateway's address")
 	tokenFile := flag.String("token-file", "", "(child) a file holding the token")
@@ -181,7 +181,11 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 	}
 
 	step("starting PostgreSQL, the development issuer and the gateway")
-	env, err := devenv.Start(ctx, devenv.Options{PolicyDir: policyDir, Listen: "127.0.0.1:0", Progress: os.Stdout})
+	// pgbouncer's two pools keep up to 2 × 32 server connections, and
+	// two gateways and the idle sessions need their own: more than
+	// PostgreSQL's default 100.
+	env, err := devenv.Start(ctx, devenv.Options{PolicyDir: policyDir, Listen: "127.0.0.1:0", Progress: os.Stdout,
+		PGOptions: []pgcluster.Option{pgcluster.WithConfig("max_connections", "300")}})
 	if err != nil {
 		return err
 	}
@@ -301,6 +305,8 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 		}
 	}
 	report := formatReport(results, clients, duration, scale)
+	// pgbouncer is done: its pooled server connections go.
+	bouncer.stop()
 	if idle > 0 {
 		tokenFile := filepath.Join(work, "token")
 		if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {

@@ -34,6 +34,8 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/gatehouse-dev/gatehouse/devenv"
+	"github.com/gatehouse-dev/gatehouse/gateway"
+	"github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/internal/benchmem"
 )
 
@@ -141,7 +143,12 @@ func run(sizeMiB, sessions, idle int, cpuprofile string) error {
 		return err
 	}
 	step("starting sshd, the development issuer and the gateway (devenv)")
-	env, err := devenv.Start(ctx, devenv.Options{PolicyDir: policyDir, SSHListen: "127.0.0.1:0", Progress: os.Stdout})
+	// The idle-memory measurement holds more sessions of one identity
+	// than the default per-identity limit (50) admits.
+	env, err := devenv.Start(ctx, devenv.Options{PolicyDir: policyDir, SSHListen: "127.0.0.1:0", Progress: os.Stdout,
+		Configure: func(c *gateway.Config) {
+			c.SSH.Limits.MaxSessionsPerIdentity = max(2*idle, session.DefaultMaxSessionsPerIdentity)
+		}})
 	if err != nil {
 		return err
 	}
