@@ -380,16 +380,22 @@ func (s *Session) RecordAsync(ev Event) (seq int, wait func() error, err error) 
 		return 0, nil, err
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.r.j.commit(ticket) }()
+	go func() {
+		err := s.r.j.commit(ticket)
+		if err == nil {
+			// The write's latency, not the upstream's: observed when the
+			// event is durable, not when the caller waits.
+			s.r.Stats.observe(time.Since(start))
+		}
+		done <- err
+	}()
 	var once sync.Once
 	var result error
 	return seq, func() error {
 		once.Do(func() {
 			if result = <-done; result != nil {
 				s.r.Stats.Errors.Add(1)
-				return
 			}
-			s.r.Stats.observe(time.Since(start))
 		})
 		return result
 	}, nil
