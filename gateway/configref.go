@@ -124,7 +124,8 @@ recorder {
                                      # before_forward (default): before the statement reaches
                                      # the database; before_response: forwarded once written, the
                                      # fdatasync overlaps the database's work, and no response
-                                     # reaches the caller before it is durable (a crash can lose
+                                     # reaches any caller before every event written is durable
+                                     # (a crash can lose
                                      # the event of a statement whose result the caller never
                                      # got; docs/gateway.md). SSH and Kubernetes: always before
   checkpoint_interval = "30s"        # default 30s (1s to 1h): how often the ledger records the

@@ -71,7 +71,8 @@ type RecorderConfig struct {
 	// "before_forward" (the default: before the statement reaches the
 	// upstream) or "before_response" (the overlapped mode: it is forwarded
 	// once written, the fdatasync runs during the upstream's round trip,
-	// and no response reaches the caller before it is durable). SSH and
+	// and no response reaches any caller before every event written so
+	// far is durable). SSH and
 	// Kubernetes requests are always recorded before they are forwarded.
 	Durability string
 	// Bucket, when set, uploads sealed recordings and the ledger to

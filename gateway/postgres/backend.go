@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -26,7 +27,6 @@ func (s *session) responses() {
 			}
 			return
 		}
-		h := s.q.head(false)
 		out, flush, ok := s.response(msg)
 		if !ok {
 			return
@@ -34,18 +34,11 @@ func (s *session) responses() {
 		if out == nil {
 			continue
 		}
-		if h != nil && h.durable != nil {
-			// The overlapped mode: nothing of a statement's response
-			// reaches the caller before its event is durable.
-			err := h.durable()
-			h.durable = nil
-			if err != nil {
-				s.log.Error("a forwarded statement's event could not be made durable; its response is withheld and the session ended", "err", err)
-				s.end("58030", "gatehouse: the statement's record could not be made durable; its result is withheld and the session is ended")
+		if err := s.send(out, flush || s.fe.ReadBufferLen() == 0); err != nil {
+			if errors.Is(err, errWithheld) {
+				s.end(withheldCode, withheldMessage)
 				return
 			}
-		}
-		if err := s.send(out, flush || s.fe.ReadBufferLen() == 0); err != nil {
 			s.closeAll()
 			return
 		}

@@ -44,7 +44,6 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 	}
 	d := s.cs.Decide(req, true)
 	var ref int
-	var wait func() error
 	var rerr error
 	switch {
 	case d.Effect == bundle.EffectReview && p != nil && p.approval != "":
@@ -63,7 +62,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		}
 		d, ref = held.d, held.ref
 	default:
-		ref, wait, rerr = s.recordForward("execute", sql, req, d)
+		ref, rerr = s.recordForward("execute", sql, req, d)
 	}
 	if rerr != nil || d.Effect != bundle.EffectAllow {
 		// Fail this batch upstream so the upstream skips to Sync.
@@ -75,7 +74,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		s.fe.Send(&pgproto3.Parse{Query: deniedSQL})
 		return nil
 	}
-	return s.forwardExecute(m, req, d, ref, wait)
+	return s.forwardExecute(m, req, d, ref)
 }
 
 // heldExecute is an Execute that approvers released.
@@ -134,11 +133,11 @@ func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *porta
 // the decision; to apply them the gateway needs the rows' layout (formats
 // and types), which an Execute's response does not carry, so it describes
 // the portal first and waits for the answer.
-func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int, wait func() error) error {
+func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
 	ms := maskSetOf(req, d)
 	eff := s.effectsOf(req)
 	if ms == nil {
-		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now(), durable: wait})
+		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 		return nil
 	}
@@ -157,7 +156,7 @@ func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresReq
 	}
 	// With no layout, the upstream is skipping to Sync after an earlier
 	// error (or the session is ending): this Execute will not run either.
-	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now(), durable: wait})
+	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now()})
 	s.fe.Send(m)
 	return nil
 }

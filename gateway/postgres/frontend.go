@@ -122,7 +122,6 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 	s.resolveCalls(req)
 	d := s.cs.Decide(req, true)
 	var ref int
-	var wait func() error
 	var rerr error
 	switch {
 	case d.Effect == bundle.EffectReview && s.q.head(false) == nil && byte(s.txStatus.Load()) == 'E':
@@ -151,7 +150,7 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 			return s.fe.Flush()
 		}
 	default:
-		ref, wait, rerr = s.recordForward("query", m.String, req, d)
+		ref, rerr = s.recordForward("query", m.String, req, d)
 	}
 	switch {
 	case rerr != nil:
@@ -161,7 +160,7 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		s.push(&slot{kind: slotQuery, deny: s.denial(d, req)})
 		s.fe.Send(&pgproto3.Query{String: deniedSQL})
 	default:
-		s.push(&slot{kind: slotQuery, masking: maskSetOf(req, d), effects: s.effectsOf(req), recRef: ref, start: time.Now(), durable: wait})
+		s.push(&slot{kind: slotQuery, masking: maskSetOf(req, d), effects: s.effectsOf(req), recRef: ref, start: time.Now()})
 		s.fe.Send(m)
 	}
 	return s.fe.Flush()

@@ -208,3 +208,27 @@ func TestOverlappedDurability(t *testing.T) {
 		t.Errorf("a session that cannot be recorded: %v", err)
 	}
 }
+
+// TestOverlappedBarrierCoversOtherSessions: in the overlapped mode a
+// response may show another session's forwarded statement (its committed
+// row, its NOTIFY), so nothing reaches any caller while an event written
+// before it is not durable: a listening session with no statement of its
+// own gets 58030, not the notification, once the disk has failed.
+func TestOverlappedBarrierCoversOtherSessions(t *testing.T) {
+	e := startEnvWith(t, envSetup{proxy: Config{BeforeResponse: true}})
+	e.publish(t, listenPolicy(e))
+	ctx := context.Background()
+	listener := e.connect(t, "analytics-job")
+	if _, err := listener.Exec(ctx, "LISTEN events"); err != nil {
+		t.Fatal(err)
+	}
+	writer := e.connect(t, "billing-service")
+	e.failSync.Store(true)
+	if _, err := writer.Exec(ctx, "INSERT INTO billing.invoices (order_id, amount) VALUES (1, 77)", pgx.QueryExecModeSimpleProtocol); pgCode(err) != "58030" {
+		t.Fatalf("the writer: %v, want 58030", err)
+	}
+	notify(t, e, "after the failure")
+	if err := waitEnd(t, listener); pgCode(err) != "58030" {
+		t.Fatalf("the listener: %v, want 58030 and no notification", err)
+	}
+}

@@ -45,9 +45,9 @@ type Config struct {
 	// UpstreamTimeout bounds connecting upstream. Default 10s.
 	UpstreamTimeout time.Duration
 	// BeforeResponse is the overlapped durability mode: an allowed
-	// statement is forwarded once its event is written, and its response
-	// is held until the event is durable (the fdatasync runs during the
-	// upstream's round trip). The default (false) makes the event durable
+	// statement is forwarded once its event is written, and nothing is
+	// flushed to any caller before every event written so far is durable
+	// (the fdatasync runs during the upstream's round trip). The default (false) makes the event durable
 	// before the statement is forwarded. docs/gateway.md says what each
 	// guarantees on a crash.
 	BeforeResponse bool

@@ -40,6 +40,7 @@ type session struct {
 	client net.Conn
 	reader *clientReader // what be reads the client through
 	be     *pgproto3.Backend
+	out    *dropWriter // be's writer
 
 	up           *pgconn.HijackedConn
 	fe           *pgproto3.Frontend
@@ -135,9 +136,6 @@ type slot struct {
 	// belongs to; start is when it was sent.
 	recRef int
 	start  time.Time
-	// durable, in the overlapped mode, waits until the request's event is
-	// durable; the first response passed on to the caller waits for it.
-	durable func() error
 }
 
 func (sl *slot) resolve(d *resultDesc) { sl.once.Do(func() { sl.ready <- d }) }
@@ -207,7 +205,10 @@ func (s *session) closeAll() {
 	})
 }
 
-// send writes one message to the client, flushing when asked.
+// send writes one message to the client, flushing when asked. In the
+// overlapped mode nothing is flushed before every event written so far is
+// durable; when that fails, what was buffered is thrown away and
+// errWithheld returned (the caller ends the session with withheldCode).
 func (s *session) send(msg pgproto3.BackendMessage, flush bool) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -218,9 +219,41 @@ func (s *session) send(msg pgproto3.BackendMessage, flush bool) error {
 	_ = s.client.SetWriteDeadline(time.Now().Add(timeout))
 	s.be.Send(msg)
 	if flush {
+		if err := s.durableLocked(); err != nil {
+			return err
+		}
 		return s.be.Flush()
 	}
 	return nil
+}
+
+// The overlapped mode's refusal, when what was forwarded cannot be made
+// durable: the session ends, its buffered responses withheld.
+var errWithheld = errors.New("gatehouse: the recorder cannot make forwarded statements durable")
+
+const (
+	withheldCode    = "58030"
+	withheldMessage = "gatehouse: the record of a forwarded statement could not be made durable; its result is withheld and the session is ended"
+)
+
+// durableLocked, in the overlapped mode, waits until every event written
+// so far is durable: a response may show the effects of any statement
+// already forwarded, this session's or another's (a committed row, a
+// NOTIFY), and each was written before it was forwarded. On failure the
+// buffered responses are thrown away. writeMu must be held.
+func (s *session) durableLocked() error {
+	if !s.srv.cfg.BeforeResponse {
+		return nil
+	}
+	err := s.cs.Durable()
+	if err == nil {
+		return nil
+	}
+	s.log.Error("forwarded statements' events could not be made durable; the responses are withheld and the session ended", "err", err)
+	s.out.drop = true
+	_ = s.be.Flush()
+	s.out.drop = false
+	return errWithheld
 }
 
 // end sends a FATAL error to the caller and closes the session. A client
@@ -243,6 +276,9 @@ func (s *session) end(code, msg string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	_ = s.client.SetWriteDeadline(deadline)
+	if s.durableLocked() != nil {
+		code, msg = withheldCode, withheldMessage // the reason may show what ran
+	}
 	s.be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: code, Message: msg})
 	_ = s.be.Flush()
 	s.writeMu.Unlock()
@@ -280,16 +316,17 @@ func (s *session) record(kind, sql string, req celpolicy.Request, d celpolicy.De
 }
 
 // recordForward records an allowed statement about to be forwarded. By
-// default its event is durable when it returns (wait is nil); in the
-// overlapped mode (Config.BeforeResponse) it is written, its fdatasync
-// runs meanwhile, and wait, which the statement's slot keeps, holds its
-// first response until it is durable.
-func (s *session) recordForward(kind, sql string, req celpolicy.Request, d celpolicy.Decision) (ref int, wait func() error, err error) {
+// default its event is durable when it returns; in the overlapped mode
+// (Config.BeforeResponse) it is written, and its fdatasync runs meanwhile:
+// send holds every response until it is durable.
+func (s *session) recordForward(kind, sql string, req celpolicy.Request, d celpolicy.Decision) (int, error) {
 	if !s.srv.cfg.BeforeResponse || d.Effect != bundle.EffectAllow {
-		ref, err = s.record(kind, sql, req, d)
-		return ref, nil, err
+		return s.record(kind, sql, req, d)
 	}
-	return s.cs.RecordRequestAsync(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
+	// The sync starts now; send's barrier waits for it (and for every
+	// other event written) before any response reaches the caller.
+	ref, _, err := s.cs.RecordRequestAsync(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
+	return ref, err
 }
 
 // unrecorded is the error a statement gets when its event cannot be made

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sort"
@@ -34,6 +35,7 @@ var allowedStartupParams = map[string]bool{
 type handshake struct {
 	conn    net.Conn
 	reader  *clientReader
+	out     *dropWriter
 	be      *pgproto3.Backend
 	secure  bool
 	startup *pgproto3.StartupMessage
@@ -97,7 +99,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 		fatal(be, sqlstate(ref), ref.Message)
 		return nil, errHandled
 	}
-	next := &session{srv: s, cs: cs, log: cs.Log(), client: h.conn, be: be, reader: h.reader,
+	next := &session{srv: s, cs: cs, log: cs.Log(), client: h.conn, be: be, out: h.out, reader: h.reader,
 		names: newNames(), q: newQueue()}
 	res := findPostgres(&s.core.Bundles().Current().Payload.Model, database)
 	if res == nil {
@@ -189,7 +191,23 @@ func (s *Server) negotiate(ctx context.Context, conn net.Conn) (*handshake, erro
 
 func (h *handshake) reset() {
 	h.reader = &clientReader{conn: h.conn}
-	h.be = pgproto3.NewBackend(h.reader, h.conn)
+	h.out = &dropWriter{w: h.conn}
+	h.be = pgproto3.NewBackend(h.reader, h.out)
+}
+
+// dropWriter passes writes on to w, or, while drop is set, discards them:
+// how responses buffered for the caller are thrown away when they must be
+// withheld (session.durableLocked). drop is only set under writeMu.
+type dropWriter struct {
+	w    io.Writer
+	drop bool
+}
+
+func (d *dropWriter) Write(p []byte) (int, error) {
+	if d.drop {
+		return len(p), nil
+	}
+	return d.w.Write(p)
 }
 
 // checkStartupParams refuses startup parameters that would change the

@@ -386,19 +386,34 @@ func (s *Session) RecordAsync(ev Event) (seq int, wait func() error, err error) 
 			// The write's latency, not the upstream's: observed when the
 			// event is durable, not when the caller waits.
 			s.r.Stats.observe(time.Since(start))
+		} else {
+			// Counted here: a caller may never wait (its session ended).
+			s.r.Stats.Errors.Add(1)
 		}
 		done <- err
 	}()
 	var once sync.Once
 	var result error
 	return seq, func() error {
-		once.Do(func() {
-			if result = <-done; result != nil {
-				s.r.Stats.Errors.Add(1)
-			}
-		})
+		once.Do(func() { result = <-done })
 		return result
 	}, nil
+}
+
+// Barrier returns once every event written so far, by any session, is
+// durable, or says why it cannot be. In the overlapped mode a protocol
+// calls it before anything reaches its caller: a response may show the
+// effects of any statement already forwarded (another session's committed
+// row, its NOTIFY), and every such statement's event was written before
+// it was forwarded, so none is shown before its event is durable.
+func (s *Session) Barrier() error { return s.r.Barrier() }
+
+// Barrier is Session.Barrier for the whole recorder.
+func (r *Recorder) Barrier() error {
+	r.j.mu.Lock()
+	ticket := r.j.written
+	r.j.mu.Unlock()
+	return r.j.commit(ticket)
 }
 
 // Append appends an event without waiting for the disk: the next Record or

@@ -41,9 +41,9 @@ func (s *Session) RecordRequest(r Requested) (int, error) { return s.Record(r.ev
 
 // RecordRequestAsync writes a request's event and starts making it
 // durable without waiting, for the overlapped mode (recorder.durability =
-// "before_response"): the protocol forwards the request, then calls wait
-// before it passes any of the response on, and ends the session if wait
-// fails. An error means the event is not written: the request must not be
+// "before_response"): the protocol forwards the request, and calls
+// Durable (or wait) before it passes any response on, ending the session if
+// that fails. An error means the event is not written: the request must not be
 // acted on. Without a recorder, wait is nil.
 func (s *Session) RecordRequestAsync(r Requested) (ref int, wait func() error, err error) {
 	if s.rec == nil {
@@ -55,6 +55,16 @@ func (s *Session) RecordRequestAsync(r Requested) (ref int, wait func() error, e
 		s.log.Error("recording failed; the request is refused", "event", ev.Type, "err", err)
 	}
 	return ref, wait, err
+}
+
+// Durable returns once every event the recorder has written, by any
+// session, is durable (recorder.Session.Barrier): the overlapped mode calls
+// it before anything reaches the caller. Without a recorder it returns nil.
+func (s *Session) Durable() error {
+	if s.rec == nil {
+		return nil
+	}
+	return s.rec.Barrier()
 }
 
 // Record makes an event durable (write and fdatasync, shared with other
