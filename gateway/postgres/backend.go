@@ -227,6 +227,11 @@ func (s *session) errorResponse(m *pgproto3.ErrorResponse, h *slot) (pgproto3.Ba
 		}
 		s.copyIn.Store(false)
 	case s.q.isSkipping():
+	case is(h, slotSync):
+		// An error at Sync itself: the implicit transaction failed to
+		// commit (a deferred constraint, a serialization failure). Only
+		// ReadyForQuery follows, and it pops the Sync; nothing is
+		// skipped (the next batch's requests are answered as usual).
 	default:
 		// Extended protocol: the failed request gets no more responses,
 		// and the upstream skips every request up to Sync. The error goes

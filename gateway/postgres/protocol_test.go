@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -388,3 +389,62 @@ func TestPortalsAndCursorsMasked(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// TestErrorAtSyncKeepsTheNextBatches: an error PostgreSQL reports at Sync
+// (a deferred constraint checked at the implicit commit) belongs to the
+// Sync; the batches pipelined after it are answered as usual, masked.
+func TestErrorAtSyncKeepsTheNextBatches(t *testing.T) {
+	e := startEnv(t)
+	e.pg.Exec(t, "orders", "ALTER TABLE billing.invoices ADD CONSTRAINT invoices_once UNIQUE (order_id, amount) DEFERRABLE INITIALLY DEFERRED")
+	// A session the gateway ends mid-pipeline leaves the pipeline waiting:
+	// fail in seconds, not at the test binary's timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := e.connect(t, "billing-service")
+	p := c.PgConn().StartPipeline(ctx)
+	p.SendQueryParams("INSERT INTO billing.invoices (order_id, amount) VALUES (1, 555), (1, 555)", nil, nil, nil, nil)
+	p.SendPipelineSync()
+	p.SendQueryParams("SELECT 41 + 1", nil, nil, nil, nil)
+	p.SendPipelineSync()
+	p.SendQueryParams("SELECT email FROM customers WHERE id = 1", nil, nil, nil, nil)
+	p.SendPipelineSync()
+	if err := p.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var rows [][]string
+	var errs []string
+	for syncs := 0; syncs < 3; {
+		res, err := p.GetResults()
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		switch r := res.(type) {
+		case *pgconn.PipelineSync:
+			syncs++
+		case *pgconn.ResultReader:
+			var got []string
+			for r.NextRow() {
+				got = append(got, string(r.Values()[0]))
+			}
+			if _, err := r.Close(); err != nil {
+				errs = append(errs, err.Error())
+			}
+			rows = append(rows, got)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("closing the pipeline: %v", err)
+	}
+	if len(errs) != 1 || !strings.Contains(errs[0], "23505") {
+		t.Fatalf("errors %q, want the deferred unique violation alone", errs)
+	}
+	if len(rows) != 3 || len(rows[1]) != 1 || rows[1][0] != "42" || len(rows[2]) != 1 || strings.Contains(rows[2][0], "jane.doe@") {
+		t.Fatalf("results after the error at Sync: %q (want 42, then a masked email)", rows)
+	}
+	// The session goes on.
+	var n int
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM billing.invoices WHERE amount = 555").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("after the pipeline: %d %v", n, err)
+	}
+}
