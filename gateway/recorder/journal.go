@@ -29,6 +29,17 @@ import (
 // the recorder is next opened after a crash (power loss: a killed process
 // loses nothing, its writes are in the page cache).
 //
+// Batches overwrite zeros written ahead of them rather than append: an
+// fdatasync that must also commit a new file size costs a metadata journal
+// commit on ext4 (and XFS). Measured on this project's 2-vCPU VM with
+// 300-byte entries: 110–127 µs per fdatasync at p50 and 59–74 µs of kernel
+// CPU when appending, against 65–70 µs and 39–48 µs when overwriting. So
+// the file is extended with zeros a chunk at a time (zeroChunk), and only
+// the sync after an extension commits a size. Recovery stops at the first
+// entry that does not parse, and zeros never do. On tmpfs, where fdatasync
+// does nothing, and when a chunk of zeros does not fit on the disk, the
+// journal appends as before.
+//
 // The journal is emptied at a checkpoint, once every open recording has
 // been synced: when it grows past the checkpoint size (WithCheckpointBytes), when the last
 // open session ends, when the disk is full, and on Close. Recordings that
@@ -72,6 +83,11 @@ type journal struct {
 	// fmu serialises writes to the journal file and its truncation: the
 	// group commit writes a batch without holding mu.
 	fmu sync.Mutex
+	// Under fmu: off is where the next batch goes, and the file holds
+	// zeros from there up to zeroed. chunk is zeroChunk, or 0 where
+	// writing zeros ahead buys nothing (tmpfs).
+	off, zeroed int64
+	chunk       int64
 
 	// cmu guards the group commit.
 	cmu     sync.Mutex
@@ -97,8 +113,13 @@ func openJournal(r *Recorder) (*journal, error) {
 	}
 	j.lock = lock
 	r.Recovered = j.recover()
-	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	// Not O_APPEND: batches are written at j.off, over zeros (writeFile).
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err == nil {
+		j.chunk = zeroChunk
+		if onTmpfs(f) {
+			j.chunk = 0
+		}
 		err = r.sync(f)
 		if err == nil {
 			err = syncDir(r.dir)
@@ -166,7 +187,7 @@ func (j *journal) writeLocked(s *Session, line []byte) (uint64, error) {
 		// Nobody has waited for a sync in a while (events that need none,
 		// such as a shell's output): write the queue out.
 		j.fmu.Lock()
-		_, err := j.f.Write(j.queued)
+		err := j.writeFile(j.queued)
 		j.fmu.Unlock()
 		j.queued = j.queued[:0]
 		if err != nil {
@@ -251,7 +272,7 @@ func (j *journal) sync() (uint64, error) {
 		j.mu.Unlock()
 		// Writers go on queueing while the disk works; their entries are
 		// the next batch.
-		_, err := j.f.Write(batch)
+		err := j.writeFile(batch)
 		if err == nil {
 			err = j.r.sync(j.f)
 			j.r.Stats.Syncs.Add(1)
@@ -292,11 +313,55 @@ func (j *journal) checkpointLocked() error {
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("truncate %s: %w", j.path, err)
 	}
+	j.off, j.zeroed = 0, 0
 	if err := j.r.sync(j.f); err != nil {
 		return fmt.Errorf("sync %s: %w", j.path, err)
 	}
 	j.size = 0
 	return nil
+}
+
+// zeroChunk is how far ahead of the entries the journal is zeroed: 256 KiB
+// of zeros take about 0.3 ms to write here, once per 800 or so entries.
+const zeroChunk = 256 << 10
+
+// zeros is a chunk of zeros to write ahead.
+var zeros = make([]byte, zeroChunk)
+
+// writeFile writes a batch at the journal's end, and zeros ahead of it
+// when it reaches past the zeros already there. A failed batch write is
+// returned (the caller checkpoints, which truncates whatever half of it
+// was written); zeros that do not fit are given back, and the batch stays
+// written. fmu is held.
+func (j *journal) writeFile(batch []byte) error {
+	n, err := j.f.WriteAt(batch, j.off)
+	if err != nil {
+		return err
+	}
+	j.off += int64(n)
+	if j.chunk == 0 || j.off <= j.zeroed {
+		return nil
+	}
+	from := j.off
+	to := (from/j.chunk + 1) * j.chunk
+	if _, err := j.f.WriteAt(zeros[:to-from], from); err != nil {
+		// A full disk: give back what was zeroed; the next batch
+		// appends, and tries again.
+		_ = j.f.Truncate(from)
+		to = from
+	}
+	j.zeroed = to
+	return nil
+}
+
+// onTmpfs reports whether f is on a memory file system, where fdatasync
+// costs nothing and zeros ahead would only take memory.
+func onTmpfs(f *os.File) bool {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
 }
 
 // forget drops a recording that End has synced and closed. When it was the

@@ -135,6 +135,7 @@ func TestJournalRecoversLostTail(t *testing.T) {
 	// been acknowledged, so it is not restored.
 	jp := filepath.Join(r.dir, JournalName)
 	jd, _ := os.ReadFile(jp)
+	jd = bytes.TrimRight(jd, "\x00") // the zeros written ahead
 	if err := os.WriteFile(jp, append(jd, []byte("crashed\t{\"seq\":7,")...), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +282,7 @@ func TestJournalCheckpoint(t *testing.T) {
 		if _, err := s.Record(Event{Type: TypeStatement, SQL: fmt.Sprintf("SELECT %d FROM generate_series(1, 100)", k)}); err != nil {
 			t.Fatal(err)
 		}
-		if fi, _ := os.Stat(jp); fi.Size() > 2*r.checkpointBytes {
+		if fi, _ := os.Stat(jp); fi.Size() > 2*r.checkpointBytes+zeroChunk {
 			t.Fatalf("journal at %d bytes after %d events", fi.Size(), k)
 		}
 	}
