@@ -46,8 +46,9 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	// BeforeResponse is the overlapped durability mode: an allowed
 	// statement is forwarded once its event is written, and nothing is
-	// flushed to any caller before every event written so far is durable
-	// (the fdatasync runs during the upstream's round trip). The default (false) makes the event durable
+	// flushed to any caller before the event of every statement forwarded
+	// so far is durable (the fdatasync runs during the upstream's round
+	// trip). The default (false) makes the event durable
 	// before the statement is forwarded. docs/gateway.md says what each
 	// guarantees on a crash.
 	BeforeResponse bool

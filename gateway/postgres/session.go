@@ -206,8 +206,8 @@ func (s *session) closeAll() {
 }
 
 // send writes one message to the client, flushing when asked. In the
-// overlapped mode nothing is flushed before every event written so far is
-// durable; when that fails, what was buffered is thrown away and
+// overlapped mode nothing is flushed before the event of every statement
+// forwarded so far, by any session, is durable; when that fails, what was buffered is thrown away and
 // errWithheld returned (the caller ends the session with withheldCode).
 func (s *session) send(msg pgproto3.BackendMessage, flush bool) error {
 	s.writeMu.Lock()

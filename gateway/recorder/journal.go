@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -74,12 +75,16 @@ type journal struct {
 	f  *os.File
 	// queued holds entries not yet written to the journal, in ticket
 	// order; size counts them with the file's.
-	queued   []byte
-	size     int64
-	written  uint64 // tickets handed out: one per journal entry
-	open     map[*Session]struct{}
-	closed   bool
-	closeErr error
+	queued  []byte
+	size    int64
+	written uint64 // tickets handed out: one per journal entry
+	// forwarded is the last ticket of an event whose statement may be
+	// forwarded before the event is durable (RecordAsync); Barrier
+	// waits for it.
+	forwarded atomic.Uint64
+	open      map[*Session]struct{}
+	closed    bool
+	closeErr  error
 	// fmu serialises writes to the journal file and its truncation: the
 	// group commit writes a batch without holding mu.
 	fmu sync.Mutex
@@ -200,6 +205,17 @@ func (j *journal) writeLocked(s *Session, line []byte) (uint64, error) {
 		}
 	}
 	return j.written, nil
+}
+
+// mayForward records that the statement of ticket's event may be
+// forwarded before the event is durable.
+func (j *journal) mayForward(ticket uint64) {
+	for {
+		cur := j.forwarded.Load()
+		if ticket <= cur || j.forwarded.CompareAndSwap(cur, ticket) {
+			return
+		}
+	}
 }
 
 // maxQueued bounds the entries queued in memory for the next group commit.

@@ -379,6 +379,7 @@ func (s *Session) RecordAsync(ev Event) (seq int, wait func() error, err error) 
 		s.r.Stats.Errors.Add(1)
 		return 0, nil, err
 	}
+	s.r.j.mayForward(ticket)
 	done := make(chan error, 1)
 	go func() {
 		err := s.r.j.commit(ticket)
@@ -400,21 +401,20 @@ func (s *Session) RecordAsync(ev Event) (seq int, wait func() error, err error) 
 	}, nil
 }
 
-// Barrier returns once every event written so far, by any session, is
-// durable, or says why it cannot be. In the overlapped mode a protocol
-// calls it before anything reaches its caller: a response may show the
-// effects of any statement already forwarded (another session's committed
-// row, its NOTIFY), and every such statement's event was written before
-// it was forwarded, so none is shown before its event is durable.
+// Barrier returns once the event of every statement that may have been
+// forwarded so far, by any session, is durable, or says why it cannot be.
+// In the overlapped mode a protocol calls it before anything reaches its
+// caller: a response may show the effects of any statement already
+// forwarded (another session's committed row, its NOTIFY), and every such
+// statement's event was written (RecordAsync) before it was forwarded, so
+// none is shown before its event is durable. Events of Record are durable
+// before their statements go anywhere, and those of Append (results,
+// masks) tell of what already happened: Barrier does not wait for them,
+// so a statement's own result does not cost a second fdatasync.
 func (s *Session) Barrier() error { return s.r.Barrier() }
 
 // Barrier is Session.Barrier for the whole recorder.
-func (r *Recorder) Barrier() error {
-	r.j.mu.Lock()
-	ticket := r.j.written
-	r.j.mu.Unlock()
-	return r.j.commit(ticket)
-}
+func (r *Recorder) Barrier() error { return r.j.commit(r.j.forwarded.Load()) }
 
 // Append appends an event without waiting for the disk: the next Record or
 // End makes it durable along with its own event (one file, appended in

@@ -259,3 +259,68 @@ func TestRecordAsync(t *testing.T) {
 		}
 	}
 }
+
+// TestBarrierWaitsForForwardedEventsOnly: Barrier covers every event whose
+// statement RecordAsync let through, any session's, even before its own
+// wait; it does not sync for events appended about what already happened
+// (a statement's result), which the next group commit takes along.
+func TestBarrierWaitsForForwardedEventsOnly(t *testing.T) {
+	r, _ := newRec(t)
+	var syncs atomic.Int64
+	r.sync = func(f *os.File) error { syncs.Add(1); return fdatasync(f) }
+	a, err := r.Start("a", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Start("b", Event{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Barrier(); err != nil {
+		t.Fatal(err)
+	}
+	// A's statement goes out before its event is durable; B's barrier
+	// must cover it.
+	_, _, err = a.RecordAsync(Event{Type: TypeStatement, SQL: "INSERT INTO t VALUES (1)"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.j.mu.Lock()
+	want := r.j.written // A's statement's ticket
+	r.j.mu.Unlock()
+	if err := b.Barrier(); err != nil {
+		t.Fatal(err)
+	}
+	r.j.cmu.Lock()
+	synced := r.j.synced
+	r.j.cmu.Unlock()
+	if synced < want {
+		t.Fatalf("Barrier returned with ticket %d durable; the forwarded statement's event is ticket %d", synced, want)
+	}
+	// A's result: appended, and no reason for another fdatasync.
+	before := syncs.Load()
+	if _, err := a.Append(Event{Type: TypeResult, Ref: 1, Rows: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := a.Barrier(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := syncs.Load() - before; n != 0 {
+		t.Errorf("%d fdatasync(s) for barriers after an appended result: the result's event was not forwarded", n)
+	}
+	// The next durable event takes the result along.
+	if _, err := a.Record(Event{Type: TypeStatement, SQL: "SELECT 2"}); err != nil {
+		t.Fatal(err)
+	}
+	r.j.mu.Lock()
+	written := r.j.written
+	r.j.mu.Unlock()
+	r.j.cmu.Lock()
+	synced = r.j.synced
+	r.j.cmu.Unlock()
+	if synced != written {
+		t.Errorf("after Record, %d of %d tickets durable", synced, written)
+	}
+}

@@ -57,9 +57,10 @@ func (s *Session) RecordRequestAsync(r Requested) (ref int, wait func() error, e
 	return ref, wait, err
 }
 
-// Durable returns once every event the recorder has written, by any
-// session, is durable (recorder.Session.Barrier): the overlapped mode calls
-// it before anything reaches the caller. Without a recorder it returns nil.
+// Durable returns once the event of every statement forwarded so far, by
+// any session, is durable (recorder.Session.Barrier): the overlapped mode
+// calls it before anything reaches the caller. Without a recorder it
+// returns nil.
 func (s *Session) Durable() error {
 	if s.rec == nil {
 		return nil
