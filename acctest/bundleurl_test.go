@@ -168,8 +168,10 @@ log {
 	}
 
 	start()
-	st := waitStatus("revision 100", revision(100))
-	if st["source_url"] != bundleURL || st["etag"] != etag || !ready() {
+	// The revision shows as the bundle is swapped in, its ETag a moment
+	// later (once the check completes): wait for both.
+	st := waitStatus("revision 100 and its ETag", func(st map[string]any) bool { return revision(100)(st) && st["etag"] == etag })
+	if st["source_url"] != bundleURL || !ready() {
 		t.Fatalf("/v1/bundle: %v, ready %v", st, ready())
 	}
 	time.Sleep(1500 * time.Millisecond)
