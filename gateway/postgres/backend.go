@@ -79,7 +79,7 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 		}
 		s.q.pop()
 		if h.hidden {
-			h.resolve(&resultDesc{})
+			s.laidOut(h, &resultDesc{})
 			return nil, false, true
 		}
 	case *pgproto3.DataRow:
@@ -144,12 +144,25 @@ func (s *session) parameterDescription(m *pgproto3.ParameterDescription, h *slot
 	return m, false, true
 }
 
+// laidOut hands a hidden Describe's answer to whoever needs it: the
+// Execute sent after it, whose rows it lays out (and the record says which
+// columns are masked, before any row goes out), or the request side,
+// waiting.
+func (s *session) laidOut(h *slot, d *resultDesc) {
+	if h.layout != nil {
+		h.layout.desc = d
+		s.recordMasked(h.layout.recRef, d)
+		return
+	}
+	h.resolve(d)
+}
+
 func (s *session) rowDescription(m *pgproto3.RowDescription, h *slot) (pgproto3.BackendMessage, bool, bool) {
 	switch {
 	case is(h, slotDescribe):
 		s.q.pop()
 		if h.hidden {
-			h.resolve(s.describe(m, h.masking, 0))
+			s.laidOut(h, s.describe(m, h.masking, 0))
 			return nil, false, true
 		}
 	case is(h, slotQuery):

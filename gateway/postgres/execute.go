@@ -131,32 +131,20 @@ func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *porta
 
 // forwardExecute sends an allowed Execute. Its masks were planned with
 // the decision; to apply them the gateway needs the rows' layout (formats
-// and types), which an Execute's response does not carry, so it describes
-// the portal first and waits for the answer.
+// and types), which an Execute's response does not carry. So a Describe of
+// the portal goes just before it, in the same batch: its answer comes
+// before the rows and lays them out (rowDescription), and nothing waits
+// for it here. If the upstream skips the Describe (an earlier error in the
+// batch), it skips the Execute too; rows without a layout end the session
+// (dataRow).
 func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
 	ms := maskSetOf(req, d)
-	eff := s.effectsOf(req)
-	if ms == nil {
-		s.push(&slot{kind: slotExecute, effects: eff, recRef: ref, start: time.Now()})
-		s.fe.Send(m)
-		return nil
+	ex := &slot{kind: slotExecute, masking: ms, effects: s.effectsOf(req), recRef: ref, start: time.Now()}
+	if ms != nil {
+		s.push(&slot{kind: slotDescribe, hidden: true, masking: ms, layout: ex})
+		s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
 	}
-	hd := &slot{kind: slotDescribe, hidden: true, masking: ms, ready: make(chan *resultDesc, 1)}
-	s.push(hd)
-	s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})
-	// A protocol Flush: the upstream holds its responses until Sync or
-	// Flush, and the answer is needed now.
-	s.fe.Send(&pgproto3.Flush{})
-	if err := s.fe.Flush(); err != nil {
-		return err
-	}
-	desc := <-hd.ready
-	if desc != nil {
-		s.recordMasked(ref, desc)
-	}
-	// With no layout, the upstream is skipping to Sync after an earlier
-	// error (or the session is ending): this Execute will not run either.
-	s.push(&slot{kind: slotExecute, masking: ms, desc: desc, effects: eff, recRef: ref, start: time.Now()})
+	s.push(ex)
 	s.fe.Send(m)
 	return nil
 }

@@ -77,11 +77,12 @@ const customersOID = 16390
 //     ReadyForQuery. Paid once per prepared statement; an allowed Parse is
 //     not recorded.
 //   - execute, execute-nosync: what session.execute does before it
-//     describes the portal: resolve the portal, decide, record.
+//     forwards the Execute: resolve the portal, decide, record.
 //   - round-trip, round-trip-nosync: session.run with Bind, Execute, Sync.
-//     Because masks apply, execute describes the portal upstream before
-//     the Execute and waits for the answer: with a real database that wait
-//     is a network round trip per execution.
+//     Because masks apply, execute describes the portal upstream in the
+//     same batch, just before the Execute; the answer lays out the rows,
+//     and nothing waits for it (before 2026-12-05 execute flushed the
+//     Describe and waited: a network round trip per execution).
 //
 // Every benchmark that records reports records/op and record-ns/op from the
 // recorder's own counters (Stats.Records, Stats.Nanos), so a total can
@@ -276,7 +277,7 @@ type overheadRig struct {
 // newOverheadRig signs examples/quickstart, with its identity provider
 // pointed at a test issuer, and activates it through bundlestore.Apply,
 // the path a gateway loads a bundle by.
-func newOverheadRig(b *testing.B) *overheadRig {
+func newOverheadRig(b testing.TB) *overheadRig {
 	b.Helper()
 	res, diags := hclconfig.Load("../../examples/quickstart")
 	if diags.HasErrors() {
@@ -326,7 +327,7 @@ type benchSession struct {
 // bundle, the recording started), with a Server and recorder of its own,
 // so that its counters are its own. With sync false the recorder writes
 // but does not fdatasync.
-func (r *overheadRig) session(b *testing.B, sync bool) *benchSession {
+func (r *overheadRig) session(b testing.TB, sync bool) *benchSession {
 	b.Helper()
 	active := r.store.Current()
 	var opts []recorder.Option
@@ -412,7 +413,14 @@ func encodeMessages(b *testing.B, msgs ...pgproto3.FrontendMessage) []byte {
 // between a client and a canned upstream over in-memory pipes, and returns
 // the client. The session, and the upstream with it, end when the client
 // disconnects at cleanup.
-func runSession(b *testing.B, s *benchSession) *pgproto3.Frontend {
+func runSession(b testing.TB, s *benchSession) *pgproto3.Frontend {
+	b.Helper()
+	return runSessionSeeing(b, s, nil)
+}
+
+// runSessionSeeing is runSession with seen called on each message the
+// upstream receives.
+func runSessionSeeing(b testing.TB, s *benchSession, seen func(pgproto3.FrontendMessage)) *pgproto3.Frontend {
 	b.Helper()
 	clientConn, gwConn := net.Pipe()
 	upConn, dbConn := net.Pipe()
@@ -423,7 +431,7 @@ func runSession(b *testing.B, s *benchSession) *pgproto3.Frontend {
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)
-		cannedUpstream(dbConn)
+		cannedUpstream(dbConn, seen)
 	}()
 	done := make(chan struct{})
 	go func() {
@@ -442,7 +450,7 @@ func runSession(b *testing.B, s *benchSession) *pgproto3.Frontend {
 // with fixed responses: the benchmark measures the gateway, so the database
 // must take no time. It answers when PostgreSQL does (at Sync, Flush or
 // after a Query) and stops when the session closes its connection.
-func cannedUpstream(conn net.Conn) {
+func cannedUpstream(conn net.Conn, seen func(pgproto3.FrontendMessage)) {
 	defer conn.Close()
 	be := pgproto3.NewBackend(conn, conn)
 	field := func(name string, attnum uint16) pgproto3.FieldDescription {
@@ -457,6 +465,9 @@ func cannedUpstream(conn net.Conn) {
 		msg, err := be.Receive()
 		if err != nil {
 			return
+		}
+		if seen != nil {
+			seen(msg)
 		}
 		switch m := msg.(type) {
 		case *pgproto3.Query:
@@ -496,7 +507,7 @@ func cannedUpstream(conn net.Conn) {
 // values (the received bytes are valid only until the next receive). An
 // error fails the benchmark: a refused statement takes another path than
 // the one measured.
-func exchange(b *testing.B, fe *pgproto3.Frontend, row *[]string, msgs ...pgproto3.FrontendMessage) {
+func exchange(b testing.TB, fe *pgproto3.Frontend, row *[]string, msgs ...pgproto3.FrontendMessage) {
 	b.Helper()
 	for _, m := range msgs {
 		fe.Send(m)
@@ -535,7 +546,7 @@ func mustAllowMasked(b *testing.B, d celpolicy.Decision) {
 }
 
 // mustBeMasked fails unless the client got the row masked.
-func mustBeMasked(b *testing.B, row []string) {
+func mustBeMasked(b testing.TB, row []string) {
 	b.Helper()
 	if want := []string{"j***@example.com", "[REDACTED]"}; !slices.Equal(row, want) {
 		b.Fatalf("the client got %q, want %q", row, want)

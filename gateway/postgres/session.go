@@ -127,9 +127,12 @@ type slot struct {
 	// it succeeds.
 	mut *mutation
 	// ready receives a hidden Describe's layout (nil if the upstream
-	// skipped it) for the request side, which waits on it.
-	ready chan *resultDesc
-	once  sync.Once
+	// skipped it) for the request side, which waits on it; layout is
+	// instead the Execute sent right after a hidden Describe, whose desc
+	// the Describe's answer sets (forwardExecute).
+	ready  chan *resultDesc
+	layout *slot
+	once   sync.Once
 	// stmt is the statement a Describe of a statement describes.
 	stmt *prepared
 	// recRef is the recorded request event this request's outcome
@@ -138,7 +141,11 @@ type slot struct {
 	start  time.Time
 }
 
-func (sl *slot) resolve(d *resultDesc) { sl.once.Do(func() { sl.ready <- d }) }
+func (sl *slot) resolve(d *resultDesc) {
+	if sl.ready != nil {
+		sl.once.Do(func() { sl.ready <- d })
+	}
+}
 
 func (s *session) run(ctx context.Context) {
 	done := make(chan struct{})
