@@ -7,7 +7,11 @@
 // (pgbench → PostgreSQL, SCRAM), pgbouncer in transaction pooling (pgbench
 // → pgbouncer → PostgreSQL), and the gateway (pgbench with an OIDC token →
 // gateway → PostgreSQL; every statement parsed, decided against a signed
-// bundle and recorded with fdatasync before it is forwarded).
+// bundle and recorded with fdatasync before it is forwarded). Two more
+// gateway paths: gateway-overlap, a second gateway in this process with
+// the overlapped durability mode, and gateway-masked, the first gateway
+// with a caller whose reads are masked (prepared statements only, so every
+// Execute needs its rows' layout).
 //
 // It prints TPS, each path's ratio to direct, p50/p99 latency from
 // pgbench's per-transaction log, the proxy's CPU time per transaction (the
@@ -51,6 +55,20 @@ identity "bench-client" {
   subject  = "bench-client"
 }
 
+# The same reads with a column mask: pgbench -S selects abalance, so every
+# row is masked, and every Execute needs its rows' layout.
+identity "bench-masked" {
+  provider = "corp"
+  subject  = "bench-masked"
+}
+
+mask "balance" {
+  resources = ["bench"]
+  columns   = ["pgbench_accounts.abalance"]
+  method    = "redact"
+  unless    = "identity.name != 'bench-masked'"
+}
+
 postgres "bench" {
   address  = "bench-db.internal:5432"
   database = "bench"
@@ -83,7 +101,7 @@ policy "guardrails" {
 
 policy "bench-read" {
   resources  = ["bench"]
-  identities = ["bench-client"]
+  identities = ["bench-client", "bench-masked"]
 
   rule "read" {
     effect = "allow"
@@ -217,6 +235,10 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 	defer bouncer.stop()
 	fmt.Printf("  pgbouncer on %s\n", bouncer.addr)
 
+	masked, err := env.Token("bench-masked")
+	if err != nil {
+		return err
+	}
 	token, err := env.Token("bench-client")
 	if err != nil {
 		return err
@@ -228,7 +250,7 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 	if err != nil {
 		return fmt.Errorf("the before_response gateway: %w", err)
 	}
-	gateways := map[string]*gateway.Gateway{"gateway": env.Gateway, "gateway-overlap": overlap}
+	gateways := map[string]*gateway.Gateway{"gateway": env.Gateway, "gateway-overlap": overlap, "gateway-masked": env.Gateway}
 	gwHost, gwPort, _ := net.SplitHostPort(env.Gateway.Addr("postgres"))
 	ovHost, ovPort, _ := net.SplitHostPort(overlap.Addr("postgres"))
 	bHost, bPort, _ := net.SplitHostPort(bouncer.addr)
@@ -242,8 +264,19 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 		{name: "pgbouncer-session", host: bHost, port: bPort, user: "bench", password: "unused", db: "bench_session", only: "prepared"},
 		{name: "gateway", host: gwHost, port: gwPort, user: "bench-client", password: token, db: "bench"},
 		{name: "gateway-overlap", host: ovHost, port: ovPort, user: "bench-client", password: token, db: "bench"},
+		// A masked caller's prepared reads: each Execute's rows need their
+		// layout (a Describe of the portal in the same batch).
+		{name: "gateway-masked", host: gwHost, port: gwPort, user: "bench-masked", password: masked, db: "bench", only: "prepared"},
 	}
 
+	for _, p := range paths {
+		if p.name == "gateway-masked" {
+			// pgbench -i leaves every abalance 0, and -S changes none.
+			if err := checkMasked(p, env.CAFile, 0); err != nil {
+				return fmt.Errorf("the masked path: %w", err)
+			}
+		}
+	}
 	step("warming up each path (2s, 8 clients)")
 	for _, p := range paths {
 		if out, err := pgbench(p, env.CAFile, p.db, "-n", "-S", "-c", "8", "-j", "2", "-T", "2"); err != nil {

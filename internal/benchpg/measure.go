@@ -96,3 +96,30 @@ func holdSessions(addr, tokenFile, caFile string, n int) error {
 		return nil
 	})
 }
+
+// checkMasked makes sure the masked path measures masking: a prepared
+// read of abalance through the gateway as p's caller must not return the
+// value PostgreSQL holds (want).
+func checkMasked(p path, caFile string, want int64) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=verify-full sslrootcert=%s", p.host, p.port, p.user, p.db, caFile))
+	if err != nil {
+		return err
+	}
+	cfg.Password = p.password
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	// pgbench -S's own statement, prepared as pgbench -M prepared does.
+	var got any
+	if err := c.QueryRow(ctx, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1).Scan(&got); err != nil {
+		return err
+	}
+	if fmt.Sprint(got) == strconv.FormatInt(want, 10) {
+		return fmt.Errorf("%s read abalance %v, unmasked", p.name, got)
+	}
+	return nil
+}
