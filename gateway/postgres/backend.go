@@ -90,6 +90,7 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 		if !is(h, slotQuery, slotExecute) {
 			return s.outOfStep("CopyInResponse without a query")
 		}
+		h.copying.Store(true)
 		s.copyIn.Store(true)
 	case *pgproto3.CopyOutResponse, *pgproto3.CopyData, *pgproto3.CopyDone:
 		if !is(h, slotQuery, slotExecute) {
@@ -185,6 +186,11 @@ func (s *session) dataRow(m *pgproto3.DataRow, h *slot) (pgproto3.BackendMessage
 	}
 	if h.desc == nil {
 		return s.outOfStep("rows to mask without their layout")
+	}
+	if len(m.Values) != len(h.desc.cols) {
+		// Not the layout described (rows after NoData, say): a column
+		// past the layout would go out unmasked.
+		return s.outOfStep(fmt.Sprintf("a row of %d columns to mask with a layout of %d", len(m.Values), len(h.desc.cols)))
 	}
 	return h.desc.mask(m), false, true
 }

@@ -49,6 +49,23 @@ func (s *session) requests(ctx context.Context) error {
 
 // request handles one message from the caller.
 func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) error {
+	switch msg.(type) {
+	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.CopyData:
+		// In copy-in mode the upstream ignores Syncs and Flushes: a Sync
+		// may belong to the statement before it (syncOf).
+	case *pgproto3.Query, *pgproto3.Execute:
+		s.lastStmt = nil
+		before := s.pushed
+		defer func() {
+			if sl := s.pushed; sl != before && sl != nil && (sl.kind == slotQuery || sl.kind == slotExecute) {
+				s.lastStmt = sl
+			}
+		}()
+	default:
+		// CopyDone and CopyFail end copy-in mode; anything else ends it
+		// with an error, after which the next Sync is answered.
+		s.lastStmt = nil
+	}
 	switch m := msg.(type) {
 	case *pgproto3.Query:
 		return s.query(ctx, m)
@@ -79,7 +96,7 @@ func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) err
 		s.fe.Send(m)
 	case *pgproto3.Sync:
 		if !s.copyIn.Load() {
-			s.push(&slot{kind: slotSync})
+			s.push(&slot{kind: slotSync, syncOf: s.lastStmt})
 			s.batch++
 		}
 		s.fe.Send(m)

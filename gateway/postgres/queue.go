@@ -28,8 +28,10 @@ func (q *queue) push(s *slot) bool {
 	if q.closed {
 		return false
 	}
-	if q.skipping && s.kind != slotSync && s.ready != nil {
-		// The upstream ignores this request: its describe never comes.
+	if q.skipping && s.kind != slotSync && s.ready != nil && !q.syncQueuedLocked() {
+		// The upstream skips this request, up to the Sync that ends the
+		// failed batch: its describe never comes. Behind that Sync, it is
+		// the next batch's, and answered.
 		s.resolve(nil)
 	}
 	q.items = append(q.items, s)
@@ -37,16 +39,37 @@ func (q *queue) push(s *slot) bool {
 	return true
 }
 
+// syncQueuedLocked reports whether a Sync the upstream will answer is
+// queued. q.mu is held.
+func (q *queue) syncQueuedLocked() bool {
+	for _, s := range q.items {
+		if s.realSync() {
+			return true
+		}
+	}
+	return false
+}
+
+// dropIgnoredLocked drops Syncs at the front that the upstream ignored
+// (read in copy-in mode): they get no answer. q.mu is held.
+func (q *queue) dropIgnoredLocked() {
+	for len(q.items) > 0 && q.items[0].syncIgnored() {
+		q.items = q.items[1:]
+	}
+}
+
 // head returns the oldest request, waiting for one if blocking. It returns
 // nil when the queue is empty (not blocking) or closed.
 func (q *queue) head(block bool) *slot {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropIgnoredLocked()
 	for len(q.items) == 0 {
 		if q.closed || !block {
 			return nil
 		}
 		q.cond.Wait()
+		q.dropIgnoredLocked()
 	}
 	return q.items[0]
 }
@@ -55,6 +78,7 @@ func (q *queue) head(block bool) *slot {
 func (q *queue) pop() *slot {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.dropIgnoredLocked()
 	if len(q.items) == 0 {
 		return nil
 	}
@@ -70,7 +94,7 @@ func (q *queue) skip() {
 	defer q.mu.Unlock()
 	q.skipping = true
 	for _, s := range q.items {
-		if s.kind == slotSync {
+		if s.realSync() {
 			break
 		}
 		if s.ready != nil {
@@ -88,7 +112,7 @@ func (q *queue) endSkip(n *names) {
 	for len(q.items) > 0 {
 		s := q.items[0]
 		q.items = q.items[1:]
-		if s.kind == slotSync {
+		if s.realSync() {
 			break
 		}
 		n.settle(s.mut, false)

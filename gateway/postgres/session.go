@@ -59,6 +59,12 @@ type session struct {
 	// Owned by the request side.
 	batch     uint64 // counts Syncs sent
 	copyCount int    // CopyData messages since the last flush
+	// pushed is the last request queued. lastStmt is the last Query or
+	// Execute forwarded when only Syncs, Flushes and COPY data have
+	// followed it: should it turn out to be a COPY FROM STDIN, the
+	// upstream ignores those Syncs (syncIgnored).
+	pushed   *slot
+	lastStmt *slot
 
 	copyIn   atomic.Bool // the upstream is receiving COPY data
 	writeMu  sync.Mutex  // serialises writes to the client
@@ -133,6 +139,13 @@ type slot struct {
 	ready  chan *resultDesc
 	layout *slot
 	once   sync.Once
+	// copying is set when this Query or Execute put the upstream in
+	// copy-in mode (CopyInResponse). syncOf is, for a Sync, the Query or
+	// Execute sent before it with only Syncs, Flushes and COPY data in
+	// between: PostgreSQL ignores a Sync it reads in copy-in mode, so if
+	// that statement started a COPY FROM STDIN, this Sync gets no answer.
+	copying atomic.Bool
+	syncOf  *slot
 	// stmt is the statement a Describe of a statement describes.
 	stmt *prepared
 	// recRef is the recorded request event this request's outcome
@@ -140,6 +153,15 @@ type slot struct {
 	recRef int
 	start  time.Time
 }
+
+// syncIgnored reports whether the upstream ignored this Sync: it was read
+// in copy-in mode. Known once the statement before it has been answered.
+func (sl *slot) syncIgnored() bool {
+	return sl.kind == slotSync && sl.syncOf != nil && sl.syncOf.copying.Load()
+}
+
+// realSync reports whether sl is a Sync the upstream answers.
+func (sl *slot) realSync() bool { return sl.kind == slotSync && !sl.syncIgnored() }
 
 func (sl *slot) resolve(d *resultDesc) {
 	if sl.ready != nil {
@@ -303,7 +325,10 @@ func (s *session) desync(what string) {
 	s.end("XX000", "gatehouse: the session's responses no longer match its requests ("+what+"); the session is ended")
 }
 
-func (s *session) push(sl *slot) bool { return s.q.push(sl) }
+func (s *session) push(sl *slot) bool {
+	s.pushed = sl
+	return s.q.push(sl)
+}
 
 // check runs before every statement (see core.Session.Check): false means
 // the session has been ended.
