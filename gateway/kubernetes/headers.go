@@ -30,13 +30,16 @@ func stripIdentityHeaders(h http.Header) {
 		}
 	}
 	// The API server also takes a bearer token from a WebSocket
-	// subprotocol: a caller's must not reach it either.
+	// subprotocol: a caller's must not reach it either. It looks for the
+	// prefix, as written; any protocol that holds it anywhere, in any
+	// case, is dropped (none is legitimate, and a reader that matched
+	// more loosely would still find no token).
 	if vs := h.Values("Sec-Websocket-Protocol"); len(vs) > 0 {
 		var keep []string
 		for _, v := range vs {
 			for p := range strings.SplitSeq(v, ",") {
 				p = strings.TrimSpace(p)
-				if p != "" && !strings.HasPrefix(strings.ToLower(p), tokenSubprotocol) {
+				if p != "" && !strings.Contains(strings.ToLower(p), tokenSubprotocol) {
 					keep = append(keep, p)
 				}
 			}
