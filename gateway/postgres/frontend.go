@@ -53,17 +53,10 @@ func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) err
 	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.CopyData:
 		// In copy-in mode the upstream ignores Syncs and Flushes: a Sync
 		// may belong to the statement before it (syncOf).
-	case *pgproto3.Query, *pgproto3.Execute:
-		s.lastStmt = nil
-		before := s.pushed
-		defer func() {
-			if sl := s.pushed; sl != before && sl != nil && (sl.kind == slotQuery || sl.kind == slotExecute) {
-				s.lastStmt = sl
-			}
-		}()
 	default:
 		// CopyDone and CopyFail end copy-in mode; anything else ends it
-		// with an error, after which the next Sync is answered.
+		// with an error, after which the next Sync is answered. A Query
+		// or Execute forwarded now sets lastStmt again (push).
 		s.lastStmt = nil
 	}
 	switch m := msg.(type) {

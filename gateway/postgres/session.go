@@ -59,11 +59,9 @@ type session struct {
 	// Owned by the request side.
 	batch     uint64 // counts Syncs sent
 	copyCount int    // CopyData messages since the last flush
-	// pushed is the last request queued. lastStmt is the last Query or
-	// Execute forwarded when only Syncs, Flushes and COPY data have
-	// followed it: should it turn out to be a COPY FROM STDIN, the
-	// upstream ignores those Syncs (syncIgnored).
-	pushed   *slot
+	// lastStmt is the last Query or Execute forwarded when only Syncs,
+	// Flushes and COPY data have followed it: should it turn out to be a
+	// COPY FROM STDIN, the upstream ignores those Syncs (syncIgnored).
 	lastStmt *slot
 
 	copyIn   atomic.Bool // the upstream is receiving COPY data
@@ -326,7 +324,9 @@ func (s *session) desync(what string) {
 }
 
 func (s *session) push(sl *slot) bool {
-	s.pushed = sl
+	if sl.kind == slotQuery || sl.kind == slotExecute {
+		s.lastStmt = sl
+	}
 	return s.q.push(sl)
 }
 
