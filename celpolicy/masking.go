@@ -41,6 +41,24 @@ type MaskedSource struct {
 	Derived bool   `json:"derived,omitempty"`
 }
 
+// Retext returns a copy of the plan whose statements all name text. A plan
+// decided for one text is reused for every text of the same shape (a
+// cached decision, always of one statement), and the plan a request
+// carries, and its recording shows, must name that request's own text,
+// not the first one's: the constants differ.
+func (p *MaskPlan) Retext(text string) *MaskPlan {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	c.Statements = make([]StatementMasks, len(p.Statements))
+	for i, st := range p.Statements {
+		st.Text = text
+		c.Statements[i] = st
+	}
+	return &c
+}
+
 // Masked reports whether any output is masked.
 func (p *MaskPlan) Masked() bool {
 	if p == nil {

@@ -2,14 +2,19 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
 	"github.com/gatehouse-dev/gatehouse/internal/clock"
 	"github.com/gatehouse-dev/gatehouse/sqlfacts"
@@ -61,5 +66,52 @@ func TestDecisionCache(t *testing.T) {
 	clk.Advance(2 * time.Hour)
 	if d := cs.Judge(sqlfacts.Query("SELECT count(*) FROM orders WHERE id = 9")); d.Effect != bundle.EffectDeny {
 		t.Fatalf("a decision that reads the time was served from the cache: %+v", d)
+	}
+}
+
+// TestCachedDecisionNamesItsOwnText: a decision served from the cache
+// carries a mask plan that names the request's own text, not the text the
+// plan was first decided for (the constants differ). The recording shows
+// each statement's plan.
+func TestCachedDecisionNamesItsOwnText(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, e.connString(e.issuer.Token(t, "analytics-job", "gatehouse")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var texts []string
+	for i := 1; i <= 3; i++ {
+		sql := fmt.Sprintf("SELECT email FROM customers WHERE id = %d", i)
+		texts = append(texts, sql)
+		if _, err := c.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close(ctx)
+	ss := waitSealed(t, e, 1)
+	evs, err := recorder.ReadEvents(ss[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for _, ev := range evs {
+		if ev.Type != recorder.TypeRequest {
+			continue
+		}
+		var req celpolicy.PostgresRequest
+		if err := json.Unmarshal(ev.Request, &req); err != nil {
+			t.Fatal(err)
+		}
+		if req.Masking == nil || len(req.Masking.Statements) != 1 || !req.Masking.Masked() {
+			t.Fatalf("%q: recorded plan %+v", ev.Text, req.Masking)
+		}
+		if got := req.Masking.Statements[0].Text; got != ev.Text {
+			t.Errorf("the plan recorded for %q names %q", ev.Text, got)
+		}
+		seen = append(seen, ev.Text)
+	}
+	if !slices.Equal(seen, texts) {
+		t.Fatalf("recorded %q, ran %q", seen, texts)
 	}
 }

@@ -207,6 +207,9 @@ func (s *Session) Judge(req celpolicy.Request) celpolicy.Decision {
 	if ck, ok := req.(interface{ CacheKey() string }); ok && active.Policy.Cacheable(s.resource, req.RequestKind()) {
 		key = ck.CacheKey()
 	}
+	if pr, ok := req.(*celpolicy.PostgresRequest); ok && len(pr.Statements) != 1 {
+		key = "" // a reused mask plan is given one statement's text (below)
+	}
 	epoch := uint64(0)
 	if key != "" && s.epoch != nil {
 		epoch = s.epoch()
@@ -216,6 +219,8 @@ func (s *Session) Judge(req celpolicy.Request) celpolicy.Decision {
 		d := c.d.Clone()
 		s.mu.Unlock()
 		if pr, ok := req.(*celpolicy.PostgresRequest); ok {
+			// One statement (above): the plan names this one's text.
+			d.Masking = d.Masking.Retext(pr.Statements[0].Text)
 			pr.Masking = d.Masking
 		}
 		if len(d.Masks) > 0 {
