@@ -23,6 +23,9 @@ import (
 //     SELECT, INSERT, UPDATE, DELETE, MERGE (not SELECT INTO, SET, COPY,
 //     EXPLAIN, whose options and names may be constants);
 //   - no call to set_config, whose first argument (a constant) is a fact;
+//   - no output taken by a position that normalize replaces with a
+//     placeholder: DISTINCT ON (2), ROLLUP (2), GROUP BY (1, 2) name a
+//     column by a constant (lw.byConstant);
 //   - a normalized text with no ';' (but one at its end) and no comment
 //     outside the constants, so that the statement's text is the whole
 //     input, trimmed of spaces and that ';'.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
 // freshQuery analyses a text without the cache.
@@ -76,15 +78,45 @@ func TestFactsCache(t *testing.T) {
 		";SELECT 1",
 		"SELECT 1 -- a comment",
 		"SELECT a INTO b FROM t",
+		// Positions that normalize replaces: DISTINCT ON (1) and (2)
+		// share a normalized text, and use different columns.
+		"SELECT DISTINCT ON (1) id, email FROM customers",
+		"SELECT DISTINCT ON (2) id, email FROM customers",
+		"SELECT id, email FROM customers GROUP BY ROLLUP (1, 2)",
+		"SELECT id, email FROM customers GROUP BY GROUPING SETS ((1), (2))",
+		"SELECT id, email FROM customers GROUP BY CUBE (2)",
+		"SELECT id, email FROM customers GROUP BY (1, 2)",
+		"SELECT id, email FROM customers GROUP BY (2, 2)",
+		"SELECT * FROM (SELECT DISTINCT ON (2) id, email FROM customers) s WHERE id = 1",
+		// Positions this walk cannot resolve: over * (the database's
+		// catalog can), and those the database refuses (0, 3 of 2).
+		"SELECT DISTINCT ON (2) * FROM customers",
+		"SELECT count(*) FROM customers GROUP BY ROLLUP (7)",
+		"SELECT DISTINCT ON (0) id, email FROM customers",
+		"SELECT id, email FROM customers GROUP BY (3, 3)",
+		"SELECT id, email FROM customers GROUP BY GROUPING SETS ((3), ())",
 	} {
-		stmts, err := Analyze(sql)
-		if err == nil && cacheable(stmts) {
+		stmts, byConstant, err := analyze(sql, "", 0)
+		if err == nil && !byConstant && cacheable(stmts) {
 			if _, ok := shapeKey(sql); ok {
 				t.Errorf("%q would be cached by shape", sql)
 			}
 		}
 		if got, want := factsJSON(t, sql), freshQuery(t, sql); got != want {
 			t.Errorf("%q:\n got %s\nwant %s", sql, got, want)
+		}
+	}
+	// Positions kept by normalize: ORDER BY 1 and ORDER BY 2 differ.
+	for _, g := range [][]string{
+		{"SELECT id, email FROM customers ORDER BY 1", "SELECT id, email FROM customers ORDER BY 2"},
+		{"SELECT id, email FROM customers GROUP BY 1, 2", "SELECT id, email FROM customers GROUP BY 2, 1"},
+	} {
+		for _, sql := range g {
+			for range 2 {
+				if got, want := factsJSON(t, sql), freshQuery(t, sql); got != want {
+					t.Errorf("%q:\n got %s\nwant %s", sql, got, want)
+				}
+			}
 		}
 	}
 	// Shapes that must differ.
@@ -99,6 +131,13 @@ func TestFactsCache(t *testing.T) {
 		// an operator applied to one: their fingerprints differ.
 		{"SELECT -42", "SELECT -'x'"},
 		{"SELECT (-1.5)", "SELECT (-$$d$$)"},
+		{"SELECT id, email FROM customers ORDER BY 1", "SELECT id, email FROM customers ORDER BY 2"},
+		{"SELECT id, email FROM customers GROUP BY 1, 2", "SELECT id, email FROM customers GROUP BY 1, 1"},
+		{"SELECT id, email FROM customers ORDER BY (1)", "SELECT id, email FROM customers ORDER BY (2)"},
+		{"SELECT email FROM customers UNION SELECT email FROM customers ORDER BY 1", "SELECT email FROM customers UNION SELECT email FROM customers ORDER BY 2"},
+		{"SELECT (SELECT email FROM customers ORDER BY 1 LIMIT 1)", "SELECT (SELECT email FROM customers ORDER BY 2 LIMIT 1)"},
+		{"WITH s AS (SELECT id, email FROM customers ORDER BY 1) SELECT * FROM s", "WITH s AS (SELECT id, email FROM customers ORDER BY 2) SELECT * FROM s"},
+		{"INSERT INTO t SELECT id, email FROM customers GROUP BY 1, 2", "INSERT INTO t SELECT id, email FROM customers GROUP BY 2, 2"},
 	} {
 		k1, _ := shapeKey(pair[0])
 		k2, _ := shapeKey(pair[1])
@@ -143,6 +182,11 @@ func FuzzFactsCache(f *testing.F) {
 		"SELECT set_config('x', 'y', false)",
 		"DELETE FROM t WHERE id = $1",
 		"MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET a = 1",
+		"SELECT DISTINCT ON (1) a, b FROM t",
+		"SELECT a, b FROM t GROUP BY ROLLUP (1, 2)",
+		"SELECT a, b FROM t GROUP BY (1, 2) ORDER BY 2",
+		"SELECT DISTINCT ON (3) * FROM t",
+		"SELECT a, b, row_number() OVER w FROM t WINDOW w AS (ORDER BY 2)",
 	} {
 		f.Add(seed)
 	}
@@ -157,7 +201,8 @@ func FuzzFactsCache(f *testing.F) {
 		if got, want := factsJSON(t, sql), freshQuery(t, sql); got != want {
 			t.Fatalf("%q:\n got %s\nwant %s", sql, got, want)
 		}
-		for _, lit := range []string{"42", "'s'", "-1.5", "E'a\\'b'", "$$d$$"} {
+		// 1 and 2: a placeholder may stand for a position.
+		for _, lit := range []string{"0", "1", "2", "3", "NULL", "42", "'s'", "-1.5", "E'a\\'b'", "$$d$$"} {
 			v := fillPlaceholders(key, lit)
 			if k, ok := shapeKey(v); !ok || k != key {
 				continue
@@ -185,4 +230,30 @@ func fillPlaceholders(norm, lit string) string {
 		b.WriteByte(norm[i])
 	}
 	return b.String()
+}
+
+// TestNormalizeKeepsPositions: the cache takes positions in ORDER BY and
+// GROUP BY proper from the key, because pg_query's normalize keeps them
+// (it replaces those in DISTINCT ON, grouping sets and rows, which the
+// walk marks instead: lw.byConstant). A pg_query that replaced them would
+// let ORDER BY 1 and ORDER BY 2 share an entry.
+func TestNormalizeKeepsPositions(t *testing.T) {
+	for _, sql := range []string{
+		"SELECT a, b FROM t ORDER BY 2",
+		"SELECT a, b FROM t ORDER BY (2) DESC NULLS FIRST",
+		"SELECT a, b FROM t GROUP BY 2, a",
+		"SELECT a FROM t UNION SELECT b FROM t ORDER BY 2",
+		"SELECT (SELECT a FROM t ORDER BY 2 LIMIT 1)",
+		"WITH s AS (SELECT a, b FROM t GROUP BY 2) SELECT * FROM s",
+		"INSERT INTO u SELECT a, b FROM t ORDER BY 2",
+		"SELECT * FROM (SELECT a, b FROM t ORDER BY 2) s",
+	} {
+		norm, err := pg.Normalize(sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(norm, "2") {
+			t.Errorf("normalize replaced a position: %q became %q", sql, norm)
+		}
+	}
 }

@@ -153,6 +153,13 @@ type lw struct {
 	// explode is refused instead.
 	steps int
 	rels  map[string]*RelationInfo
+	// byConstant: a constant stands where PostgreSQL reads a position,
+	// and pg_query's normalize replaces it with a placeholder
+	// (DISTINCT ON (2), ROLLUP (2), GROUP BY (1, 2)), so texts of one
+	// normalized shape may use different columns, and the statement's
+	// facts must not be cached by shape. Positions in ORDER BY and GROUP
+	// BY proper are kept by normalize (TestNormalizeKeepsPositions).
+	byConstant bool
 }
 
 // maxSteps bounds the expressions and queries walked for one statement.
@@ -489,7 +496,7 @@ func (w *lw) selectStmt(s *pg.SelectStmt, parent *frame, ctes *cteScope) []Outpu
 		f.outputs = outs
 		w.clause(s.WhereClause, f, "where")
 		for _, g := range s.GroupClause {
-			w.grouping(g, f)
+			w.grouping(g, f, true)
 		}
 		w.clause(s.HavingClause, f, "having")
 		for _, wd := range s.WindowClause {
@@ -613,13 +620,25 @@ func (w *lw) clause(n *pg.Node, f *frame, clause string) {
 }
 
 // grouping walks a GROUP BY item: an input column, else an output by name
-// or position.
-func (w *lw) grouping(n *pg.Node, f *frame) {
+// or position. top is false inside a grouping set or a row, whose
+// positions normalize replaces.
+func (w *lw) grouping(n *pg.Node, f *frame, top bool) {
 	if gs := n.GetGroupingSet(); gs != nil {
 		for _, c := range gs.Content {
-			w.grouping(c, f)
+			w.grouping(c, f, false)
 		}
 		return
+	}
+	// PostgreSQL flattens a row written without ROW, GROUP BY (1, email),
+	// into its items, each resolved as a GROUP BY item of its own.
+	if r := n.GetRowExpr(); r != nil && r.RowFormat == pg.CoercionForm_COERCE_IMPLICIT_CAST {
+		for _, a := range r.Args {
+			w.grouping(a, f, false)
+		}
+		return
+	}
+	if !top && n.GetAConst() != nil {
+		w.byConstant = true // resolved or not (sortItem)
 	}
 	if o, ok := w.outputRef(n, f, false); ok {
 		w.use(o.Sources, "group")
@@ -637,6 +656,18 @@ func (w *lw) sortItem(n *pg.Node, f *frame, clause string) {
 	}
 	if item == nil {
 		return
+	}
+	if clause == "window" {
+		// A window's ORDER BY follows SQL:1999: a constant is a
+		// constant, and an output's name is not in scope.
+		w.clause(item, f, clause)
+		return
+	}
+	if clause != "order" && item.GetAConst() != nil {
+		// Whether or not it names an output here: over * the database's
+		// catalog may resolve what this walk cannot, and a position the
+		// database refuses must not share an entry with one it takes.
+		w.byConstant = true
 	}
 	if o, ok := w.outputRef(item, f, true); ok {
 		w.use(o.Sources, clause)

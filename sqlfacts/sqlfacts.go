@@ -69,30 +69,34 @@ var ErrTooLarge = fmt.Errorf("SQL text is larger than %d bytes", MaxSQLBytes)
 // statement reachable inside another (see Statement.Via). An error means the
 // text must be denied: nothing about it can be known.
 func Analyze(sql string) ([]Statement, error) {
-	return analyze(sql, "", 0)
+	stmts, _, err := analyze(sql, "", 0)
+	return stmts, err
 }
 
-func analyze(sql, via string, depth int) ([]Statement, error) {
+// analyze is Analyze; byConstant reports that a statement takes an output
+// by a position that normalize replaces (lw.byConstant), so that its
+// facts must not be cached by shape.
+func analyze(sql, via string, depth int) (stmts []Statement, byConstant bool, err error) {
 	if len(sql) > MaxSQLBytes {
-		return nil, ErrTooLarge
+		return nil, false, ErrTooLarge
 	}
 	if i := strings.IndexByte(sql, 0); i >= 0 {
 		// libpg_query takes a C string; a NUL would silently cut the text
 		// and hide whatever follows it.
-		return nil, &ParseError{Message: "SQL text contains a NUL byte", Position: utf8.RuneCountInString(sql[:i]) + 1}
+		return nil, false, &ParseError{Message: "SQL text contains a NUL byte", Position: utf8.RuneCountInString(sql[:i]) + 1}
 	}
 	if len(sql) > depthCheckBytes {
 		depth, err := estimateNesting(sql)
 		if err != nil {
-			return nil, parseError(err)
+			return nil, false, parseError(err)
 		}
 		if depth > MaxNesting {
-			return nil, &ParseError{Message: fmt.Sprintf("expressions nest more than %d levels deep; text this deep cannot be analyzed safely and is refused", MaxNesting)}
+			return nil, false, &ParseError{Message: fmt.Sprintf("expressions nest more than %d levels deep; text this deep cannot be analyzed safely and is refused", MaxNesting)}
 		}
 	}
 	tree, err := pg.Parse(sql)
 	if err != nil {
-		return nil, parseError(err)
+		return nil, false, parseError(err)
 	}
 	a := &analyzer{depth: depth, version: tree.Version}
 	for _, raw := range tree.Stmts {
@@ -106,13 +110,15 @@ func analyze(sql, via string, depth int) ([]Statement, error) {
 		idx := len(a.out)
 		a.emit(raw.Stmt, via, text, fp, nil)
 		if a.err != nil {
-			return nil, a.err
+			return nil, false, a.err
 		}
 		if via == "" && idx < len(a.out) {
-			a.out[idx].ColumnUses = columnUses(raw.Stmt, tree.Version)
+			uses, byConst := columnUses(raw.Stmt, tree.Version)
+			a.out[idx].ColumnUses = uses
+			byConstant = byConstant || byConst
 		}
 	}
-	return a.out, nil
+	return a.out, byConstant, nil
 }
 
 func parseError(err error) *ParseError {
@@ -152,11 +158,11 @@ func Query(sql string) *celpolicy.PostgresRequest {
 	if req, key, ok := cachedQuery(sql); ok {
 		return req
 	} else if key != "" {
-		stmts, err := Analyze(sql)
+		stmts, byConstant, err := analyze(sql, "", 0)
 		if err != nil {
 			return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
 		}
-		if cacheable(stmts) && stmts[0].Fingerprint == fingerprintOf(key) {
+		if !byConstant && cacheable(stmts) && stmts[0].Fingerprint == fingerprintOf(key) {
 			factsCache.put(key, cloneStatement(stmts[0]))
 			return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts, Shape: key}
 		}
@@ -171,12 +177,12 @@ func Query(sql string) *celpolicy.PostgresRequest {
 
 // columnUses is a statement's column uses as far as they resolve without a
 // database.
-func columnUses(n *pg.Node, version int32) []ColumnUse {
+func columnUses(n *pg.Node, version int32) ([]ColumnUse, bool) {
 	w := &lw{cat: NewStaticCatalog(nil), version: version, rels: map[string]*RelationInfo{}}
 	w.statement(n)
 	out := make([]ColumnUse, 0, len(w.out.Uses))
 	for _, u := range w.out.Uses {
 		out = append(out, ColumnUse{Column: u.Column, Clause: u.Clause})
 	}
-	return out
+	return out, w.byConstant
 }

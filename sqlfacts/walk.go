@@ -243,7 +243,7 @@ func (a *analyzer) functionBody(fn *pg.CreateFunctionStmt, command, language, fi
 		a.err = &ParseError{Message: "SQL function bodies are nested too deeply to analyze"}
 		return
 	}
-	nested, err := analyze(body[0], command, a.depth+1)
+	nested, _, err := analyze(body[0], command, a.depth+1)
 	if err != nil {
 		a.err = &ParseError{Message: "the body of the SQL function does not parse: " + err.Error()}
 		return

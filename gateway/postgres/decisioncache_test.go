@@ -115,3 +115,25 @@ func TestCachedDecisionNamesItsOwnText(t *testing.T) {
 		t.Fatalf("recorded %q, ran %q", seen, texts)
 	}
 }
+
+// TestDecisionCacheByPosition: DISTINCT ON (1) and DISTINCT ON (3) over *
+// normalize alike, and PostgreSQL reads each as a column position: the
+// first (id) is allowed, the second (email, masked) must be refused, not
+// served the first's cached decision.
+func TestDecisionCacheByPosition(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	c := e.connect(t, "analytics-job")
+	defer c.Close(ctx)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		if _, err := c.Exec(ctx, "SELECT DISTINCT ON (1) * FROM customers", mode); err != nil {
+			t.Fatalf("%v: DISTINCT ON (1): %v", mode, err)
+		}
+		for _, sql := range []string{"SELECT DISTINCT ON (3) * FROM customers", "SELECT id, email FROM customers GROUP BY (1, 2)"} {
+			_, err := c.Exec(ctx, sql, mode)
+			if pgCode(err) != "42501" || !strings.Contains(err.Error(), "DISTINCT") && !strings.Contains(err.Error(), "GROUP BY") {
+				t.Fatalf("%v: %s: %v", mode, sql, err)
+			}
+		}
+	}
+}
