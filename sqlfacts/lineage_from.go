@@ -2,6 +2,7 @@ package sqlfacts
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -299,7 +300,10 @@ func columnOf(r *lrange, col string) string {
 func (w *lw) written(r *lrange, assigned map[string][]Source) *lrange {
 	out := *r
 	out.cols = slices.Clone(r.cols)
-	for col, srcs := range assigned {
+	// By name, so that flows (and the refusal that names the
+	// first masked one) come out the same every time.
+	for _, col := range slices.Sorted(maps.Keys(assigned)) {
+		srcs := assigned[col]
 		w.flow(columnOf(r, col), srcs)
 		found := false
 		for i := range out.cols {
