@@ -32,7 +32,7 @@ func appendEvent(b []byte, ev *Event) ([]byte, bool) {
 	_, offset := ev.Time.Zone()
 	if len(ev.Frames) > 0 || len(ev.Votes) > 0 || ev.Time.Year() < 0 || ev.Time.Year() > 9999 || offset <= -24*3600 || offset >= 24*3600 ||
 		math.IsNaN(ev.DurationMS) || math.IsInf(ev.DurationMS, 0) ||
-		!plainRaw(ev.Request) || !plainRaw(ev.Decision) || !plainRaw(ev.Facts) || !plainRaw(ev.TokenGroups) || !plainRaw(ev.Claims) {
+		!ev.Marshalled && (!plainRaw(ev.Request) || !plainRaw(ev.Decision)) || !plainRaw(ev.Facts) || !plainRaw(ev.TokenGroups) || !plainRaw(ev.Claims) {
 		return b, false
 	}
 	b = append(b, `{"seq":`...)

@@ -107,6 +107,13 @@ type Event struct {
 	Effect   string          `json:"effect,omitempty"`
 	Rules    []string        `json:"rules,omitempty"`
 
+	// Marshalled says that Request and Decision are json.Marshal's own
+	// output, already in the form the encoder writes raw JSON as it is
+	// (compact, valid, HTML characters escaped), so it need not check
+	// them again: on a gateway's busiest path that check was a twentieth
+	// of its CPU time. It is never written.
+	Marshalled bool `json:"-"`
+
 	// Format 1's request fields: the SQL and its facts.
 	SQL   string          `json:"sql,omitempty"`
 	Facts json.RawMessage `json:"facts,omitempty"`

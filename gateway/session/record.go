@@ -29,7 +29,7 @@ type Requested struct {
 func (r *Requested) event() recorder.Event {
 	req, _ := json.Marshal(r.Request)
 	dec, _ := json.Marshal(r.Decision)
-	return recorder.Event{Type: recorder.TypeRequest, Kind: r.Kind, Text: r.Text, Request: req, Decision: dec,
+	return recorder.Event{Type: recorder.TypeRequest, Kind: r.Kind, Text: r.Text, Request: req, Decision: dec, Marshalled: true,
 		Effect: string(r.Decision.Effect), Rules: r.Decision.Rules(), Params: r.Params, Approval: r.Approval, ApprovalHash: r.Hash}
 }
 
