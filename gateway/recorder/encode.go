@@ -22,10 +22,17 @@ import (
 // no HTML characters), which is how the gateway makes them; anything else
 // goes through json.Marshal, which compacts and escapes them.
 func encodeEvent(ev *Event) ([]byte, error) {
-	if b, ok := appendEvent(make([]byte, 0, 512), ev); ok {
+	// Room for the raw fields and the text, so that the line is not
+	// copied as it grows (a request's facts alone are often 700 bytes).
+	size := 384 + len(ev.Request) + len(ev.Decision) + len(ev.Facts) + len(ev.Text) + len(ev.SQL) + len(ev.Error)
+	if b, ok := appendEvent(make([]byte, 0, size), ev); ok {
 		return b, nil
 	}
-	return json.Marshal(ev)
+	// A copy goes to json.Marshal, so that ev itself does not escape:
+	// the caller's event then stays on its stack (an Event is large, and
+	// every statement records two).
+	c := *ev
+	return json.Marshal(&c)
 }
 
 func appendEvent(b []byte, ev *Event) ([]byte, bool) {
