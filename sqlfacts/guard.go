@@ -104,7 +104,13 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 		return d
 	}
 	req.Masking = nil
+	copies := 0
 	for _, st := range req.Statements {
+		if st.Command == "COPY" && st.CopyDirection == "from" && st.CopyTarget == "stdio" && st.Via == "" {
+			if copies++; copies > 1 {
+				return refuse(d, "a query may hold one COPY FROM STDIN at most: the gateway follows one copy's data per query")
+			}
+		}
 		if st.Command == "SHOW" {
 			continue
 		}

@@ -118,6 +118,8 @@ func TestGuardRefuses(t *testing.T) {
 		{"SELECT 1 FROM pg_stat_get_activity(NULL) a WHERE a.query LIKE '%x%'", "gatehouse:other-sessions"},
 		// Names must resolve as the session resolves them.
 		{"SET search_path = evil, public", "search_path"},
+		// The PostgreSQL gateway follows one copy's data per query.
+		{"COPY payments FROM STDIN; COPY payments FROM STDIN", "one COPY FROM STDIN"},
 		{"SELECT set_config('search_path', 'evil', false)", "search_path"},
 	} {
 		t.Run(c.sql, func(t *testing.T) {

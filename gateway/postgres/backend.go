@@ -87,11 +87,11 @@ func (s *session) response(msg pgproto3.BackendMessage) (pgproto3.BackendMessage
 	case *pgproto3.CommandComplete, *pgproto3.EmptyQueryResponse, *pgproto3.PortalSuspended:
 		return s.commandEnd(msg, h)
 	case *pgproto3.CopyInResponse:
-		if !is(h, slotQuery, slotExecute) {
-			return s.outOfStep("CopyInResponse without a query")
+		// Only a statement the gateway forwarded as a COPY FROM STDIN,
+		// and waits on, may start one, and only once.
+		if !is(h, slotQuery, slotExecute) || !h.copyBegin() {
+			return s.outOfStep("CopyInResponse without a COPY FROM STDIN")
 		}
-		h.copying.Store(true)
-		s.copyIn.Store(true)
 	case *pgproto3.CopyOutResponse, *pgproto3.CopyData, *pgproto3.CopyDone:
 		if !is(h, slotQuery, slotExecute) {
 			return s.outOfStep(fmt.Sprintf("%T without a query", msg))
@@ -244,7 +244,8 @@ func (s *session) errorResponse(m *pgproto3.ErrorResponse, h *slot) (pgproto3.Ba
 		if h.deny != nil {
 			out = h.deny
 		}
-		s.copyIn.Store(false)
+		// The rest of a simple query is not run: a COPY in it is over.
+		h.copyEnd()
 	case s.q.isSkipping():
 	case is(h, slotSync):
 		// An error at Sync itself: the implicit transaction failed to
@@ -270,7 +271,6 @@ func (s *session) errorResponse(m *pgproto3.ErrorResponse, h *slot) (pgproto3.Ba
 }
 
 func (s *session) readyForQuery(m *pgproto3.ReadyForQuery, h *slot) (pgproto3.BackendMessage, bool, bool) {
-	s.copyIn.Store(false)
 	if s.q.isSkipping() {
 		s.q.endSkip(s.names)
 	} else {

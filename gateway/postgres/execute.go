@@ -140,6 +140,8 @@ func (s *session) executeHeld(ctx context.Context, m *pgproto3.Execute, p *porta
 func (s *session) forwardExecute(m *pgproto3.Execute, req *celpolicy.PostgresRequest, d celpolicy.Decision, ref int) error {
 	ms := maskSetOf(req, d)
 	ex := &slot{kind: slotExecute, masking: ms, effects: s.effectsOf(req), recRef: ref, start: time.Now()}
+	s.expectCopy(ex, req)
+	s.forgetNames(ex, req)
 	if ms != nil {
 		s.push(&slot{kind: slotDescribe, hidden: true, masking: ms, layout: ex})
 		s.fe.Send(&pgproto3.Describe{ObjectType: 'P', Name: m.Portal})

@@ -28,11 +28,23 @@ func (s *session) requests(ctx context.Context) error {
 			return nil
 		}
 		s.cs.Touch()
-		if s.copyIn.Load() {
-			// While the upstream receives COPY data it ignores Sync and
-			// Flush (they get no response) and refuses anything else.
+		if cp := s.copyStream; cp != nil && cp.copyState.Load() == copyOver {
+			// The upstream ended the copy early (a bad row): it is out of
+			// copy-in mode, and answers what comes next as usual.
+			s.copyStream = nil
+		}
+		if s.copyStream != nil {
+			// The caller sends a COPY's data. PostgreSQL would ignore a
+			// Sync or Flush here, or answer it had a bad row ended the
+			// copy before it: the gateway drops them, so that the
+			// upstream never has to choose (waitCopy). Anything else is
+			// refused, as PostgreSQL refuses it.
 			switch msg.(type) {
-			case *pgproto3.CopyData, *pgproto3.CopyDone, *pgproto3.CopyFail, *pgproto3.Sync, *pgproto3.Flush:
+			case *pgproto3.Sync, *pgproto3.Flush:
+				continue
+			case *pgproto3.CopyData:
+			case *pgproto3.CopyDone, *pgproto3.CopyFail:
+				s.copyStream = nil
 			default:
 				s.end("08P01", fmt.Sprintf("gatehouse: unexpected message %T during COPY", msg))
 				return nil
@@ -44,21 +56,16 @@ func (s *session) requests(ctx context.Context) error {
 			}
 			return err
 		}
+		if s.awaitCopy != nil {
+			if err := s.waitCopy(ctx); err != nil {
+				return err
+			}
+		}
 	}
 }
 
 // request handles one message from the caller.
 func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) error {
-	switch msg.(type) {
-	case *pgproto3.Sync, *pgproto3.Flush, *pgproto3.CopyData:
-		// In copy-in mode the upstream ignores Syncs and Flushes: a Sync
-		// may belong to the statement before it (syncOf).
-	default:
-		// CopyDone and CopyFail end copy-in mode; anything else ends it
-		// with an error, after which the next Sync is answered. A Query
-		// or Execute forwarded now sets lastStmt again (push).
-		s.lastStmt = nil
-	}
 	switch m := msg.(type) {
 	case *pgproto3.Query:
 		return s.query(ctx, m)
@@ -88,10 +95,8 @@ func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) err
 		s.push(&slot{kind: slotClose, mut: mut})
 		s.fe.Send(m)
 	case *pgproto3.Sync:
-		if !s.copyIn.Load() {
-			s.push(&slot{kind: slotSync, syncOf: s.lastStmt})
-			s.batch++
-		}
+		s.push(&slot{kind: slotSync})
+		s.batch++
 		s.fe.Send(m)
 		return s.fe.Flush()
 	case *pgproto3.Flush:
@@ -109,7 +114,7 @@ func (s *session) request(ctx context.Context, msg pgproto3.FrontendMessage) err
 			return s.fe.Flush()
 		}
 	case *pgproto3.CopyDone, *pgproto3.CopyFail:
-		s.copyIn.Store(false)
+		// Outside a copy the upstream drops them too.
 		s.fe.Send(m)
 		return s.fe.Flush()
 	case *pgproto3.Terminate:
@@ -170,7 +175,10 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		s.push(&slot{kind: slotQuery, deny: s.denial(d, req)})
 		s.fe.Send(&pgproto3.Query{String: deniedSQL})
 	default:
-		s.push(&slot{kind: slotQuery, masking: maskSetOf(req, d), effects: s.effectsOf(req), recRef: ref, start: time.Now()})
+		sl := &slot{kind: slotQuery, masking: maskSetOf(req, d), effects: s.effectsOf(req), recRef: ref, start: time.Now()}
+		s.expectCopy(sl, req)
+		s.forgetNames(sl, req)
+		s.push(sl)
 		s.fe.Send(m)
 	}
 	return s.fe.Flush()

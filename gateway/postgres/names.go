@@ -107,6 +107,41 @@ func (n *names) resolve(key string, batch uint64) (stmt *prepared, port *portal,
 	}
 }
 
+// forgetAll proposes to drop every statement (kind 'S') or portal ('P')
+// the record has or is about to have, for a request of the given batch:
+// SQL DEALLOCATE, CLOSE and DISCARD drop names behind the protocol's back,
+// and SQL PREPARE or DECLARE may then give one of them another meaning.
+// Dropped, a name is unknown to the gateway, and an Execute through it is
+// refused until a Parse or Bind defines it again. The changes are applied
+// once the request is over, whatever its outcome (fail closed: a name
+// forgotten that the upstream still has only costs a refusal).
+func (n *names) forgetAll(kind byte, batch uint64) []*mutation {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	keys := map[string]bool{}
+	if kind == 'S' {
+		for name := range n.stmts {
+			keys["S:"+name] = true
+		}
+	} else {
+		for name := range n.portals {
+			keys["P:"+name] = true
+		}
+	}
+	for key := range n.pending {
+		if key[0] == kind {
+			keys[key] = true
+		}
+	}
+	var muts []*mutation
+	for key := range keys {
+		m := &mutation{key: key, batch: batch}
+		n.pending[key] = append(n.pending[key], m)
+		muts = append(muts, m)
+	}
+	return muts
+}
+
 // endTransaction drops portals: the upstream drops them when a transaction
 // ends.
 func (n *names) endTransaction() {

@@ -28,34 +28,27 @@ func (q *queue) push(s *slot) bool {
 	if q.closed {
 		return false
 	}
-	if q.skipping && s.kind != slotSync && s.ready != nil && !q.syncQueuedLocked() {
+	if q.skipping && s.kind != slotSync && !q.syncQueuedLocked() {
 		// The upstream skips this request, up to the Sync that ends the
-		// failed batch: its describe never comes. Behind that Sync, it is
-		// the next batch's, and answered.
-		s.resolve(nil)
+		// failed batch: its describe (or its COPY) never comes. Behind
+		// that Sync, it is the next batch's, and answered.
+		s.skipped()
 	}
 	q.items = append(q.items, s)
 	q.cond.Signal()
 	return true
 }
 
-// syncQueuedLocked reports whether a Sync the upstream will answer is
-// queued. q.mu is held.
+// syncQueuedLocked reports whether a Sync is queued. Every queued Sync is
+// answered: none is forwarded while the upstream may be in copy-in mode,
+// where it would ignore it (session.copyStream). q.mu is held.
 func (q *queue) syncQueuedLocked() bool {
 	for _, s := range q.items {
-		if s.realSync() {
+		if s.kind == slotSync {
 			return true
 		}
 	}
 	return false
-}
-
-// dropIgnoredLocked drops Syncs at the front that the upstream ignored
-// (read in copy-in mode): they get no answer. q.mu is held.
-func (q *queue) dropIgnoredLocked() {
-	for len(q.items) > 0 && q.items[0].syncIgnored() {
-		q.items = q.items[1:]
-	}
 }
 
 // head returns the oldest request, waiting for one if blocking. It returns
@@ -63,13 +56,11 @@ func (q *queue) dropIgnoredLocked() {
 func (q *queue) head(block bool) *slot {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.dropIgnoredLocked()
 	for len(q.items) == 0 {
 		if q.closed || !block {
 			return nil
 		}
 		q.cond.Wait()
-		q.dropIgnoredLocked()
 	}
 	return q.items[0]
 }
@@ -78,12 +69,12 @@ func (q *queue) head(block bool) *slot {
 func (q *queue) pop() *slot {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.dropIgnoredLocked()
 	if len(q.items) == 0 {
 		return nil
 	}
 	s := q.items[0]
 	q.items = q.items[1:]
+	s.finished() // it has all its answers
 	return s
 }
 
@@ -94,12 +85,10 @@ func (q *queue) skip() {
 	defer q.mu.Unlock()
 	q.skipping = true
 	for _, s := range q.items {
-		if s.realSync() {
+		if s.kind == slotSync {
 			break
 		}
-		if s.ready != nil {
-			s.resolve(nil)
-		}
+		s.skipped()
 	}
 }
 
@@ -112,13 +101,11 @@ func (q *queue) endSkip(n *names) {
 	for len(q.items) > 0 {
 		s := q.items[0]
 		q.items = q.items[1:]
-		if s.realSync() {
+		if s.kind == slotSync {
 			break
 		}
 		n.settle(s.mut, false)
-		if s.ready != nil {
-			s.resolve(nil)
-		}
+		s.skipped()
 	}
 	q.skipping = false
 }
@@ -134,9 +121,7 @@ func (q *queue) close() {
 	defer q.mu.Unlock()
 	q.closed = true
 	for _, s := range q.items {
-		if s.ready != nil {
-			s.resolve(nil)
-		}
+		s.skipped()
 	}
 	q.cond.Broadcast()
 }

@@ -59,13 +59,12 @@ type session struct {
 	// Owned by the request side.
 	batch     uint64 // counts Syncs sent
 	copyCount int    // CopyData messages since the last flush
-	// lastStmt is the last Query or Execute forwarded when only Syncs,
-	// Flushes and COPY data have followed it: should it turn out to be a
-	// COPY FROM STDIN, the upstream ignores those Syncs (syncIgnored).
-	lastStmt *slot
+	// awaitCopy is a COPY FROM STDIN just forwarded: nothing more is
+	// forwarded until the upstream has said whether it started (copyIn).
+	// copyStream is that statement while the caller sends its data.
+	awaitCopy, copyStream *slot
 
-	copyIn   atomic.Bool // the upstream is receiving COPY data
-	writeMu  sync.Mutex  // serialises writes to the client
+	writeMu  sync.Mutex // serialises writes to the client
 	ending   atomic.Bool
 	closeOne sync.Once
 }
@@ -137,13 +136,17 @@ type slot struct {
 	ready  chan *resultDesc
 	layout *slot
 	once   sync.Once
-	// copying is set when this Query or Execute put the upstream in
-	// copy-in mode (CopyInResponse). syncOf is, for a Sync, the Query or
-	// Execute sent before it with only Syncs, Flushes and COPY data in
-	// between: PostgreSQL ignores a Sync it reads in copy-in mode, so if
-	// that statement started a COPY FROM STDIN, this Sync gets no answer.
-	copying atomic.Bool
-	syncOf  *slot
+	// copyIn is made for a Query or Execute of COPY FROM STDIN, and
+	// closed once the upstream has said whether the copy started
+	// (copyState: copyStarted on CopyInResponse, copyOver on anything
+	// else: an error, its end, skipped, the session over).
+	copyIn    chan struct{}
+	copyState atomic.Int32
+	copyOnce  sync.Once
+	// forget are names this request's SQL drops (names.forgetAll),
+	// applied once it is over (finished).
+	forget     func()
+	forgetOnce sync.Once
 	// stmt is the statement a Describe of a statement describes.
 	stmt *prepared
 	// recRef is the recorded request event this request's outcome
@@ -152,14 +155,51 @@ type slot struct {
 	start  time.Time
 }
 
-// syncIgnored reports whether the upstream ignored this Sync: it was read
-// in copy-in mode. Known once the statement before it has been answered.
-func (sl *slot) syncIgnored() bool {
-	return sl.kind == slotSync && sl.syncOf != nil && sl.syncOf.copying.Load()
+// The states of a COPY FROM STDIN (slot.copyState).
+const (
+	copyPending int32 = iota
+	copyStarted
+	copyOver
+)
+
+// copyBegin records a CopyInResponse for this request. It reports false
+// when no copy was expected of it, or it already had its answer: the
+// responses are then out of step.
+func (sl *slot) copyBegin() bool {
+	if sl.copyIn == nil || !sl.copyState.CompareAndSwap(copyPending, copyStarted) {
+		return false
+	}
+	sl.copyOnce.Do(func() { close(sl.copyIn) })
+	return true
 }
 
-// realSync reports whether sl is a Sync the upstream answers.
-func (sl *slot) realSync() bool { return sl.kind == slotSync && !sl.syncIgnored() }
+// copyEnd records that a COPY this request may have started is over, or
+// never started.
+func (sl *slot) copyEnd() {
+	if sl.copyIn == nil {
+		return
+	}
+	sl.copyState.Store(copyOver)
+	sl.copyOnce.Do(func() { close(sl.copyIn) })
+}
+
+// finished is called once a request has all its answers, or will get
+// none.
+func (sl *slot) finished() {
+	sl.copyEnd()
+	if sl.forget != nil {
+		sl.forgetOnce.Do(sl.forget)
+	}
+}
+
+// skipped tells a request's waiters that it gets no answer: the upstream
+// skipped it, or the session is over.
+func (sl *slot) skipped() {
+	if sl.ready != nil {
+		sl.resolve(nil)
+	}
+	sl.finished()
+}
 
 func (sl *slot) resolve(d *resultDesc) {
 	if sl.ready != nil {
@@ -323,11 +363,84 @@ func (s *session) desync(what string) {
 	s.end("XX000", "gatehouse: the session's responses no longer match its requests ("+what+"); the session is ended")
 }
 
-func (s *session) push(sl *slot) bool {
-	if sl.kind == slotQuery || sl.kind == slotExecute {
-		s.lastStmt = sl
+func (s *session) push(sl *slot) bool { return s.q.push(sl) }
+
+// copiesIn reports whether a request holds a COPY FROM STDIN, and how many.
+func copiesIn(req *celpolicy.PostgresRequest) int {
+	n := 0
+	for _, st := range req.Statements {
+		if st.Command == "COPY" && st.CopyDirection == "from" && st.CopyTarget == "stdio" && st.Via == "" {
+			n++
+		}
 	}
-	return s.q.push(sl)
+	return n
+}
+
+// forgetNames makes a Query or Execute whose SQL drops prepared
+// statements or portals (DEALLOCATE, CLOSE, DISCARD) drop them from the
+// gateway's record too, in order with the requests around it.
+func (s *session) forgetNames(sl *slot, req *celpolicy.PostgresRequest) {
+	if req == nil {
+		return
+	}
+	var muts []*mutation
+	for _, kind := range []byte{'S', 'P'} {
+		for _, st := range req.Statements {
+			if st.Command == "DISCARD" || kind == 'S' && st.Command == "DEALLOCATE" || kind == 'P' && st.Command == "CLOSE" {
+				muts = append(muts, s.names.forgetAll(kind, s.batch)...)
+				break
+			}
+		}
+	}
+	if len(muts) > 0 {
+		n := s.names
+		sl.forget = func() {
+			for _, m := range muts {
+				n.settle(m, true)
+			}
+		}
+	}
+}
+
+// expectCopy marks a Query or Execute about to be forwarded as a COPY FROM
+// STDIN when its request holds one: the request side then waits for the
+// upstream's answer before it forwards anything else (waitCopy).
+func (s *session) expectCopy(sl *slot, req *celpolicy.PostgresRequest) {
+	if req != nil && copiesIn(req) > 0 {
+		sl.copyIn = make(chan struct{})
+		s.awaitCopy = sl
+	}
+}
+
+// waitCopy waits for the upstream to say whether the COPY FROM STDIN just
+// forwarded started. PostgreSQL ignores a Sync or Flush it reads in
+// copy-in mode, and answers one it reads otherwise, and which one it is
+// depends on the data (a bad row ends copy-in mode early). So the gateway
+// never forwards a Sync while the upstream may be in copy-in mode: not
+// before it knows whether the copy started, and not while the caller sends
+// the data (copyStream drops them). Every Sync it forwards is then
+// answered, and the queue stays in step.
+func (s *session) waitCopy(ctx context.Context) error {
+	sl := s.awaitCopy
+	s.awaitCopy = nil
+	// PostgreSQL flushes a CopyInResponse and an error at once, but not
+	// the rows and CommandComplete of an Execute that turned out not to be
+	// a COPY (the gateway's record of a name can be behind SQL that changed
+	// it). A protocol Flush makes it send them; in copy-in mode it is
+	// ignored.
+	s.fe.Send(&pgproto3.Flush{})
+	if err := s.fe.Flush(); err != nil {
+		return err
+	}
+	select {
+	case <-sl.copyIn:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if sl.copyState.Load() == copyStarted {
+		s.copyStream = sl
+	}
+	return nil
 }
 
 // check runs before every statement (see core.Session.Check): false means

@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +89,214 @@ func TestHeldExecuteAfterASkippedBatch(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Fatal("a Describe the upstream skips was never resolved")
+	}
+}
+
+// drainAll reads every message until the connection closes or d passes.
+func drainAll(t *testing.T, conn net.Conn, fe *pgproto3.Frontend, d time.Duration) (trace, vals []string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	defer conn.SetReadDeadline(time.Time{})
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return trace, vals
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			trace = append(trace, "D")
+			for _, v := range m.Values {
+				vals = append(vals, string(v))
+			}
+		case *pgproto3.ErrorResponse:
+			trace = append(trace, "E("+m.Code+")")
+		case *pgproto3.CommandComplete:
+			trace = append(trace, "C("+string(m.CommandTag)+")")
+		case *pgproto3.ReadyForQuery:
+			trace = append(trace, "Z")
+		default:
+			trace = append(trace, typeName(msg))
+		}
+	}
+}
+
+// bigCopy is COPY data of rows good rows, then tail: enough to keep
+// PostgreSQL busy while the caller sends what comes next.
+func bigCopy(rows int, tail string) []byte {
+	return []byte(strings.Repeat("1\t1\n", rows) + tail)
+}
+
+// noClearEmail fails if a masked email went out in the clear, or the
+// session went out of step.
+func noClearEmail(t *testing.T, trace, vals []string) {
+	t.Helper()
+	for _, v := range vals {
+		if strings.Contains(v, "jane.doe@") || strings.Contains(v, "raj@") {
+			t.Fatalf("a masked column went out in the clear: %q (trace %v)", vals, trace)
+		}
+	}
+	if slices.Contains(trace, "E(XX000)") {
+		t.Fatalf("the session went out of step: %v", trace)
+	}
+}
+
+// TestCopyDoneBeforeCopyInResponse: a caller may send a COPY's data and
+// its CopyDone before the upstream has answered the COPY. PostgreSQL then
+// answers a Sync sent after that CopyDone; the gateway must count it, or
+// every later response is paired with the request before it. (Found by a
+// review: the gateway took copy-in mode to start at CopyInResponse, after
+// the CopyDone, and left that Sync out of its queue. A Query's unmasked
+// layout was then applied to a masked UNION's rows.)
+func TestCopyDoneBeforeCopyInResponse(t *testing.T) {
+	e := startEnv(t)
+	allowCopy(t, e)
+	conn, fe := rawSession(t, e, "billing-service")
+	send(t, fe, &pgproto3.Parse{Name: "cp", Query: "COPY billing.invoices (order_id, amount) FROM STDIN"},
+		&pgproto3.Bind{PreparedStatement: "cp"}, &pgproto3.Execute{},
+		&pgproto3.CopyData{Data: bigCopy(200_000, "")}, &pgproto3.CopyDone{})
+	waitCopyIn(t, conn, fe)
+	send(t, fe, &pgproto3.Sync{}, &pgproto3.CopyDone{},
+		&pgproto3.Query{String: "SELECT email FROM customers UNION ALL SELECT 'x' WHERE false"},
+		&pgproto3.Query{String: "SELECT 1"})
+	tr, vals := drainAll(t, conn, fe, 10*time.Second)
+	noClearEmail(t, tr, vals)
+	if !slices.Contains(tr, "C(COPY 200000)") || !slices.Contains(vals, "j***@example.com") || !slices.Contains(vals, "1") {
+		t.Fatalf("trace %v, values %q", tr, vals)
+	}
+}
+
+// TestCopyFailsBeforeItsSync: a Sync sent among a COPY's data is ignored
+// by PostgreSQL if it reads it in copy-in mode, and answered if a bad row
+// ended the copy first: only the data decides. The gateway never forwards
+// such a Sync, so the upstream never has to choose.
+func TestCopyFailsBeforeItsSync(t *testing.T) {
+	e := startEnv(t)
+	allowCopy(t, e)
+	conn, fe := rawSession(t, e, "billing-service")
+	send(t, fe, &pgproto3.Parse{Name: "cp", Query: "COPY billing.invoices (order_id, amount) FROM STDIN"},
+		&pgproto3.Bind{PreparedStatement: "cp"}, &pgproto3.Execute{},
+		&pgproto3.CopyData{Data: bigCopy(200_000, "bad\tbad\n")}, &pgproto3.Sync{})
+	waitCopyIn(t, conn, fe)
+	send(t, fe, &pgproto3.CopyDone{},
+		&pgproto3.Query{String: "SELECT email FROM customers UNION ALL SELECT 'x' WHERE false"}, &pgproto3.Sync{},
+		&pgproto3.Query{String: "SELECT email FROM customers ORDER BY id"}, &pgproto3.Sync{})
+	tr, vals := drainAll(t, conn, fe, 10*time.Second)
+	noClearEmail(t, tr, vals)
+	if !slices.Contains(tr, "E(22P02)") || !slices.Contains(vals, "j***@example.com") {
+		t.Fatalf("trace %v, values %q", tr, vals)
+	}
+}
+
+// TestCopyFailureCannotShiftAParse: the same uncertain Sync, used to pair
+// a Parse's ParseComplete with a later Parse of the same name, had the
+// gateway believe a statement was SELECT 1 while the upstream held an
+// INSERT that needs approval: its Execute ran unapproved and was recorded
+// as SELECT 1.
+func TestCopyFailureCannotShiftAParse(t *testing.T) {
+	h := startHoldEnv(t)
+	allowCopy(t, h.env)
+	conn, fe := rawSession(t, h.env, "billing-service")
+	send(t, fe, &pgproto3.Parse{Name: "cp", Query: "COPY billing.invoices (order_id, amount) FROM STDIN"},
+		&pgproto3.Bind{PreparedStatement: "cp"}, &pgproto3.Execute{},
+		&pgproto3.CopyData{Data: bigCopy(200_000, "bad\tbad\n")}, &pgproto3.Sync{})
+	waitCopyIn(t, conn, fe)
+	send(t, fe, &pgproto3.CopyDone{},
+		&pgproto3.Parse{Name: "s2", Query: "INSERT INTO orders (customer_id, total) VALUES (1, 666)"}, &pgproto3.Sync{},
+		&pgproto3.Parse{Name: "s2", Query: "SELECT 1"},
+		&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Sync{},
+		&pgproto3.Bind{PreparedStatement: "s2"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	tr, _ := drainAll(t, conn, fe, 10*time.Second)
+	if slices.Contains(tr, "E(XX000)") {
+		t.Fatalf("the session went out of step: %v", tr)
+	}
+	var n int
+	if err := h.su.QueryRow(t.Context(), "SELECT count(*) FROM orders WHERE total = 666").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n > 0 {
+		t.Fatalf("an INSERT that needs approval ran without one (trace %v)", tr)
+	}
+}
+
+// TestTwoCopiesInOneQuery: the gateway follows one copy's data per query;
+// a query with two COPY FROM STDIN is refused before it runs.
+func TestTwoCopiesInOneQuery(t *testing.T) {
+	e := startEnv(t)
+	allowCopy(t, e)
+	conn, fe := rawSession(t, e, "billing-service")
+	send(t, fe, &pgproto3.Query{String: "COPY billing.invoices (order_id, amount) FROM STDIN; COPY billing.invoices (order_id, amount) FROM STDIN"})
+	tr, _, _ := collect(t, conn, fe, 5*time.Second)
+	if !strings.Contains(strings.Join(tr, " "), "42501") {
+		t.Fatalf("two copies in a query: %v", tr)
+	}
+}
+
+// allowNames lets billing-service PREPARE, DEALLOCATE, CLOSE, DECLARE and
+// COPY as well.
+func allowNames(t *testing.T, e *env) {
+	t.Helper()
+	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `'INSERT', 'UPDATE', 'DELETE', 'SELECT'`,
+		`'COPY', 'PREPARE', 'DEALLOCATE', 'CLOSE', 'DECLARE CURSOR', 'DISCARD', 'INSERT', 'UPDATE', 'DELETE', 'SELECT'`, 1))
+}
+
+// TestNameChangedBySQL: SQL DEALLOCATE and PREPARE share the protocol's
+// statement names. A statement the gateway knew as SELECT 1, dropped and
+// prepared again by SQL as a read of a masked view, must not be executed
+// as SELECT 1 (unmasked, and recorded as what did not run): the gateway
+// forgets names that SQL drops, and refuses an Execute through one until a
+// Parse defines it again.
+func TestNameChangedBySQL(t *testing.T) {
+	e := startEnv(t)
+	allowNames(t, e)
+	e.pg.Exec(t, "orders", "CREATE VIEW public.v_cards AS SELECT id, card_number, upper(email) AS e FROM customers; GRANT SELECT ON v_cards TO gatehouse")
+	conn, fe := rawSession(t, e, "billing-service")
+	for _, sql := range []string{"DEALLOCATE s", "DEALLOCATE ALL", "DISCARD ALL"} {
+		send(t, fe, &pgproto3.Parse{Name: "s", Query: "SELECT 1"}, &pgproto3.Sync{})
+		collect(t, conn, fe, 5*time.Second)
+		send(t, fe, &pgproto3.Query{String: sql})
+		collect(t, conn, fe, 5*time.Second)
+		send(t, fe, &pgproto3.Query{String: "PREPARE s AS SELECT * FROM v_cards ORDER BY id"})
+		collect(t, conn, fe, 5*time.Second)
+		send(t, fe, &pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		tr, vals := drainAll(t, conn, fe, 3*time.Second)
+		for _, v := range vals {
+			if strings.Contains(v, "4111") || strings.Contains(v, "JANE.DOE") {
+				t.Fatalf("%s: a masked column went out in the clear: %q (trace %v)", sql, vals, tr)
+			}
+		}
+		if !strings.Contains(strings.Join(tr, " "), "E(42501)") {
+			t.Fatalf("%s: an Execute through a name SQL redefined: %v %q", sql, tr, vals)
+		}
+		send(t, fe, &pgproto3.Query{String: "DEALLOCATE ALL"})
+		collect(t, conn, fe, 5*time.Second)
+	}
+	// A Parse defines the name again, and the gateway knows it.
+	send(t, fe, &pgproto3.Parse{Name: "s", Query: "SELECT email FROM customers ORDER BY id"}, &pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	tr, vals := drainAll(t, conn, fe, 3*time.Second)
+	if len(vals) != 2 || vals[0] != "j***@example.com" {
+		t.Fatalf("after a Parse: %v %q", tr, vals)
+	}
+}
+
+// TestCopyNameChangedBySQL: a statement the gateway knew as a COPY FROM
+// STDIN, redefined by SQL as SELECT 1, must not leave the session waiting
+// for a copy that never starts.
+func TestCopyNameChangedBySQL(t *testing.T) {
+	e := startEnv(t)
+	allowNames(t, e)
+	conn, fe := rawSession(t, e, "billing-service")
+	send(t, fe, &pgproto3.Parse{Name: "s", Query: "COPY billing.invoices (order_id, amount) FROM STDIN"}, &pgproto3.Sync{})
+	collect(t, conn, fe, 5*time.Second)
+	send(t, fe, &pgproto3.Query{String: "DEALLOCATE s"})
+	collect(t, conn, fe, 5*time.Second)
+	send(t, fe, &pgproto3.Query{String: "PREPARE s AS SELECT 1"})
+	collect(t, conn, fe, 5*time.Second)
+	send(t, fe, &pgproto3.Bind{PreparedStatement: "s"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if tr, _, to := collect(t, conn, fe, 5*time.Second); to || !strings.Contains(strings.Join(tr, " "), "42501") {
+		t.Fatalf("an Execute through a name SQL redefined: %v (timed out: %v)", tr, to)
+	}
+	send(t, fe, &pgproto3.Query{String: "SELECT 2"})
+	if tr, vals, to := collect(t, conn, fe, 5*time.Second); to || len(vals) != 1 || vals[0] != "2" {
+		t.Fatalf("the session after it: %v %q (timed out: %v)", tr, vals, to)
 	}
 }
