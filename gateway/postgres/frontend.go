@@ -41,6 +41,11 @@ func (s *session) requests(ctx context.Context) error {
 			// refused, as PostgreSQL refuses it.
 			switch msg.(type) {
 			case *pgproto3.Sync, *pgproto3.Flush:
+				// Not forwarded, but the data before it is sent now, as
+				// the caller asked.
+				if err := s.fe.Flush(); err != nil {
+					return err
+				}
 				continue
 			case *pgproto3.CopyData:
 			case *pgproto3.CopyDone, *pgproto3.CopyFail:

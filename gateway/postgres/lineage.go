@@ -93,6 +93,25 @@ func (c *sessionCatalog) epoch() uint64 {
 	return gen*1000003 + c.local
 }
 
+// forgetNamed drops what SQL PREPARE or DECLARE defined under a name that
+// a protocol Parse ("S:name") or Bind ("P:name") is about to define: the
+// upstream has one namespace for both, so SQL EXECUTE or FETCH of the name
+// would run the protocol's statement, which was never analysed as theirs.
+// Without an entry, EXECUTE and FETCH of the name are refused while masks
+// apply.
+func (c *sessionCatalog) forgetNamed(key string) {
+	kind := "prepared statement"
+	if key[0] == 'P' {
+		kind = "cursor"
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.named[kind+"\x00"+key[2:]]; ok {
+		delete(c.named, kind+"\x00"+key[2:])
+		c.local++
+	}
+}
+
 // Named implements sqlfacts.Session.
 func (c *sessionCatalog) Named(kind, name string) (string, bool) {
 	c.mu.Lock()

@@ -24,6 +24,10 @@ type names struct {
 	portals map[string]*portal
 	pending map[string][]*mutation
 	closed  bool
+	// onDefine, when set, is told of every name a Parse or Bind is about
+	// to define: whatever SQL PREPARE or DECLARE had made of that name is
+	// then gone (or, should the Parse fail, forgotten: fail closed).
+	onDefine func(key string)
 }
 
 // mutation is a change to a statement ("S:name") or portal ("P:name") that
@@ -41,11 +45,16 @@ func newNames() *names {
 	return n
 }
 
-// propose records a change the request side is about to send.
+// propose records a change the request side is about to send. A Parse or
+// Bind that defines a name is told to onDefine now, before anything behind
+// it in the pipeline is decided, whether or not it will succeed.
 func (n *names) propose(m *mutation) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.pending[m.key] = append(n.pending[m.key], m)
+	n.mu.Unlock()
+	if (m.stmt != nil || m.portal != nil) && n.onDefine != nil {
+		n.onDefine(m.key)
+	}
 }
 
 // settle applies (on completion) or discards (on error or skip) a change.

@@ -124,6 +124,7 @@ func (s *Server) startup(ctx context.Context, conn net.Conn, id uint64, log *slo
 	next.up, next.fe = up.conn, up.conn.Frontend
 	next.role = up.role
 	next.cat = newSessionCatalog(s, res.Name, up.searchPath)
+	next.names.onDefine = next.cat.forgetNamed
 	next.txStatus.Store(uint32(up.conn.TxStatus))
 	if err := next.welcome(); err != nil {
 		cs.End("the client left during the handshake")

@@ -231,12 +231,12 @@ func TestTwoCopiesInOneQuery(t *testing.T) {
 	}
 }
 
-// allowNames lets billing-service PREPARE, DEALLOCATE, CLOSE, DECLARE and
-// COPY as well.
+// allowNames lets billing-service PREPARE, DEALLOCATE, CLOSE, DECLARE,
+// DISCARD, EXECUTE, FETCH and COPY as well.
 func allowNames(t *testing.T, e *env) {
 	t.Helper()
 	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `'INSERT', 'UPDATE', 'DELETE', 'SELECT'`,
-		`'COPY', 'PREPARE', 'DEALLOCATE', 'CLOSE', 'DECLARE CURSOR', 'DISCARD', 'INSERT', 'UPDATE', 'DELETE', 'SELECT'`, 1))
+		`'COPY', 'PREPARE', 'DEALLOCATE', 'CLOSE', 'DECLARE CURSOR', 'DISCARD', 'EXECUTE', 'FETCH', 'INSERT', 'UPDATE', 'DELETE', 'SELECT'`, 1))
 }
 
 // TestNameChangedBySQL: SQL DEALLOCATE and PREPARE share the protocol's
@@ -299,4 +299,49 @@ func TestCopyNameChangedBySQL(t *testing.T) {
 	if tr, vals, to := collect(t, conn, fe, 5*time.Second); to || len(vals) != 1 || vals[0] != "2" {
 		t.Fatalf("the session after it: %v %q (timed out: %v)", tr, vals, to)
 	}
+}
+
+// TestSQLRunsAProtocolStatement: the other way round. SQL EXECUTE or FETCH
+// of a name is judged by the SQL PREPARE or DECLARE that defined it; once
+// a Parse or Bind has given the name another statement, that definition is
+// gone, and EXECUTE or FETCH of it must not be judged by it.
+func TestSQLRunsAProtocolStatement(t *testing.T) {
+	e := startEnv(t)
+	allowNames(t, e)
+	e.pg.Exec(t, "orders", "CREATE VIEW public.v_cards AS SELECT id, card_number, upper(email) AS e FROM customers; GRANT SELECT ON v_cards TO gatehouse")
+	conn, fe := rawSession(t, e, "billing-service")
+	run := func(msgs ...pgproto3.FrontendMessage) ([]string, []string) {
+		t.Helper()
+		send(t, fe, msgs...)
+		tr, vals, _ := collect(t, conn, fe, 5*time.Second)
+		return tr, vals
+	}
+	leaks := func(what string, tr, vals []string) {
+		t.Helper()
+		for _, v := range vals {
+			if strings.Contains(v, "4111") || strings.Contains(v, "JANE.DOE") {
+				t.Fatalf("%s: a masked column went out in the clear: %q (trace %v)", what, vals, tr)
+			}
+		}
+	}
+	run(&pgproto3.Query{String: "PREPARE s AS SELECT 1"})
+	run(&pgproto3.Query{String: "DEALLOCATE s"})
+	run(&pgproto3.Parse{Name: "s", Query: "SELECT * FROM v_cards ORDER BY id"}, &pgproto3.Sync{})
+	tr, vals := run(&pgproto3.Query{String: "EXECUTE s"})
+	leaks("EXECUTE", tr, vals)
+	// Pipelined: the EXECUTE is decided before the Parse is answered.
+	run(&pgproto3.Query{String: "DEALLOCATE ALL"})
+	run(&pgproto3.Query{String: "PREPARE t AS SELECT 1"})
+	send(t, fe, &pgproto3.Query{String: "DEALLOCATE t"}, &pgproto3.Parse{Name: "t", Query: "SELECT * FROM v_cards ORDER BY id"},
+		&pgproto3.Sync{}, &pgproto3.Query{String: "EXECUTE t"})
+	tr, vals = drainAll(t, conn, fe, 3*time.Second)
+	leaks("EXECUTE, pipelined", tr, vals)
+
+	run(&pgproto3.Query{String: "BEGIN"})
+	run(&pgproto3.Query{String: "DECLARE c CURSOR FOR SELECT 1"})
+	run(&pgproto3.Query{String: "CLOSE c"})
+	run(&pgproto3.Parse{Query: "SELECT * FROM v_cards ORDER BY id"}, &pgproto3.Bind{DestinationPortal: "c"}, &pgproto3.Sync{})
+	tr, vals = run(&pgproto3.Query{String: "FETCH ALL FROM c"})
+	leaks("FETCH", tr, vals)
+	run(&pgproto3.Query{String: "ROLLBACK"})
 }
