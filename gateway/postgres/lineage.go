@@ -20,8 +20,12 @@ type sessionCatalog struct {
 	resource   string
 	searchPath []string
 
-	mu      sync.Mutex
-	named   map[string]string // kind \x00 name -> SQL
+	mu    sync.Mutex
+	named map[string]string // kind \x00 name -> SQL
+	// stamps orders definitions and forgetNamed (request side); forgot
+	// is when each name was last taken by a Parse or Bind.
+	stamps  uint64
+	forgot  map[string]uint64
 	created map[string]*sqlfacts.RelationInfo
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
@@ -39,7 +43,7 @@ func newSessionCatalog(srv *Server, resource string, searchPath []string) *sessi
 		searchPath = []string{"pg_catalog", "public"}
 	}
 	return &sessionCatalog{srv: srv, resource: resource, searchPath: searchPath,
-		named: map[string]string{}, created: map[string]*sqlfacts.RelationInfo{}, lineage: map[string][]sqlfacts.Lineage{}}
+		named: map[string]string{}, forgot: map[string]uint64{}, created: map[string]*sqlfacts.RelationInfo{}, lineage: map[string][]sqlfacts.Lineage{}}
 }
 
 // Relation implements sqlfacts.Catalog.
@@ -104,12 +108,23 @@ func (c *sessionCatalog) forgetNamed(key string) {
 	if key[0] == 'P' {
 		kind = "cursor"
 	}
+	k := kind + "\x00" + key[2:]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.named[kind+"\x00"+key[2:]]; ok {
-		delete(c.named, kind+"\x00"+key[2:])
+	c.stamps++
+	c.forgot[k] = c.stamps // a PREPARE or DECLARE sent before this is not applied
+	if _, ok := c.named[k]; ok {
+		delete(c.named, k)
 		c.local++
 	}
+}
+
+// definedKey is a definition's key in sessionCatalog.named, or "".
+func definedKey(n *sqlfacts.Named) string {
+	if n == nil || n.Query == "" {
+		return ""
+	}
+	return n.Kind + "\x00" + n.Name
 }
 
 // Named implements sqlfacts.Session.
@@ -152,6 +167,10 @@ type effects struct {
 	creates []sqlfacts.Created
 	// ddl: the shared catalog's cached definitions are stale.
 	ddl bool
+	// stamp orders the statement, when it was sent, with forgetNamed: a
+	// definition sent before a Parse or Bind took its name is not applied
+	// when its answer comes after.
+	stamp uint64
 }
 
 // effectsOf works out a statement's effects from its facts and lineage.
@@ -168,6 +187,10 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 	if st.Command != "PREPARE" && st.Command != "DECLARE CURSOR" && !e.ddl {
 		return nil
 	}
+	c.mu.Lock()
+	c.stamps++
+	e.stamp = c.stamps
+	c.mu.Unlock()
 	lins, err := c.lineageOf(st.Text)
 	if err != nil {
 		return e
@@ -192,8 +215,8 @@ func (c *sessionCatalog) apply(e *effects) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.local++
-	if e.defines != nil && e.defines.Query != "" {
-		c.named[e.defines.Kind+"\x00"+e.defines.Name] = e.defines.Query
+	if k := definedKey(e.defines); k != "" && c.forgot[k] < e.stamp {
+		c.named[k] = e.defines.Query
 	}
 	for _, cr := range e.creates {
 		info := &sqlfacts.RelationInfo{Schema: cr.Schema, Name: cr.Name, Kind: cr.Kind}

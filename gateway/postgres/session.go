@@ -378,7 +378,11 @@ func copiesIn(req *celpolicy.PostgresRequest) int {
 
 // forgetNames makes a Query or Execute whose SQL drops prepared
 // statements or portals (DEALLOCATE, CLOSE, DISCARD) drop them from the
-// gateway's record too, in order with the requests around it.
+// gateway's record too, in order with the requests around it. So does SQL
+// that defines one (PREPARE, DECLARE): it succeeds only where the upstream
+// has no such name, and the gateway's record may still have it (a portal
+// the end of a transaction dropped, which the gateway does not always
+// see: COMMIT; BEGIN in one query, ROLLBACK TO SAVEPOINT).
 func (s *session) forgetNames(sl *slot, req *celpolicy.PostgresRequest) {
 	if req == nil {
 		return
@@ -386,7 +390,8 @@ func (s *session) forgetNames(sl *slot, req *celpolicy.PostgresRequest) {
 	var muts []*mutation
 	for _, kind := range []byte{'S', 'P'} {
 		for _, st := range req.Statements {
-			if st.Command == "DISCARD" || kind == 'S' && st.Command == "DEALLOCATE" || kind == 'P' && st.Command == "CLOSE" {
+			if st.Command == "DISCARD" || kind == 'S' && (st.Command == "DEALLOCATE" || st.Command == "PREPARE") ||
+				kind == 'P' && (st.Command == "CLOSE" || st.Command == "DECLARE CURSOR") {
 				muts = append(muts, s.names.forgetAll(kind, s.batch)...)
 				break
 			}

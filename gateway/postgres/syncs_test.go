@@ -345,3 +345,93 @@ func TestSQLRunsAProtocolStatement(t *testing.T) {
 	leaks("FETCH", tr, vals)
 	run(&pgproto3.Query{String: "ROLLBACK"})
 }
+
+// TestNamesAcrossTransactions: portals end with their transaction, which
+// the gateway does not always see (COMMIT; BEGIN in one query, ROLLBACK TO
+// SAVEPOINT, a query that commits an implicit transaction); SQL DECLARE
+// or PREPARE then gives the name another statement. And a PREPARE or
+// DECLARE pipelined just before a Parse or Bind of the same name is
+// answered after it. In each case an Execute, EXECUTE or FETCH must not be
+// judged by the statement the name no longer runs. (Found by a review.)
+func TestNamesAcrossTransactions(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, strings.Replace(e.policyF(e.issuer.URL, e.pg.Addr()), `'INSERT', 'UPDATE', 'DELETE', 'SELECT'`,
+		`'SAVEPOINT', 'PREPARE', 'DEALLOCATE', 'CLOSE', 'DECLARE CURSOR', 'DISCARD', 'EXECUTE', 'FETCH', 'INSERT', 'UPDATE', 'DELETE', 'SELECT'`, 1))
+	e.pg.Exec(t, "orders", "CREATE VIEW public.v_cards AS SELECT id, card_number, upper(email) AS e FROM customers; GRANT SELECT ON v_cards TO gatehouse")
+	check := func(what string, tr, vals []string) {
+		t.Helper()
+		for _, v := range vals {
+			if strings.Contains(v, "4111") || strings.Contains(v, "JANE.DOE") {
+				t.Errorf("%s: a masked column went out in the clear: %q (trace %v)", what, vals, tr)
+				return
+			}
+		}
+	}
+	type step = []pgproto3.FrontendMessage
+	runAll := func(what string, steps []step, final step) {
+		conn, fe := rawSession(t, e, "billing-service")
+		defer conn.Close()
+		for _, s := range steps {
+			send(t, fe, s...)
+			drainAll(t, conn, fe, 700*time.Millisecond)
+		}
+		send(t, fe, final...)
+		tr, vals := drainAll(t, conn, fe, 1500*time.Millisecond)
+		check(what, tr, vals)
+	}
+	q := func(s string) *pgproto3.Query { return &pgproto3.Query{String: s} }
+
+	// A: portal dropped by COMMIT inside a multi-statement query (RFQ stays 'T').
+	runAll("commit;begin", []step{
+		{q("BEGIN")},
+		{&pgproto3.Parse{Name: "one", Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "one"}, &pgproto3.Sync{}},
+		{q("COMMIT; BEGIN")},
+		{q("DECLARE c CURSOR FOR SELECT * FROM v_cards ORDER BY id")},
+	}, step{&pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}})
+
+	// B: portal dropped by ROLLBACK TO SAVEPOINT.
+	runAll("rollback to savepoint", []step{
+		{q("BEGIN")},
+		{q("SAVEPOINT sp")},
+		{&pgproto3.Parse{Name: "one", Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "one"}, &pgproto3.Sync{}},
+		{q("ROLLBACK TO SAVEPOINT sp")},
+		{q("DECLARE c CURSOR FOR SELECT * FROM v_cards ORDER BY id")},
+	}, step{&pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}})
+
+	// C: SQL DECLARE's definition applied (at CommandComplete) after a pipelined Bind's forgetNamed.
+	runAll("pipelined declare/close then Bind", []step{
+		{q("BEGIN")},
+		{&pgproto3.Parse{Name: "v", Query: "SELECT * FROM v_cards ORDER BY id"}, &pgproto3.Sync{}},
+		{q("DECLARE c CURSOR FOR SELECT 1; CLOSE c"), &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "v"}, &pgproto3.Sync{}},
+	}, step{q("FETCH ALL FROM c")})
+
+	// D: same for statements: PREPARE/DEALLOCATE then pipelined Parse.
+	runAll("pipelined prepare/deallocate then Parse", []step{
+		{q("PREPARE s AS SELECT 1; DEALLOCATE s"), &pgproto3.Parse{Name: "s", Query: "SELECT * FROM v_cards ORDER BY id"}, &pgproto3.Sync{}},
+	}, step{q("EXECUTE s")})
+
+	// F: pipelined COMMIT (RFQ 'I' not yet processed when the Execute is decided).
+	runAll("pipelined commit", []step{
+		{q("BEGIN")},
+		{&pgproto3.Parse{Name: "one", Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "one"}, &pgproto3.Sync{}},
+	}, step{q("COMMIT"), q("BEGIN"), q("DECLARE c CURSOR FOR SELECT * FROM v_cards ORDER BY id"), &pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}})
+
+	// G: one batch, implicit transaction: Bind c pending in the same batch; a Query commits and drops c.
+	runAll("same batch, query commits", nil,
+		step{&pgproto3.Parse{Name: "one", Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "one"},
+			q("SELECT 1"), q("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM v_cards ORDER BY id"), &pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}})
+
+	// H: COMMIT and BEGIN as extended-protocol statements in one batch.
+	runAll("extended commit/begin", []step{
+		{q("BEGIN")},
+		{&pgproto3.Parse{Name: "one", Query: "SELECT 1"}, &pgproto3.Bind{DestinationPortal: "c", PreparedStatement: "one"}, &pgproto3.Sync{}},
+		{&pgproto3.Parse{Query: "COMMIT"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Parse{Query: "BEGIN"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}},
+		{q("DECLARE c CURSOR FOR SELECT * FROM v_cards ORDER BY id")},
+	}, step{&pgproto3.Execute{Portal: "c"}, &pgproto3.Sync{}})
+
+	// E: unnamed statement after a simple Query (Query drops it upstream).
+	runAll("unnamed after query", []step{
+		{&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Sync{}},
+		{q("SELECT 2")},
+	}, step{&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}})
+}
