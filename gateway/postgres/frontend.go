@@ -140,6 +140,9 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 	}
 	req := sqlfacts.Query(m.String)
 	s.resolveCalls(req)
+	if s.cat != nil {
+		s.cat.forgetRedefined(req)
+	}
 	d := s.cs.Decide(req, true)
 	var ref int
 	var rerr error
@@ -198,6 +201,9 @@ func (s *session) parse(ctx context.Context, m *pgproto3.Parse) error {
 	}
 	req := sqlfacts.Query(m.Query)
 	s.resolveCalls(req)
+	if s.cat != nil {
+		s.cat.forgetRedefined(req)
+	}
 	d := s.cs.Decide(req, false)
 	stmt := &prepared{req: req, sql: m.Query}
 	if len(m.ParameterOIDs) > 0 {

@@ -108,7 +108,10 @@ func (c *sessionCatalog) forgetNamed(key string) {
 	if key[0] == 'P' {
 		kind = "cursor"
 	}
-	k := kind + "\x00" + key[2:]
+	c.forget(kind + "\x00" + key[2:])
+}
+
+func (c *sessionCatalog) forget(k string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stamps++
@@ -116,6 +119,43 @@ func (c *sessionCatalog) forgetNamed(key string) {
 	if _, ok := c.named[k]; ok {
 		delete(c.named, k)
 		c.local++
+	}
+}
+
+// forgetRedefined drops, before a request is decided, the definitions its
+// own PREPARE or DECLARE statements will replace: until the new one is
+// answered (apply), EXECUTE or FETCH of the name, in this request or one
+// pipelined behind it, must not be judged by the old one. Without an
+// entry they are refused while masks apply. A definition whose name cannot
+// be read drops every one of its kind.
+func (c *sessionCatalog) forgetRedefined(req *celpolicy.PostgresRequest) {
+	for _, st := range req.Statements {
+		if st.Via != "" || st.Command != "PREPARE" && st.Command != "DECLARE CURSOR" {
+			continue
+		}
+		kind := "prepared statement"
+		if st.Command == "DECLARE CURSOR" {
+			kind = "cursor"
+		}
+		named := false
+		if lins, err := c.lineageOf(st.Text); err == nil {
+			for _, l := range lins {
+				if l.Defines != nil {
+					c.forget(l.Defines.Kind + "\x00" + l.Defines.Name)
+					named = true
+				}
+			}
+		}
+		if !named {
+			c.mu.Lock()
+			for k := range c.named {
+				if strings.HasPrefix(k, kind+"\x00") {
+					delete(c.named, k)
+				}
+			}
+			c.local++
+			c.mu.Unlock()
+		}
 	}
 }
 

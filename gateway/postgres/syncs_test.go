@@ -435,3 +435,43 @@ func TestNamesAcrossTransactions(t *testing.T) {
 		{q("SELECT 2")},
 	}, step{&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}})
 }
+
+// TestSQLRedefinedInOneRequest: a PREPARE or DECLARE that replaces a name
+// is answered after the EXECUTE or FETCH behind it (in the same query, or
+// pipelined) is decided; the old definition must not judge it. Once the
+// new one is answered, EXECUTE runs it, masked. (Found by a review.)
+func TestSQLRedefinedInOneRequest(t *testing.T) {
+	e := startEnv(t)
+	allowNames(t, e)
+	e.pg.Exec(t, "orders", "CREATE VIEW public.v_cards AS SELECT id, card_number, upper(email) AS e FROM customers; GRANT SELECT ON v_cards TO gatehouse")
+	conn, fe := rawSession(t, e, "billing-service")
+	leaks := func(what string, tr, vals []string) {
+		t.Helper()
+		for _, v := range vals {
+			if strings.Contains(v, "4111") || strings.Contains(v, "JANE.DOE") {
+				t.Fatalf("%s: a masked column went out in the clear: %q (trace %v)", what, vals, tr)
+			}
+		}
+	}
+	step := func(msgs ...pgproto3.FrontendMessage) ([]string, []string) {
+		send(t, fe, msgs...)
+		return drainAll(t, conn, fe, 700*time.Millisecond)
+	}
+	step(&pgproto3.Query{String: "PREPARE s AS SELECT 1"})
+	tr, vals := step(&pgproto3.Query{String: "DEALLOCATE s; PREPARE s AS SELECT * FROM v_cards ORDER BY id; EXECUTE s"})
+	leaks("one query", tr, vals)
+	step(&pgproto3.Query{String: "PREPARE u AS SELECT 1"})
+	tr, vals = step(&pgproto3.Query{String: "DEALLOCATE u; PREPARE u AS SELECT * FROM v_cards ORDER BY id"}, &pgproto3.Query{String: "EXECUTE u"})
+	leaks("pipelined", tr, vals)
+	step(&pgproto3.Query{String: "BEGIN"})
+	step(&pgproto3.Query{String: "DECLARE c CURSOR FOR SELECT 1"})
+	tr, vals = step(&pgproto3.Query{String: "CLOSE c; DECLARE c CURSOR FOR SELECT * FROM v_cards ORDER BY id; FETCH ALL FROM c"})
+	leaks("cursor", tr, vals)
+	step(&pgproto3.Query{String: "ROLLBACK"})
+	// Answered, the new definition is what EXECUTE is judged by: masked.
+	tr, vals = step(&pgproto3.Query{String: "EXECUTE u"})
+	leaks("after the answer", tr, vals)
+	if len(vals) != 6 {
+		t.Fatalf("EXECUTE of an answered PREPARE: %v %q", tr, vals)
+	}
+}
