@@ -106,7 +106,7 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 	req.Masking = nil
 	copies := 0
 	for _, st := range req.Statements {
-		if st.Command == "COPY" && st.CopyDirection == "from" && st.CopyTarget == "stdio" && st.Via == "" {
+		if CopiesFromClient(st) {
 			if copies++; copies > 1 {
 				return refuse(d, "a query may hold one COPY FROM STDIN at most: the gateway follows one copy's data per query")
 			}
@@ -169,6 +169,12 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 	req.Masking = plan
 	d.Masking = plan
 	return d
+}
+
+// CopiesFromClient reports whether a statement, as sent, is a COPY FROM
+// STDIN: its data comes from the client after it starts.
+func CopiesFromClient(st celpolicy.Statement) bool {
+	return st.Command == "COPY" && st.CopyDirection == "from" && st.CopyTarget == "stdio" && st.Via == ""
 }
 
 // ProtectedFunction reports whether a function's result is covered by a

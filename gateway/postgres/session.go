@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	core "github.com/gatehouse-dev/gatehouse/gateway/session"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // deniedSQL is what the gateway sends upstream in place of a denied
@@ -365,17 +367,6 @@ func (s *session) desync(what string) {
 
 func (s *session) push(sl *slot) bool { return s.q.push(sl) }
 
-// copiesIn reports whether a request holds a COPY FROM STDIN, and how many.
-func copiesIn(req *celpolicy.PostgresRequest) int {
-	n := 0
-	for _, st := range req.Statements {
-		if st.Command == "COPY" && st.CopyDirection == "from" && st.CopyTarget == "stdio" && st.Via == "" {
-			n++
-		}
-	}
-	return n
-}
-
 // forgetNames makes a Query or Execute whose SQL drops prepared
 // statements or portals (DEALLOCATE, CLOSE, DISCARD) drop them from the
 // gateway's record too, in order with the requests around it. So does SQL
@@ -411,7 +402,7 @@ func (s *session) forgetNames(sl *slot, req *celpolicy.PostgresRequest) {
 // STDIN when its request holds one: the request side then waits for the
 // upstream's answer before it forwards anything else (waitCopy).
 func (s *session) expectCopy(sl *slot, req *celpolicy.PostgresRequest) {
-	if req != nil && copiesIn(req) > 0 {
+	if req != nil && slices.ContainsFunc(req.Statements, sqlfacts.CopiesFromClient) {
 		sl.copyIn = make(chan struct{})
 		s.awaitCopy = sl
 	}
