@@ -66,8 +66,11 @@ type session struct {
 	// copyStream is that statement while the caller sends its data.
 	awaitCopy, copyStream *slot
 
-	writeMu  sync.Mutex // serialises writes to the client
+	writeMu sync.Mutex // serialises writes to the client
+	// ending is set by end(), under endMu, which it holds until the
+	// caller has its last word and the connections are closed.
 	ending   atomic.Bool
+	endMu    sync.Mutex
 	closeOne sync.Once
 }
 
@@ -264,7 +267,21 @@ func (s *session) cancelInFlight() {
 	}
 }
 
+// closeAll closes the session's connections, once. While end() is sending
+// the caller its last word, closeAll waits for it:
+// the request side sees the session ending as soon as end() starts, and
+// closing under the FATAL message left the caller a bare closed connection
+// instead of the reason.
 func (s *session) closeAll() {
+	if s.ending.Load() {
+		s.endMu.Lock()
+		defer s.endMu.Unlock()
+	}
+	s.closeNow()
+}
+
+// closeNow closes the session's connections, once, at once.
+func (s *session) closeNow() {
 	s.closeOne.Do(func() {
 		s.cs.Close()
 		s.client.Close()
@@ -328,6 +345,8 @@ func (s *session) durableLocked() error {
 // end sends a FATAL error to the caller and closes the session. A client
 // that does not read cannot stall it: the pending write is cut short first.
 func (s *session) end(code, msg string) {
+	s.endMu.Lock()
+	defer s.endMu.Unlock()
 	if !s.ending.CompareAndSwap(false, true) {
 		return
 	}
@@ -339,7 +358,7 @@ func (s *session) end(code, msg string) {
 		_ = s.client.SetWriteDeadline(deadline)
 		if time.Now().After(deadline) {
 			s.log.Warn("session ended by the gateway; the client is not reading", "code", code, "reason", msg)
-			s.closeAll()
+			s.closeNow()
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -352,7 +371,7 @@ func (s *session) end(code, msg string) {
 	_ = s.be.Flush()
 	s.writeMu.Unlock()
 	s.log.Warn("session ended by the gateway", "code", code, "reason", msg)
-	s.closeAll()
+	s.closeNow()
 }
 
 // endWith ends the session with a refusal of the core.

@@ -304,3 +304,31 @@ func TestCancelRequest(t *testing.T) {
 		t.Fatalf("after a cancel: %v", err)
 	}
 }
+
+// TestEndSendsItsReason: when the gateway ends a session (here its token
+// expires) just as the caller sends a statement, the caller reads why,
+// FATAL 28000, and never a bare closed connection: the side that reads
+// the caller's statement must not close the connection under the FATAL
+// message the other side is writing.
+func TestEndSendsItsReason(t *testing.T) {
+	clk := clock.NewFake(time.Now())
+	e := startEnvClock(t, clk)
+	ctx := context.Background()
+	for i := range 150 {
+		c := e.issuer.Claims("billing-service", "gatehouse")
+		c["exp"] = clk.Now().Add(time.Minute).Unix()
+		conn, err := pgx.Connect(ctx, e.connString(e.issuer.Sign(t, c)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		go clk.Advance(2 * time.Minute)
+		_, err = conn.Exec(ctx, "SELECT 1")
+		conn.Close(ctx)
+		if pgCode(err) != "28000" || !strings.Contains(err.Error(), "token expired") {
+			t.Fatalf("run %d: %v", i, err)
+		}
+	}
+}
