@@ -23,10 +23,14 @@ type sessionCatalog struct {
 	mu    sync.Mutex
 	named map[string]string // kind \x00 name -> SQL
 	// stamps orders definitions and forgetNamed (request side); forgot
-	// is when each name was last taken by a Parse or Bind.
-	stamps  uint64
-	forgot  map[string]uint64
-	created map[string]*sqlfacts.RelationInfo
+	// is when each name was last taken by a Parse or Bind. Past
+	// maxForgot names, forgot is emptied and forgotAll raised to now: a
+	// definition sent before that is not applied (fail closed: EXECUTE
+	// or FETCH of its name is refused while masks apply).
+	stamps    uint64
+	forgot    map[string]uint64
+	forgotAll uint64
+	created   map[string]*sqlfacts.RelationInfo
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
@@ -34,6 +38,10 @@ type sessionCatalog struct {
 	local      uint64 // bumped by this session's own definitions
 	cachedAt   uint64
 }
+
+// maxForgot bounds how many names a session's catalog remembers taking:
+// a client that names each statement anew must not grow it without end.
+const maxForgot = 1024
 
 // maxLineageCache bounds the per-session lineage cache.
 const maxLineageCache = 256
@@ -115,6 +123,10 @@ func (c *sessionCatalog) forget(k string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.stamps++
+	if _, ok := c.forgot[k]; !ok && len(c.forgot) >= maxForgot {
+		clear(c.forgot)
+		c.forgotAll = c.stamps
+	}
 	c.forgot[k] = c.stamps // a PREPARE or DECLARE sent before this is not applied
 	if _, ok := c.named[k]; ok {
 		delete(c.named, k)
@@ -255,7 +267,7 @@ func (c *sessionCatalog) apply(e *effects) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.local++
-	if k := definedKey(e.defines); k != "" && c.forgot[k] < e.stamp {
+	if k := definedKey(e.defines); k != "" && c.forgot[k] < e.stamp && c.forgotAll < e.stamp {
 		c.named[k] = e.defines.Query
 	}
 	for _, cr := range e.creates {

@@ -2,12 +2,14 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/masking"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // ddlPolicy lets pci-auditor (exempt from the card mask, not the email
@@ -164,5 +166,43 @@ func TestVolatilityFromTheCatalog(t *testing.T) {
 	var v string
 	if err := a.QueryRow(ctx, "SELECT lower('X')").Scan(&v); err != nil || v != "x" {
 		t.Fatalf("a built-in: %q %v", v, err)
+	}
+}
+
+// TestForgottenNamesBounded: a client that gives every statement a new
+// name does not grow the session's record of taken names without end, and
+// dropping that record never applies a definition it should not: an SQL
+// PREPARE sent before the record was dropped is not applied (fail closed),
+// and one sent after it is.
+func TestForgottenNamesBounded(t *testing.T) {
+	c := newSessionCatalog(nil, "orders", nil)
+	sent := func(name string) *effects {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.stamps++
+		return &effects{defines: &sqlfacts.Named{Kind: "prepared statement", Name: name, Query: "SELECT 1"}, stamp: c.stamps}
+	}
+	before := sent("early")
+	for i := range 5 * maxForgot {
+		c.forgetNamed(fmt.Sprintf("S:stmt_%d", i))
+	}
+	if len(c.forgot) > maxForgot {
+		t.Fatalf("%d names remembered, more than %d", len(c.forgot), maxForgot)
+	}
+	after := sent("late")
+	c.apply(before)
+	c.apply(after)
+	if _, ok := c.Named("prepared statement", "early"); ok {
+		t.Error("a PREPARE sent before the record of taken names was dropped was applied")
+	}
+	if q, ok := c.Named("prepared statement", "late"); !ok || q != "SELECT 1" {
+		t.Errorf("a PREPARE sent after it: %q, %v", q, ok)
+	}
+	// The ordinary rule still holds for a name taken after the drop.
+	late := sent("again")
+	c.forgetNamed("S:again")
+	c.apply(late)
+	if _, ok := c.Named("prepared statement", "again"); ok {
+		t.Error("a PREPARE sent before a Parse took its name was applied")
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -146,6 +147,7 @@ func main() {
 	clientsFlag := flag.String("clients", "1,8,32", "client counts")
 	out := flag.String("out", "", "also write the report (markdown) to this file")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (the gateway runs in it) to this file")
+	pathsFlag := flag.String("paths", "", "the paths to run besides direct, which the ratios need (default: all): "+strings.Join(pathNames, ","))
 	idle := flag.Int("idle", 40, "idle sessions for the memory measurement, at most the gateway's 50 per identity (0: skip it)")
 	hold := flag.Int("hold", 0, "(child) hold this many idle sessions to -addr until stdin closes")
 	addr := flag.String("addr", "", "(child) the gateway's address")
@@ -172,18 +174,22 @@ func main() {
 	if err != nil {
 		fail("-clients: %v", err)
 	}
+	only, err := parsePaths(*pathsFlag)
+	if err != nil {
+		fail("-paths: %v", err)
+	}
 	for _, bin := range []string{"pgbench", "pgbouncer"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			fail("%s is needed: %v (apt-get install postgresql-15 pgbouncer; make bench installs them)", bin, err)
 		}
 	}
-	if err := run(*duration, *scale, clients, *idle, *out); err != nil {
+	if err := run(*duration, *scale, clients, only, *idle, *out); err != nil {
 		pprof.StopCPUProfile()
 		fail("%v", err)
 	}
 }
 
-func run(duration time.Duration, scale int, clients []int, idle int, out string) error {
+func run(duration time.Duration, scale int, clients []int, only map[string]bool, idle int, out string) error {
 	ctx := context.Background()
 	work, err := os.MkdirTemp("", "gatehouse-bench-")
 	if err != nil {
@@ -269,6 +275,7 @@ func run(duration time.Duration, scale int, clients []int, idle int, out string)
 		{name: "gateway-masked", host: gwHost, port: gwPort, user: "bench-masked", password: masked, db: "bench", only: "prepared"},
 	}
 
+	paths = slices.DeleteFunc(paths, func(p path) bool { return only != nil && p.name != "direct" && !only[p.name] })
 	for _, p := range paths {
 		if p.name == "gateway-masked" {
 			// pgbench -i leaves every abalance 0, and -S changes none.
@@ -443,6 +450,25 @@ func durationFromEnv() time.Duration {
 		fail("BENCH_DURATION=%q: want a duration of at least 1s, such as 10s", v)
 	}
 	return 10 * time.Second
+}
+
+// pathNames are the paths a run can take besides direct.
+var pathNames = []string{"pgbouncer", "pgbouncer-session", "gateway", "gateway-overlap", "gateway-masked"}
+
+// parsePaths reads -paths: nil (every path) when empty.
+func parsePaths(s string) (map[string]bool, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	only := map[string]bool{}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f != "direct" && !slices.Contains(pathNames, f) {
+			return nil, fmt.Errorf("%q is not a path (one of direct, %s)", f, strings.Join(pathNames, ", "))
+		}
+		only[f] = true
+	}
+	return only, nil
 }
 
 func parseInts(s string) ([]int, error) {
