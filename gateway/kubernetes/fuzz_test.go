@@ -288,3 +288,40 @@ func FuzzMaskRewrite(f *testing.F) {
 		}
 	})
 }
+
+// FuzzWriteBody: the check of a write to a masked resource never panics,
+// and never passes a body that, read as the API server reads it, sets a
+// masked field. An Accept part counts as the table form only when the API
+// server's own split (at every ';', no quoting) gives exactly as, g and v.
+func FuzzWriteBody(f *testing.F) {
+	f.Add("application/merge-patch+json", `{"data":{"password":"aGk="}}`, `application/json;x="a;as=Table;g=meta.k8s.io;v=v1"`)
+	f.Add("application/apply-patch+yaml", "data:\n  password: aGk=\n", "application/json;as=Table;v=v1;g=meta.k8s.io")
+	f.Add("application/json", `{"data":{},"data":{"p":"x"}}`, "application/json")
+	f.Add("application/strategic-merge-patch+json", `{"metadata":{"labels":{"a":"b"}}}`, "*/*")
+	m := newMasker(secretsData(bundle.MaskRedact), secretsStringData(bundle.MaskRedact))
+	f.Fuzz(func(t *testing.T, ct, body, accept string) {
+		r, err := http.NewRequest("PATCH", "http://x/", strings.NewReader(body))
+		if err != nil {
+			t.Skip()
+		}
+		r.Header.Set("Content-Type", ct)
+		msg := m.writes(r)
+		if msg == "" {
+			var obj map[string]any
+			if json.Unmarshal([]byte(body), &obj) == nil && (reaches(obj, []string{"data"}) || reaches(obj, []string{"stringData"})) {
+				t.Fatalf("passed a body that sets a masked field: %q (%s)", body, ct)
+			}
+		}
+		if isTable(accept) {
+			fields := strings.Split(accept, ";")
+			got := map[string]string{}
+			for _, p := range fields[1:] {
+				k, v, _ := strings.Cut(strings.TrimSpace(p), "=")
+				got[k] = v
+			}
+			if strings.TrimSpace(fields[0]) != "application/json" || !reflect.DeepEqual(got, map[string]string{"as": "Table", "g": "meta.k8s.io", "v": "v1"}) {
+				t.Fatalf("%q taken for the table form", accept)
+			}
+		}
+	})
+}

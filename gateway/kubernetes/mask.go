@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -134,26 +133,48 @@ func (s *Server) hashKey(mask string) []byte {
 // ConfigMaps, whose columns show no values (their rows' objects are
 // masked); for other resources a column could show a masked field, so
 // tables are not asked for.
+//
+// The header is rebuilt, never forwarded as written: the API server reads
+// Accept with its own parser, which splits parameters at every ';' and
+// knows no quoting, so a part this parser reads one way (a quoted
+// parameter holding ";as=Table") the API server could read another.
 func (m *masker) accept(h http.Header, req *celpolicy.KubernetesRequest) {
 	tables := req.APIGroup == "" && (req.Resource == "secrets" || req.Resource == "configmaps")
-	var keep []string
+	table := false
 	for _, v := range h.Values("Accept") {
 		for part := range strings.SplitSeq(v, ",") {
-			part = strings.TrimSpace(part)
-			mt, params, err := mime.ParseMediaType(part)
-			if err != nil || mt != "application/json" {
-				continue
+			if tables && isTable(part) {
+				table = true
 			}
-			if params["as"] != "" && (!tables || params["as"] != "Table") {
-				continue
-			}
-			keep = append(keep, part)
 		}
 	}
-	if len(keep) == 0 || !slices.Contains(keep, "application/json") {
-		keep = append(keep, "application/json")
+	if table {
+		h.Set("Accept", tableAccept+",application/json")
+		return
 	}
-	h.Set("Accept", strings.Join(keep, ","))
+	h.Set("Accept", "application/json")
+}
+
+// tableAccept is the one table form the gateway asks for.
+const tableAccept = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+// isTable reports whether an Accept part asks for exactly a meta.k8s.io/v1
+// table as JSON: its parameters, split as the API server splits them,
+// are as, g and v with those values and nothing else.
+func isTable(part string) bool {
+	fields := strings.Split(part, ";")
+	if strings.TrimSpace(fields[0]) != "application/json" || len(fields) != 4 {
+		return false
+	}
+	want := map[string]string{"as": "Table", "g": "meta.k8s.io", "v": "v1"}
+	for _, f := range fields[1:] {
+		k, v, ok := strings.Cut(strings.TrimSpace(f), "=")
+		if !ok || want[k] != v {
+			return false
+		}
+		delete(want, k)
+	}
+	return len(want) == 0
 }
 
 // response masks an upstream response in place. A successful response

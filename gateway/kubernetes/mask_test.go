@@ -334,6 +334,7 @@ func TestMaskRewriteRefuses(t *testing.T) {
 
 func TestMaskAccept(t *testing.T) {
 	const kubectlGet = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+	const table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 	secrets := &celpolicy.KubernetesRequest{Resource: "secrets"}
 	configmaps := &celpolicy.KubernetesRequest{Resource: "configmaps"}
 	deployments := &celpolicy.KubernetesRequest{APIGroup: "apps", Resource: "deployments"}
@@ -344,8 +345,11 @@ func TestMaskAccept(t *testing.T) {
 		req    *celpolicy.KubernetesRequest
 		want   string
 	}{
-		{"kubectl get secrets keeps tables", []string{kubectlGet}, secrets, kubectlGet},
-		{"kubectl get configmaps keeps tables", []string{kubectlGet}, configmaps, kubectlGet},
+		{"kubectl get secrets keeps tables", []string{kubectlGet}, secrets, table},
+		{"kubectl get configmaps keeps tables", []string{kubectlGet}, configmaps, table},
+		{"a quoted parameter is not a table", []string{`application/json;x="a;as=Table;g=meta.k8s.io;v=v1;y=b"`}, secrets, "application/json"},
+		{"a table with more parameters is not one", []string{"application/json;as=Table;v=v1;g=meta.k8s.io;x=y"}, secrets, "application/json"},
+		{"spaces around parameters", []string{"application/json; as=Table; v=v1; g=meta.k8s.io"}, secrets, table},
 		{"kubectl get deployments drops tables", []string{kubectlGet}, deployments, "application/json"},
 		{"secrets of another group drop tables", []string{kubectlGet}, otherSecrets, "application/json"},
 		{"table alone gains json", []string{"application/json;as=Table;v=v1;g=meta.k8s.io"}, secrets, "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
@@ -358,7 +362,7 @@ func TestMaskAccept(t *testing.T) {
 		{"wildcard", []string{"*/*"}, secrets, "application/json"},
 		{"none", nil, secrets, "application/json"},
 		{"partial metadata dropped", []string{"application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"}, secrets, "application/json"},
-		{"watch stream kept", []string{"application/json;stream=watch"}, secrets, "application/json;stream=watch,application/json"},
+		{"watch stream: plain JSON", []string{"application/json;stream=watch"}, secrets, "application/json"},
 		{"two header values", []string{"application/json;as=Table;v=v1;g=meta.k8s.io", "application/vnd.kubernetes.protobuf, application/json"}, configmaps, "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
 		{"garbage dropped", []string{";;;, application/json"}, secrets, "application/json"},
 	}

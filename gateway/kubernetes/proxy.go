@@ -156,6 +156,20 @@ func (c *call) decide(w http.ResponseWriter, r *http.Request) bool {
 		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
 		return false
 	}
+	if masks != nil {
+		if msg := masks.selects(c.query); msg != "" {
+			writeStatus(w, http.StatusForbidden, "Forbidden", "gatehouse: "+msg)
+			cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
+			return false
+		}
+	}
+	if masks != nil && (c.attrs.Request.Verb == "patch" || c.attrs.Request.Verb == "update") {
+		if msg := masks.writes(r); msg != "" {
+			writeStatus(w, http.StatusForbidden, "Forbidden", "gatehouse: "+msg)
+			cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
+			return false
+		}
+	}
 	return true
 }
 
@@ -196,6 +210,12 @@ func (c *call) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.cluster = cluster
+	if cluster.Impersonate && reserved(cs.Identity().Subject) {
+		msg := fmt.Sprintf("gatehouse: the token's subject %q is a name Kubernetes reserves (system:…); the gateway does not impersonate it", cs.Identity().Subject)
+		writeStatus(w, http.StatusForbidden, "Forbidden", msg)
+		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
+		return
+	}
 	up, err := c.srv.clusters.get(cluster)
 	if err != nil {
 		cs.Log().Error("cluster unreachable: its configuration does not load", "err", err)
@@ -206,11 +226,12 @@ func (c *call) forward(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	long := c.attrs.Request.Verb == "watch" || c.attrs.Upgrade != "" || c.query.Get("follow") == "true"
-	if long {
-		stop := c.recheck(ctx, cancel)
-		defer stop()
-	}
+	// Every request is re-checked while it runs, not only the ones known
+	// to be long (a watch, an exec, a followed log): the API server takes
+	// follow=1 or follow=yes for true, and a proxy subresource or a slow
+	// list can run as long.
+	stop := c.recheck(ctx, cancel)
+	defer stop()
 	r = r.WithContext(ctx)
 	rw := &statusWriter{ResponseWriter: w}
 	rt := up.rt
@@ -275,6 +296,11 @@ func (c *call) rewrite(pr *httputil.ProxyRequest, up *upstream) {
 		id := c.cs.Identity()
 		out.Header.Set("Impersonate-User", id.Subject)
 		for _, g := range id.Groups {
+			if reserved(g) {
+				// system:masters would be the cluster's administrators: a
+				// group claim is not trusted that far.
+				continue
+			}
 			out.Header.Add("Impersonate-Group", g)
 		}
 	}
@@ -285,6 +311,13 @@ func (c *call) rewrite(pr *httputil.ProxyRequest, up *upstream) {
 		filterSubprotocols(out.Header)
 	}
 }
+
+// reserved reports whether a user or group name is one Kubernetes keeps
+// for itself (system:masters, system:serviceaccount:…, system:nodes): the
+// gateway never impersonates such a name, whatever the token says, since
+// an identity provider's claim would otherwise make a caller a cluster
+// administrator or a node.
+func reserved(name string) bool { return strings.HasPrefix(name, "system:") }
 
 // recheck re-checks a long request (a watch, an exec, a followed log)
 // every RecheckEvery and whenever the session ends: the token must still
