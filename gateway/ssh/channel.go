@@ -47,6 +47,8 @@ type decided struct {
 	refusal *core.Refusal
 	// gone: the session ended while the request was held.
 	gone bool
+	// approval is the approval that released a reviewed request.
+	approval string
 }
 
 // decide decides and records a request; a review is held when the request
@@ -69,7 +71,7 @@ func (c *conn) decide(ctx context.Context, kind, text string, req *celpolicy.SSH
 			c.end(v.End.Message)
 			return decided{refusal: v.End, gone: true}
 		}
-		return decided{d: v.Decision, ref: v.Ref, refusal: v.Refusal}
+		return decided{d: v.Decision, ref: v.Ref, refusal: v.Refusal, approval: v.Approval}
 	}
 	ref, err := c.cs.RecordRequest(core.Requested{Kind: kind, Text: text, Request: req, Decision: d})
 	if err != nil {
@@ -155,17 +157,20 @@ func (c *conn) remoteForwardRequest(ctx context.Context, r *gossh.Request) {
 		return
 	}
 	key := net.JoinHostPort(p.Addr, strconv.Itoa(int(p.Port)))
+	var g *grant
 	if r.Type == "tcpip-forward" {
 		if !c.check(ctx, nil) {
 			_ = r.Reply(false, nil)
 			return
 		}
 		req := &celpolicy.SSHRequest{Kind: "remote_forward", ForwardHost: p.Addr, ForwardPort: int64(p.Port)}
-		if dec := c.decide(ctx, "remote_forward", "remote forward from "+key, req, nil); dec.refusal != nil || dec.gone {
+		dec := c.decide(ctx, "remote_forward", "remote forward from "+key, req, nil)
+		if dec.refusal != nil || dec.gone {
 			c.log.Info("remote forward refused", "bind", key)
 			_ = r.Reply(false, nil)
 			return
 		}
+		g = &grant{req: req, approval: dec.approval, addr: p.Addr, port: p.Port}
 	}
 	client, err := c.upstream(ctx)
 	if err != nil {
@@ -183,9 +188,10 @@ func (c *conn) remoteForwardRequest(ctx context.Context, r *gossh.Request) {
 			var bound struct{ Port uint32 }
 			if gossh.Unmarshal(reply, &bound) == nil {
 				key = net.JoinHostPort(p.Addr, strconv.Itoa(int(bound.Port)))
+				g.port = bound.Port
 			}
 		}
-		c.remoteForward[key] = true
+		c.remoteForward[key] = g
 		c.allowMu.Unlock()
 	}
 	if r.Type == "cancel-tcpip-forward" {

@@ -49,11 +49,13 @@ type conn struct {
 	openMu  sync.Mutex
 	open    map[*sessionChannel]struct{}
 
-	// allowed records what the policy granted that the upstream may use
-	// later: X11 and agent channels, remote forwards.
+	// allowMu guards what the policy granted that the upstream uses later,
+	// by opening channels towards the caller: X11 and agent channels, and
+	// remote forwards (by bound "host:port"). Each such channel is
+	// decided again under the bundle in force (relay.go).
 	allowMu       sync.Mutex
-	x11, agent    bool
-	remoteForward map[string]bool
+	x11, agent    *grant
+	remoteForward map[string]*grant
 }
 
 // handle runs one client connection. A panic is contained: it ends that
@@ -61,7 +63,7 @@ type conn struct {
 // pending (core.Pending, called at accept): wrapped is nc as Pending
 // wrapped it, done ends the pending state.
 func (s *Server) handle(ctx context.Context, nc, wrapped net.Conn, done func(), timeout time.Duration) {
-	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]bool{}, open: map[*sessionChannel]struct{}{}}
+	c := &conn{srv: s, id: s.core.NextID(), nc: nc, gone: make(chan struct{}), remoteForward: map[string]*grant{}, open: map[*sessionChannel]struct{}{}}
 	c.log = s.log.With("session", c.id, "client", nc.RemoteAddr().String())
 	defer nc.Close()
 	defer func() {

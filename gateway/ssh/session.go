@@ -141,15 +141,17 @@ func (sc *sessionChannel) request(ctx context.Context, r *gossh.Request) {
 		}
 		sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "env", Env: p.Name}, "env "+p.Name)
 	case "x11-req":
-		if sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "x11"}, "x11") {
+		req := &celpolicy.SSHRequest{Kind: "x11"}
+		if approval, ok := sc.grant(ctx, r, req, "x11"); ok {
 			sc.c.allowMu.Lock()
-			sc.c.x11 = true
+			sc.c.x11 = &grant{req: req, approval: approval}
 			sc.c.allowMu.Unlock()
 		}
 	case "auth-agent-req@openssh.com":
-		if sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "agent"}, "agent forwarding") {
+		req := &celpolicy.SSHRequest{Kind: "agent"}
+		if approval, ok := sc.grant(ctx, r, req, "agent forwarding"); ok {
 			sc.c.allowMu.Lock()
-			sc.c.agent = true
+			sc.c.agent = &grant{req: req, approval: approval}
 			sc.c.allowMu.Unlock()
 		}
 	case "window-change", "signal", "break":
@@ -169,22 +171,24 @@ func (sc *sessionChannel) request(ctx context.Context, r *gossh.Request) {
 // grant decides a request that sets up the session (a terminal, an
 // environment variable, forwarding), and passes it upstream when allowed.
 // A refusal is told on stderr and the request fails; the session goes on.
-func (sc *sessionChannel) grant(ctx context.Context, r *gossh.Request, req *celpolicy.SSHRequest, text string) bool {
+// ok says the upstream took the request; approval names the approval that
+// released it, when it was reviewed.
+func (sc *sessionChannel) grant(ctx context.Context, r *gossh.Request, req *celpolicy.SSHRequest, text string) (approval string, ok bool) {
 	if !sc.c.check(ctx, sc.down.Stderr()) {
 		reply(r, false)
-		return false
+		return "", false
 	}
 	dec := sc.c.decide(ctx, req.Kind, text, req, nil)
 	if dec.gone {
 		reply(r, false)
-		return false
+		return "", false
 	}
 	if dec.refusal != nil {
 		_, _ = io.WriteString(sc.down.Stderr(), crlf(refusalText(dec.refusal))+"\r\n")
 		reply(r, false)
-		return false
+		return "", false
 	}
-	return sc.forwardRequest(r)
+	return dec.approval, sc.forwardRequest(r)
 }
 
 // forwardRequest passes a request upstream and its answer back.

@@ -32,7 +32,7 @@ func (c *conn) upstream(ctx context.Context) (*gossh.Client, error) {
 		if err != nil {
 			c.log.Error("upstream connection failed", "err", err)
 		} else {
-			c.relayUpstreamChannels(client)
+			c.relayUpstreamChannels(ctx, client)
 		}
 	}
 	return c.up.client, c.up.err
@@ -137,55 +137,6 @@ func (s *Server) credentials(res *bundle.SSHHost) ([]gossh.AuthMethod, error) {
 		return nil, fmt.Errorf("ssh_host %q has no private_key or password", res.Name)
 	}
 	return out, nil
-}
-
-// relayUpstreamChannels passes channels the upstream opens towards the
-// caller (X11, the agent, remote forwards) through, when the policy
-// granted what they belong to; others are refused.
-func (c *conn) relayUpstreamChannels(client *gossh.Client) {
-	relay := func(kind string, granted func(nch gossh.NewChannel) bool) {
-		for nch := range client.HandleChannelOpen(kind) {
-			if !granted(nch) || c.sconn == nil {
-				_ = nch.Reject(gossh.Prohibited, "not granted by the gateway's policy")
-				continue
-			}
-			go c.pipeChannel(nch)
-		}
-	}
-	go relay("x11", func(gossh.NewChannel) bool { c.allowMu.Lock(); defer c.allowMu.Unlock(); return c.x11 })
-	go relay("auth-agent@openssh.com", func(gossh.NewChannel) bool { c.allowMu.Lock(); defer c.allowMu.Unlock(); return c.agent })
-	go relay("forwarded-tcpip", func(nch gossh.NewChannel) bool {
-		var p struct {
-			Addr       string
-			Port       uint32
-			OrigAddr   string
-			OriginPort uint32
-		}
-		if gossh.Unmarshal(nch.ExtraData(), &p) != nil {
-			return false
-		}
-		c.allowMu.Lock()
-		defer c.allowMu.Unlock()
-		return c.remoteForward[net.JoinHostPort(p.Addr, fmt.Sprint(p.Port))]
-	})
-}
-
-// pipeChannel opens the same channel towards the caller and copies both
-// ways until either side closes.
-func (c *conn) pipeChannel(nch gossh.NewChannel) {
-	down, downReqs, err := c.sconn.OpenChannel(nch.ChannelType(), nch.ExtraData())
-	if err != nil {
-		_ = nch.Reject(gossh.ConnectionFailed, "the caller refused the channel")
-		return
-	}
-	up, upReqs, err := nch.Accept()
-	if err != nil {
-		down.Close()
-		return
-	}
-	go gossh.DiscardRequests(downReqs)
-	go gossh.DiscardRequests(upReqs)
-	splice(up, down)
 }
 
 // splice copies two channels into each other until both directions end.
