@@ -166,6 +166,18 @@ func (g *Guard) Apply(req *celpolicy.PostgresRequest, d celpolicy.Decision) celp
 			plan.Statements = append(plan.Statements, sm)
 		}
 	}
+	if hasColumnMasks {
+		// After the plans, so that a definition over a masked table says
+		// so first.
+		for _, st := range req.Statements {
+			if st.Via != "" {
+				continue
+			}
+			if why := g.implicitCode(st); why != "" {
+				return refuse(d, why)
+			}
+		}
+	}
 	req.Masking = plan
 	d.Masking = plan
 	return d

@@ -366,7 +366,13 @@ func (w *lw) with(wc *pg.WithClause, parent *frame, ctes *cteScope) *cteScope {
 		}
 		var outs []Output
 		if wc.Recursive {
-			sc.names[cte.Ctename] = &lrange{alias: cte.Ctename}
+			// The first pass sees the columns of the non-recursive term,
+			// so that the recursive term's names resolve.
+			seed := &lrange{alias: cte.Ctename}
+			if sel := cte.Ctequery.GetSelectStmt(); sel != nil && sel.Op == pg.SetOperation_SETOP_UNION && sel.Larg != nil {
+				seed = outputRange(cte.Ctename, w.selectStmt(sel.Larg, parent, sc), cte.Aliascolnames)
+			}
+			sc.names[cte.Ctename] = seed
 			for i := 0; i < 4; i++ {
 				next := w.query(cte.Ctequery, parent, sc)
 				done := sameOutputs(outs, next)
@@ -380,8 +386,44 @@ func (w *lw) with(wc *pg.WithClause, parent *frame, ctes *cteScope) *cteScope {
 			outs = w.query(cte.Ctequery, parent, sc)
 		}
 		sc.names[cte.Ctename] = outputRange(cte.Ctename, outs, cte.Aliascolnames)
+		w.searchCycle(cte, sc.names[cte.Ctename], parent)
 	}
 	return sc
+}
+
+// searchCycle walks a recursive CTE's SEARCH and CYCLE clauses. SEARCH
+// orders rows by its columns (as ORDER BY does, through the sequence
+// column it adds), and CYCLE compares its columns with those of the rows
+// on each row's path (as DISTINCT does): with a guess among the rows,
+// either answers a question about a value. The columns they add (the
+// sequence, the cycle mark and the path) are computed from theirs.
+func (w *lw) searchCycle(cte *pg.CommonTableExpr, r *lrange, parent *frame) {
+	cols := func(list []*pg.Node, clause string) []Source {
+		var srcs []Source
+		for _, name := range names(list) {
+			s, ok, _ := r.lookup(name)
+			if !ok {
+				w.problem("column %s of the %s clause is not a column of %s", quote(name), clause, quote(cte.Ctename))
+				continue
+			}
+			srcs = mergeSources(srcs, s)
+		}
+		return srcs
+	}
+	if sc := cte.SearchClause; sc != nil {
+		srcs := cols(sc.SearchColList, "SEARCH")
+		w.use(srcs, "order")
+		r.cols = append(r.cols, lcol{name: sc.SearchSeqColumn, srcs: derive(srcs)})
+	}
+	if cc := cte.CycleClause; cc != nil {
+		srcs := cols(cc.CycleColList, "CYCLE")
+		w.use(srcs, "distinct")
+		mark := mergeSources(derive(srcs), derive(w.expr(cc.CycleMarkValue, parent, "")))
+		mark = mergeSources(mark, derive(w.expr(cc.CycleMarkDefault, parent, "")))
+		r.cols = append(r.cols,
+			lcol{name: cc.CycleMarkColumn, srcs: mark},
+			lcol{name: cc.CyclePathColumn, srcs: derive(srcs)})
+	}
 }
 
 func sameOutputs(a, b []Output) bool {

@@ -21,6 +21,9 @@ var dynamicSQL = map[string]bool{
 	"schema_to_xml": true, "schema_to_xmlschema": true, "schema_to_xml_and_xmlschema": true,
 	"database_to_xml": true, "database_to_xmlschema": true, "database_to_xml_and_xmlschema": true,
 	"ts_stat": true,
+	// ts_rewrite(query, select): the second argument is a SELECT it runs
+	// (ts_rewrite(query, target, substitute) runs none).
+	"ts_rewrite": true,
 }
 
 // RunsSQL reports whether a built-in function runs SQL (or reads a table)
@@ -87,9 +90,17 @@ func (w *lw) expr(n *pg.Node, f *frame, clause string) []Source {
 	case *pg.Node_CoalesceExpr:
 		return w.exprs(x.CoalesceExpr.Args, f, clause)
 	case *pg.Node_MinMaxExpr:
-		// GREATEST and LEAST return one of their arguments; which one is
-		// itself masked.
-		return w.exprs(x.MinMaxExpr.Args, f, clause)
+		// GREATEST and LEAST return one of their arguments, itself
+		// masked; but which one they return compares them, and with a
+		// guess among the arguments it answers a question about the
+		// value. Every argument is used; the result keeps its sources.
+		srcs := w.exprs(x.MinMaxExpr.Args, f, clause)
+		c := clause
+		if c == "" {
+			c = "expression"
+		}
+		w.use(srcs, c)
+		return srcs
 	case *pg.Node_CaseExpr:
 		return w.caseExpr(x.CaseExpr, f, clause)
 	case *pg.Node_NullTest:
@@ -265,7 +276,12 @@ func (w *lw) indirection(ind *pg.A_Indirection, f *frame, clause string) []Sourc
 	return derive(srcs)
 }
 
-// columnRef resolves a column reference: a column, or a whole row.
+// systemColumns are the columns every table has that catalogs do not
+// list; they hold no values of other columns.
+var systemColumns = map[string]bool{"ctid": true, "xmin": true, "xmax": true, "cmin": true, "cmax": true, "tableoid": true}
+
+// columnRef resolves a column reference: a column, or a whole row. A name
+// that resolves to nothing is a problem: its values' origins are unknown.
 func (w *lw) columnRef(cr *pg.ColumnRef, f *frame) []Source {
 	q := names(cr.Fields)
 	if len(q) != len(cr.Fields) {
@@ -299,6 +315,9 @@ func (w *lw) columnRef(cr *pg.ColumnRef, f *frame) []Source {
 			// column, which without a database cannot be ruled out).
 			return mergeSources(r.whole(), srcs)
 		}
+		if !ok && !systemColumns[q[0]] {
+			w.problem("column %s is not a column of any relation in scope", quote(q[0]))
+		}
 		return srcs
 	}
 	col := q[len(q)-1]
@@ -312,12 +331,16 @@ func (w *lw) columnRef(cr *pg.ColumnRef, f *frame) []Source {
 		if ok {
 			return srcs
 		}
+		if !systemColumns[col] {
+			w.problem("column %s is not a column of %s", quote(col), quote(rel))
+		}
 		return nil
 	}
 	// rel.field where rel is a composite column: (row).field.
 	if srcs, ok := f.column(rel); ok {
 		return srcs
 	}
+	w.problem("column %s names no relation or column in scope", strings.Join(q, "."))
 	return nil
 }
 
@@ -369,7 +392,7 @@ func (w *lw) call(n *pg.Node, f *frame, clause string) ([]Source, *FunctionInfo)
 		// and protected.
 	case !info.Builtin:
 		w.opaque("function %s.%s is not built in: the gateway cannot know what it reads", info.Schema, name)
-	case dynamicSQL[name]:
+	case dynamicSQL[name] && !(name == "ts_rewrite" && len(fc.Args) == 3):
 		w.opaque("function %s runs SQL (or reads a table) named in its arguments", name)
 	}
 	if info != nil && info.Volatility != Immutable && info.Volatility != Stable {
@@ -386,11 +409,14 @@ func (w *lw) call(n *pg.Node, f *frame, clause string) ([]Source, *FunctionInfo)
 		}
 		// A count carries no value of its argument.
 	case info != nil && info.Builtin && (name == "min" || name == "max") && len(fc.Args) == 1:
-		// The result is one of the values, itself masked.
+		// The result is one of the values, itself masked; but which one
+		// compares the rows' values, as ORDER BY does, and with a guess
+		// among them answers a question about the value.
 		srcs = args
 		if fc.AggDistinct {
 			w.use(args, "distinct")
 		}
+		w.use(args, c)
 	default:
 		if fc.AggDistinct {
 			w.use(args, "distinct")

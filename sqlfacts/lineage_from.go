@@ -38,17 +38,46 @@ func (w *lw) fromItem(n *pg.Node, f *frame) *lrange {
 		return w.join(x.JoinExpr, f)
 	case *pg.Node_RangeTableSample:
 		w.clause(&pg.Node{Node: &pg.Node_List{List: &pg.List{Items: x.RangeTableSample.Args}}}, f, "sample")
+		// REPEATABLE's seed is computed too: its errors answer questions.
+		w.clause(x.RangeTableSample.Repeatable, f, "sample")
 		return w.fromItem(x.RangeTableSample.Relation, f)
 	case *pg.Node_RangeTableFunc:
 		// XMLTABLE: its columns are computed from the document.
 		srcs := derive(w.expr(x.RangeTableFunc.Docexpr, f, ""))
 		w.use(srcs, "expression")
 		srcs = mergeSources(srcs, derive(w.expr(x.RangeTableFunc.Rowexpr, f, "")))
-		alias, _ := aliasOf(x.RangeTableFunc.Alias)
-		r := &lrange{alias: alias}
+		// Namespace URIs and each column's PATH decide what is found.
+		for _, ns := range x.RangeTableFunc.Namespaces {
+			w.clause(ns, f, "expression")
+		}
+		alias, colnames := aliasOf(x.RangeTableFunc.Alias)
+		r := &lrange{alias: cmp.Or(alias, "xmltable")}
 		for _, c := range x.RangeTableFunc.Columns {
-			if col := c.GetRangeTableFuncCol(); col != nil {
-				r.cols = append(r.cols, lcol{name: col.Colname, srcs: srcs})
+			col := c.GetRangeTableFuncCol()
+			if col == nil {
+				continue
+			}
+			colSrcs := srcs
+			if col.Colexpr != nil {
+				path := w.expr(col.Colexpr, f, "")
+				w.use(path, "expression")
+				colSrcs = mergeSources(slices.Clone(colSrcs), derive(path))
+			}
+			if col.Coldefexpr != nil {
+				// DEFAULT is the column's value where the path finds
+				// nothing, converted to the column's type.
+				def := w.expr(col.Coldefexpr, f, "")
+				if !preservingCast(col.TypeName) {
+					w.use(def, "expression")
+					def = derive(def)
+				}
+				colSrcs = mergeSources(slices.Clone(colSrcs), def)
+			}
+			r.cols = append(r.cols, lcol{name: col.Colname, srcs: colSrcs})
+		}
+		for i, c := range colnames {
+			if s := c.GetString_(); s != nil && i < len(r.cols) {
+				r.cols[i].name = s.Sval
 			}
 		}
 		return r
@@ -215,6 +244,21 @@ func (w *lw) rangeFunction(rf *pg.RangeFunction, f *frame) *lrange {
 			r.cols = append(r.cols, lcol{name: c, srcs: colSrcs})
 		}
 	}
+	// More names than the columns known here (unnest of several arrays):
+	// each extra column may hold any argument's values.
+	extra := len(colnames) - len(r.cols)
+	if rf.Ordinality {
+		extra--
+	}
+	if extra > 0 {
+		var all []Source
+		for _, c := range r.cols {
+			all = mergeSources(all, c.srcs)
+		}
+		for range extra {
+			r.cols = append(r.cols, lcol{srcs: all})
+		}
+	}
 	if rf.Ordinality {
 		r.cols = append(r.cols, lcol{name: "ordinality"})
 	}
@@ -323,9 +367,12 @@ func (w *lw) insert(s *pg.InsertStmt, parent *frame, ctes *cteScope) []Output {
 	ctes = w.with(s.WithClause, parent, ctes)
 	t := w.target(s.Relation)
 	var cols []string
+	var partly []bool // assigned through a subscript or field
 	for _, c := range s.Cols {
 		if rt := c.GetResTarget(); rt != nil {
 			cols = append(cols, rt.Name)
+			partly = append(partly, len(rt.Indirection) > 0)
+			w.targetIndirection(rt.Indirection, &frame{parent: parent, ctes: ctes})
 		}
 	}
 	if len(cols) == 0 {
@@ -338,7 +385,11 @@ func (w *lw) insert(s *pg.InsertStmt, parent *frame, ctes *cteScope) []Output {
 	assigned := map[string][]Source{}
 	for i, v := range values {
 		if i < len(cols) {
-			assigned[cols[i]] = mergeSources(assigned[cols[i]], v.Sources)
+			srcs := v.Sources
+			if i < len(partly) && partly[i] {
+				srcs = derive(srcs)
+			}
+			assigned[cols[i]] = mergeSources(assigned[cols[i]], srcs)
 		} else if len(v.Sources) > 0 {
 			// A column beyond the ones known: somewhere in the table.
 			w.flow(columnOf(t, "?"), v.Sources)
@@ -399,10 +450,23 @@ func (w *lw) assignments(list []*pg.Node, f *frame) map[string][]Source {
 		if len(rt.Indirection) > 0 {
 			// Assigning to a field or element computes a new value.
 			srcs = derive(srcs)
+			w.targetIndirection(rt.Indirection, f)
 		}
 		out[rt.Name] = mergeSources(out[rt.Name], srcs)
 	}
 	return out
+}
+
+// targetIndirection walks the subscripts of a written column (SET
+// arr[i:j] = ..., INSERT INTO t (arr[i])): they are computed, and what
+// they compute is kept in the array's bounds.
+func (w *lw) targetIndirection(list []*pg.Node, f *frame) {
+	for _, i := range list {
+		if ai := i.GetAIndices(); ai != nil {
+			w.clause(ai.Lidx, f, "expression")
+			w.clause(ai.Uidx, f, "expression")
+		}
+	}
 }
 
 func (w *lw) returning(list []*pg.Node, f *frame) []Output {
@@ -460,6 +524,7 @@ func (w *lw) merge(s *pg.MergeStmt, parent *frame, ctes *cteScope) []Output {
 			for _, tl := range mw.TargetList {
 				if rt := tl.GetResTarget(); rt != nil {
 					cols = append(cols, rt.Name)
+					w.targetIndirection(rt.Indirection, f)
 				}
 			}
 			if len(cols) == 0 {

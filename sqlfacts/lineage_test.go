@@ -55,3 +55,43 @@ func TestLineageFlowsInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestLineageGeneratedColumns: the columns a clause adds carry what they
+// are computed from, and an XMLTABLE column what its DEFAULT gives it.
+func TestLineageGeneratedColumns(t *testing.T) {
+	const email = "public.customers.email"
+	for _, c := range []struct {
+		sql  string
+		want []string // per output: its sources, "+" marking derived ones
+	}{
+		{"WITH RECURSIVE t(x) AS (SELECT email FROM customers UNION ALL SELECT x FROM t WHERE false) SEARCH DEPTH FIRST BY x SET ord SELECT ord FROM t",
+			[]string{"+" + email}},
+		{"WITH RECURSIVE t(x, n) AS (SELECT email, 1 FROM customers UNION ALL SELECT x, n + 1 FROM t WHERE n < 3) CYCLE x SET is_cycle USING path SELECT is_cycle, path, n FROM t",
+			[]string{"+" + email, "+" + email, ""}},
+	} {
+		t.Run(c.sql, func(t *testing.T) {
+			lins, err := sqlfacts.LineageOf(c.sql, sqlfacts.NewStaticCatalog([]string{email}), nil)
+			if err != nil || len(lins) != 1 {
+				t.Fatal(lins, err)
+			}
+			if len(lins[0].Problems) > 0 {
+				t.Fatalf("problems: %v", lins[0].Problems)
+			}
+			var got []string
+			for _, o := range lins[0].Outputs {
+				var srcs []string
+				for _, s := range o.Sources {
+					if s.Derived {
+						srcs = append(srcs, "+"+s.Column)
+					} else {
+						srcs = append(srcs, s.Column)
+					}
+				}
+				got = append(got, strings.Join(srcs, " "))
+			}
+			if strings.Join(got, ",") != strings.Join(c.want, ",") {
+				t.Fatalf("sources %q, want %q", got, c.want)
+			}
+		})
+	}
+}

@@ -359,8 +359,10 @@ func functionOf(rows [][][]byte, name string) (*sqlfacts.FunctionInfo, error) {
 		if rank[vol] > rank[info.Volatility] {
 			info.Volatility = vol
 		}
-		if string(r[0]) != "pg_catalog" {
-			info.Builtin = false
+		if string(r[0]) != "pg_catalog" && info.Builtin {
+			// The first candidate outside pg_catalog is the one to name:
+			// a user function that shadows a built-in's name.
+			info.Builtin, info.Schema = false, string(r[0])
 		}
 		info.Aggregate = info.Aggregate || string(r[2]) == "a"
 		info.Window = info.Window || string(r[2]) == "w"

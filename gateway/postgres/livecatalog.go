@@ -29,15 +29,12 @@ func OpenCatalog(ctx context.Context, connString string) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to the database for its catalog: %w", err)
 	}
-	rs, err := conn.Exec(ctx, "SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s").ReadAll()
+	path, err := readSearchPath(ctx, conn)
 	if err != nil {
 		conn.Close(ctx)
 		return nil, fmt.Errorf("read the search path: %w", err)
 	}
-	c := &Catalog{conn: conn, relations: map[string]*sqlfacts.RelationInfo{}, functions: map[string]*sqlfacts.FunctionInfo{}}
-	for _, row := range rs[0].Rows {
-		c.searchPath = append(c.searchPath, string(row[0]))
-	}
+	c := &Catalog{conn: conn, searchPath: path, relations: map[string]*sqlfacts.RelationInfo{}, functions: map[string]*sqlfacts.FunctionInfo{}}
 	return c, nil
 }
 

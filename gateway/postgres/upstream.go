@@ -25,7 +25,8 @@ type upstream struct {
 	// role the session runs as ("" for the login role).
 	role string
 	// searchPath is the session's effective search path
-	// (current_schemas(true)), which resolves its unqualified names.
+	// (current_schemas(true), with the schemas of the setting that do not
+	// exist yet: readSearchPath), which resolves its unqualified names.
 	searchPath []string
 }
 
@@ -84,12 +85,8 @@ func (s *Server) connectUpstream(ctx context.Context, res *bundle.Postgres, id c
 			return fail(&errRole{fmt.Sprintf("the database refused SET SESSION AUTHORIZATION %s for you: %v", quoteIdent(role), pgMessage(err))})
 		}
 	}
-	rs, err := pc.Exec(cctx, "SELECT s FROM pg_catalog.unnest(pg_catalog.current_schemas(true)) AS s").ReadAll()
-	if err != nil {
+	if up.searchPath, err = readSearchPath(cctx, pc); err != nil {
 		return fail(err)
-	}
-	for _, row := range rs[0].Rows {
-		up.searchPath = append(up.searchPath, string(row[0]))
 	}
 	h, err := pc.Hijack()
 	if err != nil {
