@@ -26,6 +26,14 @@ type Catalog interface {
 	Function(schema, name string) (*FunctionInfo, error)
 }
 
+// OperatorCatalog is a Catalog that also knows the database's operators.
+// Without one, an unqualified operator is taken for a built-in.
+type OperatorCatalog interface {
+	// UserOperator reports whether an operator of that name is defined
+	// outside pg_catalog.
+	UserOperator(name string) (bool, error)
+}
+
 // RelationInfo describes a table, view or other relation.
 type RelationInfo struct {
 	Schema string

@@ -127,6 +127,10 @@ func TestGuardRefuses(t *testing.T) {
 		// Definitions that move, expose or rename masked columns.
 		{"ALTER TABLE customers RENAME COLUMN card_number TO cc", "changing its definition"},
 		{"ALTER TABLE customers RENAME TO clients", "changing its definition"},
+		{"ALTER TABLE mine ATTACH PARTITION customers FOR VALUES FROM (MINVALUE) TO (MAXVALUE)", "changing its definition"},
+		{"ALTER TABLE mine ATTACH PARTITION public.customers DEFAULT", "changing its definition"},
+		{"ALTER TABLE mine INHERIT customers", "changing its definition"},
+		{"SELECT 1 OPERATOR(public.###) 0", "operator public.### is not built in"},
 		{"ALTER TABLE customers ADD COLUMN cc text GENERATED ALWAYS AS (card_number) STORED", "changing its definition"},
 		{"CREATE INDEX ON customers (card_number) WHERE card_number LIKE '4%'", "changing its definition"},
 		{"CREATE TABLE p PARTITION OF customers FOR VALUES IN (1)", "changing its definition"},

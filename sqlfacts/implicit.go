@@ -68,6 +68,11 @@ const likeCopiesCode = 1<<2 | 1<<3 | 1<<4 | 1<<6
 // the database would later run without a statement naming it; "" when it
 // does not.
 func (g *Guard) implicitCode(st celpolicy.Statement) string {
+	if st.Command == "ALTER SCHEMA" {
+		// Masks name their columns by schema: a schema renamed takes its
+		// tables out from under them.
+		return "ALTER SCHEMA could rename a schema, and masks name their columns by schema (public.customers.card_number): while masks apply, schemas are not renamed"
+	}
 	if what, ok := installsCode[st.Command]; ok {
 		return fmt.Sprintf("%s installs %s; while masks apply, code the database runs implicitly is refused: masks cannot follow what it reads", st.Command, what)
 	}
@@ -115,10 +120,12 @@ func (g *Guard) implicitIn(command string, m protoreflect.Message) string {
 			return refused(fmt.Sprintf("calls %s, which is not built in, in an expression the database runs later (a default, a generated column, a constraint or an index)", displayName(schema, name)))
 		case dynamicSQL[name]:
 			return refused(fmt.Sprintf("calls %s, which runs SQL named in its arguments, in an expression the database runs later", name))
+		case len(protectedColumns(info)) > 0:
+			return refused(fmt.Sprintf("calls %s, whose output the gateway protects (other sessions' statements, statistics), in an expression the database runs later, where no statement's lineage shows it", name))
 		}
 	case *pg.A_Expr:
-		if q := names(x.Name); len(q) >= 2 && q[len(q)-2] != "pg_catalog" {
-			return refused(fmt.Sprintf("uses the operator %s, which is not built in, in an expression the database runs later", displayName(q[len(q)-2], q[len(q)-1])))
+		if why := operatorCode(g.Catalog, x.Name); why != "" {
+			return refused(fmt.Sprintf("uses an operator the gateway cannot take for a built-in (%s) in an expression the database runs later", why))
 		}
 	case *pg.TableLikeClause:
 		if x.Options&likeCopiesCode != 0 {

@@ -34,7 +34,9 @@ func TestGuardRefusesImplicitCode(t *testing.T) {
 		{"CREATE CAST (int AS text) WITH FUNCTION f(int)", "CREATE CAST installs a cast"},
 		{"CREATE TRANSFORM FOR int LANGUAGE sql (FROM SQL WITH FUNCTION f(internal))", "CREATE TRANSFORM"},
 		{"CREATE CONVERSION c FOR 'LATIN1' TO 'UTF8' FROM f", "CREATE CONVERSION"},
+		{"ALTER SCHEMA public RENAME TO elsewhere", "schemas are not renamed"},
 		// Expressions the database runs later.
+		{"CREATE TEMP TABLE q (a int, x text DEFAULT pg_stat_get_backend_activity(a))", "whose output the gateway protects"},
 		{"CREATE TEMP TABLE t (a int, x text DEFAULT f())", "calls f, which is not built in"},
 		{"CREATE TABLE t (a int, x text DEFAULT public.lower(a))", "calls public.lower, which is not built in"},
 		{"CREATE TABLE t (a int, x text GENERATED ALWAYS AS (f(a)) STORED)", "CREATE TABLE calls f"},

@@ -1,6 +1,7 @@
 package sqlfacts
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -131,7 +132,43 @@ func (w *lw) expr(n *pg.Node, f *frame, clause string) []Source {
 	// Everything else (operators, AND/OR/NOT, LIKE, IN, BETWEEN, IS
 	// DISTINCT FROM, row and array constructors, XML and JSON functions)
 	// computes a new value from its operands.
+	if a, ok := n.Node.(*pg.Node_AExpr); ok {
+		if why := operatorCode(w.cat, a.AExpr.Name); why != "" {
+			w.opaque("%s", why)
+		}
+	}
 	return computed(w.children(n, f, clause))
+}
+
+// operatorCode says why an operator may run code that is not built in
+// ("" when it cannot): one qualified with a schema other than pg_catalog,
+// or one whose name is also defined outside pg_catalog, since which of
+// same-named operators runs depends on the operand types, which the
+// gateway does not know.
+func operatorCode(cat Catalog, list []*pg.Node) string {
+	q := names(list)
+	if len(q) == 0 {
+		return ""
+	}
+	name := q[len(q)-1]
+	if len(q) >= 2 {
+		if q[len(q)-2] != "pg_catalog" {
+			return fmt.Sprintf("operator %s is not built in: the gateway cannot know what it reads", displayName(q[len(q)-2], name))
+		}
+		return ""
+	}
+	oc, ok := cat.(OperatorCatalog)
+	if !ok {
+		return ""
+	}
+	user, err := oc.UserOperator(name)
+	if err != nil {
+		return fmt.Sprintf("operator %s could not be looked up (%v)", name, err)
+	}
+	if user {
+		return fmt.Sprintf("operator %s is also defined outside pg_catalog: which one runs depends on the operand types, and one that is not built in runs code the gateway cannot see", name)
+	}
+	return ""
 }
 
 func (w *lw) exprs(list []*pg.Node, f *frame, clause string) []Source {

@@ -650,6 +650,21 @@ func (w *lw) ddl(n *pg.Node) {
 		if x.AlterTableStmt.Relation != nil {
 			w.alters(x.AlterTableStmt.Relation.Schemaname, x.AlterTableStmt.Relation.Relname)
 		}
+		// ATTACH PARTITION t puts t's rows under the table altered, where
+		// a read of that table returns them by another name; INHERIT p
+		// does the same for p. Both change the relation they name.
+		for _, c := range x.AlterTableStmt.Cmds {
+			cmd := c.GetAlterTableCmd()
+			if cmd == nil || cmd.Def == nil {
+				continue
+			}
+			if pc := cmd.Def.GetPartitionCmd(); pc != nil && pc.Name != nil {
+				w.alters(pc.Name.Schemaname, pc.Name.Relname)
+			}
+			if rv := cmd.Def.GetRangeVar(); rv != nil {
+				w.alters(rv.Schemaname, rv.Relname)
+			}
+		}
 	case *pg.Node_RenameStmt:
 		if x.RenameStmt.Relation != nil {
 			w.alters(x.RenameStmt.Relation.Schemaname, x.RenameStmt.Relation.Relname)

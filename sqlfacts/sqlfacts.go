@@ -186,3 +186,22 @@ func columnUses(n *pg.Node, version int32) ([]ColumnUse, bool) {
 	}
 	return out, w.byConstant
 }
+
+// NamedRun reads a statement that runs something defined earlier by name:
+// SQL EXECUTE (kind "prepared statement") or FETCH (kind "cursor"). ok is
+// false for anything else, MOVE included (it returns no rows).
+func NamedRun(text string) (kind, name string, ok bool) {
+	tree, err := pg.Parse(text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return "", "", false
+	}
+	switch x := tree.Stmts[0].Stmt.Node.(type) {
+	case *pg.Node_ExecuteStmt:
+		return "prepared statement", x.ExecuteStmt.Name, true
+	case *pg.Node_FetchStmt:
+		if !x.FetchStmt.Ismove {
+			return "cursor", x.FetchStmt.Portalname, true
+		}
+	}
+	return "", "", false
+}

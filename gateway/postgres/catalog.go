@@ -37,6 +37,7 @@ type catalog struct {
 	// catalogTTL so that changes made outside the gateway are seen.
 	relations map[string]cached[*sqlfacts.RelationInfo]
 	functions map[string]cached[*sqlfacts.FunctionInfo]
+	operators map[string]cached[bool] // name -> defined outside pg_catalog
 	// generation counts invalidations, for the sessions' lineage and
 	// decision caches; read without the lock.
 	generation atomic.Uint64
@@ -84,6 +85,7 @@ func (c *catalogs) get(resource string) (*catalog, *bundle.Postgres, error) {
 func (cat *catalog) reset() {
 	cat.columns, cat.funcs = map[uint32]map[uint16]string{}, map[uint32]fastPathFunc{}
 	cat.relations, cat.functions = map[string]cached[*sqlfacts.RelationInfo]{}, map[string]cached[*sqlfacts.FunctionInfo]{}
+	cat.operators = map[string]cached[bool]{}
 	cat.generation.Add(1)
 }
 
@@ -326,6 +328,32 @@ func (c *catalogs) function(resource string, schemas []string, name string) (*sq
 	}
 	cat.functions[key] = cached[*sqlfacts.FunctionInfo]{v: info, at: time.Now()}
 	return info, nil
+}
+
+// userOperatorSQL says whether an operator of a name is defined outside
+// pg_catalog, in any schema: which of several same-named operators runs
+// depends on the operand types, which the gateway does not know.
+const userOperatorSQL = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_operator
+ WHERE oprname = $1 AND oprnamespace <> 'pg_catalog'::regnamespace)`
+
+// userOperator reports whether an operator name is also defined outside
+// pg_catalog (sqlfacts.OperatorCatalog).
+func (c *catalogs) userOperator(resource, name string) (bool, error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return false, err
+	}
+	defer cat.mu.Unlock()
+	if e, ok := cat.operators[name]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, nil
+	}
+	rows, err := cat.query(c, res, userOperatorSQL, name)
+	if err != nil {
+		return false, err
+	}
+	user := len(rows) == 1 && len(rows[0]) == 1 && string(rows[0][0]) == "t"
+	cat.operators[name] = cached[bool]{v: user, at: time.Now()}
+	return user, nil
 }
 
 // relationOf reads relationSQL's answer: nil when no row.

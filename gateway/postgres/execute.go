@@ -42,7 +42,8 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 	} else {
 		req, sql, params = p.stmt.req, p.stmt.sql, p.params
 	}
-	d := s.cs.Decide(req, true)
+	req, unknown := s.withNamedRuns(req)
+	d := refuseWith(s.cs.Decide(req, true), unknown)
 	var ref int
 	var rerr error
 	switch {

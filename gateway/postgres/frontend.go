@@ -143,7 +143,8 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 	if s.cat != nil {
 		s.cat.forgetRedefined(req)
 	}
-	d := s.cs.Decide(req, true)
+	req, unknown := s.withNamedRuns(req)
+	d := refuseWith(s.cs.Decide(req, true), unknown)
 	var ref int
 	var rerr error
 	switch {

@@ -205,3 +205,72 @@ func TestUserSchemaOnSearchPathBeforeItExists(t *testing.T) {
 		t.Fatalf("SELECT lower(1): got %q %v, want the refusal of gatehouse.lower", vals, err)
 	}
 }
+
+// TestMaskedCallerCannotAttachAMaskedTable: ATTACH PARTITION names the
+// parent as the table altered, but it is the partition whose rows move:
+// the masked table, attached under the caller's own table, would be read
+// back in the clear through it. Attaching changes the partition's
+// definition, which is refused for a table with masked columns.
+func TestMaskedCallerCannotAttachAMaskedTable(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, developerPolicy(e))
+	c := e.connect(t, "analytics-job")
+	mustRun(t, c, "CREATE TABLE gh_parent (id int NOT NULL, name text, email text, card_number text) PARTITION BY RANGE (id)")
+	_, err := simple(c, "ALTER TABLE gh_parent ATTACH PARTITION customers FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")
+	if pgCode(err) != "42501" {
+		t.Fatalf("ATTACH PARTITION of the masked table: %v", err)
+	}
+	if vals, err := simple(c, "SELECT card_number, email FROM gh_parent"); err != nil || len(vals) != 0 {
+		t.Fatalf("the parent: %q %v", vals, err)
+	}
+}
+
+// TestMaskedCallerCannotRenameSchema: masks name their columns by schema,
+// so a schema renamed would take the masked tables out from under them.
+func TestMaskedCallerCannotRenameSchema(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, developerPolicy(e))
+	c := e.connect(t, "analytics-job")
+	mustRefuse(t, c, "ALTER SCHEMA public RENAME TO gh_pub", "ALTER SCHEMA")
+	if vals, err := simple(c, "SELECT card_number, email FROM customers"); err != nil || inClear(vals) {
+		t.Fatalf("after the refusal: %q %v", vals, err)
+	}
+}
+
+// TestMaskedCallerCannotReadOtherSessionsThroughADefault: a built-in
+// whose output the gateway protects (another session's statement text,
+// which every caller's shared database role may read) in a default runs
+// where no statement's lineage shows it.
+func TestMaskedCallerCannotReadOtherSessionsThroughADefault(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, developerPolicy(e))
+	other := e.connect(t, "pci-auditor")
+	if _, err := simple(other, "SELECT 'gh-other-session-secret' AS x"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.connect(t, "analytics-job")
+	mustRun(t, c, "CREATE TEMP SEQUENCE gh_s")
+	mustRefuse(t, c, "CREATE TEMP TABLE gh_q (a int, q text DEFAULT pg_stat_get_backend_activity(nextval('gh_s')::int))", "pg_stat_get_backend_activity")
+}
+
+// TestExistingUserOperatorNotTakenForBuiltin: an operator an
+// administrator made outside pg_catalog runs its function wherever it is
+// written, unqualified too. Which of same-named operators runs depends on
+// the operand types, so while masks apply a name defined outside
+// pg_catalog is refused, in a statement and in a default.
+func TestExistingUserOperatorNotTakenForBuiltin(t *testing.T) {
+	e := startEnv(t)
+	e.publish(t, developerPolicy(e))
+	e.pg.Exec(t, "orders", stealSQL)
+	e.pg.Exec(t, "orders", "CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = gh_steal)")
+	c := e.connect(t, "analytics-job")
+	vals, err := simple(c, "SELECT 1 ### 0")
+	if pgCode(err) != "42501" || !strings.Contains(err.Error(), "operator ###") || inClear(vals) {
+		t.Fatalf("SELECT 1 ### 0: %q %v", vals, err)
+	}
+	mustRefuse(t, c, "CREATE TEMP TABLE gh_op (a int, x text DEFAULT (1 ### 0))", "operator ###")
+	// Built-in operators still pass.
+	if vals, err := simple(c, "SELECT 1 + 1, 'a' || 'b'"); err != nil || len(vals) != 2 {
+		t.Fatalf("built-in operators: %q %v", vals, err)
+	}
+}

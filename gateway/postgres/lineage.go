@@ -96,6 +96,11 @@ func (c *sessionCatalog) Function(schema, name string) (*sqlfacts.FunctionInfo, 
 	return c.srv.catalog.function(c.resource, schemas, name)
 }
 
+// UserOperator implements sqlfacts.OperatorCatalog.
+func (c *sessionCatalog) UserOperator(name string) (bool, error) {
+	return c.srv.catalog.userOperator(c.resource, name)
+}
+
 // epoch changes whenever the session's view of the catalog may have: the
 // shared catalog's generation, and the session's own definitions.
 func (c *sessionCatalog) epoch() uint64 {
