@@ -20,6 +20,7 @@ import (
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
 )
@@ -187,21 +188,42 @@ func columnUses(n *pg.Node, version int32) ([]ColumnUse, bool) {
 	return out, w.byConstant
 }
 
-// NamedRun reads a statement that runs something defined earlier by name:
-// SQL EXECUTE (kind "prepared statement") or FETCH (kind "cursor"). ok is
-// false for anything else, MOVE included (it returns no rows).
-func NamedRun(text string) (kind, name string, ok bool) {
+// NamedRef is a name a statement runs something defined earlier by: a
+// prepared statement (SQL EXECUTE) or a cursor (FETCH).
+type NamedRef struct{ Kind, Name string }
+
+// NamedRuns lists what a statement runs by name, wherever in it: a plain
+// EXECUTE, EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS EXECUTE, FETCH (not
+// MOVE, which returns no rows). ok is false when the text does not parse.
+func NamedRuns(text string) (refs []NamedRef, ok bool) {
 	tree, err := pg.Parse(text)
-	if err != nil || len(tree.Stmts) != 1 {
-		return "", "", false
+	if err != nil {
+		return nil, false
 	}
-	switch x := tree.Stmts[0].Stmt.Node.(type) {
-	case *pg.Node_ExecuteStmt:
-		return "prepared statement", x.ExecuteStmt.Name, true
-	case *pg.Node_FetchStmt:
-		if !x.FetchStmt.Ismove {
-			return "cursor", x.FetchStmt.Portalname, true
+	var walk func(m protoreflect.Message)
+	walk = func(m protoreflect.Message) {
+		switch x := m.Interface().(type) {
+		case *pg.ExecuteStmt:
+			refs = append(refs, NamedRef{"prepared statement", x.Name})
+		case *pg.FetchStmt:
+			if !x.Ismove {
+				refs = append(refs, NamedRef{"cursor", x.Portalname})
+			}
+		}
+		eachChild(m, func(_ protoreflect.FieldDescriptor, child protoreflect.Message) bool {
+			if n, ok := child.Interface().(*pg.Node); ok {
+				if child = nodeMessage(n); child == nil {
+					return true
+				}
+			}
+			walk(child)
+			return true
+		})
+	}
+	for _, raw := range tree.Stmts {
+		if m := nodeMessage(raw.Stmt); m != nil {
+			walk(m)
 		}
 	}
-	return "", "", false
+	return refs, true
 }

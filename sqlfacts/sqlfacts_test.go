@@ -500,6 +500,10 @@ var analyzeCases = map[string]analyzeCase{
 		sql:  "TRUNCATE TABLE s.a, b RESTART IDENTITY",
 		want: []facts{{Command: "TRUNCATE", Tables: w("s.a:write", "public.b:write")}},
 	},
+	"a child table writes its parent: its rows are read through it": {
+		sql:  "CREATE TABLE x () INHERITS (orders); CREATE TABLE p2 PARTITION OF ledger FOR VALUES IN (2)",
+		want: []facts{{Command: "CREATE TABLE", Tables: w("public.x:write", "public.orders:write")}, {Command: "CREATE TABLE", Tables: w("public.p2:write", "public.ledger:write")}},
+	},
 	"CREATE TABLE LIKE reads the template": {
 		sql:  "CREATE TABLE x (LIKE y)",
 		want: []facts{{Command: "CREATE TABLE", Tables: w("public.x:write", "public.y:read")}},

@@ -46,7 +46,7 @@ var writeFields = map[string][]string{
 	"MergeStmt":          {"relation"},
 	"TruncateStmt":       {"relations"},
 	"IntoClause":         {"rel"},
-	"CreateStmt":         {"relation"},
+	"CreateStmt":         {"relation", "inh_relations"}, // a child's rows are read through its parent
 	"AlterTableStmt":     {"relation"},
 	"IndexStmt":          {"relation"},
 	"RenameStmt":         {"relation"},

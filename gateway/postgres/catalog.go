@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
@@ -38,6 +39,7 @@ type catalog struct {
 	relations map[string]cached[*sqlfacts.RelationInfo]
 	functions map[string]cached[*sqlfacts.FunctionInfo]
 	operators map[string]cached[bool] // name -> defined outside pg_catalog
+	reach     map[string]cached[[]celpolicy.Table]
 	// generation counts invalidations, for the sessions' lineage and
 	// decision caches; read without the lock.
 	generation atomic.Uint64
@@ -86,6 +88,7 @@ func (cat *catalog) reset() {
 	cat.columns, cat.funcs = map[uint32]map[uint16]string{}, map[uint32]fastPathFunc{}
 	cat.relations, cat.functions = map[string]cached[*sqlfacts.RelationInfo]{}, map[string]cached[*sqlfacts.FunctionInfo]{}
 	cat.operators = map[string]cached[bool]{}
+	cat.reach = map[string]cached[[]celpolicy.Table]{}
 	cat.generation.Add(1)
 }
 

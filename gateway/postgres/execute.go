@@ -43,7 +43,8 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		req, sql, params = p.stmt.req, p.stmt.sql, p.params
 	}
 	req, unknown := s.withNamedRuns(req)
-	d := refuseWith(s.cs.Decide(req, true), unknown)
+	req, unreached := s.withReachedWrites(req)
+	d := refuseWith(refuseWith(s.cs.Decide(req, true), unknown), unreached)
 	var ref int
 	var rerr error
 	switch {

@@ -144,7 +144,8 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		s.cat.forgetRedefined(req)
 	}
 	req, unknown := s.withNamedRuns(req)
-	d := refuseWith(s.cs.Decide(req, true), unknown)
+	req, unreached := s.withReachedWrites(req)
+	d := refuseWith(refuseWith(s.cs.Decide(req, true), unknown), unreached)
 	var ref int
 	var rerr error
 	switch {

@@ -96,6 +96,15 @@ func (c *sessionCatalog) Function(schema, name string) (*sqlfacts.FunctionInfo, 
 	return c.srv.catalog.function(c.resource, schemas, name)
 }
 
+// createdHere reports whether the session created a relation of that name
+// through the gateway (a temporary table, or one its open transaction
+// made), which the shared catalog may not show.
+func (c *sessionCatalog) createdHere(schema, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.created[schema+"\x00"+name] != nil || c.created["\x00"+name] != nil || c.created["pg_temp\x00"+name] != nil
+}
+
 // UserOperator implements sqlfacts.OperatorCatalog.
 func (c *sessionCatalog) UserOperator(name string) (bool, error) {
 	return c.srv.catalog.userOperator(c.resource, name)

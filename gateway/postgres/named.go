@@ -19,14 +19,22 @@ func (s *session) withNamedRuns(req *celpolicy.PostgresRequest) (_ *celpolicy.Po
 	if s.cat == nil || req == nil {
 		return req, ""
 	}
+	runs := false
+	for _, st := range req.Statements {
+		if st.Command == "EXECUTE" || st.Command == "FETCH" {
+			runs = true // perhaps inside EXPLAIN ANALYZE or CREATE TABLE AS
+		}
+	}
+	if !runs {
+		return req, ""
+	}
 	var added []celpolicy.Statement
 	pending := map[string]string{} // PREPAREs earlier in the same request
 	for _, st := range req.Statements {
 		if st.Via != "" {
 			continue
 		}
-		switch st.Command {
-		case "PREPARE":
+		if st.Command == "PREPARE" {
 			if lins, err := s.cat.lineageOf(st.Text); err == nil {
 				for _, l := range lins {
 					if l.Defines != nil {
@@ -35,32 +43,58 @@ func (s *session) withNamedRuns(req *celpolicy.PostgresRequest) (_ *celpolicy.Po
 				}
 			}
 			continue
-		case "EXECUTE", "FETCH":
-		default:
-			continue
 		}
-		kind, name, ok := sqlfacts.NamedRun(st.Text)
-		if !ok {
-			continue
+		more, why := s.namedRuns(st.Text, pending, 0)
+		if why != "" {
+			return req, why
 		}
-		text, known := s.namedText(kind, name, pending)
-		if !known {
-			if kind == "prepared statement" {
-				return req, fmt.Sprintf("EXECUTE %s: the gateway knows no prepared statement of that name (prepare it again through the gateway)", name)
-			}
-			continue // a cursor a function opened: its call was decided
-		}
-		for _, inner := range sqlfacts.Query(text).Statements {
-			inner.Via = st.Command
-			added = append(added, inner)
-		}
+		added = append(added, more...)
 	}
 	if len(added) == 0 {
 		return req, ""
 	}
 	out := *req
 	out.Statements = append(append([]celpolicy.Statement(nil), req.Statements...), added...)
+	out.Shape = "" // decided by the definitions as they are now
 	return &out, ""
+}
+
+// maxNamedDepth bounds how deep a statement run by name may itself run
+// another by name (a protocol Parse of "EXECUTE p").
+const maxNamedDepth = 4
+
+// namedRuns returns the statements text runs by name, with theirs in turn.
+func (s *session) namedRuns(text string, pending map[string]string, depth int) (added []celpolicy.Statement, why string) {
+	if depth > maxNamedDepth {
+		return nil, "statements that run other statements by name are nested too deep"
+	}
+	refs, ok := sqlfacts.NamedRuns(text)
+	if !ok {
+		return nil, "a statement could not be read to find what it runs by name"
+	}
+	for _, ref := range refs {
+		inner, known := s.namedText(ref.Kind, ref.Name, pending)
+		if !known {
+			if ref.Kind == "prepared statement" {
+				return nil, fmt.Sprintf("EXECUTE %s: the gateway knows no prepared statement of that name (prepare it again through the gateway)", ref.Name)
+			}
+			continue // a cursor a function opened: its call was decided
+		}
+		via := "EXECUTE"
+		if ref.Kind == "cursor" {
+			via = "FETCH"
+		}
+		for _, st := range sqlfacts.Query(inner).Statements {
+			st.Via = via
+			added = append(added, st)
+		}
+		deeper, why := s.namedRuns(inner, nil, depth+1)
+		if why != "" {
+			return nil, why
+		}
+		added = append(added, deeper...)
+	}
+	return added, ""
 }
 
 // namedText is the SQL a name runs: a PREPARE earlier in the same request,

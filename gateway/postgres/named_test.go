@@ -64,14 +64,14 @@ policy "approvals" {
 `, issuer, addr, extra)
 }
 
-func startReviewWritesEnv(t *testing.T) *env {
+func startReviewWritesEnv(t *testing.T, extra string) *env {
 	store, err := approval.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
 	e := startEnv(t, core.WithApprovals(store))
-	e.policyF = func(issuer, addr string) string { return reviewWritesPolicy(issuer, addr, "") }
+	e.policyF = func(issuer, addr string) string { return reviewWritesPolicy(issuer, addr, extra) }
 	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr()))
 	return e
 }
@@ -97,7 +97,7 @@ func rowsIn(t *testing.T, e *env, table string) int {
 // EXECUTE of the same name must not skip. The recording of the EXECUTE
 // holds the statement it ran.
 func TestSQLExecuteJudgedByWhatItRuns(t *testing.T) {
-	e := startReviewWritesEnv(t)
+	e := startReviewWritesEnv(t, "")
 	c := e.connect(t, "dev")
 	ctx := context.Background()
 	before := rowsIn(t, e, "orders")
@@ -149,7 +149,7 @@ func TestSQLExecuteJudgedByWhatItRuns(t *testing.T) {
 // TestSQLExecuteUnderTheBundleInForce: a statement prepared while allowed
 // is judged again when SQL EXECUTE runs it, under the bundle in force.
 func TestSQLExecuteUnderTheBundleInForce(t *testing.T) {
-	e := startReviewWritesEnv(t)
+	e := startReviewWritesEnv(t, "")
 	c := e.connect(t, "dev")
 	ctx := context.Background()
 	if _, err := c.PgConn().Prepare(ctx, "p", "DELETE FROM payments WHERE id > $1", nil); err != nil {
@@ -169,5 +169,160 @@ func TestSQLExecuteUnderTheBundleInForce(t *testing.T) {
 	}
 	if n := rowsIn(t, e, "payments"); n != 2 {
 		t.Fatalf("payments frozen, yet a DELETE ran: %d rows", n)
+	}
+}
+
+// TestWritesReachTablesTheyDoNotName: a rule about a table sees the writes
+// that reach it without naming it: through a foreign key's cascade
+// (TRUNCATE … CASCADE, ON DELETE CASCADE), into a partition through its
+// parent, and a DROP SCHEMA … CASCADE of the schema it is in.
+func TestWritesReachTablesTheyDoNotName(t *testing.T) {
+	e := startReviewWritesEnv(t, `
+policy "closed" {
+  resources = ["orders"]
+  everyone  = true
+  rule "closed" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.tables.exists(t, t.name in ['ledger_2023', 'invoices'] && t.access == 'write'))"
+    reason = "2023 is closed, and invoices are immutable"
+  }
+}`)
+	ctx := context.Background()
+	su := e.pg.Conn(t, "orders")
+	for _, q := range []string{
+		"CREATE TABLE ledger (id int, yr int) PARTITION BY LIST (yr)",
+		"CREATE TABLE ledger_2023 PARTITION OF ledger FOR VALUES IN (2023)",
+		"CREATE TABLE ledger_2024 PARTITION OF ledger FOR VALUES IN (2024)",
+		"INSERT INTO ledger VALUES (1, 2023), (2, 2024)",
+		"GRANT ALL ON ledger, ledger_2023, ledger_2024 TO gatehouse",
+	} {
+		if _, err := su.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	c := e.connect(t, "dev")
+	orders := rowsIn(t, e, "orders")
+	for _, q := range []string{
+		"TRUNCATE customers CASCADE",         // orders references customers
+		"DELETE FROM ledger WHERE yr = 2023", // the rows are ledger_2023's
+		"INSERT INTO ledger VALUES (3, 2023)",
+		"DROP SCHEMA billing CASCADE", // billing.invoices
+	} {
+		if _, err := simple(c, q); pgCode(err) != "42501" {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	if n := rowsIn(t, e, "orders"); n != orders {
+		t.Errorf("orders: %d rows of %d", n, orders)
+	}
+	if n := rowsIn(t, e, "ledger_2023"); n != 1 {
+		t.Errorf("ledger_2023: %d rows", n)
+	}
+	if n := rowsIn(t, e, "billing.invoices"); n < 0 {
+		t.Errorf("billing.invoices")
+	}
+	// Writes that reach no such table still run.
+	if _, err := simple(c, "DELETE FROM ledger WHERE yr = 2024 AND id = 0"); err == nil {
+		t.Errorf("a DELETE through the parent reaches ledger_2023 too: it must be refused")
+	}
+	if _, err := simple(c, "DELETE FROM ledger_2024 WHERE id = 0"); err != nil {
+		t.Errorf("a DELETE of the open year's partition: %v", err)
+	}
+}
+
+// closedPolicy denies writes to closed partitions and to kids (which a
+// foreign key's cascades reach); orders' writes need review.
+const closedPolicy = `
+policy "closed" {
+  resources = ["orders"]
+  everyone  = true
+  rule "closed" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.tables.exists(t, t.name in ['ledger_2023', 'closed_2022', 'kids'] && t.access == 'write'))"
+    reason = "closed"
+  }
+}`
+
+// TestWritesThatReachCoveredTablesRefused: every way a write reaches a
+// covered table without naming it is judged as a write to that table: a
+// COPY into the parent, a rename in the same query, a view, an upsert's
+// ON UPDATE cascade, ALTER TABLE and DROP TABLE of the parent, and SQL
+// EXECUTE inside EXPLAIN ANALYZE or CREATE TABLE AS. Each must be refused
+// and leave the data as it was.
+func TestWritesThatReachCoveredTablesRefused(t *testing.T) {
+	ctx := context.Background()
+	sq := func(sql string) func(c *pgx.Conn) error { return func(c *pgx.Conn) error { return raw(c, sql) } }
+	for _, tc := range []struct {
+		name string
+		run  func(c *pgx.Conn) error
+	}{
+		{"COPY into the partitioned parent", func(c *pgx.Conn) error {
+			_, err := c.PgConn().CopyFrom(ctx, strings.NewReader("7\t2023\n"), "COPY ledger FROM STDIN")
+			return err
+		}},
+		{"rename the parent in the same query", sq("ALTER TABLE ledger RENAME TO zz; DELETE FROM zz WHERE yr = 2023; ALTER TABLE zz RENAME TO ledger")},
+		{"a schema renamed in the same query", sq("ALTER SCHEMA acct RENAME TO zz; DELETE FROM zz.ledger; ALTER SCHEMA zz RENAME TO acct")},
+		{"UPDATE through a view on the parent", sq("UPDATE lv SET id = id + 100 WHERE yr = 2023")},
+		{"INSERT ON CONFLICT DO UPDATE cascades ON UPDATE", sq("INSERT INTO parents VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 99")},
+		{"ALTER TABLE of the parent rewrites its partitions", sq("DROP VIEW lv; ALTER TABLE ledger ALTER COLUMN id TYPE bigint USING 0")},
+		{"DROP TABLE of the parent drops its partitions", sq("DROP TABLE ledger CASCADE")},
+		{"EXPLAIN ANALYZE EXECUTE", func(c *pgx.Conn) error {
+			if _, err := c.PgConn().Prepare(ctx, "po", "DELETE FROM orders WHERE id > $1", nil); err != nil {
+				return err
+			}
+			return raw(c, "EXPLAIN ANALYZE EXECUTE po(0)")
+		}},
+		{"CREATE TABLE AS EXECUTE", func(c *pgx.Conn) error {
+			if _, err := c.PgConn().Prepare(ctx, "pq", "WITH d AS (DELETE FROM orders WHERE id > $1 RETURNING id) SELECT * FROM d", nil); err != nil {
+				return err
+			}
+			return raw(c, "CREATE TABLE zz_ctas AS EXECUTE pq(0)")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startReviewWritesEnv(t, closedPolicy)
+			owner := e.pg.Conn(t, "orders")
+			for _, q := range []string{
+				"CREATE TABLE ledger (id int, yr int) PARTITION BY LIST (yr)",
+				"CREATE TABLE ledger_2023 PARTITION OF ledger FOR VALUES IN (2023)",
+				"CREATE TABLE ledger_2024 PARTITION OF ledger FOR VALUES IN (2024)",
+				"CREATE SCHEMA acct",
+				"CREATE TABLE acct.ledger (id int, yr int) PARTITION BY LIST (yr)",
+				"CREATE TABLE acct.closed_2022 PARTITION OF acct.ledger FOR VALUES IN (2022)",
+				"CREATE TABLE parents (id int PRIMARY KEY)",
+				"CREATE TABLE kids (pid int REFERENCES parents ON UPDATE CASCADE ON DELETE CASCADE)",
+				"CREATE VIEW lv AS SELECT * FROM ledger",
+				"INSERT INTO parents VALUES (1); INSERT INTO kids VALUES (1)",
+				"INSERT INTO ledger VALUES (1, 2023), (2, 2024); INSERT INTO acct.ledger VALUES (1, 2022)",
+				"GRANT ALL ON ALL TABLES IN SCHEMA public, acct TO gatehouse",
+				"GRANT ALL ON SCHEMA acct TO gatehouse",
+				"ALTER TABLE ledger OWNER TO gatehouse", "ALTER TABLE ledger_2023 OWNER TO gatehouse",
+				"ALTER TABLE ledger_2024 OWNER TO gatehouse", "ALTER VIEW lv OWNER TO gatehouse",
+				"ALTER SCHEMA acct OWNER TO gatehouse",
+			} {
+				if _, err := owner.Exec(ctx, q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			state := func() string {
+				var s string
+				if err := owner.QueryRow(ctx, `SELECT concat_ws(' ',
+					(SELECT count(*)||'/'||coalesce(sum(id),0) FROM ledger_2023),
+					(SELECT count(*)||'/'||coalesce(sum(id),0) FROM acct.closed_2022),
+					(SELECT count(*)||'/'||coalesce(sum(pid),0) FROM kids),
+					(SELECT count(*) FROM orders))`).Scan(&s); err != nil {
+					return "gone: " + err.Error()
+				}
+				return s
+			}
+			before := state()
+			err := tc.run(e.connect(t, "dev"))
+			if after := state(); after != before {
+				t.Fatalf("ran without approval (err %v): %s -> %s", err, before, after)
+			}
+			if pgCode(err) != "42501" {
+				t.Fatalf("not refused by the gateway: %v", err)
+			}
+		})
 	}
 }

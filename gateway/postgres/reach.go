@@ -1,0 +1,233 @@
+package postgres
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
+)
+
+// A write reaches tables the statement does not name: a partitioned or
+// inherited table's rows live in its children, a foreign key's ON DELETE
+// (or ON UPDATE) CASCADE, SET NULL or SET DEFAULT writes the tables that
+// reference it, TRUNCATE … CASCADE empties them, and DROP SCHEMA … CASCADE
+// drops every table in the schema. A rule about a table must see those
+// writes, so before a request is decided the catalog is asked which tables
+// each write reaches, and they are added to its statement as written.
+
+// reachModes are the statements whose writes reach further, with the
+// foreign keys that carry them: "delete", "update" or "all" (TRUNCATE,
+// which with CASCADE empties every referencing table; without, it fails).
+//
+// An INSERT may update (ON CONFLICT DO UPDATE), so it follows ON UPDATE
+// actions too; COPY FROM, ALTER TABLE (which rewrites or renames the
+// children with the parent) and DROP TABLE (which drops partitions) follow
+// only the descendants.
+var reachModes = map[string]string{
+	"INSERT": "update", "DELETE": "delete", "UPDATE": "update", "MERGE": "merge", "TRUNCATE": "all",
+	"COPY": "", "ALTER TABLE": "", "DROP TABLE": "",
+}
+
+// dml are the statements that write rows: one whose table the catalog
+// does not show is refused (DROP TABLE IF EXISTS of no table is not).
+var dml = map[string]bool{"INSERT": true, "DELETE": true, "UPDATE": true, "MERGE": true, "TRUNCATE": true, "COPY": true}
+
+// reachSQL lists the table named $1 (found in the schemas $2, in order;
+// its row has target true) and the tables a write to it reaches: its
+// inheritance and partition descendants, the relations a view reads (an
+// updatable view writes its base table), and the tables whose foreign
+// keys carry the write ($3: delete, update, merge or all; "" for none),
+// transitively.
+const reachSQL = `WITH RECURSIVE target AS (
+  SELECT c.oid FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
+  WHERE c.relname = $1 ORDER BY s.ord LIMIT 1
+), edges(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION ALL
+  SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> r.ev_class
+  WHERE r.rulename = '_RETURN'
+  UNION ALL
+  SELECT confrelid, conrelid FROM pg_catalog.pg_constraint
+  WHERE contype = 'f' AND ($3 = 'all'
+    OR $3 IN ('delete', 'merge') AND confdeltype IN ('c', 'n', 'd')
+    OR $3 IN ('update', 'merge') AND confupdtype IN ('c', 'n', 'd'))
+), reach(oid) AS (
+  SELECT oid FROM target
+  UNION
+  SELECT e.child FROM edges e JOIN reach r ON e.parent = r.oid
+)
+SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target) FROM reach
+JOIN pg_catalog.pg_class c ON c.oid = reach.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ORDER BY 3 DESC, 1, 2`
+
+// schemaTablesSQL lists the relations in the schemas $1.
+const schemaTablesSQL = `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY ($1::text[]) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ORDER BY 1, 2`
+
+// reached returns the tables a write reaches from a table, cached like
+// the catalog's other answers. found is false when the catalog has no such
+// table (not cached: it may be created any moment).
+func (c *catalogs) reached(resource string, schemas []string, name, mode string) (_ []celpolicy.Table, found bool, _ error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return nil, false, err
+	}
+	defer cat.mu.Unlock()
+	key := strings.Join(schemas, "\x00") + "\x01" + name + "\x01" + mode
+	if e, ok := cat.reach[key]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, true, nil
+	}
+	rows, err := cat.query(c, res, reachSQL, name, textArray(schemas), mode)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(rows) == 0 || string(rows[0][2]) != "t" {
+		return nil, false, nil
+	}
+	out := tablesOf(rows[1:])
+	cat.reach[key] = cached[[]celpolicy.Table]{v: out, at: time.Now()}
+	return out, true, nil
+}
+
+// schemaTables returns the relations in schemas (not cached: DROP SCHEMA
+// is rare).
+func (c *catalogs) schemaTables(resource string, schemas []string) ([]celpolicy.Table, error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return nil, err
+	}
+	defer cat.mu.Unlock()
+	rows, err := cat.query(c, res, schemaTablesSQL, textArray(schemas))
+	if err != nil {
+		return nil, err
+	}
+	return tablesOf(rows), nil
+}
+
+func tablesOf(rows [][][]byte) []celpolicy.Table {
+	out := make([]celpolicy.Table, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, celpolicy.Table{Schema: string(r[0]), Name: string(r[1]), Access: "write"})
+	}
+	return out
+}
+
+// withReachedWrites returns the request with, in each statement, the
+// tables its writes reach added as written (the request is copied when
+// anything is added). why is set when the catalog could not say: the
+// request is then refused (fail closed).
+func (s *session) withReachedWrites(req *celpolicy.PostgresRequest) (_ *celpolicy.PostgresRequest, why string) {
+	if s.cat == nil || req == nil {
+		return req, ""
+	}
+	var out *celpolicy.PostgresRequest
+	for i, st := range req.Statements {
+		var more []celpolicy.Table
+		mode, writes := reachModes[st.Command]
+		switch {
+		case writes:
+			for _, t := range st.Tables {
+				if t.Access != "write" || t.Schema == "pg_temp" {
+					continue
+				}
+				schemas := []string{t.Schema}
+				if t.Schema == "" || t.Schema == "public" {
+					schemas = s.cat.searchPath
+				}
+				got, found, err := s.srv.catalog.reached(s.cat.resource, schemas, t.Name, mode)
+				if err != nil {
+					return req, fmt.Sprintf("the tables a write to %s reaches could not be read from the catalog (%v)", t.Name, err)
+				}
+				if !found && dml[st.Command] && !s.cat.createdHere(t.Schema, t.Name) && !createdBefore(req.Statements[:i], t) {
+					// Renamed, or made, in a transaction still open: what
+					// it is, and what a write to it reaches, the catalog
+					// cannot say yet.
+					return req, fmt.Sprintf("%s writes %s, which the database's catalog does not show (renamed or created in a transaction still open?); the tables the write reaches cannot be known", st.Command, t.Name)
+				}
+				more = append(more, got...)
+			}
+		case st.Command == "DROP SCHEMA":
+			schemas, err := droppedSchemas(st.Text)
+			if err != nil {
+				return req, err.Error()
+			}
+			got, err := s.srv.catalog.schemaTables(s.cat.resource, schemas)
+			if err != nil {
+				return req, fmt.Sprintf("the tables DROP SCHEMA drops could not be read from the catalog (%v)", err)
+			}
+			more = got
+		}
+		var add []celpolicy.Table
+		for _, t := range more {
+			if !hasTable(st.Tables, t) && !hasTable(add, t) {
+				add = append(add, t)
+			}
+		}
+		if len(add) == 0 {
+			continue
+		}
+		if out == nil {
+			cp := *req
+			cp.Statements = append([]celpolicy.Statement(nil), req.Statements...)
+			cp.Shape = "" // what it reaches is the catalog's now, not the shape's
+			out = &cp
+		}
+		out.Statements[i].Tables = append(append([]celpolicy.Table(nil), st.Tables...), add...)
+	}
+	if out == nil {
+		return req, ""
+	}
+	return out, ""
+}
+
+// createdBefore reports whether an earlier statement of the request
+// creates the table (CREATE TABLE, CREATE TABLE AS, SELECT INTO).
+func createdBefore(stmts []celpolicy.Statement, t celpolicy.Table) bool {
+	for _, st := range stmts {
+		switch st.Command {
+		case "CREATE TABLE", "CREATE TABLE AS", "SELECT INTO", "CREATE VIEW", "CREATE MATERIALIZED VIEW":
+			if len(st.Tables) > 0 && st.Tables[0].Name == t.Name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasTable(ts []celpolicy.Table, t celpolicy.Table) bool {
+	for _, x := range ts {
+		if x.Name == t.Name && (x.Schema == t.Schema || x.Schema == "" || t.Schema == "") {
+			return true
+		}
+	}
+	return false
+}
+
+// droppedSchemas reads the schemas a DROP SCHEMA names.
+func droppedSchemas(text string) ([]string, error) {
+	tree, err := pg.Parse(text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return nil, fmt.Errorf("DROP SCHEMA could not be read (%v)", err)
+	}
+	ds := tree.Stmts[0].Stmt.GetDropStmt()
+	if ds == nil {
+		return nil, fmt.Errorf("DROP SCHEMA could not be read")
+	}
+	var out []string
+	for _, o := range ds.Objects {
+		if sv := o.GetString_(); sv != nil {
+			out = append(out, sv.Sval)
+		}
+	}
+	return out, nil
+}
