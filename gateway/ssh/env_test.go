@@ -205,7 +205,12 @@ func startEnvClock(t *testing.T, clk clock.Clock, opts ...sshd.Option) *env {
 // it at the next revision.
 func (e *env) publish(t *testing.T, extra ...string) {
 	t.Helper()
-	src := policyHCL(e.issuer.URL, e.up, e.hostKey, e.user, e.credential) + strings.Join(extra, "\n")
+	e.publishSource(t, policyHCL(e.issuer.URL, e.up, e.hostKey, e.user, e.credential)+strings.Join(extra, "\n"))
+}
+
+// publishSource signs the HCL src and applies it at the next revision.
+func (e *env) publishSource(t *testing.T, src string) {
+	t.Helper()
 	res, diags := hclconfig.LoadFiles(map[string][]byte{"p.hcl": []byte(src)})
 	if diags.HasErrors() {
 		t.Fatal(diags)

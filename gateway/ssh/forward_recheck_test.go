@@ -13,9 +13,7 @@ import (
 
 	"golang.org/x/crypto/ssh/agent"
 
-	"github.com/gatehouse-dev/gatehouse/bundle"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
-	"github.com/gatehouse-dev/gatehouse/hclconfig"
 )
 
 // publishWithoutNoForwarding publishes the env's policy with its
@@ -28,20 +26,7 @@ func (e *env) publishWithoutNoForwarding(t *testing.T, extra string) {
 		t.Fatal(`the test policy has no rule "no-forwarding"`)
 	}
 	j := strings.Index(src[i:], "  }\n") + i + len("  }\n")
-	src = src[:i] + src[j:] + extra
-	res, diags := hclconfig.LoadFiles(map[string][]byte{"p.hcl": []byte(src)})
-	if diags.HasErrors() {
-		t.Fatal(diags)
-	}
-	p, err := bundle.NewPayload(*res.Model, bundle.BuildOptions{Revision: e.rev.Add(1), CreatedAt: time.Unix(1764000000, 0), Compiler: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := bundle.EncodePayload(p)
-	data, _ := bundle.Sign(raw, e.key)
-	if _, err := e.store.Apply(data, "test"); err != nil {
-		t.Fatal(err)
-	}
+	e.publishSource(t, src[:i]+src[j:]+extra)
 }
 
 const remoteForwardRule = `
