@@ -229,6 +229,7 @@ func TestWritesToMaskedFieldsRefused(t *testing.T) {
 		{"strategic", "PATCH", "?dryRun=All", "application/strategic-merge-patch+json", `{"data":{"password":"` + guess("hunter2") + `"}}`},
 		{"stringData", "PATCH", "?dryRun=All", "application/merge-patch+json", `{"stringData":{"password":"hunter2"}}`},
 		{"null", "PATCH", "?dryRun=All", "application/merge-patch+json", `{"data":null}`},
+		{"last-applied", "PATCH", "?dryRun=All", "application/merge-patch+json", `{"metadata":{"annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"data\":{\"password\":\"` + guess("hunter2") + `\"}}"}}}`},
 		{"repeated key", "PATCH", "?dryRun=All", "application/merge-patch+json", `{"metadata":{},"data":{},"data":{"password":"` + guess("hunter2") + `"}}`},
 		{"update", "PUT", "?dryRun=All", "application/json", full(`"data":{"password":"` + guess("hunter2") + `"}`)},
 		{"protobuf", "PUT", "?dryRun=All", "application/vnd.kubernetes.protobuf", "k8s\x00"},

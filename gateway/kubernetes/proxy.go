@@ -319,8 +319,8 @@ func (c *call) rewrite(pr *httputil.ProxyRequest, up *upstream) {
 // administrator or a node.
 func reserved(name string) bool { return strings.HasPrefix(name, "system:") }
 
-// recheck re-checks a long request (a watch, an exec, a followed log)
-// every RecheckEvery and whenever the session ends: the token must still
+// recheck re-checks a request while it runs (a watch, an exec, a
+// followed log, or any other that takes long) every RecheckEvery and whenever the session ends: the token must still
 // be valid, the session allowed under the bundle in force, and the
 // request itself still allowed by it. Otherwise the stream is cut.
 func (c *call) recheck(ctx context.Context, cancel context.CancelFunc) (stop func()) {

@@ -53,6 +53,12 @@ func (m *masker) writes(r *http.Request) string {
 	if err := json.Unmarshal(body, &obj); err != nil {
 		return fmt.Sprintf("the body of a write to a resource whose fields masks hide from you is not a JSON object: %v", err)
 	}
+	// The last-applied annotation holds the whole object as kubectl
+	// applied it, masked values too (masked in answers, object): a write
+	// of it compares as a write of them does.
+	if reaches(obj, []string{"metadata", "annotations", lastApplied}) {
+		return fmt.Sprintf("a write that sets the %s annotation is refused: it holds the values masks hide from you, and the answer would tell whether the value sent equals the hidden one; use server-side apply without the masked fields, or a patch that leaves them out", lastApplied)
+	}
 	for _, f := range m.fields {
 		if reaches(obj, f.path) {
 			return fmt.Sprintf("a write that sets %s is refused: masks hide that field from you, and the answer (a conflict or not, the managed fields, the resource version) would tell whether the value sent equals the hidden one; leave the field out of the body", strings.TrimPrefix(f.target, bundle.KubernetesTargetPrefix))

@@ -336,8 +336,18 @@ func (c *catalogs) function(resource string, schemas []string, name string) (*sq
 // userOperatorSQL says whether an operator of a name is defined outside
 // pg_catalog, in any schema: which of several same-named operators runs
 // depends on the operand types, which the gateway does not know.
-const userOperatorSQL = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_operator
- WHERE oprname = $1 AND oprnamespace <> 'pg_catalog'::regnamespace)`
+//
+// An extension's operators (citext's =, PostGIS's &&) are left out: an
+// extension is installed by the database's administrator, like the
+// built-ins, and refusing them would refuse every = on such a database.
+const userOperatorSQL = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+ WHERE o.oprname = $1 AND o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+ AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+  WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e'))`
+
+// maxOperators bounds the operator names a resource's catalog keeps
+// answers for: a client can write any number of names.
+const maxOperators = 1024
 
 // userOperator reports whether an operator name is also defined outside
 // pg_catalog (sqlfacts.OperatorCatalog).
@@ -355,6 +365,9 @@ func (c *catalogs) userOperator(resource, name string) (bool, error) {
 		return false, err
 	}
 	user := len(rows) == 1 && len(rows[0]) == 1 && string(rows[0][0]) == "t"
+	if len(cat.operators) >= maxOperators {
+		clear(cat.operators)
+	}
 	cat.operators[name] = cached[bool]{v: user, at: time.Now()}
 	return user, nil
 }

@@ -269,8 +269,13 @@ func TestExistingUserOperatorNotTakenForBuiltin(t *testing.T) {
 		t.Fatalf("SELECT 1 ### 0: %q %v", vals, err)
 	}
 	mustRefuse(t, c, "CREATE TEMP TABLE gh_op (a int, x text DEFAULT (1 ### 0))", "operator ###")
-	// Built-in operators still pass.
+	// Built-in operators still pass, and so do an extension's, which an
+	// administrator installed like the built-ins (citext defines = too).
+	e.pg.Exec(t, "orders", "CREATE EXTENSION IF NOT EXISTS citext")
 	if vals, err := simple(c, "SELECT 1 + 1, 'a' || 'b'"); err != nil || len(vals) != 2 {
 		t.Fatalf("built-in operators: %q %v", vals, err)
+	}
+	if vals, err := simple(c, "SELECT count(*) FROM orders WHERE id = 1 AND 'a'::citext = 'A'::citext"); err != nil || len(vals) != 1 {
+		t.Fatalf("= with citext installed: %q %v", vals, err)
 	}
 }

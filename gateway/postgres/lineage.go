@@ -31,6 +31,9 @@ type sessionCatalog struct {
 	forgot    map[string]uint64
 	forgotAll uint64
 	created   map[string]*sqlfacts.RelationInfo
+	// proposed are the tables the session has sent a CREATE for,
+	// answered or not (createdHere).
+	proposed map[string]bool
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
@@ -51,7 +54,8 @@ func newSessionCatalog(srv *Server, resource string, searchPath []string) *sessi
 		searchPath = []string{"pg_catalog", "public"}
 	}
 	return &sessionCatalog{srv: srv, resource: resource, searchPath: searchPath,
-		named: map[string]string{}, forgot: map[string]uint64{}, created: map[string]*sqlfacts.RelationInfo{}, lineage: map[string][]sqlfacts.Lineage{}}
+		named: map[string]string{}, forgot: map[string]uint64{}, created: map[string]*sqlfacts.RelationInfo{},
+		proposed: map[string]bool{}, lineage: map[string][]sqlfacts.Lineage{}}
 }
 
 // Relation implements sqlfacts.Catalog.
@@ -102,7 +106,8 @@ func (c *sessionCatalog) Function(schema, name string) (*sqlfacts.FunctionInfo, 
 func (c *sessionCatalog) createdHere(schema, name string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.created[schema+"\x00"+name] != nil || c.created["\x00"+name] != nil || c.created["pg_temp\x00"+name] != nil
+	return c.created[schema+"\x00"+name] != nil || c.created["\x00"+name] != nil || c.created["pg_temp\x00"+name] != nil ||
+		c.proposed[schema+"\x00"+name] || c.proposed["\x00"+name]
 }
 
 // UserOperator implements sqlfacts.OperatorCatalog.
@@ -267,8 +272,24 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 		}
 		e.creates = append(e.creates, l.Creates...)
 	}
+	if len(e.creates) > 0 {
+		// Sent, not yet answered: a write pipelined behind it to the new
+		// table is not taken for one to a table the catalog lost.
+		c.mu.Lock()
+		if len(c.proposed) >= maxProposed {
+			clear(c.proposed)
+		}
+		for _, cr := range e.creates {
+			c.proposed[cr.Schema+"\x00"+cr.Name] = true
+			c.proposed["\x00"+cr.Name] = true
+		}
+		c.mu.Unlock()
+	}
 	return e
 }
+
+// maxProposed bounds the names of tables a session has asked to create.
+const maxProposed = 1024
 
 // apply records a statement's effects after it succeeded.
 func (c *sessionCatalog) apply(e *effects) {

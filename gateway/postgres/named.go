@@ -56,6 +56,7 @@ func (s *session) withNamedRuns(req *celpolicy.PostgresRequest) (_ *celpolicy.Po
 	out := *req
 	out.Statements = append(append([]celpolicy.Statement(nil), req.Statements...), added...)
 	out.Shape = "" // decided by the definitions as they are now
+	sqlfacts.ResolveCalls(&out, s.cat)
 	return &out, ""
 }
 

@@ -326,3 +326,28 @@ func TestWritesThatReachCoveredTablesRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestPlainInsertNotJudgedAsAnUpdate: a foreign key's ON UPDATE actions
+// reach the referencing table only from a statement that may update: an
+// INSERT … ON CONFLICT DO UPDATE, not a plain INSERT.
+func TestPlainInsertNotJudgedAsAnUpdate(t *testing.T) {
+	e := startReviewWritesEnv(t, closedPolicy)
+	ctx := context.Background()
+	owner := e.pg.Conn(t, "orders")
+	for _, q := range []string{
+		"CREATE TABLE parents (id int PRIMARY KEY)",
+		"CREATE TABLE kids (pid int REFERENCES parents ON UPDATE CASCADE)",
+		"GRANT ALL ON parents, kids TO gatehouse",
+	} {
+		if _, err := owner.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	c := e.connect(t, "dev")
+	if _, err := simple(c, "INSERT INTO parents VALUES (1)"); err != nil {
+		t.Fatalf("a plain INSERT: %v", err)
+	}
+	if _, err := simple(c, "INSERT INTO parents VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 2"); pgCode(err) != "42501" {
+		t.Fatalf("an upsert that may cascade into kids: %v", err)
+	}
+}

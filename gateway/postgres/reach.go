@@ -22,13 +22,27 @@ import (
 // foreign keys that carry them: "delete", "update" or "all" (TRUNCATE,
 // which with CASCADE empties every referencing table; without, it fails).
 //
-// An INSERT may update (ON CONFLICT DO UPDATE), so it follows ON UPDATE
-// actions too; COPY FROM, ALTER TABLE (which rewrites or renames the
-// children with the parent) and DROP TABLE (which drops partitions) follow
-// only the descendants.
+// An INSERT follows ON UPDATE actions only when it may update (ON CONFLICT
+// DO UPDATE: insertUpdates); COPY FROM, ALTER TABLE (which rewrites or
+// renames the children with the parent) and DROP TABLE (which drops
+// partitions) follow only the descendants.
 var reachModes = map[string]string{
-	"INSERT": "update", "DELETE": "delete", "UPDATE": "update", "MERGE": "merge", "TRUNCATE": "all",
+	"INSERT": "", "DELETE": "delete", "UPDATE": "update", "MERGE": "merge", "TRUNCATE": "all",
 	"COPY": "", "ALTER TABLE": "", "DROP TABLE": "",
+}
+
+// insertUpdates reports whether an INSERT has ON CONFLICT DO UPDATE (or
+// cannot be read: fail closed).
+func insertUpdates(text string) bool {
+	tree, err := pg.Parse(text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return true
+	}
+	ins := tree.Stmts[0].Stmt.GetInsertStmt()
+	if ins == nil {
+		return true // inside another statement (a writable CTE): as if it could
+	}
+	return ins.OnConflictClause != nil && ins.OnConflictClause.Action == pg.OnConflictAction_ONCONFLICT_UPDATE
 }
 
 // dml are the statements that write rows: one whose table the catalog
@@ -145,6 +159,15 @@ func (s *session) withReachedWrites(req *celpolicy.PostgresRequest) (_ *celpolic
 					schemas = s.cat.searchPath
 				}
 				got, found, err := s.srv.catalog.reached(s.cat.resource, schemas, t.Name, mode)
+				if err == nil && found && st.Command == "INSERT" {
+					// Parsed again only where ON UPDATE actions would
+					// reach more.
+					if upd, _, uerr := s.srv.catalog.reached(s.cat.resource, schemas, t.Name, "update"); uerr != nil {
+						err = uerr
+					} else if len(upd) > len(got) && insertUpdates(st.Text) {
+						got = upd
+					}
+				}
 				if err != nil {
 					return req, fmt.Sprintf("the tables a write to %s reaches could not be read from the catalog (%v)", t.Name, err)
 				}
@@ -152,7 +175,7 @@ func (s *session) withReachedWrites(req *celpolicy.PostgresRequest) (_ *celpolic
 					// Renamed, or made, in a transaction still open: what
 					// it is, and what a write to it reaches, the catalog
 					// cannot say yet.
-					return req, fmt.Sprintf("%s writes %s, which the database's catalog does not show (renamed or created in a transaction still open?); the tables the write reaches cannot be known", st.Command, t.Name)
+					return req, fmt.Sprintf("%s writes %s, which the database's catalog does not show on the session's search path as read at connect (renamed or created in a transaction still open, made by a function, or found through a search_path set since?); the tables the write reaches cannot be known", st.Command, t.Name)
 				}
 				more = append(more, got...)
 			}

@@ -273,10 +273,8 @@ func (s *session) cancelInFlight() {
 // closing under the FATAL message left the caller a bare closed connection
 // instead of the reason.
 func (s *session) closeAll() {
-	if s.ending.Load() {
-		s.endMu.Lock()
-		defer s.endMu.Unlock()
-	}
+	s.endMu.Lock() // never held by a caller of closeAll: end() calls closeNow
+	defer s.endMu.Unlock()
 	s.closeNow()
 }
 

@@ -74,6 +74,7 @@ func (c *conn) relay(ctx context.Context, client *gossh.Client, nch gossh.NewCha
 		} else {
 			// Allowed when granted, it now needs approval: a channel
 			// cannot wait for approvers, so it is refused.
+			d.Effect = bundle.EffectDeny
 			d.Reasons = append([]string{"it now needs approval, which the grant does not have"}, d.Reasons...)
 			c.cs.Tally(false)
 		}
