@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
 // searchPathSQL reads what a session's unqualified names resolve through:
@@ -94,57 +95,32 @@ func inPath(path []string, item string) bool {
 	return slices.ContainsFunc(path, func(s string) bool { return samePathSchema(s, item) })
 }
 
-// searchPathItems splits a search_path setting as PostgreSQL does
-// (SplitIdentifierString): comma-separated names, double quotes keep case
-// and commas, unquoted names fold to lower case; "$user" becomes user.
+// searchPathItems reads a search_path setting with PostgreSQL's own
+// grammar (as the value of SET search_path): names separated by commas,
+// unquoted ones folded to lower case, double quotes keeping case; "$user"
+// stands for user. A setting that does not parse gives no items.
 func searchPathItems(setting, user string) []string {
+	tree, err := pg.Parse("SET search_path TO " + setting)
+	if err != nil || len(tree.Stmts) != 1 {
+		return nil
+	}
+	set := tree.Stmts[0].Stmt.GetVariableSetStmt()
+	if set == nil {
+		return nil
+	}
 	var items []string
-	s := setting
-	for {
-		s = strings.TrimLeft(s, " \t\n\r\f\v")
-		if s == "" {
-			return items
+	for _, a := range set.Args {
+		c := a.GetAConst()
+		if c == nil || c.GetSval() == nil {
+			continue
 		}
-		var name string
-		if s[0] == '"' {
-			var b strings.Builder
-			j := 1
-			for j < len(s) {
-				if s[j] == '"' {
-					if j+1 < len(s) && s[j+1] == '"' {
-						b.WriteByte('"')
-						j += 2
-						continue
-					}
-					break
-				}
-				b.WriteByte(s[j])
-				j++
-			}
-			name, s = b.String(), s[min(j+1, len(s)):]
-			if name == "$user" {
-				name = user
-			}
-		} else {
-			j := strings.IndexByte(s, ',')
-			if j < 0 {
-				j = len(s)
-			}
-			name, s = strings.ToLower(strings.TrimRight(s[:j], " \t\n\r\f\v")), s[j:]
-			if name == "$user" {
-				name = user
-			}
+		name := c.GetSval().Sval
+		if name == "$user" {
+			name = user
 		}
 		if name != "" {
 			items = append(items, name)
 		}
-		s = strings.TrimLeft(s, " \t\n\r\f\v")
-		if s == "" {
-			return items
-		}
-		if s[0] != ',' {
-			return items // malformed: PostgreSQL would not have accepted it
-		}
-		s = s[1:]
 	}
+	return items
 }
