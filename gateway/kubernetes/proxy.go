@@ -116,35 +116,34 @@ func (c *call) decide(w http.ResponseWriter, r *http.Request) bool {
 		}
 		c.d, c.ref = d, ref
 	}
+	// refuse answers a request the policy allowed but the gateway still
+	// cannot pass, and records why.
+	refuse := func(status int, reason, msg string) bool {
+		writeStatus(w, status, reason, msg)
+		cs.NoteOutcome(c.ref, core.Outcome{Status: status, Error: msg})
+		return false
+	}
 	if c.attrs.Upgrade == "spdy" {
 		// SPDY streams cannot be recorded here: kubectl 1.30 and later
 		// speak WebSocket, and fall back to SPDY only when it fails.
 		msg := "gatehouse: SPDY streams are refused: the gateway records exec, attach and port-forward over WebSocket (kubectl 1.30 or later; client-go's NewWebSocketExecutor)"
-		writeStatus(w, http.StatusBadRequest, "BadRequest", msg)
-		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusBadRequest, Error: msg})
-		return false
+		return refuse(http.StatusBadRequest, "BadRequest", msg)
 	}
 	if c.attrs.Upgrade != "" && !streaming(c.attrs.Request) {
 		// Only exec, attach and port-forward upgrade. The API server also
 		// serves watches over WebSocket, and such a stream would pass
 		// unmasked and unrecorded: refused.
 		msg := fmt.Sprintf("gatehouse: the connection upgrade is refused: only pods/exec, pods/attach and pods/portforward are streamed through the gateway, not %s", c.attrs.Request.Describe())
-		writeStatus(w, http.StatusBadRequest, "BadRequest", msg)
-		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusBadRequest, Error: msg})
-		return false
+		return refuse(http.StatusBadRequest, "BadRequest", msg)
 	}
 	if !c.attrs.Resource && !readOnly(r.Method) {
 		msg := fmt.Sprintf("gatehouse: %s %s is refused: only GET and HEAD reach non-resource paths", r.Method, c.rest)
-		writeStatus(w, http.StatusForbidden, "Forbidden", msg)
-		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
-		return false
+		return refuse(http.StatusForbidden, "Forbidden", msg)
 	}
 	masks, err := c.srv.maskerFor(c.attrs.Request, c.d)
 	if err != nil {
 		msg := "gatehouse: " + err.Error()
-		writeStatus(w, http.StatusServiceUnavailable, "ServiceUnavailable", msg)
-		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusServiceUnavailable, Error: msg})
-		return false
+		return refuse(http.StatusServiceUnavailable, "ServiceUnavailable", msg)
 	}
 	c.masks = masks
 	if masks != nil && c.attrs.Request.Verb == "patch" && isJSONPatch(r.Header.Get("Content-Type")) {
@@ -152,23 +151,17 @@ func (c *call) decide(w http.ResponseWriter, r *http.Request) bool {
 		// not masked, or test its value, and the answer (even a dry
 		// run's) shows the result: refused where masks apply.
 		msg := "gatehouse: a JSON patch (application/json-patch+json) is refused on a resource whose fields masks hide from you: it could copy or test a masked value; use a merge patch"
-		writeStatus(w, http.StatusForbidden, "Forbidden", msg)
-		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
-		return false
+		return refuse(http.StatusForbidden, "Forbidden", msg)
 	}
-	if masks != nil {
-		if msg := masks.selects(c.query); msg != "" {
-			writeStatus(w, http.StatusForbidden, "Forbidden", "gatehouse: "+msg)
-			cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
-			return false
-		}
+	if masks == nil {
+		return true
 	}
-	if masks != nil && (c.attrs.Request.Verb == "patch" || c.attrs.Request.Verb == "update") {
-		if msg := masks.writes(r); msg != "" {
-			writeStatus(w, http.StatusForbidden, "Forbidden", "gatehouse: "+msg)
-			cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
-			return false
-		}
+	msg := masks.selects(c.query)
+	if msg == "" && (c.attrs.Request.Verb == "patch" || c.attrs.Request.Verb == "update") {
+		msg = masks.writes(r)
+	}
+	if msg != "" {
+		return refuse(http.StatusForbidden, "Forbidden", "gatehouse: "+msg)
 	}
 	return true
 }
