@@ -97,11 +97,18 @@ func TestBundleBlock(t *testing.T) {
 // signedBundle signs a small model (one SSH host) at a revision.
 func signedBundle(t *testing.T, k ed25519.PrivateKey, rev uint64) []byte {
 	t.Helper()
+	return signedBundleAt(t, k, rev, time.Now().Add(-time.Hour))
+}
+
+// signedBundleAt is signedBundle with a creation time: two bundles of one
+// revision made at different times differ.
+func signedBundleAt(t *testing.T, k ed25519.PrivateKey, rev uint64, at time.Time) []byte {
+	t.Helper()
 	m := bundle.Model{
 		IdentityProviders: []bundle.IdentityProvider{{Name: "corp", Issuer: "https://id.example.com", Audiences: []string{"gatehouse"}}},
 		SSHHosts:          []bundle.SSHHost{{Name: "bastion", Address: "127.0.0.1:1", User: "ops", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOEUTqBqeZQjtMndz1LphtYO5IcPCLaCN3hxN0yK1Sen", Password: "env:X"}},
 	}
-	p, err := bundle.NewPayload(m, bundle.BuildOptions{Revision: rev, CreatedAt: time.Now().Add(-time.Hour), Compiler: "test"})
+	p, err := bundle.NewPayload(m, bundle.BuildOptions{Revision: rev, CreatedAt: at, Compiler: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -70,6 +70,10 @@ type Gateway struct {
 	// the state database; nil without one.
 	cancels *cancelRelay
 
+	// floor is the bundle revision floor in the state database; nil
+	// without one.
+	floor bundlestore.Floor
+
 	// bundleURL is the bundle's URL source; nil for a file.
 	bundleURL *bundlestore.URLSource
 
@@ -135,7 +139,26 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	if g.devIssuers {
 		authOpts = append(authOpts, auth.AllowDevIssuers())
 	}
-	g.store = bundlestore.New(kr, cfg.DataDir, bundlestore.WithLogger(g.log), bundlestore.WithAuthOptions(authOpts...))
+	// From here on, a failure closes what was opened.
+	built := false
+	defer func() {
+		if !built && g.floor != nil {
+			g.floor.Close()
+		}
+	}()
+	storeOpts := []bundlestore.Option{bundlestore.WithLogger(g.log), bundlestore.WithAuthOptions(authOpts...)}
+	if ref := cfg.State.Postgres; ref != "" {
+		// Replicas that share a state database share the revision floor
+		// too: one with an empty data directory still refuses a bundle
+		// older than what any of them activated.
+		floor, err := openFloor(ref, secrets.Resolver{})
+		if err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+		g.floor = floor
+		storeOpts = append(storeOpts, bundlestore.WithFloor(floor))
+	}
+	g.store = bundlestore.New(kr, cfg.DataDir, storeOpts...)
 	if cfg.Bundle.URL != "" {
 		if g.bundleURL, err = bundleURLSource(cfg.Bundle, secrets.Resolver{}); err != nil {
 			return nil, fmt.Errorf("gateway: bundle: %w", err)
@@ -165,8 +188,6 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	// From here on, a failure closes what was opened.
-	built := false
 	defer func() {
 		if built {
 			return
@@ -329,6 +350,9 @@ func (g *Gateway) Run(ctx context.Context) (err error) {
 		}
 		if g.index != nil {
 			g.index.Close()
+		}
+		if g.floor != nil {
+			g.floor.Close()
 		}
 	}()
 	// The persisted bundle first: it sets the revision floor, so a source

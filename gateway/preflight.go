@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/hsm"
 	"github.com/gatehouse-dev/gatehouse/gateway/recordstore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
@@ -210,7 +211,7 @@ func certificate(certFile, keyFile string, now time.Time) (string, error) {
 // the data directory is what the gateway would serve: --check reports the
 // file the config names.
 func readBundle(path string, kr bundle.Keyring) (*bundle.Payload, error) {
-	data, err := os.ReadFile(path)
+	data, err := bundlestore.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}

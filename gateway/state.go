@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
+	"github.com/gatehouse-dev/gatehouse/gateway/bundlestore"
 	"github.com/gatehouse-dev/gatehouse/gateway/secrets"
 	"github.com/gatehouse-dev/gatehouse/internal/pgmigrate"
 )
@@ -37,6 +38,23 @@ func (g *Gateway) openApprovals(res secrets.Resolver) (approval.Store, error) {
 	}
 	g.log.Info("approval requests are kept in the state database", "state", ref, "schema", approval.SchemaVersion())
 	return s, nil
+}
+
+// openFloor opens the bundle revision floor in the state database. Like
+// the approvals, a floor that cannot be reached stops the start: a replica
+// without it would take any signed bundle its source serves.
+func openFloor(ref string, res secrets.Resolver) (*bundlestore.PGFloor, error) {
+	dsn, err := res.Resolve(ref)
+	if err != nil {
+		return nil, fmt.Errorf("state.postgres: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	defer cancel()
+	f, err := bundlestore.OpenPGFloor(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("state.postgres (%s): %w", ref, err)
+	}
+	return f, nil
 }
 
 // stateCheck is the preflight check of the state database: the reference

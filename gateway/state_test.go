@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -155,5 +156,63 @@ func TestGatewayOnPostgresState(t *testing.T) {
 	if _, err := New(stateConfig(t, "GATEHOUSE_TEST_STATE_DSN"), WithLogger(slog.New(slog.DiscardHandler))); err == nil ||
 		!strings.Contains(err.Error(), "state.postgres") || !strings.Contains(err.Error(), "not set") {
 		t.Errorf("New without the DSN: %v", err)
+	}
+}
+
+// TestBundleRollbackAcrossReplicas: replicas that share a state database
+// share the bundle revision floor. A replica with an empty data directory
+// (a new one, or one whose volume was replaced) must not accept an older
+// signed bundle that an attacker with write access to the bundle source
+// put back, once any replica has activated a newer one; nor a different
+// bundle under the revision in force.
+func TestBundleRollbackAcrossReplicas(t *testing.T) {
+	srv := pgtest.Start(t)
+	srv.CreateRole(t, "gatehouse", "state-pw")
+	srv.CreateDatabase(t, "state", "gatehouse")
+	t.Setenv("GATEHOUSE_TEST_FLOOR_DSN", srv.ConnString("gatehouse", "state-pw", "state"))
+	k, err := bundle.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := stateConfig(t, "GATEHOUSE_TEST_FLOOR_DSN")
+	b := stateConfig(t, "GATEHOUSE_TEST_FLOOR_DSN")
+	c := stateConfig(t, "GATEHOUSE_TEST_FLOOR_DSN")
+	pub, _ := bundle.MarshalPublicKey(k.Public().(ed25519.PublicKey))
+	for _, cfg := range []*Config{a, b, c} {
+		if err := os.WriteFile(cfg.Bundle.TrustedKeys[0], pub, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, current := signedBundle(t, k, 1), signedBundle(t, k, 2)
+	ga := newStopped(t, a)
+	if _, err := ga.Store().Apply(old, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ga.Store().Apply(current, "test"); err != nil {
+		t.Fatal(err)
+	}
+	gb := newStopped(t, b)
+	if _, err := gb.Store().Apply(old, "test"); !errors.Is(err, bundle.ErrRollback) {
+		t.Fatalf("a fresh replica activated revision 1 after another activated revision 2: %v", err)
+	}
+	if cur := gb.Store().Current(); cur != nil {
+		t.Fatalf("revision %d is active on the fresh replica", cur.Revision)
+	}
+	// Another bundle under the revision in force is not the one in force.
+	forged := signedBundleAt(t, k, 2, time.Unix(1700000000, 0))
+	if _, err := gb.Store().Apply(forged, "test"); !errors.Is(err, bundle.ErrRollback) {
+		t.Fatalf("a fresh replica activated a second bundle of revision 2: %v", err)
+	}
+	// The bundle in force is accepted, and newer ones after it.
+	if _, err := gb.Store().Apply(current, "test"); err != nil {
+		t.Fatalf("the bundle in force: %v", err)
+	}
+	if _, err := gb.Store().Apply(signedBundle(t, k, 3), "test"); err != nil {
+		t.Fatalf("a newer bundle: %v", err)
+	}
+	// A third replica, or one restarted without its data directory.
+	gc := newStopped(t, c)
+	if _, err := gc.Store().Apply(current, "test"); !errors.Is(err, bundle.ErrRollback) {
+		t.Fatalf("a fresh replica activated revision 2 after another activated revision 3: %v", err)
 	}
 }

@@ -5,7 +5,9 @@
 // failure the last good bundle stays active and the reason is logged. The
 // last good bundle is persisted in the data directory, so a restart comes
 // up with it even when the source is gone, and so a restart cannot be used
-// to roll back to an older signed bundle.
+// to roll back to an older signed bundle. Replicas that share a state
+// database also share a revision floor there (Floor), so a replica whose
+// data directory is empty cannot be rolled back either.
 package bundlestore
 
 import (
@@ -13,6 +15,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -69,6 +72,8 @@ type Store struct {
 	Stats Stats
 	// keys are the identity providers' key sets, kept across bundles.
 	keys *auth.KeyCache
+	// floor, when set, is the revision floor the replicas share.
+	floor Floor
 	// onActivate are called, each in its own goroutine, after a bundle
 	// is activated.
 	hooksMu    sync.Mutex
@@ -111,7 +116,10 @@ func (s *Store) Current() *Active { return s.cur.Load() }
 var ErrUnchanged = errors.New("bundle is already active")
 
 // Apply verifies, compiles and activates a bundle. The active bundle is
-// replaced only when every step succeeds.
+// replaced only when every step succeeds. With a shared floor (WithFloor),
+// the last step is the floor's: a bundle below the revision any replica
+// activated, or another bundle at it, is refused as a rollback, and one
+// the floor cannot be checked for is refused with ErrFloorUnavailable.
 func (s *Store) Apply(data []byte, source string) (*Active, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -126,11 +134,13 @@ func (s *Store) Apply(data []byte, source string) (*Active, error) {
 	now := time.Now()
 	s.Stats.LastAttempt.Store(&now)
 	next, err := s.build(data, source, active)
+	if err == nil && s.floor != nil {
+		// Last, just before the swap: the floor is raised to a bundle
+		// that nothing else can refuse now.
+		err = s.floor.Admit(context.Background(), next.Revision, next.Digest)
+	}
 	if err != nil {
-		s.Stats.ReloadFailures.Add(1)
-		msg := err.Error()
-		s.Stats.LastError.Store(&msg)
-		s.Stats.LastErrorAt.Store(&now)
+		s.refused(err)
 		return nil, err
 	}
 	s.cur.Store(next)
@@ -149,6 +159,48 @@ func (s *Store) Apply(data []byte, source string) (*Active, error) {
 		s.log.Error("bundle activated but not persisted", "revision", next.Revision, "err", err)
 	}
 	return next, nil
+}
+
+// refused counts a refused bundle for metrics and the status page.
+func (s *Store) refused(err error) {
+	now := time.Now()
+	s.Stats.LastAttempt.Store(&now)
+	s.Stats.ReloadFailures.Add(1)
+	msg := err.Error()
+	s.Stats.LastError.Store(&msg)
+	s.Stats.LastErrorAt.Store(&now)
+}
+
+// ReadFile reads a bundle file, at most bundle.MaxBundleSize bytes of it.
+// Whoever can write the bundle's directory must not be able to make the
+// gateway read without end: a file over the limit is refused from its size
+// before any of it is read, one that grows while it is read is cut at the
+// limit and refused, and anything but a regular file (a symlink to
+// /dev/zero, a FIFO that would block the watcher) is refused unread. The
+// refusals wrap bundle.ErrMalformed.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, err
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%w: %s is not a regular file (%s)", bundle.ErrMalformed, path, fi.Mode().Type())
+	case fi.Size() > bundle.MaxBundleSize:
+		return nil, fmt.Errorf("%w: %s: %d bytes is larger than the %d byte limit", bundle.ErrMalformed, path, fi.Size(), bundle.MaxBundleSize)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, bundle.MaxBundleSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > bundle.MaxBundleSize {
+		return nil, fmt.Errorf("%w: %s grew past the %d byte limit while it was read", bundle.ErrMalformed, path, bundle.MaxBundleSize)
+	}
+	return data, nil
 }
 
 func (s *Store) build(data []byte, source string, activeRevision uint64) (*Active, error) {
@@ -196,7 +248,7 @@ func (s *Store) LoadPersisted() (*Active, error) {
 	if p == "" {
 		return nil, os.ErrNotExist
 	}
-	data, err := os.ReadFile(p)
+	data, err := ReadFile(p)
 	if err != nil {
 		return nil, err
 	}
@@ -225,13 +277,25 @@ func (s *Store) WatchFile(ctx context.Context, path string, interval time.Durati
 		if st == last {
 			return
 		}
-		data, err := os.ReadFile(path)
+		data, err := ReadFile(path)
+		if errors.Is(err, bundle.ErrMalformed) {
+			// Refused for what it is, as a bad bundle would be, and not
+			// read again until it changes.
+			last = st
+			s.refused(err)
+			s.log.Error("bundle refused; keeping the active bundle", "source", path, "active_revision", activeRevision(s.Current()), "trigger", reason, "err", err)
+			return
+		}
 		if err != nil {
 			s.log.Warn("bundle source unreadable; keeping the active bundle", "path", path, "err", err)
 			return
 		}
 		last = st
-		s.applyLogged(data, path, reason)
+		if err := s.applyLogged(data, path, reason); errors.Is(err, ErrFloorUnavailable) {
+			// Not refused for what it is: try the same file again at the
+			// next check.
+			last = fileStamp{}
+		}
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -272,11 +336,12 @@ func (s *Store) WatchFile(ctx context.Context, path string, interval time.Durati
 	}
 }
 
-func (s *Store) applyLogged(data []byte, source, reason string) {
+func (s *Store) applyLogged(data []byte, source, reason string) error {
 	prev := s.Current()
 	a, err := s.Apply(data, source)
 	switch {
 	case errors.Is(err, ErrUnchanged):
+		return nil
 	case err != nil:
 		active := uint64(0)
 		if prev != nil {
@@ -290,6 +355,7 @@ func (s *Store) applyLogged(data []byte, source, reason string) {
 		}
 		s.log.Info("bundle activated", "source", source, "revision", a.Revision, "previous_revision", from, "digest", a.Digest, "trigger", reason)
 	}
+	return err
 }
 
 type fileStamp struct {

@@ -4,8 +4,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,4 +147,102 @@ func TestWatchFile(t *testing.T) {
 	waitRevision(2)
 	write(build(t, k, 4))
 	waitRevision(4)
+}
+
+// downFloor is a shared floor whose database is down until up is set.
+type downFloor struct {
+	up    atomic.Bool
+	calls atomic.Int64
+}
+
+func (f *downFloor) Admit(context.Context, uint64, string) error {
+	f.calls.Add(1)
+	if !f.up.Load() {
+		return fmt.Errorf("%w: connection refused", ErrFloorUnavailable)
+	}
+	return nil
+}
+func (f *downFloor) Close() {}
+
+// TestFloorUnavailable: a bundle that cannot be checked against the
+// shared floor is refused (fail closed), and the file watcher tries the
+// same file again once the floor is back, rather than wait for the file to
+// change.
+func TestFloorUnavailable(t *testing.T) {
+	k := key(t)
+	f := &downFloor{}
+	s := New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), t.TempDir(), WithFloor(f))
+	data := build(t, k, 10)
+	if _, err := s.Apply(data, "test"); !errors.Is(err, ErrFloorUnavailable) || s.Current() != nil {
+		t.Fatalf("Apply with the floor down: %v, active %v", err, s.Current())
+	}
+	path := filepath.Join(t.TempDir(), "policy.bundle")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); s.WatchFile(ctx, path, 20*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the watcher to try the file three times", func() bool { return f.calls.Load() >= 4 })
+	if s.Current() != nil {
+		t.Fatal("activated while the floor was down")
+	}
+	f.up.Store(true)
+	waitFor(t, "the unchanged file to be tried again once the floor was back", func() bool { return s.Current() != nil })
+}
+
+// TestWatchFileBoundsTheRead: whoever can write the bundle's directory
+// cannot make the gateway read without end. A file past the bundle size
+// limit is refused without being read into memory, and a file that is not
+// a regular file (a symlink to /dev/zero, a FIFO) is refused without being
+// read at all.
+func TestWatchFileBoundsTheRead(t *testing.T) {
+	k := key(t)
+	s := New(bundle.NewKeyring(k.Public().(ed25519.PublicKey)), t.TempDir())
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.bundle")
+	// Sparse: it takes no disk, but reading it takes its size in memory.
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(4 * bundle.MaxBundleSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	watch := func() {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		failures := s.Stats.ReloadFailures.Load()
+		go func() { defer close(done); s.WatchFile(ctx, path, time.Hour) }()
+		waitFor(t, "the file to be refused", func() bool { return s.Stats.ReloadFailures.Load() > failures })
+		cancel()
+		<-done
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	watch()
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > bundle.MaxBundleSize {
+		t.Fatalf("a %d byte bundle file was read: %d bytes allocated", 4*bundle.MaxBundleSize, n)
+	}
+	if e := s.Stats.LastError.Load(); e == nil || !strings.Contains(*e, "larger than") {
+		t.Errorf("last error: %v", e)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/zero", path); err != nil {
+		t.Fatal(err)
+	}
+	watch()
+	if e := s.Stats.LastError.Load(); e == nil || !strings.Contains(*e, "not a regular file") {
+		t.Errorf("last error: %v", e)
+	}
+	if s.Current() != nil {
+		t.Fatal("a bundle was activated")
+	}
 }

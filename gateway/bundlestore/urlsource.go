@@ -314,6 +314,11 @@ func (w *urlWatch) check(ctx context.Context) error {
 	}
 	prev := w.s.Current()
 	a, err := w.s.Apply(f.Data, w.where)
+	if errors.Is(err, ErrFloorUnavailable) {
+		// Not refused for what it is: the next check downloads it again
+		// rather than take a 304 for a refusal.
+		return w.failed(&refusedError{err})
+	}
 	w.seen = f.Validators
 	switch {
 	case errors.Is(err, ErrUnchanged):
