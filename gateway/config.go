@@ -132,6 +132,12 @@ type StateConfig struct {
 	// replica that names it (approval.OpenPostgres). Empty: they are kept
 	// in DATA_DIR/approvals, for this gateway alone.
 	Postgres string
+	// Key is a secret reference (env:NAME or file:/path) to the key,
+	// at least 32 bytes, that authenticates the approval requests in
+	// the state database (approval.WithRowKey). Give every replica the
+	// same key, and keep it out of the database: without it, whoever
+	// can write the database can approve requests.
+	Key string
 }
 
 // LogConfig configures logging.
@@ -165,7 +171,7 @@ var (
 	logSchema  = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "level"}, {Name: "format"}}}
 	authSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "clock_skew"}}}
 
-	stateSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "postgres", Required: true}}}
+	stateSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "postgres", Required: true}, {Name: "key"}}}
 )
 
 // LoadConfig reads and checks a gateway.hcl file. Problems are diagnostics
@@ -272,6 +278,10 @@ func ParseConfig(src []byte, filename string) (*Config, map[string]*hcl.File, hc
 			if a := c["postgres"]; a != nil {
 				cfg.State.Postgres = d.str(a)
 				d.secretRef(a, cfg.State.Postgres)
+			}
+			if a := c["key"]; a != nil {
+				cfg.State.Key = d.str(a)
+				d.secretRef(a, cfg.State.Key)
 			}
 		case "auth":
 			c := d.content(b.Body, authSchema)

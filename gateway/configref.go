@@ -157,6 +157,11 @@ state {
                                      # sessions without reading the bucket. The schema is
                                      # created and migrated at start (the role needs CREATE on the
                                      # schema); gatehouse gateway --check reports its version
+  key      = "env:GATEHOUSE_STATE_KEY"  # optional, and recommended: a secret reference to a key of at
+                                     # least 32 bytes, the same on every replica and never stored in
+                                     # the database. Each approval request's row carries an HMAC under
+                                     # it; a row written or changed without it is ignored. Without a
+                                     # key, whoever can write the database can approve requests
 }
 
 log {

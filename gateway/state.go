@@ -30,13 +30,26 @@ func (g *Gateway) openApprovals(res secrets.Resolver) (approval.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state.postgres: %w", err)
 	}
+	if kref := g.cfg.State.Key; kref != "" {
+		key, err := res.Resolve(kref)
+		if err != nil {
+			return nil, fmt.Errorf("state.key: %w", err)
+		}
+		if len(key) < approval.MinRowKeyBytes {
+			return nil, fmt.Errorf("state.key (%s): %d bytes, want at least %d (for example: openssl rand -base64 32)", kref, len(key), approval.MinRowKeyBytes)
+		}
+		opts = append(opts, approval.WithRowKey([]byte(key)))
+	} else {
+		g.log.Warn("state.key is not set: approval requests in the state database are not authenticated, and whoever can write it can approve requests",
+			"state", ref)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 	defer cancel()
 	s, err := approval.OpenPostgres(ctx, dsn, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("state.postgres (%s): %w", ref, err)
 	}
-	g.log.Info("approval requests are kept in the state database", "state", ref, "schema", approval.SchemaVersion())
+	g.log.Info("approval requests are kept in the state database", "state", ref, "schema", approval.SchemaVersion(), "authenticated", g.cfg.State.Key != "")
 	return s, nil
 }
 

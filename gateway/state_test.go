@@ -216,3 +216,40 @@ func TestBundleRollbackAcrossReplicas(t *testing.T) {
 		t.Fatalf("a fresh replica activated revision 2 after another activated revision 3: %v", err)
 	}
 }
+
+// TestStateKey: state.key authenticates the approval requests the
+// gateway writes to the state database; a key too short stops the start.
+func TestStateKey(t *testing.T) {
+	cfg, _, diags := ParseConfig([]byte(goodConfig+"\nstate {\n  postgres = \"env:DSN\"\n  key = \"file:/etc/gatehouse/state.key\"\n}\n"), "gateway.hcl")
+	if diags.HasErrors() || cfg.State.Key != "file:/etc/gatehouse/state.key" {
+		t.Fatalf("state.key: %+v %v", cfg.State, diags)
+	}
+	if _, _, diags := ParseConfig([]byte(goodConfig+"\nstate {\n  postgres = \"env:DSN\"\n  key = \"0123456789abcdef0123456789abcdef\"\n}\n"), "gateway.hcl"); !diags.HasErrors() ||
+		diags[0].Summary != "Not a secret reference" {
+		t.Errorf("a key in clear: %v", diags)
+	}
+	srv := pgtest.Start(t)
+	srv.CreateRole(t, "gatehouse", "state-pw")
+	srv.CreateDatabase(t, "state", "gatehouse")
+	t.Setenv("GATEHOUSE_TEST_STATE_DSN", srv.ConnString("gatehouse", "state-pw", "state"))
+	t.Setenv("GATEHOUSE_TEST_STATE_KEY", "too short")
+	c := stateConfig(t, "GATEHOUSE_TEST_STATE_DSN")
+	c.State.Key = "env:GATEHOUSE_TEST_STATE_KEY"
+	if _, err := New(c, WithLogger(slog.New(slog.DiscardHandler))); err == nil || !strings.Contains(err.Error(), "state.key") ||
+		strings.Contains(err.Error(), "too short") {
+		t.Fatalf("New with a short key: %v", err)
+	}
+	t.Setenv("GATEHOUSE_TEST_STATE_KEY", "0123456789abcdef0123456789abcdef")
+	g := newStopped(t, c)
+	r, _, err := g.Approvals().Open(context.Background(), approvaltest.Request(time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mac *string
+	if err := srv.Conn(t, "state").QueryRow(context.Background(), "SELECT mac FROM gatehouse_approvals WHERE id = $1", r.ID).Scan(&mac); err != nil {
+		t.Fatal(err)
+	}
+	if mac == nil || len(*mac) != 64 {
+		t.Fatalf("the row's mac is %v, want an HMAC-SHA256", mac)
+	}
+}

@@ -14,6 +14,7 @@ type options struct {
 	log          *slog.Logger
 	notify       func(string, Request)
 	pollInterval time.Duration
+	rowKey       []byte
 }
 
 // Option configures a store (FileStore or PGStore).
@@ -54,6 +55,20 @@ func WithPollInterval(d time.Duration) Option {
 		}
 	}
 }
+
+// WithRowKey authenticates a PGStore's rows with key, which every replica
+// is given and the database does not hold: each row is written with an
+// HMAC-SHA256 of its id and request, and a row whose MAC does not verify
+// (or that has none) is not read, as if it were not there. Without it, the
+// store trusts the database: whoever can write gatehouse_approvals can
+// insert an approved request, or approve a pending one. The file store
+// ignores it.
+func WithRowKey(key []byte) Option {
+	return func(o *options) { o.rowKey = append([]byte(nil), key...) }
+}
+
+// MinRowKeyBytes is the shortest key WithRowKey is given by the gateway.
+const MinRowKeyBytes = 32
 
 // tell tells the notify hook of an event.
 func (o *options) tell(event string, r *Request) {

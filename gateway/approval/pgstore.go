@@ -2,6 +2,9 @@ package approval
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,7 +123,7 @@ func (s *PGStore) start(ctx context.Context) error {
 		s.clock.Now().Add(-Retention)); err != nil {
 		return fmt.Errorf("approvals: dropping settled requests past retention: %w", err)
 	}
-	pending, err := s.query(ctx, s.pool, "SELECT request FROM gatehouse_approvals WHERE state = 'pending'")
+	pending, err := s.query(ctx, s.pool, "SELECT id, request, mac FROM gatehouse_approvals WHERE state = 'pending'")
 	if err != nil {
 		return err
 	}
@@ -172,7 +175,7 @@ func (s *PGStore) Open(ctx context.Context, in Request) (Request, bool, error) {
 			requesterLock, in.Requester.Issuer+"\n"+in.Requester.Subject); err != nil {
 			return err
 		}
-		mine, err := s.query(ctx, tx, "SELECT request FROM gatehouse_approvals WHERE subject = $1 AND issuer = $2 AND state = 'pending'",
+		mine, err := s.query(ctx, tx, "SELECT id, request, mac FROM gatehouse_approvals WHERE subject = $1 AND issuer = $2 AND state = 'pending'",
 			in.Requester.Subject, in.Requester.Issuer)
 		if err != nil {
 			return err
@@ -202,9 +205,9 @@ func (s *PGStore) Open(ctx context.Context, in Request) (Request, bool, error) {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO gatehouse_approvals
-			(id, state, issuer, subject, resource, hash, created_at, expires_at, request)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-			r.ID, string(r.State), r.Requester.Issuer, r.Requester.Subject, r.Resource, r.Hash, r.CreatedAt, r.ExpiresAt, b); err != nil {
+			(id, state, issuer, subject, resource, hash, created_at, expires_at, request, mac)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			r.ID, string(r.State), r.Requester.Issuer, r.Requester.Subject, r.Resource, r.Hash, r.CreatedAt, r.ExpiresAt, b, s.mac(r.ID, b)); err != nil {
 			return err
 		}
 		out, created = r, true
@@ -233,7 +236,7 @@ func (s *PGStore) Redeem(ctx context.Context, hash string, requester Principal, 
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// valid_until is in microseconds: >= keeps every request the exact
 		// test below may pass.
-		rs, err := s.query(ctx, tx, `SELECT request FROM gatehouse_approvals
+		rs, err := s.query(ctx, tx, `SELECT id, request, mac FROM gatehouse_approvals
 			WHERE hash = $1 AND subject = $2 AND resource = $3 AND issuer = $4 AND state = 'approved' AND valid_until >= $5
 			ORDER BY settled_at, id FOR UPDATE`,
 			hash, requester.Subject, resource, requester.Issuer, s.clock.Now())
@@ -255,7 +258,7 @@ func (s *PGStore) Redeem(ctx context.Context, hash string, requester Principal, 
 		}
 		next := best.Clone()
 		next.Uses++
-		if err := write(ctx, tx, &next); err != nil {
+		if err := s.write(ctx, tx, &next); err != nil {
 			return err
 		}
 		out, ok = next, true
@@ -281,7 +284,7 @@ func (s *PGStore) Use(ctx context.Context, id string) (Request, error) {
 		}
 		next := r.Clone()
 		next.Uses++
-		if err := write(ctx, tx, &next); err != nil {
+		if err := s.write(ctx, tx, &next); err != nil {
 			return err
 		}
 		out = next
@@ -351,7 +354,7 @@ func (s *PGStore) Cancel(ctx context.Context, id, why string) error {
 
 // Get implements Store.
 func (s *PGStore) Get(ctx context.Context, id string) (Request, error) {
-	rs, err := s.query(ctx, s.pool, "SELECT request FROM gatehouse_approvals WHERE id = $1", id)
+	rs, err := s.query(ctx, s.pool, "SELECT id, request, mac FROM gatehouse_approvals WHERE id = $1", id)
 	switch {
 	case err != nil:
 		return Request{}, wrap(err)
@@ -364,7 +367,7 @@ func (s *PGStore) Get(ctx context.Context, id string) (Request, error) {
 // List implements Store. keep runs in the gateway, over every request the
 // database keeps (Retention bounds them).
 func (s *PGStore) List(ctx context.Context, keep func(*Request) bool) ([]Request, error) {
-	rs, err := s.query(ctx, s.pool, "SELECT request FROM gatehouse_approvals")
+	rs, err := s.query(ctx, s.pool, "SELECT id, request, mac FROM gatehouse_approvals")
 	if err != nil {
 		return nil, wrap(err)
 	}
@@ -425,7 +428,7 @@ func (s *PGStore) Settled(ctx context.Context, id string) (<-chan struct{}, erro
 
 // lock reads request id under its row lock, for the rest of tx.
 func (s *PGStore) lock(ctx context.Context, tx pgx.Tx, id string) (Request, error) {
-	rs, err := s.query(ctx, tx, "SELECT request FROM gatehouse_approvals WHERE id = $1 FOR UPDATE", id)
+	rs, err := s.query(ctx, tx, "SELECT id, request, mac FROM gatehouse_approvals WHERE id = $1 FOR UPDATE", id)
 	switch {
 	case err != nil:
 		return Request{}, err
@@ -439,7 +442,7 @@ func (s *PGStore) lock(ctx context.Context, tx pgx.Tx, id string) (Request, erro
 // NotifyChannel: PostgreSQL delivers the notification once tx commits, and
 // never when it rolls back.
 func (s *PGStore) commit(ctx context.Context, tx pgx.Tx, prev, next *Request) error {
-	if err := write(ctx, tx, next); err != nil {
+	if err := s.write(ctx, tx, next); err != nil {
 		return err
 	}
 	if next.Settled() && !prev.Settled() {
@@ -552,29 +555,64 @@ func (s *PGStore) query(ctx context.Context, q interface {
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Request, error) {
-		var b []byte
-		if err := row.Scan(&b); err != nil {
-			return Request{}, err
+	var out []Request
+	var id, b string
+	var mac *string
+	_, err = pgx.ForEachRow(rows, []any{&id, &b, &mac}, func() error {
+		if !s.authentic(id, b, mac) {
+			// Written or changed by someone without the key, not by a
+			// gateway: it is not read, so it can release nothing and
+			// settle nothing. Say so loudly: it is tampering.
+			s.log.Error("an approval request in the state database fails its MAC and is ignored: it was written or changed outside the gateway",
+				"approval", id)
+			return nil
 		}
 		var r Request
-		if err := json.Unmarshal(b, &r); err != nil {
+		if err := json.Unmarshal([]byte(b), &r); err != nil {
 			// A request that cannot be read can release nothing: the
 			// operation fails rather than guess.
-			return Request{}, fmt.Errorf("a stored request cannot be read: %w", err)
+			return fmt.Errorf("a stored request cannot be read: %w", err)
 		}
-		return r, nil
+		if r.ID != id {
+			return fmt.Errorf("the stored request in row %q names another id, %q", id, r.ID)
+		}
+		out = append(out, r)
+		return nil
 	})
+	return out, err
+}
+
+// mac is the MAC of a row (its id and request column) under the row key,
+// or nil without one.
+func (s *PGStore) mac(id, request string) any {
+	if s.rowKey == nil {
+		return nil
+	}
+	h := hmac.New(sha256.New, s.rowKey)
+	h.Write([]byte("gatehouse approval row v1\x00"))
+	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write([]byte(request))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// authentic reports whether a row's MAC verifies (always, without a key).
+func (s *PGStore) authentic(id, request string, mac *string) bool {
+	if s.rowKey == nil {
+		return true
+	}
+	want := s.mac(id, request).(string)
+	return mac != nil && hmac.Equal([]byte(*mac), []byte(want))
 }
 
 // write stores r, whose row tx has locked.
-func write(ctx context.Context, tx pgx.Tx, r *Request) error {
+func (s *PGStore) write(ctx context.Context, tx pgx.Tx, r *Request) error {
 	b, err := encode(r)
 	if err != nil {
 		return err
 	}
-	tag, err := tx.Exec(ctx, "UPDATE gatehouse_approvals SET state = $2, settled_at = $3, valid_until = $4, request = $5 WHERE id = $1",
-		r.ID, string(r.State), nullTime(r.SettledAt), nullTime(r.ValidUntil), b)
+	tag, err := tx.Exec(ctx, "UPDATE gatehouse_approvals SET state = $2, settled_at = $3, valid_until = $4, request = $5, mac = $6 WHERE id = $1",
+		r.ID, string(r.State), nullTime(r.SettledAt), nullTime(r.ValidUntil), b, s.mac(r.ID, b))
 	if err != nil {
 		return err
 	}

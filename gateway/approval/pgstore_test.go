@@ -53,14 +53,16 @@ func openPG(t *testing.T, dsn string, opts ...approval.Option) *approval.PGStore
 
 // TestPGStoreConformance holds the PostgreSQL store to what every store
 // must do. The poll is slowed to an hour, so that what the suite sees is
-// done by timers and notifications, not hidden by the fallback.
+// done by timers and notifications, not hidden by the fallback. The rows
+// are authenticated with a row key, as a production setup's are.
 func TestPGStoreConformance(t *testing.T) {
+	key := approval.WithRowKey([]byte("conformance-row-key-0123456789ab"))
 	start := time.Now()
 	var dsns sync.Map // store -> DSN, for Reopen
 	approvaltest.Run(t, approvaltest.Harness{
 		New: func(t *testing.T, c clock.Clock) approval.Store {
 			_, dsn := stateDB(t)
-			s := openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour))
+			s := openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour), key)
 			dsns.Store(approval.Store(s), dsn)
 			return s
 		},
@@ -69,7 +71,7 @@ func TestPGStoreConformance(t *testing.T) {
 			if !ok {
 				t.Fatal("Reopen of a store the harness did not make")
 			}
-			s := openPG(t, dsn.(string), approval.WithClock(c), approval.WithPollInterval(time.Hour))
+			s := openPG(t, dsn.(string), approval.WithClock(c), approval.WithPollInterval(time.Hour), key)
 			dsns.Store(approval.Store(s), dsn)
 			return s
 		},
@@ -545,4 +547,107 @@ func TestPGStoreTellsEachEventOnce(t *testing.T) {
 			t.Errorf("missing %q: the replica that made the change tells it (events %q)", e, events)
 		}
 	}
+}
+
+// TestPGStoreForgedRow: someone who can write gatehouse_approvals (the
+// gateway's DSN, a DBA, a backup restore) but does not hold the replicas'
+// row key inserts an approved request for a statement nobody approved,
+// approves a pending one in place, or copies an approved row under
+// another request's id. Without a key the store trusts the database, and
+// the forged approval releases the statement; with one, a row whose MAC
+// does not verify is not read.
+func TestPGStoreForgedRow(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	bob := approval.Principal{Name: "bob", Issuer: "https://id.example.com", Subject: "sub-bob", Groups: []string{"dba"}}
+	forge := func(t *testing.T, db string, c *clock.Fake, hash string) {
+		t.Helper()
+		r := approvaltest.Request(c.Now())
+		r.Hash = hash
+		r, err := approval.Prepare(r, c.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Votes = []approval.Vote{{Approver: bob, Decision: "approve", Time: c.Now()}}
+		r.Needs[0].Approvers = []string{bob.Key()}
+		approval.Settle(&r, approval.Approved, "approved by bob", c.Now())
+		r.ValidUntil = c.Now().Add(time.Hour)
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pgServer(t).Exec(t, db, `INSERT INTO gatehouse_approvals
+			(id, state, issuer, subject, resource, hash, created_at, expires_at, settled_at, valid_until, request)
+			VALUES ($1, 'approved', $2, $3, $4, $5, $6, $7, $6, $8, $9)`,
+			r.ID, r.Requester.Issuer, r.Requester.Subject, r.Resource, r.Hash, r.CreatedAt, r.ExpiresAt, r.ValidUntil, string(b))
+	}
+	redeem := func(s approval.Store, c *clock.Fake, hash string) bool {
+		in := approvaltest.Request(c.Now())
+		_, ok, err := s.Redeem(ctx, hash, in.Requester, in.Resource, in.Needs)
+		if err != nil {
+			t.Fatalf("Redeem: %v", err)
+		}
+		return ok
+	}
+
+	t.Run("without a key the database is trusted", func(t *testing.T) {
+		c := newClock()
+		db, dsn := stateDB(t)
+		s := openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour))
+		forge(t, db, c, "forged")
+		if !redeem(s, c, "forged") {
+			t.Fatal("the forged row was not redeemed: this subtest shows what the key protects against")
+		}
+	})
+
+	t.Run("with a key", func(t *testing.T) {
+		c := newClock()
+		db, dsn := stateDB(t)
+		s := openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour), approval.WithRowKey(key))
+		// An inserted approval releases nothing, and is not listed.
+		forge(t, db, c, "forged")
+		if redeem(s, c, "forged") {
+			t.Fatal("a row inserted without the key released a statement")
+		}
+		if rs, err := s.List(ctx, nil); err != nil || len(rs) != 0 {
+			t.Fatalf("List = %d rows, %v; want the forged row left out", len(rs), err)
+		}
+		// A pending request approved in place.
+		in := approvaltest.Request(c.Now())
+		in.Hash = "pending"
+		r := mustOpen(t, s, in)
+		approved := get(s, r.ID)
+		approved.Votes = []approval.Vote{{Approver: bob, Decision: "approve", Time: c.Now()}}
+		approved.Needs[0].Approvers = []string{bob.Key()}
+		approval.Settle(&approved, approval.Approved, "approved by bob", c.Now())
+		approved.ValidUntil = c.Now().Add(time.Hour)
+		b, _ := json.Marshal(approved)
+		pgServer(t).Exec(t, db, "UPDATE gatehouse_approvals SET state = 'approved', settled_at = $2, valid_until = $3, request = $4 WHERE id = $1",
+			r.ID, c.Now(), approved.ValidUntil, string(b))
+		if redeem(s, c, "pending") {
+			t.Fatal("a request approved in the table without the key released a statement")
+		}
+		if _, err := s.Get(ctx, r.ID); !errors.Is(err, approval.ErrNotFound) {
+			t.Errorf("Get of the altered row: %v, want ErrNotFound", err)
+		}
+		// A real approval, then its row (with its valid MAC) copied over
+		// another request's.
+		in.Hash = "real"
+		real := mustOpen(t, s, in)
+		if _, err := s.Vote(ctx, real.ID, bob, true, "ok"); err != nil {
+			t.Fatal(err)
+		}
+		in.Hash = "other"
+		other := mustOpen(t, s, in)
+		pgServer(t).Exec(t, db, `UPDATE gatehouse_approvals AS o SET state = r.state, hash = r.hash, settled_at = r.settled_at,
+			valid_until = r.valid_until, request = r.request, mac = r.mac FROM gatehouse_approvals AS r WHERE o.id = $1 AND r.id = $2`,
+			other.ID, real.ID)
+		if _, err := s.Get(ctx, other.ID); !errors.Is(err, approval.ErrNotFound) {
+			t.Errorf("Get of a row copied under another id: %v, want ErrNotFound", err)
+		}
+		// What the gateway wrote itself still works: the real approval
+		// releases its statement once.
+		if !redeem(s, c, "real") {
+			t.Fatal("the real approval was not redeemed")
+		}
+	})
 }
