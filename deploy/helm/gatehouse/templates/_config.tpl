@@ -84,6 +84,9 @@ admin {
 
 state {
   postgres = "env:GATEHOUSE_STATE_DSN"
+{{- if .Values.state.rowKey }}
+  key      = "env:GATEHOUSE_STATE_KEY"
+{{- end }}
 }
 {{- end }}
 
