@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -236,6 +237,17 @@ func TestWatchFileBoundsTheRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.Symlink("/dev/zero", path); err != nil {
+		t.Fatal(err)
+	}
+	watch()
+	if e := s.Stats.LastError.Load(); e == nil || !strings.Contains(*e, "not a regular file") {
+		t.Errorf("last error: %v", e)
+	}
+	// A FIFO with no writer: opening it for reading would block.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	watch()
