@@ -651,3 +651,38 @@ func TestPGStoreForgedRow(t *testing.T) {
 		}
 	})
 }
+
+// TestPGStoreSpoofedNotify: any role that can connect to the state
+// database can NOTIFY on the approvals channel. A notification naming a
+// request that is still pending wakes no waiter: it is only a hint to look
+// the request up.
+func TestPGStoreSpoofedNotify(t *testing.T) {
+	c := newClock()
+	db, dsn := stateDB(t)
+	s := openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour))
+	held := mustOpen(t, s, approvaltest.Request(c.Now()))
+	heldW, err := s.Settled(ctx, held.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := approvaltest.Request(c.Now())
+	in.Hash = "hash-2"
+	other := mustOpen(t, s, in)
+	otherW, err := s.Settled(ctx, other.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgServer(t).Exec(t, db, "SELECT pg_notify($1, $2)", approval.NotifyChannel, held.ID)
+	// Notifications arrive in order: once the real settlement after the
+	// spoofed one is heard, the spoofed one has been handled.
+	mustVote(t, openPG(t, dsn, approval.WithClock(c), approval.WithPollInterval(time.Hour)), other.ID, carol, false, "no")
+	waitClosed(t, otherW, 5*time.Second, "a waiter on a request settled through another replica")
+	select {
+	case <-heldW:
+		t.Fatalf("a spoofed NOTIFY woke the waiter of pending request %s", held.ID)
+	default:
+	}
+	if got := get(s, held.ID); got.State != approval.Pending {
+		t.Fatalf("the request is %s", got.State)
+	}
+}
