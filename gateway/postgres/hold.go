@@ -19,10 +19,13 @@ import (
 // the hold in a NOTICE; and a client that disconnects is noticed by
 // reading ahead on its connection.
 func (s *session) hold(ctx context.Context, kind, sql string, params *boundParams, req *celpolicy.PostgresRequest, d celpolicy.Decision) core.Verdict {
+	// Approvers and the recording read the text with its secrets
+	// redacted; the hash binds the statement as sent.
 	parsed, _ := sqlfacts.Deparse(sql)
+	rec := requested(kind, sql, req, d)
 	return s.cs.Hold(ctx, core.Held{
-		Kind: kind, Text: sql, Request: req, Decision: d,
-		Subject: approval.Subject{Text: sql, Canonical: parsed, Params: params.display(s.srv.types)},
+		Kind: kind, Text: rec.Text, Request: req, Recorded: rec.Request, Decision: d,
+		Subject: approval.Subject{Text: rec.Text, Canonical: sqlfacts.RedactSecrets(parsed), Params: params.display(s.srv.types)},
 		Bind:    func() (string, error) { return requestHash(sql, params) },
 		Notify: func(r approval.Request, wait time.Duration) error {
 			msg, detail, hint := core.HoldNotice(&r, "statement", wait)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
 )
 
@@ -230,5 +231,71 @@ func TestOverlappedBarrierCoversOtherSessions(t *testing.T) {
 	notify(t, e, "after the failure")
 	if err := waitEnd(t, listener); pgCode(err) != "58030" {
 		t.Fatalf("the listener: %v, want 58030 and no notification", err)
+	}
+}
+
+// TestRecordingRedactsPasswords: a caller's statement that sets a
+// password runs as sent, but the recording keeps its text and facts with
+// the password redacted, through the simple and the extended protocol.
+func TestRecordingRedactsPasswords(t *testing.T) {
+	e := startEnv(t)
+	ctx := context.Background()
+	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+`
+policy "roles" {
+  resources  = ["orders"]
+  identities = ["billing-service"]
+  rule "roles" {
+    effect = "allow"
+    when   = "request.statements.all(s, s.command in ['CREATE ROLE', 'ALTER ROLE', 'SELECT'])"
+    reason = "manages roles"
+  }
+}
+`)
+	e.pg.Exec(t, "orders", "ALTER ROLE gatehouse CREATEROLE")
+	c := e.connect(t, "billing-service")
+	if _, err := c.Exec(ctx, "CREATE ROLE gh_redact_role LOGIN PASSWORD 'hunter2-topsecret'", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "ALTER ROLE gh_redact_role PASSWORD E'hunter3-\\'topsecret'", pgx.QueryExecModeExec); err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+	var set bool
+	if err := e.pg.Conn(t, "orders").QueryRow(ctx, "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'gh_redact_role'").Scan(&set); err != nil || !set {
+		t.Fatalf("the password was not set upstream: %v %v", set, err)
+	}
+	ss := waitSealed(t, e, 1)
+	raw, err := os.ReadFile(ss[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "topsecret") {
+		t.Fatalf("the recording holds a password:\n%s", raw)
+	}
+	if n := strings.Count(string(raw), "[redacted]"); n < 4 { // each statement's text and its facts' text
+		t.Fatalf("want the redacted passwords in the recording (text and facts of two statements), found %d:\n%s", n, raw)
+	}
+	if rep, err := recorder.Verify(ss[0].Path, e.recKeys); err != nil || !rep.OK() {
+		t.Fatalf("verify: %+v %v", rep, err)
+	}
+}
+
+// requested redacts a copy: the request judged and forwarded keeps its
+// text, and one without secrets is recorded as it is.
+func TestRequestedRedactsACopy(t *testing.T) {
+	sql := "ALTER ROLE app PASSWORD 'hunter2'"
+	req := &celpolicy.PostgresRequest{Kind: "query", Statements: []celpolicy.Statement{{Command: "ALTER ROLE", Text: sql}},
+		Masking: &celpolicy.MaskPlan{Statements: []celpolicy.StatementMasks{{Text: sql}}}}
+	r := requested("query", sql, req, celpolicy.Decision{})
+	got := r.Request.(*celpolicy.PostgresRequest)
+	if got == req || r.Text != "ALTER ROLE app PASSWORD '[redacted]'" || got.Statements[0].Text != r.Text || got.Masking.Statements[0].Text != r.Text {
+		t.Fatalf("recorded %q, %+v", r.Text, got)
+	}
+	if req.Statements[0].Text != sql || req.Masking.Statements[0].Text != sql {
+		t.Fatalf("the judged request was changed: %+v", req)
+	}
+	plain := &celpolicy.PostgresRequest{Kind: "query", Statements: []celpolicy.Statement{{Command: "SELECT", Text: "SELECT 1"}}}
+	if r := requested("query", "SELECT 1", plain, celpolicy.Decision{}); r.Request != celpolicy.Request(plain) || r.Text != "SELECT 1" {
+		t.Fatalf("a request without secrets was copied or changed: %+v", r)
 	}
 }

@@ -470,7 +470,50 @@ func (s *session) check(ctx context.Context) bool {
 // refused. The event holds the SQL text, its facts and the decision; never
 // the token, a credential, or any result value.
 func (s *session) record(kind, sql string, req celpolicy.Request, d celpolicy.Decision) (int, error) {
-	return s.cs.RecordRequest(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
+	return s.cs.RecordRequest(requested(kind, sql, req, d))
+}
+
+// requested is a statement as the recording keeps it: with the secrets
+// its text carries (a role's password, a connection string) redacted, in
+// the text, its statements' facts and its mask plan
+// (sqlfacts.RedactSecrets). The request judged and forwarded is not
+// changed: a copy is recorded when anything was redacted.
+func requested(kind, sql string, req celpolicy.Request, d celpolicy.Decision) core.Requested {
+	r := core.Requested{Kind: kind, Text: sqlfacts.RedactSecrets(sql), Request: req, Decision: d}
+	pr, ok := req.(*celpolicy.PostgresRequest)
+	if !ok || pr == nil {
+		return r
+	}
+	var c *celpolicy.PostgresRequest
+	own := func() *celpolicy.PostgresRequest {
+		if c == nil {
+			cp := *pr
+			cp.Statements = slices.Clone(pr.Statements)
+			if pr.Masking != nil {
+				plan := *pr.Masking
+				plan.Statements = slices.Clone(plan.Statements)
+				cp.Masking = &plan
+			}
+			c = &cp
+		}
+		return c
+	}
+	for i, st := range pr.Statements {
+		if text := sqlfacts.RedactSecrets(st.Text); text != st.Text {
+			own().Statements[i].Text = text
+		}
+	}
+	if pr.Masking != nil {
+		for i, st := range pr.Masking.Statements {
+			if text := sqlfacts.RedactSecrets(st.Text); text != st.Text {
+				own().Masking.Statements[i].Text = text
+			}
+		}
+	}
+	if c != nil {
+		r.Request = c
+	}
+	return r
 }
 
 // recordForward records an allowed statement about to be forwarded. By
@@ -483,7 +526,7 @@ func (s *session) recordForward(kind, sql string, req celpolicy.Request, d celpo
 	}
 	// The sync starts now; send's barrier waits for it (and for every
 	// other event written) before any response reaches the caller.
-	ref, _, err := s.cs.RecordRequestAsync(core.Requested{Kind: kind, Text: sql, Request: req, Decision: d})
+	ref, _, err := s.cs.RecordRequestAsync(requested(kind, sql, req, d))
 	return ref, err
 }
 

@@ -24,6 +24,9 @@ type Held struct {
 	Subject  approval.Subject
 	Request  celpolicy.Request
 	Decision celpolicy.Decision
+	// Recorded, when set, is Request as the recording keeps it (secrets
+	// in its text redacted); Request is what is judged again.
+	Recorded celpolicy.Request
 	// Bind computes the hash that binds an approval to exactly this
 	// request: the protocol's canonical bytes (for SQL, the parse tree and
 	// the parameters' types and bytes). It is called only when an approval
@@ -98,6 +101,9 @@ func (s *Session) hold(ctx context.Context, h Held) Verdict {
 	d := h.Decision
 	store := s.core.approvals
 	rec := Requested{Kind: h.Kind, Text: h.Text, Request: h.Request, Decision: d, Params: h.Subject.Params}
+	if h.Recorded != nil {
+		rec.Request = h.Recorded
+	}
 	if store == nil {
 		ref, err := s.RecordRequest(rec)
 		if err != nil {
