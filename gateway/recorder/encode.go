@@ -194,6 +194,11 @@ func appendFloat(b []byte, f float64) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// AppendString appends s as a JSON string exactly as encoding/json writes
+// it, for encoders of other hot values (a request's facts and decision)
+// whose output must equal json.Marshal's.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }
+
 // appendString writes a JSON string as encoding/json does, HTML escaping
 // included: invalid UTF-8 becomes U+FFFD, and U+2028 and U+2029 are
 // escaped.

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"encoding/json"
 	"time"
 
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
@@ -27,8 +26,8 @@ type Requested struct {
 
 // event is the recording event of a request.
 func (r *Requested) event() recorder.Event {
-	req, _ := json.Marshal(r.Request)
-	dec, _ := json.Marshal(r.Decision)
+	req := marshalRequest(r.Request)
+	dec := marshalDecision(&r.Decision)
 	return recorder.Event{Type: recorder.TypeRequest, Kind: r.Kind, Text: r.Text, Request: req, Decision: dec, Marshalled: true,
 		Effect: string(r.Decision.Effect), Rules: r.Decision.Rules(), Params: r.Params, Approval: r.Approval, ApprovalHash: r.Hash}
 }
