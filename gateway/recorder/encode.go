@@ -21,11 +21,17 @@ import (
 // are when they are in the form json.Marshal leaves them (no whitespace,
 // no HTML characters), which is how the gateway makes them; anything else
 // goes through json.Marshal, which compacts and escapes them.
-func encodeEvent(ev *Event) ([]byte, error) {
+func encodeEvent(ev *Event) ([]byte, error) { return encodeEventTo(nil, ev) }
+
+// encodeEventTo is encodeEvent into buf's memory, when it has room.
+func encodeEventTo(buf []byte, ev *Event) ([]byte, error) {
 	// Room for the raw fields and the text, so that the line is not
 	// copied as it grows (a request's facts alone are often 700 bytes).
 	size := 384 + len(ev.Request) + len(ev.Decision) + len(ev.Facts) + len(ev.Text) + len(ev.SQL) + len(ev.Error)
-	if b, ok := appendEvent(make([]byte, 0, size), ev); ok {
+	if cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	if b, ok := appendEvent(buf[:0], ev); ok {
 		return b, nil
 	}
 	// A copy goes to json.Marshal, so that ev itself does not escape:

@@ -264,7 +264,13 @@ type Session struct {
 	lost    int
 	lostErr string
 	Path    string
+	// line is the last event's line, whose memory the next one reuses:
+	// the journal copies a line, and nothing keeps it after write.
+	line []byte
 }
+
+// maxKeptLine bounds the line memory an idle session keeps.
+const maxKeptLine = 4 << 10
 
 // Start creates a session's recording and writes its first event.
 func (r *Recorder) Start(id string, start Event) (*Session, error) {
@@ -478,11 +484,14 @@ func (s *Session) write(ev Event) (uint64, error) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now().UTC()
 	}
-	line, err := encodeEvent(&ev)
+	line, err := encodeEventTo(s.line, &ev)
 	if err != nil {
 		return 0, fmt.Errorf("recorder: encode: %w", err)
 	}
 	line = append(line, '\n')
+	if cap(line) <= maxKeptLine {
+		s.line = line[:0]
+	}
 	ticket, err := s.r.j.write(s, line)
 	if err != nil {
 		return 0, err
@@ -534,6 +543,7 @@ func (s *Session) End(reason string) error {
 		}
 	}
 	s.sealed = true
+	s.line = nil
 	if err == nil {
 		_, err = s.r.l.append(LedgerEntry{Type: LedgerSeal, Session: s.id, Events: s.seq, Head: s.prev})
 	}
