@@ -95,6 +95,22 @@ func (s *Server) maskerFor(req *celpolicy.KubernetesRequest, d celpolicy.Decisio
 	return m, nil
 }
 
+// signature names the masker's fields and methods, in order: two
+// maskers with the same signature rewrite an answer the same way. A nil
+// masker (no masks) has the empty signature. It holds a hash mask's key
+// (a rotated key hashes differently), so it is compared, never logged.
+func (m *masker) signature() string {
+	if m == nil {
+		return ""
+	}
+	parts := make([]string, 0, len(m.fields))
+	for _, f := range m.fields {
+		parts = append(parts, strings.Join(f.path, ".")+"="+f.method+"\x00"+string(f.key))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "\n")
+}
+
 // strongest keeps one mask per path, the strongest: a value is masked
 // once (hashing a hash would not be the hash a reader can compare).
 func strongest(fields []fieldMask) []fieldMask {
@@ -331,30 +347,49 @@ func (m *masker) object(obj map[string]any) {
 }
 
 // field masks the value at f's path in obj. It reports whether anything
-// was there.
+// was there. A path crosses lists (a Pod's containers, a container's env):
+// `spec.containers.env.value` is every container's every variable's value,
+// so the mask covers each element rather than silently matching nothing.
 func (m *masker) field(obj map[string]any, f fieldMask) bool {
-	cur := obj
-	for _, k := range f.path[:len(f.path)-1] {
-		next, ok := cur[k].(map[string]any)
-		if !ok {
-			return false
-		}
-		cur = next
-	}
-	last := f.path[len(f.path)-1]
-	v, ok := cur[last]
+	return maskAt(obj, f.path, f)
+}
+
+// maskAt masks the value at path in obj, through any lists on the way.
+func maskAt(obj map[string]any, path []string, f fieldMask) bool {
+	k := path[0]
+	v, ok := obj[k]
 	if !ok || v == nil {
 		return false
 	}
+	if len(path) == 1 {
+		switch x := v.(type) {
+		case map[string]any:
+			for k, e := range x {
+				x[k] = f.mask(e)
+			}
+		default:
+			obj[k] = f.mask(x)
+		}
+		return true
+	}
+	return maskIn(v, path[1:], f)
+}
+
+// maskIn masks path inside v: an object, or each element of a list.
+func maskIn(v any, path []string, f fieldMask) bool {
 	switch x := v.(type) {
 	case map[string]any:
-		for k, e := range x {
-			x[k] = f.mask(e)
+		return maskAt(x, path, f)
+	case []any:
+		found := false
+		for _, e := range x {
+			if maskIn(e, path, f) {
+				found = true
+			}
 		}
-	default:
-		cur[last] = f.mask(x)
+		return found
 	}
-	return true
+	return false
 }
 
 // mask masks one value. Strings are masked as text (a base64 value as

@@ -352,9 +352,30 @@ func (c *call) recheck(ctx context.Context, cancel context.CancelFunc) (stop fun
 				cancel()
 				return
 			}
+			if c.attrs.Upgrade == "" && !c.sameMasks(d) {
+				// Still allowed, but its answer is rewritten with the masks
+				// decided when it began: a watch opened before a bundle that
+				// masks what it carries would go on showing the values. The
+				// caller's next request is masked as the bundle in force says.
+				c.cs.Log().Info("a long request is cut: the bundle in force masks its answer differently", "request", c.attrs.Request.Describe(), "revision", active.Revision)
+				c.cs.NoteOutcome(c.ref, core.Outcome{Error: fmt.Sprintf("cut: bundle revision %d masks its answer differently", active.Revision)})
+				cancel()
+				return
+			}
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// sameMasks reports whether a new decision masks the request's answer as
+// the one it began with did: the same fields, with the same methods. A
+// mask that cannot be applied counts as a change (fail closed).
+func (c *call) sameMasks(d celpolicy.Decision) bool {
+	m, err := c.srv.maskerFor(c.attrs.Request, d)
+	if err != nil {
+		return false
+	}
+	return m.signature() == c.masks.signature()
 }
 
 // statusWriter remembers the status and counts the bytes of a response.

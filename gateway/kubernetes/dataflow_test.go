@@ -1,0 +1,126 @@
+package kubernetes
+
+import (
+	"bufio"
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/gatehouse-dev/gatehouse/internal/kubetest"
+)
+
+const secretReaderPolicy = `
+policy "all" {
+  resources  = ["prod"]
+  identities = ["dev"]
+  rule "read" {
+    effect = "allow"
+    when   = "request.resource == 'secrets' && request.verb in ['get', 'list', 'watch']"
+    reason = "read"
+  }
+}
+`
+
+// TestWatchCutWhenANewBundleMasks: a watch opened before a bundle masks
+// what it carries must not go on delivering the values unmasked. The
+// request is still allowed, but what its answer may show has changed:
+// the stream is cut, and the caller's next watch is masked.
+func TestWatchCutWhenANewBundleMasks(t *testing.T) {
+	const hidden = "hunter2-after-the-mask"
+	c := kubetest.Start(t)
+	g := startClusterGateway(t, c, secretReaderPolicy)
+	req, _ := http.NewRequest("GET", g.gw.URL+"/k8s/prod/api/v1/namespaces/default/secrets?watch=1", nil)
+	req.Header.Set("Authorization", "Bearer "+g.iss.Token(t, "dev", "gatehouse"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the watch: %d", resp.StatusCode)
+	}
+	g.apply(secretReaderPolicy + `
+mask "secret-values" {
+  resources = ["prod"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+}
+`)
+	time.Sleep(2500 * time.Millisecond) // more than RecheckEvery
+	_, err = c.AdminClient().CoreV1().Secrets("default").Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "late"},
+		Data:       map[string][]byte{"password": []byte(hidden)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		var all strings.Builder
+		br := bufio.NewReader(resp.Body)
+		for {
+			l, err := br.ReadString('\n')
+			all.WriteString(l)
+			if err != nil || strings.Contains(l, `"late"`) {
+				got <- all.String()
+				return
+			}
+		}
+	}()
+	select {
+	case s := <-got:
+		if strings.Contains(s, `"late"`) {
+			t.Errorf("a watch opened before the mask went on after it: %.300s", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("the watch is still open after a bundle that masks what it carries")
+	}
+}
+
+const podEnvPolicy = `
+policy "all" {
+  resources  = ["prod"]
+  identities = ["dev"]
+  rule "read" {
+    effect = "allow"
+    when   = "request.resource == 'pods' && request.verb in ['get', 'list', 'watch']"
+    reason = "read"
+  }
+}
+mask "env-values" {
+  resources = ["prod"]
+  fields    = ["pods/spec.containers.env.value"]
+  method    = "redact"
+}
+`
+
+// TestMaskThroughLists: a field's path may cross lists (a Pod's
+// containers, a container's env): the mask applies to every element. A
+// mask that silently matched nothing would show every value it names.
+func TestMaskThroughLists(t *testing.T) {
+	const hidden = "s3cr3t-in-the-env"
+	c := kubetest.Start(t)
+	ctx := context.Background()
+	_, err := c.AdminClient().CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "app"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{Name: "a", Image: "busybox", Env: []corev1.EnvVar{{Name: "PLAIN", Value: "x"}, {Name: "TOKEN", Value: hidden}}},
+			{Name: "b", Image: "busybox", Env: []corev1.EnvVar{{Name: "TOKEN2", Value: hidden}}},
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startClusterGateway(t, c, podEnvPolicy)
+	for _, path := range []string{"/api/v1/namespaces/default/pods/app", "/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/pods?watch=1&timeoutSeconds=1"} {
+		code, body := g.do("GET", path, "", nil)
+		if code != 200 || strings.Contains(body, hidden) || !strings.Contains(body, `"TOKEN2"`) {
+			t.Errorf("%s: %d %.400s", path, code, body)
+		}
+	}
+}
