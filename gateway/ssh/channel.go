@@ -96,6 +96,12 @@ func (c *conn) forward(ctx context.Context, nch gossh.NewChannel) {
 		_ = nch.Reject(gossh.ConnectionFailed, "gatehouse: malformed direct-tcpip request")
 		return
 	}
+	if err := canonicalHost(p.DestAddr); err != nil {
+		// Decided as written, resolved by the host as it reads it: only
+		// one spelling of an address passes (forwardhost.go).
+		_ = nch.Reject(gossh.Prohibited, "gatehouse: forward refused: "+err.Error())
+		return
+	}
 	req := &celpolicy.SSHRequest{Kind: "forward", ForwardHost: p.DestAddr, ForwardPort: int64(p.DestPort)}
 	text := "forward to " + net.JoinHostPort(p.DestAddr, strconv.Itoa(int(p.DestPort)))
 	dec := c.decide(ctx, "forward", text, req, nil)
@@ -160,6 +166,11 @@ func (c *conn) remoteForwardRequest(ctx context.Context, r *gossh.Request) {
 	var g *grant
 	if r.Type == "tcpip-forward" {
 		if !c.check(ctx, nil) {
+			_ = r.Reply(false, nil)
+			return
+		}
+		if err := canonicalHost(p.Addr); err != nil && p.Addr != "*" {
+			c.log.Info("remote forward refused", "bind", key, "err", err)
 			_ = r.Reply(false, nil)
 			return
 		}
