@@ -65,7 +65,8 @@ type SSHListener struct {
 	// first start. Default DATA_DIR/ssh_host_ed25519_key.
 	HostKey string
 	// RecordShellInput records what callers type into interactive shells
-	// (off by default: typed passwords would be recorded).
+	// and commands run with a terminal (off by default: typed passwords
+	// would be recorded).
 	RecordShellInput bool
 	// RecordLimit bounds the bytes recorded per stream of one channel.
 	// Default 16 MiB.

@@ -36,7 +36,8 @@ ssh {
   host_key           = "/var/lib/gatehouse/ssh_host_ed25519_key"  # default DATA_DIR/ssh_host_ed25519_key,
                                        # created on first start; its fingerprint is logged
   record_shell_input = false           # record what callers type into shells (off: typed
-                                       # passwords would land in recordings); exec input is recorded
+                                       # passwords would land in recordings; also a command run
+                                       # with a terminal, ssh -t); piped exec input is recorded
   record_limit       = 16777216        # bytes recorded per stream of a channel (default 16 MiB);
                                        # beyond it bytes are counted, not kept
   limits { }                           # as in the postgres block

@@ -48,7 +48,9 @@ type Config struct {
 	MaxChannels int
 	// RecordShellInput records what the caller types into an interactive
 	// shell. Off by default: passwords typed at a prompt would land in the
-	// recording. An exec's input is always recorded (up to RecordLimit).
+	// recording. A command's piped input is always recorded (up to
+	// RecordLimit); a command with a terminal (ssh -t host sudo …) is
+	// typed into, and its input follows this setting.
 	RecordShellInput bool
 	// RecordLimit bounds the bytes recorded per stream of one channel
 	// (input, output); beyond it the bytes are counted, not kept. Default

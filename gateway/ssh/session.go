@@ -39,6 +39,10 @@ type sessionChannel struct {
 
 	// running: this channel's program counts in c.running.
 	running bool
+	// terminal: the upstream granted this channel a pty. What a command
+	// with a terminal reads is typed (a sudo password at a prompt whose
+	// echo is off), so it is recorded only as a shell's input is.
+	terminal bool
 
 	closeOnce  sync.Once
 	downClosed chan struct{}
@@ -132,7 +136,9 @@ func (sc *sessionChannel) request(ctx context.Context, r *gossh.Request) {
 			reply(r, false)
 			return
 		}
-		sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "pty", Term: p.Term, Cols: int(p.Columns), Rows: int(p.Rows)}, "pty "+p.Term)
+		if _, ok := sc.grant(ctx, r, &celpolicy.SSHRequest{Kind: "pty", Term: p.Term, Cols: int(p.Columns), Rows: int(p.Rows)}, "pty "+p.Term); ok {
+			sc.terminal = true
+		}
 	case "env":
 		var p struct{ Name, Value string }
 		if gossh.Unmarshal(r.Payload, &p) != nil {
@@ -240,7 +246,10 @@ func (sc *sessionChannel) start(ctx context.Context, r *gossh.Request) {
 		limit = 0 // a file transfer's bytes are counted, not kept
 	}
 	sc.out.Attach(sc.ref)
-	if req.Kind == "exec" || sc.c.srv.cfg.RecordShellInput {
+	if req.Kind == "exec" && !sc.terminal || sc.c.srv.cfg.RecordShellInput {
+		// A command's piped input is recorded; typed input (a shell, or a
+		// command with a terminal, where passwords are typed at prompts)
+		// only when record_shell_input says so.
 		sc.in = core.NewStream(sc.c.cs, "i", limit)
 	} else {
 		sc.in = core.NewStream(sc.c.cs, "i", 0)
