@@ -50,6 +50,16 @@ func (c *conn) relayUpstreamChannels(ctx context.Context, client *gossh.Client) 
 // grant the bundle in force no longer allows is refused and recorded; a
 // remote forward is then also cancelled upstream, so that its port closes.
 func (c *conn) relay(ctx context.Context, client *gossh.Client, nch gossh.NewChannel) {
+	// The host's channels count against the connection's bound as the
+	// caller's do: a caller's own command on the host could otherwise
+	// connect to its remote forward without end, each connection a
+	// channel and a recorded event.
+	if n := c.channels.Add(1); int(n) > c.srv.cfg.MaxChannels {
+		c.channels.Add(-1)
+		_ = nch.Reject(gossh.ResourceShortage, fmt.Sprintf("gatehouse: at most %d channels per connection", c.srv.cfg.MaxChannels))
+		return
+	}
+	defer c.channels.Add(-1)
 	g, key, text := c.grantOf(nch)
 	if g == nil || c.sconn == nil {
 		_ = nch.Reject(gossh.Prohibited, "gatehouse: not granted by the gateway's policy")

@@ -43,7 +43,9 @@ type Config struct {
 	// UpstreamTimeout bounds connecting and logging in upstream. Default
 	// 10s.
 	UpstreamTimeout time.Duration
-	// MaxChannels bounds the channels one connection may have open.
+	// MaxChannels bounds the channels one connection may have open: the
+	// caller's, and those the host opens back (X11, agent, remote
+	// forwards).
 	// Default 16.
 	MaxChannels int
 	// RecordShellInput records what the caller types into an interactive
