@@ -16,6 +16,9 @@ mask "card-number" {
 
 # On a cluster, a mask names object fields: a Secret's values come back
 # masked in get, list and watch, for every caller the unless does not lift.
+# It keeps values out of reads, screens and recordings; a caller who may
+# exec into pods or create them can still read a Secret a pod mounts
+# (docs/kubernetes.md, "What masking does not cover").
 mask "secret-values" {
   description = "Secret values are for the security team only"
   resources   = ["prod-cluster"]
