@@ -124,3 +124,31 @@ func TestMaskThroughLists(t *testing.T) {
 		}
 	}
 }
+
+// TestEventMaskHoldsInBothGroups: an Event is one object served under two
+// groups, the core group and events.k8s.io, where message is named note.
+// A mask on events/message must hold whichever group the caller asks.
+func TestEventMaskHoldsInBothGroups(t *testing.T) {
+	const hidden = "the password is s3cr3t-value"
+	c := kubetest.Start(t)
+	_, err := c.AdminClient().CoreV1().Events("default").Create(context.Background(), &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: "ev1"},
+		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "x"},
+		Reason:         "Test", Message: hidden, Type: "Normal",
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startClusterGateway(t, c, eventPolicy)
+	for _, path := range []string{
+		"/api/v1/namespaces/default/events/ev1",
+		"/apis/events.k8s.io/v1/namespaces/default/events/ev1",
+		"/apis/events.k8s.io/v1/namespaces/default/events",
+		"/apis/events.k8s.io/v1/namespaces/default/events?watch=1&timeoutSeconds=1",
+	} {
+		code, body := g.do("GET", path, "", nil)
+		if code != 200 || strings.Contains(body, hidden) || !strings.Contains(body, "ev1") {
+			t.Errorf("%s: %d %.300s", path, code, body)
+		}
+	}
+}
