@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -76,18 +77,34 @@ func (c *call) recordStream(resp *http.Response) (*execRecording, error) {
 	// Port-forward carries the forwarded connection's bytes, not a
 	// terminal: only how much is counted.
 	record := c.attrs.Request.Subresource != "portforward"
+	// With a terminal (kubectl exec -it, attach -it) stdin is what a
+	// person types, passwords at prompts whose echo is off included: it
+	// is counted, not kept, as an SSH shell's input is. Piped stdin is
+	// recorded.
+	recordInput := record && !terminal(c.query)
 	rec.down = frameReader{base64: b64, deliver: func(ch byte, data []byte) {
 		if record && (ch == 1 || ch == 2 || ch == 3) {
 			rec.out.Write(data)
 		}
 	}}
 	rec.up = frameReader{base64: b64, deliver: func(ch byte, data []byte) {
-		if record && ch == 0 {
+		if recordInput && ch == 0 {
 			rec.in.Write(data)
 		}
 	}}
 	resp.Body = &recordingConn{rec: rec}
 	return rec, nil
+}
+
+// terminal reports whether an exec or attach asks for a terminal, as the
+// API server reads its tty parameter: the first value, true unless it is
+// 0 or false (in any case), so tty= and tty=yes are terminals too.
+func terminal(q url.Values) bool {
+	v, ok := q["tty"]
+	if !ok || len(v) == 0 {
+		return false
+	}
+	return v[0] != "0" && !strings.EqualFold(v[0], "false")
 }
 
 // close flushes the recording and returns the bytes the stream carried.
