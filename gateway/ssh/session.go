@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"path"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -242,7 +245,7 @@ func (sc *sessionChannel) start(ctx context.Context, r *gossh.Request) {
 	}
 	sc.ref, sc.started = dec.ref, time.Now()
 	limit := sc.c.srv.cfg.RecordLimit
-	if req.Kind == "subsystem" {
+	if req.Kind == "subsystem" || fileTransfer(req) {
 		limit = 0 // a file transfer's bytes are counted, not kept
 	}
 	sc.out.Attach(sc.ref)
@@ -307,6 +310,33 @@ func programRequest(r *gossh.Request) (*celpolicy.SSHRequest, string, bool) {
 		return &celpolicy.SSHRequest{Kind: "subsystem", Subsystem: p.Name}, "subsystem " + p.Name, true
 	}
 	return &celpolicy.SSHRequest{Kind: "shell"}, "shell", true
+}
+
+// fileTransfer reports whether an exec is the host's end of a file
+// transfer: scp's classic protocol (scp -O, and OpenSSH clients before
+// 9.0) runs `scp -t DIR` or `scp -f FILE`, and rsync runs `rsync --server`;
+// the file's bytes are the command's input or output. Like sftp's, they
+// are counted, not kept: a recording is an audit trail, not a file store,
+// and the files copied are often keys. Only a simple command counts, so
+// that no other program's output hides behind the name.
+func fileTransfer(req *celpolicy.SSHRequest) bool {
+	if req.Kind != "exec" || !req.Simple || len(req.Argv) == 0 {
+		return false
+	}
+	switch path.Base(req.Argv[0]) {
+	case "scp":
+		for _, a := range req.Argv[1:] {
+			if a == "--" {
+				break
+			}
+			if strings.HasPrefix(a, "-") && strings.ContainsAny(a, "tf") {
+				return true
+			}
+		}
+	case "rsync":
+		return slices.Contains(req.Argv[1:], "--server")
+	}
+	return false
 }
 
 // refuse gives the caller the refusal on stderr and exit status 126, and

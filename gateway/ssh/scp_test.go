@@ -1,0 +1,110 @@
+package ssh
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+const scpRule = `
+policy "scp" {
+  resources  = ["bastion"]
+  identities = ["ops"]
+  rule "scp" {
+    effect = "allow"
+    on     = ["exec"]
+    when   = "request.argv[0] == 'scp'"
+    reason = "ops may copy files"
+  }
+}
+`
+
+// TestScpFileContentsNotRecorded: scp's classic protocol (scp -O, and
+// every OpenSSH client before 9.0) runs `scp -t` or `scp -f` on the host
+// as a command, and the file's bytes are that command's input or output.
+// A recording is an audit trail, not a file store: as with sftp, the
+// transfer is recorded with its bytes counted, not the bytes themselves.
+func TestScpFileContentsNotRecorded(t *testing.T) {
+	const content = "-----BEGIN PRIVATE KEY----- file contents that must not be recorded\n"
+	e := startEnv(t)
+	e.publish(t, scpRule)
+	c := e.dial(t, "ops")
+	name := fmt.Sprintf("gatehouse-scp-%d", time.Now().UnixNano())
+	t.Cleanup(func() { os.Remove("/tmp/" + name) })
+
+	// Upload: scp -t.
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := s.StdinPipe()
+	out, _ := s.StdoutPipe()
+	br := bufio.NewReader(out)
+	ack := func(what string) {
+		t.Helper()
+		b, err := br.ReadByte()
+		if err != nil || b != 0 {
+			rest, _ := br.ReadString('\n')
+			t.Fatalf("%s: no ack: %v %q%s", what, err, b, rest)
+		}
+	}
+	if err := s.Start("scp -t /tmp/"); err != nil {
+		t.Fatal(err)
+	}
+	ack("start")
+	fmt.Fprintf(in, "C0644 %d %s\n", len(content), name)
+	ack("header")
+	io.WriteString(in, content+"\x00")
+	ack("content")
+	in.Close()
+	_ = s.Wait()
+
+	// Download: scp -f.
+	s, err = c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ = s.StdinPipe()
+	out, _ = s.StdoutPipe()
+	br = bufio.NewReader(out)
+	if err := s.Start("scp -f /tmp/" + name); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(in, "\x00")
+	header, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(header, "C0644") {
+		t.Fatalf("download header %q %v", header, err)
+	}
+	io.WriteString(in, "\x00")
+	got := make([]byte, len(content))
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != content {
+		t.Fatalf("download: %q %v", got, err)
+	}
+	ack("download")
+	io.WriteString(in, "\x00")
+	in.Close()
+	_ = s.Wait()
+	c.Close()
+
+	waitSealed(t, e, 1)
+	var ran int
+	for path, evs := range e.recordings(t) {
+		for _, ev := range evs {
+			if ev.Kind == "exec" && strings.HasPrefix(ev.Text, "scp -") {
+				ran++
+			}
+			for _, f := range ev.Frames {
+				if strings.Contains(f.Data, "file contents") {
+					t.Errorf("%s: the file's bytes were recorded (%s): %q", path, f.Stream, f.Data)
+				}
+			}
+		}
+	}
+	if ran < 2 {
+		t.Errorf("the transfers are not in the recording (%d)", ran)
+	}
+}
