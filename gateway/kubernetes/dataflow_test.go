@@ -44,13 +44,7 @@ func TestWatchCutWhenANewBundleMasks(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("the watch: %d", resp.StatusCode)
 	}
-	g.apply(secretReaderPolicy + `
-mask "secret-values" {
-  resources = ["prod"]
-  fields    = ["secrets/data"]
-  method    = "redact"
-}
-`)
+	g.apply(secretReaderPolicy + maskedSecrets)
 	time.Sleep(2500 * time.Millisecond) // more than RecheckEvery
 	_, err = c.AdminClient().CoreV1().Secrets("default").Create(context.Background(), &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "late"},
@@ -80,7 +74,38 @@ mask "secret-values" {
 	case <-time.After(5 * time.Second):
 		t.Errorf("the watch is still open after a bundle that masks what it carries")
 	}
+
+	// A new revision that masks the same way leaves a watch open, masked.
+	resp2, err := http.DefaultClient.Do(req.Clone(context.Background()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp2.Body.Close()
+	br := bufio.NewReader(resp2.Body)
+	if l, err := br.ReadString('\n'); err != nil || !strings.Contains(l, `"late"`) || strings.Contains(l, hidden) {
+		t.Fatalf("the watch under the mask: %v %.300s", err, l)
+	}
+	g.apply(secretReaderPolicy + maskedSecrets)
+	time.Sleep(2500 * time.Millisecond)
+	_, err = c.AdminClient().CoreV1().Secrets("default").Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "later"},
+		Data:       map[string][]byte{"password": []byte(hidden)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := br.ReadString('\n'); err != nil || !strings.Contains(l, `"later"`) || strings.Contains(l, hidden) {
+		t.Errorf("the watch after a revision that masks the same way: %v %.300s", err, l)
+	}
 }
+
+const maskedSecrets = `
+mask "secret-values" {
+  resources = ["prod"]
+  fields    = ["secrets/data"]
+  method    = "redact"
+}
+`
 
 const podEnvPolicy = `
 policy "all" {
