@@ -2,6 +2,7 @@ package ssh
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +18,7 @@ policy "scp" {
   rule "scp" {
     effect = "allow"
     on     = ["exec"]
-    when   = "request.argv[0] == 'scp'"
+    when   = "request.argv[0] in ['scp', '/usr/lib/openssh/sftp-server']"
     reason = "ops may copy files"
   }
 }
@@ -88,13 +89,41 @@ func TestScpFileContentsNotRecorded(t *testing.T) {
 	io.WriteString(in, "\x00")
 	in.Close()
 	_ = s.Wait()
+
+	// The SFTP server run as a command (sftp -s PATH): its packets carry
+	// file contents; an INIT with an extension stands in for them here.
+	s, err = c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ = s.StdinPipe()
+	out, _ = s.StdoutPipe()
+	if err := s.Start("/usr/lib/openssh/sftp-server"); err != nil {
+		t.Fatal(err)
+	}
+	ext := "file contents in an sftp packet"
+	pkt := binary.BigEndian.AppendUint32(nil, 0)
+	pkt = append(pkt, 1) // SSH_FXP_INIT
+	pkt = binary.BigEndian.AppendUint32(pkt, 3)
+	for _, f := range []string{"x-test@gatehouse", ext} {
+		pkt = binary.BigEndian.AppendUint32(pkt, uint32(len(f)))
+		pkt = append(pkt, f...)
+	}
+	binary.BigEndian.PutUint32(pkt, uint32(len(pkt)-4))
+	_, _ = in.Write(pkt)
+	var hdr [5]byte
+	if _, err := io.ReadFull(out, hdr[:]); err != nil || hdr[4] != 2 { // SSH_FXP_VERSION
+		t.Fatalf("sftp-server: %v %v", hdr, err)
+	}
+	in.Close()
+	_ = s.Wait()
 	c.Close()
 
 	waitSealed(t, e, 1)
 	var ran int
 	for path, evs := range e.recordings(t) {
 		for _, ev := range evs {
-			if ev.Kind == "exec" && strings.HasPrefix(ev.Text, "scp -") {
+			if ev.Kind == "exec" && (strings.HasPrefix(ev.Text, "scp -") || strings.HasSuffix(ev.Text, "sftp-server")) {
 				ran++
 			}
 			for _, f := range ev.Frames {
@@ -104,7 +133,7 @@ func TestScpFileContentsNotRecorded(t *testing.T) {
 			}
 		}
 	}
-	if ran < 2 {
+	if ran < 3 {
 		t.Errorf("the transfers are not in the recording (%d)", ran)
 	}
 }

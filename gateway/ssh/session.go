@@ -314,8 +314,9 @@ func programRequest(r *gossh.Request) (*celpolicy.SSHRequest, string, bool) {
 
 // fileTransfer reports whether an exec is the host's end of a file
 // transfer: scp's classic protocol (scp -O, and OpenSSH clients before
-// 9.0) runs `scp -t DIR` or `scp -f FILE`, and rsync runs `rsync --server`;
-// the file's bytes are the command's input or output. Like sftp's, they
+// 9.0) runs `scp -t DIR` or `scp -f FILE`, rsync runs `rsync --server`,
+// and `sftp -s /usr/lib/openssh/sftp-server` runs the SFTP server as a
+// command; the file's bytes are the command's input or output. Like sftp's, they
 // are counted, not kept: a recording is an audit trail, not a file store,
 // and the files copied are often keys. Only a simple command counts, so
 // that no other program's output hides behind the name.
@@ -335,6 +336,8 @@ func fileTransfer(req *celpolicy.SSHRequest) bool {
 		}
 	case "rsync":
 		return slices.Contains(req.Argv[1:], "--server")
+	case "sftp-server":
+		return true
 	}
 	return false
 }
