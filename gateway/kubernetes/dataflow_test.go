@@ -177,3 +177,23 @@ func TestEventMaskHoldsInBothGroups(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditIDNotTakenFromTheCaller: the API server takes a request's
+// Audit-ID header as the ID of its audit event, as written. A caller's
+// must not reach it: the cluster's audit log would carry an ID the caller
+// chose (another request's, to blur which was which).
+func TestAuditIDNotTakenFromTheCaller(t *testing.T) {
+	c := kubetest.Start(t)
+	g := startClusterGateway(t, c, secretReaderPolicy)
+	req, _ := http.NewRequest("GET", g.gw.URL+"/k8s/prod/api/v1/namespaces/default/secrets", nil)
+	req.Header.Set("Authorization", "Bearer "+g.iss.Token(t, "dev", "gatehouse"))
+	req.Header.Set("Audit-ID", "forged-audit-id")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Audit-Id") == "" || resp.Header.Get("Audit-Id") == "forged-audit-id" {
+		t.Errorf("%d, the cluster's audit ID %q", resp.StatusCode, resp.Header.Get("Audit-Id"))
+	}
+}

@@ -16,10 +16,13 @@ var identityPrefixes = []string{"Impersonate-", "X-Remote-"}
 // stripIdentityHeaders removes every identity header and the caller's
 // credentials (Authorization, cookies): what reaches the upstream is the
 // gateway's credential and, with impersonation, the identity it verified.
+// Audit-ID goes too: the API server takes it, as written, as the ID of the
+// request's event in the cluster's audit log, which the caller must not
+// choose (another request's, to blur which was which).
 func stripIdentityHeaders(h http.Header) {
 	for k := range h {
 		c := http.CanonicalHeaderKey(k)
-		drop := c == "Authorization" || c == "Cookie" || c == "Proxy-Authorization"
+		drop := c == "Authorization" || c == "Cookie" || c == "Proxy-Authorization" || c == "Audit-Id"
 		for _, p := range identityPrefixes {
 			if strings.HasPrefix(c, p) {
 				drop = true
