@@ -197,3 +197,31 @@ func TestAuditIDNotTakenFromTheCaller(t *testing.T) {
 		t.Errorf("%d, the cluster's audit ID %q", resp.StatusCode, resp.Header.Get("Audit-Id"))
 	}
 }
+
+// TestManagedFieldsDoNotShowMaskedValues: an object's managedFields name
+// the fields each manager set, and a list keyed by a value names it: a
+// Pod's status.podIPs is keyed by ip, so its managedFields hold
+// k:{"ip":"10.0.0.1"}. Where the field is masked, so is that.
+func TestManagedFieldsDoNotShowMaskedValues(t *testing.T) {
+	c, pod := kubetest.StartWithPod(t, "demo", "web-0")
+	ctx := context.Background()
+	var ip string
+	for deadline := time.Now().Add(20 * time.Second); ip == "" && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		p, err := c.AdminClient().CoreV1().Pods("demo").Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip = p.Status.PodIP
+	}
+	if ip == "" {
+		t.Fatal("the pod got no IP")
+	}
+	g := startClusterGateway(t, c, podIPPolicy)
+	for _, path := range []string{"/api/v1/namespaces/demo/pods/web-0", "/api/v1/namespaces/demo/pods", "/api/v1/namespaces/demo/pods?watch=1&timeoutSeconds=1"} {
+		code, body := g.do("GET", path, "", nil)
+		if code != 200 || strings.Contains(body, ip) || !strings.Contains(body, "managedFields") {
+			i := strings.Index(body, ip)
+			t.Errorf("%s: %d %.200s", path, code, body[max(0, i-150):])
+		}
+	}
+}
