@@ -82,8 +82,14 @@ func literal(w *syntax.Word) (string, bool) {
 	for _, p := range w.Parts {
 		switch x := p.(type) {
 		case *syntax.Lit:
-			if strings.ContainsAny(x.Value, "*?[{$") || (b.Len() == 0 && strings.HasPrefix(x.Value, "~")) {
-				return "", false // a glob, a brace, a tilde or a dollar expands
+			if strings.ContainsAny(x.Value, "*?[{$") || strings.HasPrefix(x.Value, "~") ||
+				strings.Contains(x.Value, "=~") || strings.Contains(x.Value, ":~") {
+				// A glob, a brace, a tilde or a dollar expands. bash expands
+				// a tilde after the = of a word that looks like an
+				// assignment, and after a : in it, even as an argument
+				// (dd if=~root/key reads /root/key); any unquoted ~ that
+				// starts a part or follows = or : counts.
+				return "", false
 			}
 			b.WriteString(unescape(x.Value))
 		case *syntax.SglQuoted:
