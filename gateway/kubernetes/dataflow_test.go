@@ -225,3 +225,32 @@ func TestManagedFieldsDoNotShowMaskedValues(t *testing.T) {
 		}
 	}
 }
+
+// TestTableOnlyWhereItsCellsShowNoMaskedField: a Secret's table has a
+// Type column (and a ConfigMap's and a Secret's an Age column, from
+// metadata.creationTimestamp). A table is asked for only when the masks
+// cover values no column shows (data, stringData, binaryData); with a
+// mask on type, the caller gets the objects, masked.
+func TestTableOnlyWhereItsCellsShowNoMaskedField(t *testing.T) {
+	const hidden = "example.com/hidden-type"
+	c := kubetest.Start(t)
+	_, err := c.AdminClient().CoreV1().Secrets("default").Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "typed"},
+		Type:       hidden,
+		Data:       map[string][]byte{"k": []byte("v")},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startClusterGateway(t, c, secretReaderPolicy+`
+mask "secret-types" {
+  resources = ["prod"]
+  fields    = ["secrets/type"]
+  method    = "redact"
+}
+`)
+	code, body := g.do("GET", "/api/v1/namespaces/default/secrets", "", map[string]string{"Accept": tableAccept})
+	if code != 200 || strings.Contains(body, hidden) || !strings.Contains(body, "typed") {
+		t.Errorf("%d %.400s", code, body)
+	}
+}

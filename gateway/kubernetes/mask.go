@@ -199,9 +199,10 @@ func (s *Server) hashKey(mask string) []byte {
 
 // accept asks the upstream for JSON only: protobuf and CBOR cannot be
 // rewritten here. A table (kubectl get's default) is kept for Secrets and
-// ConfigMaps, whose columns show no values (their rows' objects are
-// masked); for other resources a column could show a masked field, so
-// tables are not asked for.
+// ConfigMaps when the masks cover only their values (data, stringData,
+// binaryData), which no column shows (their rows' objects are masked);
+// otherwise a column could show a masked field, so tables are not asked
+// for.
 //
 // The header is rebuilt, never forwarded as written: the API server reads
 // Accept with its own parser, which splits parameters at every ';' and
@@ -209,6 +210,15 @@ func (s *Server) hashKey(mask string) []byte {
 // parameter holding ";as=Table") the API server could read another.
 func (m *masker) accept(h http.Header, req *celpolicy.KubernetesRequest) {
 	tables := req.APIGroup == "" && (req.Resource == "secrets" || req.Resource == "configmaps")
+	for _, f := range m.fields {
+		switch f.path[0] {
+		case "data", "stringData", "binaryData":
+		default:
+			// Another field may be a column (a Secret's Type, the Age
+			// from metadata.creationTimestamp): no table.
+			tables = false
+		}
+	}
 	table := false
 	for _, v := range h.Values("Accept") {
 		for part := range strings.SplitSeq(v, ",") {
