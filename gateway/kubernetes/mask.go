@@ -96,58 +96,6 @@ func (s *Server) maskerFor(req *celpolicy.KubernetesRequest, d celpolicy.Decisio
 	return m, nil
 }
 
-// fieldIn is where a masked field is found in the objects of a request:
-// its own path when the request is for the field's resource, the path it
-// has there when the request is for the same objects served under another
-// group (an Event is served as events and as events.events.k8s.io, one
-// object in storage), and false otherwise. A mask must hold whichever URL
-// the caller reads the object through.
-func fieldIn(f bundle.KubernetesField, req *celpolicy.KubernetesRequest) ([]string, bool) {
-	if f.Resource == req.Resource && f.Group == req.APIGroup {
-		return f.Path, true
-	}
-	for _, a := range aliases {
-		for _, side := range [][2]int{{0, 1}, {1, 0}} {
-			from, to := a.names[side[0]], a.names[side[1]]
-			if f.Resource != from.resource || f.Group != from.group || req.Resource != to.resource || req.APIGroup != to.group {
-				continue
-			}
-			path := append([]string(nil), f.Path...)
-			for _, r := range a.renamed {
-				if path[0] == r[side[0]] {
-					path[0] = r[side[1]]
-					break
-				}
-			}
-			return path, true
-		}
-	}
-	return nil, false
-}
-
-// alias is one resource the API server serves under two groups from the
-// same storage, with the top-level fields renamed between them.
-type alias struct {
-	names   [2]struct{ resource, group string }
-	renamed [][2]string
-}
-
-// aliases are the resources served under two groups (Kubernetes 1.37):
-// core events and events.k8s.io events, whose fields events.k8s.io/v1
-// renamed.
-var aliases = []alias{{
-	names: [2]struct{ resource, group string }{{"events", ""}, {"events", "events.k8s.io"}},
-	renamed: [][2]string{
-		{"message", "note"},
-		{"involvedObject", "regarding"},
-		{"source", "deprecatedSource"},
-		{"firstTimestamp", "deprecatedFirstTimestamp"},
-		{"lastTimestamp", "deprecatedLastTimestamp"},
-		{"count", "deprecatedCount"},
-		{"reportingComponent", "reportingController"},
-	},
-}}
-
 // signature names the masker's fields and methods, in order: two
 // maskers with the same signature rewrite an answer the same way. A nil
 // masker (no masks) has the empty signature. It holds a hash mask's key
@@ -408,75 +356,6 @@ func (m *masker) object(obj map[string]any) {
 		out, _ := json.Marshal(applied)
 		ann[lastApplied] = string(out)
 	}
-}
-
-// managed masks what an object's managedFields say about its masked
-// fields. They name each field a manager set, and a list keyed by a value
-// names the value: a Pod's status.podIPs is keyed by ip, so a manager's
-// fields hold k:{"ip":"10.0.0.1"}, and a set holds its values (v:"…"). A
-// masked field's entry is emptied (who owns it stays, what it holds goes),
-// and a list element keyed by a masked field is removed.
-func (m *masker) managed(md map[string]any) {
-	entries, ok := md["managedFields"].([]any)
-	if !ok {
-		return
-	}
-	for _, e := range entries {
-		entry, ok := e.(map[string]any)
-		if !ok {
-			continue
-		}
-		set, ok := entry["fieldsV1"].(map[string]any)
-		if !ok {
-			continue
-		}
-		for _, f := range m.fields {
-			if hideManaged(set, f.path) {
-				m.note(f)
-			}
-		}
-	}
-}
-
-// hideManaged hides path in a managedFields field set (FieldsV1: "f:name"
-// for a field, "k:{…}", "v:…" and "i:N" for list elements). A path
-// crosses lists as masks do: each element is searched for the rest of it.
-func hideManaged(set map[string]any, path []string) bool {
-	found := false
-	for k, v := range set {
-		if !strings.HasPrefix(k, "k:") && !strings.HasPrefix(k, "i:") {
-			continue
-		}
-		if strings.HasPrefix(k, "k:") && keyNames(k[2:], path[0]) {
-			delete(set, k) // the element's key is the masked value
-			found = true
-			continue
-		}
-		if sub, ok := v.(map[string]any); ok && hideManaged(sub, path) {
-			found = true
-		}
-	}
-	child, ok := set["f:"+path[0]].(map[string]any)
-	if !ok {
-		return found
-	}
-	if len(path) == 1 {
-		set["f:"+path[0]] = map[string]any{}
-		return true
-	}
-	return hideManaged(child, path[1:]) || found
-}
-
-// keyNames reports whether a keyed list element's key (the JSON object
-// after "k:") has field among its keys. A key that does not read as one
-// counts as naming it: hidden rather than shown.
-func keyNames(key, field string) bool {
-	var obj map[string]any
-	if json.Unmarshal([]byte(key), &obj) != nil {
-		return true
-	}
-	_, ok := obj[field]
-	return ok
 }
 
 // field masks the value at f's path in obj. It reports whether anything
