@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -252,5 +253,61 @@ mask "secret-types" {
 	code, body := g.do("GET", "/api/v1/namespaces/default/secrets", "", map[string]string{"Accept": tableAccept})
 	if code != 200 || strings.Contains(body, hidden) || !strings.Contains(body, "typed") {
 		t.Errorf("%d %.400s", code, body)
+	}
+}
+
+// TestReservedNamesNotImpersonatedWhateverTheSpacing: net/http trims the
+// spaces and tabs around a header's value when it writes HTTP/1.1 (as it
+// does an exec's upgrade), so a group claim " system:masters" would reach
+// the API server as system:masters, a cluster administrator. A name is
+// judged as the API server will read it.
+func TestReservedNamesNotImpersonatedWhateverTheSpacing(t *testing.T) {
+	c, _ := kubetest.StartWithPod(t, "demo", "web-0")
+	const policy = `
+policy "all" {
+  resources  = ["prod"]
+  identities = ["dev"]
+  rule "exec" {
+    effect = "allow"
+    when   = "request.resource == 'pods' && request.subresource == 'exec'"
+    reason = "exec; the cluster's RBAC decides too"
+  }
+}
+`
+	g := startClusterGateway(t, c, policy)
+	g.header = strings.Replace(clusterHeader, `ca_file = %q`, "ca_file = %q\n  impersonate = true", 1)
+	g.apply(policy)
+	q := url.Values{"command": {"echo", "ran-as-an-administrator"}, "container": {"app"}, "stdout": {"true"}}
+	for _, group := range []string{" system:masters", "\tsystem:masters", "  system:masters  "} {
+		claims := g.iss.Claims("dev", "gatehouse")
+		claims["groups"] = []string{group}
+		got := wsExecToken(t, g, g.iss.Sign(t, claims), "/api/v1/namespaces/demo/pods/web-0/exec?"+q.Encode(), "")
+		if strings.Contains(got, "ran-as-an-administrator") || !strings.Contains(got, "403") {
+			t.Errorf("a token claiming the group %q: %.300s", group, got)
+		}
+	}
+	// A subject that is blank as a header reads would send an empty
+	// Impersonate-User, which is no impersonation: the request would run
+	// as the gateway's own identity (here the cluster's administrator).
+	g.apply(policy + `
+identity "anyone" {
+  provider = "corp"
+  match    = "identity.subject != 'dev'"
+}
+policy "anyone" {
+  resources  = ["prod"]
+  identities = ["anyone"]
+  rule "exec" {
+    effect = "allow"
+    when   = "request.resource == 'pods' && request.subresource == 'exec'"
+    reason = "exec; the cluster's RBAC decides too"
+  }
+}
+`)
+	for _, sub := range []string{" ", "\t"} {
+		got := wsExecToken(t, g, g.iss.Sign(t, g.iss.Claims(sub, "gatehouse")), "/api/v1/namespaces/demo/pods/web-0/exec?"+q.Encode(), "")
+		if strings.Contains(got, "ran-as-an-administrator") || !strings.Contains(got, "403") {
+			t.Errorf("a token whose subject is %q: %.300s", sub, got)
+		}
 	}
 }

@@ -44,6 +44,9 @@ func TestTypedExecInputNotRecorded(t *testing.T) {
 			q.Set("stderr", "true")
 		}
 		got := wsExec(t, g, "/api/v1/namespaces/demo/pods/web-0/exec?"+q.Encode(), typed+"\n")
+		if strings.HasPrefix(got, "HTTP ") {
+			t.Fatalf("exec: %s", got)
+		}
 		if !strings.Contains(got, "got-") {
 			t.Fatalf("exec (tty %v): %q", tty, got)
 		}
@@ -87,6 +90,12 @@ func TestTypedExecInputNotRecorded(t *testing.T) {
 // ends (or after 10 seconds).
 func wsExec(t *testing.T, g *clusterGateway, path, stdin string) string {
 	t.Helper()
+	return wsExecToken(t, g, g.iss.Token(t, "dev", "gatehouse"), path, stdin)
+}
+
+// wsExecToken is wsExec with the caller's token.
+func wsExecToken(t *testing.T, g *clusterGateway, token, path, stdin string) string {
+	t.Helper()
 	nc, err := net.Dial("tcp", strings.TrimPrefix(g.gw.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +105,7 @@ func wsExec(t *testing.T, g *clusterGateway, path, stdin string) string {
 	key := base64.StdEncoding.EncodeToString([]byte("0123456789abcdef"))
 	fmt.Fprintf(nc, "GET /k8s/prod%s HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n",
-		path, g.iss.Token(t, "dev", "gatehouse"), key)
+		path, token, key)
 	br := bufio.NewReader(nc)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -104,7 +113,7 @@ func wsExec(t *testing.T, g *clusterGateway, path, stdin string) string {
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("exec: %d %s", resp.StatusCode, b)
+		return fmt.Sprintf("HTTP %d %s", resp.StatusCode, b)
 	}
 	if _, err := nc.Write(cliBin(true, opBinary, chanMsg(0, stdin)).bytes()); err != nil {
 		t.Fatal(err)

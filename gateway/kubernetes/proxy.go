@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httputil"
+	"net/textproto"
 	"net/url"
 	"strings"
 	"time"
@@ -203,8 +204,13 @@ func (c *call) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.cluster = cluster
-	if cluster.Impersonate && reserved(cs.Identity().Subject) {
+	if user := onTheWire(cs.Identity().Subject); cluster.Impersonate && (reserved(user) || user == "") {
 		msg := fmt.Sprintf("gatehouse: the token's subject %q is a name Kubernetes reserves (system:…); the gateway does not impersonate it", cs.Identity().Subject)
+		if user == "" {
+			// An empty Impersonate-User is no impersonation at all: the
+			// request would run as the gateway's own identity.
+			msg = fmt.Sprintf("gatehouse: the token's subject %q is empty as the API server reads a header; the gateway does not impersonate it", cs.Identity().Subject)
+		}
 		writeStatus(w, http.StatusForbidden, "Forbidden", msg)
 		cs.NoteOutcome(c.ref, core.Outcome{Status: http.StatusForbidden, Error: msg})
 		return
@@ -287,9 +293,10 @@ func (c *call) rewrite(pr *httputil.ProxyRequest, up *upstream) {
 	out.Header.Del("Accept-Encoding")
 	if c.cluster.Impersonate {
 		id := c.cs.Identity()
-		out.Header.Set("Impersonate-User", id.Subject)
+		out.Header.Set("Impersonate-User", onTheWire(id.Subject))
 		for _, g := range id.Groups {
-			if reserved(g) {
+			g = onTheWire(g)
+			if reserved(g) || g == "" {
 				// system:masters would be the cluster's administrators: a
 				// group claim is not trusted that far.
 				continue
@@ -311,6 +318,15 @@ func (c *call) rewrite(pr *httputil.ProxyRequest, up *upstream) {
 // an identity provider's claim would otherwise make a caller a cluster
 // administrator or a node.
 func reserved(name string) bool { return strings.HasPrefix(name, "system:") }
+
+// onTheWire is a name as the API server reads it from a header: HTTP/1.1
+// (net/http, writing an exec's upgrade) turns line breaks into spaces and
+// trims the spaces and tabs around a value, so a group claim
+// " system:masters" would arrive as system:masters. Names are judged, and
+// sent, in this form.
+func onTheWire(name string) string {
+	return textproto.TrimString(strings.NewReplacer("\r", " ", "\n", " ").Replace(name))
+}
 
 // recheck re-checks a request while it runs (a watch, an exec, a
 // followed log, or any other that takes long) every RecheckEvery and whenever the session ends: the token must still
