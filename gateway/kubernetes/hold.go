@@ -84,13 +84,17 @@ func shownBody(req *celpolicy.KubernetesRequest, body []byte, masked bool) strin
 }
 
 // masksResource reports whether a decision masks fields of the request's
-// resource.
+// resource, under whichever group it is served (fieldIn).
 func masksResource(d celpolicy.Decision, req *celpolicy.KubernetesRequest) bool {
 	for _, a := range d.Masks {
 		if a.Target.Field == "" {
 			continue
 		}
-		if f, err := bundle.ParseKubernetesField(a.Target.Field); err != nil || f.Resource == req.Resource && f.Group == req.APIGroup {
+		f, err := bundle.ParseKubernetesField(a.Target.Field)
+		if err != nil {
+			return true
+		}
+		if _, ok := fieldIn(f, req); ok {
 			return true
 		}
 	}
