@@ -311,3 +311,31 @@ policy "anyone" {
 		}
 	}
 }
+
+// TestWritesThroughLists: a write is refused when it sets a masked field
+// inside a list (a container's env value), and passes when its list
+// elements leave the field alone (a container's image).
+func TestWritesThroughLists(t *testing.T) {
+	c := kubetest.Start(t)
+	ctx := context.Background()
+	_, err := c.AdminClient().CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "app"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{Name: "a", Image: "busybox", Env: []corev1.EnvVar{{Name: "TOKEN", Value: "s3cr3t"}}},
+		}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startClusterGateway(t, c, strings.Replace(podEnvPolicy, "['get', 'list', 'watch']", "['get', 'list', 'watch', 'patch']", 1))
+	const path = "/api/v1/namespaces/default/pods/app?dryRun=All"
+	ct := map[string]string{"Content-Type": "application/strategic-merge-patch+json"}
+	code, body := g.do("PATCH", path, `{"spec":{"containers":[{"name":"a","env":[{"name":"TOKEN","value":"guess"}]}]}}`, ct)
+	if code != http.StatusForbidden || !strings.Contains(body, "masks hide") {
+		t.Errorf("a patch of the env value: %d %.300s", code, body)
+	}
+	code, body = g.do("PATCH", path, `{"spec":{"containers":[{"name":"a","image":"busybox:2"}]}}`, ct)
+	if code != 200 || strings.Contains(body, "s3cr3t") {
+		t.Errorf("a patch of the image: %d %.300s", code, body)
+	}
+}

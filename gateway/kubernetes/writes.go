@@ -69,19 +69,31 @@ func (m *masker) writes(r *http.Request) string {
 
 // reaches reports whether a write's body reaches path: the field itself, or
 // a parent it replaces with something that is not an object (null, a
-// string).
+// string). A path crosses lists as masks do: a list reaches it when one
+// of its elements does, and an element that is not an object counts.
 func reaches(obj map[string]any, path []string) bool {
-	cur := obj
-	for _, k := range path {
-		v, ok := cur[k]
-		if !ok {
-			return false
+	v, ok := obj[path[0]]
+	if !ok {
+		return false
+	}
+	if len(path) == 1 {
+		return true
+	}
+	return reachesIn(v, path[1:])
+}
+
+// reachesIn reports whether v (an object, a list's elements) reaches path.
+func reachesIn(v any, path []string) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		return reaches(x, path)
+	case []any:
+		for _, e := range x {
+			if reachesIn(e, path) {
+				return true
+			}
 		}
-		next, ok := v.(map[string]any)
-		if !ok {
-			return true
-		}
-		cur = next
+		return false
 	}
 	return true
 }
