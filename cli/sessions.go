@@ -138,7 +138,7 @@ reference to the DSN (env:NAME or file:/path), never the DSN itself.`,
 				case s.Crashed:
 					sealed = "crashed"
 				}
-				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", s.Session, s.Started.UTC().Format("2006-01-02 15:04:05"), s.Identity, s.Resource, s.Events, sealed)
+				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", approval.Printable(s.Session), s.Started.UTC().Format("2006-01-02 15:04:05"), approval.Printable(s.Identity), approval.Printable(s.Resource), s.Events, sealed)
 			}
 			return nil
 		},
@@ -176,7 +176,12 @@ func recorderKeys(dataDir string, keys ...string) (bundle.Keyring, error) {
 	return bundle.LoadKeyring(paths...)
 }
 
+// writeTimeline prints a recording for people. Every recorded string goes
+// through approval.Printable: a recording holds what callers, tokens and
+// servers sent (an error message quotes the caller's SQL), and an escape
+// sequence printed as it is would act on the auditor's terminal.
 func writeTimeline(w io.Writer, evs []recorder.Event) {
+	pr := approval.Printable
 	for _, ev := range evs {
 		ts := ev.Time.UTC().Format("15:04:05.000")
 		switch ev.Type {
@@ -187,7 +192,7 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				proto = "postgres" // format 1 recorded PostgreSQL sessions only
 			}
 			fmt.Fprintf(w, "session %s (%s)\n  %s (subject %q, issuer %s, groups [%s]) on %q\n  bundle revision %d (%s), from %s\n\n",
-				ev.Session, proto, who, ev.Subject, ev.Issuer, strings.Join(ev.Groups, ", "), ev.Resource, ev.BundleRevision, ev.BundleDigest, ev.ClientAddr)
+				pr(ev.Session), proto, pr(who), ev.Subject, pr(ev.Issuer), pr(strings.Join(ev.Groups, ", ")), pr(ev.Resource), ev.BundleRevision, pr(ev.BundleDigest), pr(ev.ClientAddr))
 			fmt.Fprintf(w, "%s  start\n", ts)
 		case recorder.TypeRequest, recorder.TypeStatement:
 			var d celpolicy.Decision
@@ -196,22 +201,22 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			if len(text) > 200 {
 				text = text[:200] + "..."
 			}
-			fmt.Fprintf(w, "%s  %-6s %s", ts, strings.ToUpper(ev.Effect), text)
+			fmt.Fprintf(w, "%s  %-6s %s", ts, pr(strings.ToUpper(ev.Effect)), text)
 			if len(ev.Rules) > 0 {
-				fmt.Fprintf(w, "   [%s]", strings.Join(ev.Rules, ", "))
+				fmt.Fprintf(w, "   [%s]", pr(strings.Join(ev.Rules, ", ")))
 			}
 			fmt.Fprintln(w)
 			if len(ev.Params) > 0 {
 				fmt.Fprintf(w, "%14s parameters: %s\n", "", approval.Printable(strings.Join(ev.Params, ", ")))
 			}
 			if ev.Approval != "" {
-				fmt.Fprintf(w, "%14s approval request %s (%s)\n", "", ev.Approval, ev.ApprovalHash)
+				fmt.Fprintf(w, "%14s approval request %s (%s)\n", "", pr(ev.Approval), pr(ev.ApprovalHash))
 			}
 			if bundle.Effect(ev.Effect) != bundle.EffectAllow && len(d.Reasons) > 0 {
-				fmt.Fprintf(w, "%14s reason: %s\n", "", strings.Join(d.Reasons, "; "))
+				fmt.Fprintf(w, "%14s reason: %s\n", "", pr(strings.Join(d.Reasons, "; ")))
 			}
 		case recorder.TypeMasked:
-			fmt.Fprintf(w, "%14s masked: %s\n", "", strings.Join(ev.MaskedFields(), ", "))
+			fmt.Fprintf(w, "%14s masked: %s\n", "", pr(strings.Join(ev.MaskedFields(), ", ")))
 		case recorder.TypeOutput:
 			n := 0
 			for _, f := range ev.Frames {
@@ -225,15 +230,15 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				fmt.Fprintf(w, "%s  SERVER %s\n", ts, approval.Printable(ev.Text))
 			}
 		case recorder.TypeRecheck:
-			fmt.Fprintf(w, "%s  RECHK  judged again by bundle revision %d (%s): %s\n", ts, ev.BundleRevision, ev.BundleDigest, ev.Identity)
+			fmt.Fprintf(w, "%s  RECHK  judged again by bundle revision %d (%s): %s\n", ts, ev.BundleRevision, pr(ev.BundleDigest), pr(ev.Identity))
 		case recorder.TypeApproval:
-			fmt.Fprintf(w, "%s  %-6s %s %s", ts, "APPROV", ev.Approval, strings.ToUpper(ev.State))
+			fmt.Fprintf(w, "%s  %-6s %s %s", ts, "APPROV", pr(ev.Approval), pr(strings.ToUpper(ev.State)))
 			if ev.Reason != "" {
-				fmt.Fprintf(w, ": %s", ev.Reason)
+				fmt.Fprintf(w, ": %s", pr(ev.Reason))
 			}
 			fmt.Fprintln(w)
 			for _, v := range ev.Votes {
-				fmt.Fprintf(w, "%14s %s %s by %s", "", v.Time.UTC().Format("15:04:05.000"), v.Decision, v.Approver)
+				fmt.Fprintf(w, "%14s %s %s by %s", "", v.Time.UTC().Format("15:04:05.000"), pr(v.Decision), pr(v.Approver))
 				if v.Comment != "" {
 					fmt.Fprintf(w, ": %q", v.Comment)
 				}
@@ -242,7 +247,7 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 		case recorder.TypeResult:
 			switch {
 			case ev.Error != "":
-				fmt.Fprintf(w, "%14s -> error %s (%.1f ms)\n", "", ev.Error, ev.DurationMS)
+				fmt.Fprintf(w, "%14s -> error %s (%.1f ms)\n", "", pr(ev.Error), ev.DurationMS)
 			case ev.ExitCode != nil:
 				fmt.Fprintf(w, "%14s -> exit status %d in %.1f ms\n", "", *ev.ExitCode, ev.DurationMS)
 			case ev.Status != 0:
@@ -251,15 +256,15 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 				fmt.Fprintf(w, "%14s -> %d row(s) in %.1f ms\n", "", ev.Rows, ev.DurationMS)
 			}
 		case recorder.TypeEnd:
-			fmt.Fprintf(w, "%s  end    %s\n", ts, ev.Reason)
+			fmt.Fprintf(w, "%s  end    %s\n", ts, pr(ev.Reason))
 		case recorder.TypeSeal:
 			if ev.Kind == recorder.SealCrashed {
-				fmt.Fprintf(w, "%s  CRASH  %s\n%14s sealed at the gateway's next start by recorder key %s\n", ts, ev.Reason, "", shortID(ev.KeyID))
+				fmt.Fprintf(w, "%s  CRASH  %s\n%14s sealed at the gateway's next start by recorder key %s\n", ts, pr(ev.Reason), "", pr(shortID(ev.KeyID)))
 				break
 			}
-			fmt.Fprintf(w, "%14s sealed by recorder key %s\n", "", shortID(ev.KeyID))
+			fmt.Fprintf(w, "%14s sealed by recorder key %s\n", "", pr(shortID(ev.KeyID)))
 		case recorder.TypeGap:
-			fmt.Fprintf(w, "%s  GAP    %d event(s) could not be written: %s\n", ts, ev.Lost, ev.Reason)
+			fmt.Fprintf(w, "%s  GAP    %d event(s) could not be written: %s\n", ts, ev.Lost, pr(ev.Reason))
 		}
 	}
 }
