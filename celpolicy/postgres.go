@@ -23,6 +23,13 @@ type Table struct {
 	Name   string `cel:"name" json:"name"`
 	// Access is "read" or "write". A table both read and written is "write".
 	Access string `cel:"access" json:"access"`
+	// Via is, for a relation the statement reads only through a view or
+	// a materialized view it names (or REFRESHes), that view as
+	// schema.name; "" for a relation the statement names. A rule that
+	// denies a table by name sees it read through any view, and one that
+	// allows a view as a boundary over its tables can say which:
+	// t.via == 'public.payments_summary'.
+	Via string `cel:"via" json:"via,omitempty"`
 }
 
 // Statement is the facts about one statement.

@@ -43,7 +43,7 @@ func (s *session) execute(ctx context.Context, m *pgproto3.Execute) error {
 		req, sql, params = p.stmt.req, p.stmt.sql, p.params
 	}
 	req, unknown := s.withNamedRuns(req)
-	req, unreached := s.withReachedWrites(req)
+	req, unreached := s.withReached(req)
 	d := refuseWith(refuseWith(s.cs.Decide(req, true), unknown), unreached)
 	var ref int
 	var rerr error

@@ -144,7 +144,7 @@ func (s *session) query(ctx context.Context, m *pgproto3.Query) error {
 		s.cat.forgetRedefined(req)
 	}
 	req, unknown := s.withNamedRuns(req)
-	req, unreached := s.withReachedWrites(req)
+	req, unreached := s.withReached(req)
 	d := refuseWith(refuseWith(s.cs.Decide(req, true), unknown), unreached)
 	var ref int
 	var rerr error

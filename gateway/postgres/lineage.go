@@ -34,6 +34,13 @@ type sessionCatalog struct {
 	// proposed are the tables the session has sent a CREATE for,
 	// answered or not (createdHere).
 	proposed map[string]bool
+	// viewReads are the relations the session's own views read, by the
+	// views' names ("schema\x00name", and "\x00name" for a name the
+	// session's unqualified references reach), so that a read through a
+	// temporary view the shared catalog cannot see is still judged with
+	// them (withReadsThroughViews). Entries are never dropped: a name
+	// reused for another relation only lists more tables.
+	viewReads map[string][]celpolicy.Table
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
@@ -55,7 +62,7 @@ func newSessionCatalog(srv *Server, resource string, searchPath []string) *sessi
 	}
 	return &sessionCatalog{srv: srv, resource: resource, searchPath: searchPath,
 		named: map[string]string{}, forgot: map[string]uint64{}, created: map[string]*sqlfacts.RelationInfo{},
-		proposed: map[string]bool{}, lineage: map[string][]sqlfacts.Lineage{}}
+		proposed: map[string]bool{}, lineage: map[string][]sqlfacts.Lineage{}, viewReads: map[string][]celpolicy.Table{}}
 }
 
 // Relation implements sqlfacts.Catalog.
@@ -238,6 +245,11 @@ type effects struct {
 	creates []sqlfacts.Created
 	// ddl: the shared catalog's cached definitions are stale.
 	ddl bool
+	// view and viewReads: a CREATE VIEW's view and what it reads.
+	view      celpolicy.Table
+	viewReads []celpolicy.Table
+	// renamed: an ALTER … RENAME TO of a relation (renamedRelation).
+	renamed *renaming
 	// stamp orders the statement, when it was sent, with forgetNamed: a
 	// definition sent before a Parse or Bind took its name is not applied
 	// when its answer comes after.
@@ -262,6 +274,14 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 	c.stamps++
 	e.stamp = c.stamps
 	c.mu.Unlock()
+	if v, reads, ok := viewDefinition(st); ok {
+		e.view, e.viewReads = v, reads
+	}
+	if strings.HasPrefix(st.Command, "ALTER ") {
+		if schema, from, to, ok := renamedRelation(st.Text); ok {
+			e.renamed = &renaming{schema: schema, from: from, to: to}
+		}
+	}
 	lins, err := c.lineageOf(st.Text)
 	if err != nil {
 		return e
@@ -302,6 +322,7 @@ func (c *sessionCatalog) apply(e *effects) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.local++
+	c.applyViewReads(e)
 	if k := definedKey(e.defines); k != "" && c.forgot[k] < e.stamp && c.forgotAll < e.stamp {
 		c.named[k] = e.defines.Query
 	}
@@ -355,4 +376,46 @@ func planOf(p *celpolicy.MaskPlan, i int) *celpolicy.StatementMasks {
 		return nil
 	}
 	return &p.Statements[i]
+}
+
+// renaming is an ALTER TABLE|VIEW … RENAME TO: schema as written.
+type renaming struct{ schema, from, to string }
+
+// applyViewReads records what a view the session created reads, and
+// carries it to a view's new name. c.mu is held.
+func (c *sessionCatalog) applyViewReads(e *effects) {
+	if e.viewReads != nil {
+		c.viewReads[e.view.Schema+"\x00"+e.view.Name] = e.viewReads
+		if e.view.Schema == "pg_temp" || slices.Contains(c.searchPath, e.view.Schema) {
+			// Another schema's view of the same name may be there too:
+			// keep both, so that neither is missed.
+			c.addViewReads("\x00"+e.view.Name, e.viewReads)
+		}
+	}
+	if r := e.renamed; r != nil {
+		schemas := []string{r.schema, ""}
+		if r.schema == "" {
+			schemas = []string{"public", "pg_temp", ""}
+		}
+		var reads []celpolicy.Table
+		for _, schema := range schemas {
+			reads = append(reads, c.viewReads[schema+"\x00"+r.from]...)
+		}
+		if len(reads) == 0 {
+			return
+		}
+		c.addViewReads("\x00"+r.to, reads)
+		if r.schema != "" {
+			c.addViewReads(r.schema+"\x00"+r.to, reads)
+		}
+	}
+}
+
+// addViewReads adds to a name's recorded reads the ones it lacks.
+func (c *sessionCatalog) addViewReads(key string, reads []celpolicy.Table) {
+	for _, t := range reads {
+		if !slices.Contains(c.viewReads[key], t) {
+			c.viewReads[key] = append(c.viewReads[key], t)
+		}
+	}
 }

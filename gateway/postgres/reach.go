@@ -49,30 +49,25 @@ func insertUpdates(text string) bool {
 // does not show is refused (DROP TABLE IF EXISTS of no table is not).
 var dml = map[string]bool{"INSERT": true, "DELETE": true, "UPDATE": true, "MERGE": true, "TRUNCATE": true, "COPY": true}
 
-// reachSQL lists the table named $1 (found in the schemas $2, in order;
-// its row has target true) and the tables a write to it reaches: its
-// inheritance and partition descendants, the relations a view reads (an
-// updatable view writes its base table), and the tables whose foreign
-// keys carry the write ($3: delete, update, merge or all; "" for none),
-// transitively.
-const reachSQL = `WITH RECURSIVE target AS (
+// targetCTE finds the relation named $1 in the schemas $2, the first
+// match in their order, as the search path does.
+const targetCTE = `target AS (
   SELECT c.oid FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
   WHERE c.relname = $1 ORDER BY s.ord LIMIT 1
-), edges(parent, child) AS (
-  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
-  UNION ALL
-  SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
+)`
+
+// viewEdges are a view's (or materialized view's) edges to the relations
+// its definition reads: its _RETURN rule's dependencies.
+const viewEdges = `SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
    AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> r.ev_class
-  WHERE r.rulename = '_RETURN'
-  UNION ALL
-  SELECT confrelid, conrelid FROM pg_catalog.pg_constraint
-  WHERE contype = 'f' AND ($3 = 'all'
-    OR $3 IN ('delete', 'merge') AND confdeltype IN ('c', 'n', 'd')
-    OR $3 IN ('update', 'merge') AND confupdtype IN ('c', 'n', 'd'))
-), reach(oid) AS (
+  WHERE r.rulename = '_RETURN'`
+
+// reachedRows lists the target (its row has target true) and what the
+// edges reach from it, transitively.
+const reachedRows = `, reach(oid) AS (
   SELECT oid FROM target
   UNION
   SELECT e.child FROM edges e JOIN reach r ON e.parent = r.oid
@@ -81,6 +76,30 @@ SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target) FROM reach
 JOIN pg_catalog.pg_class c ON c.oid = reach.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 ORDER BY 3 DESC, 1, 2`
+
+// reachSQL lists the table named $1 (found in the schemas $2, in order;
+// its row has target true) and the tables a write to it reaches: its
+// inheritance and partition descendants, the relations a view reads (an
+// updatable view writes its base table), and the tables whose foreign
+// keys carry the write ($3: delete, update, merge or all; "" for none),
+// transitively.
+const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION ALL
+  ` + viewEdges + `
+  UNION ALL
+  SELECT confrelid, conrelid FROM pg_catalog.pg_constraint
+  WHERE contype = 'f' AND ($3 = 'all'
+    OR $3 IN ('delete', 'merge') AND confdeltype IN ('c', 'n', 'd')
+    OR $3 IN ('update', 'merge') AND confupdtype IN ('c', 'n', 'd'))
+)` + reachedRows
+
+// viewReadSQL lists the relation named $1 (found in the schemas $2; its
+// row has target true) and, when it is a view or a materialized view, the
+// relations its definition reads, through other views, transitively.
+const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
+  ` + viewEdges + `
+)` + reachedRows
 
 // schemaTablesSQL lists the relations in the schemas $1.
 const schemaTablesSQL = `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
@@ -108,9 +127,44 @@ func (c *catalogs) reached(resource string, schemas []string, name, mode string)
 	if len(rows) == 0 || string(rows[0][2]) != "t" {
 		return nil, false, nil
 	}
-	out := tablesOf(rows[1:])
+	out := tablesOf(rows[1:], "write")
 	cat.reach[key] = cached[[]celpolicy.Table]{v: out, at: time.Now()}
 	return out, true, nil
+}
+
+// readThroughKey is readThrough's key in the catalog's reach cache.
+func readThroughKey(schemas []string, name string) string {
+	return strings.Join(schemas, "\x00") + "\x01" + name + "\x01\x00read"
+}
+
+// readThrough returns the relations a read of the relation reaches
+// through view definitions (none for a table, or a name the catalog does
+// not have), cached like the catalog's other answers: a view made or
+// changed through the gateway resets the cache at once, one made directly
+// on the database is seen within catalogTTL.
+func (c *catalogs) readThrough(resource string, schemas []string, name string) ([]celpolicy.Table, error) {
+	cat, res, err := c.get(resource)
+	if err != nil {
+		return nil, err
+	}
+	defer cat.mu.Unlock()
+	key := readThroughKey(schemas, name)
+	if e, ok := cat.reach[key]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, nil
+	}
+	rows, err := cat.query(c, res, viewReadSQL, name, textArray(schemas))
+	if err != nil {
+		return nil, err
+	}
+	var out []celpolicy.Table
+	if len(rows) > 0 && string(rows[0][2]) == "t" {
+		out = tablesOf(rows[1:], "read")
+		for i := range out {
+			out[i].Via = string(rows[0][0]) + "." + string(rows[0][1])
+		}
+	}
+	cat.reach[key] = cached[[]celpolicy.Table]{v: out, at: time.Now()}
+	return out, nil
 }
 
 // schemaTables returns the relations in schemas (not cached: DROP SCHEMA
@@ -125,13 +179,13 @@ func (c *catalogs) schemaTables(resource string, schemas []string) ([]celpolicy.
 	if err != nil {
 		return nil, err
 	}
-	return tablesOf(rows), nil
+	return tablesOf(rows, "write"), nil
 }
 
-func tablesOf(rows [][][]byte) []celpolicy.Table {
+func tablesOf(rows [][][]byte, access string) []celpolicy.Table {
 	out := make([]celpolicy.Table, 0, len(rows))
 	for _, r := range rows {
-		out = append(out, celpolicy.Table{Schema: string(r[0]), Name: string(r[1]), Access: "write"})
+		out = append(out, celpolicy.Table{Schema: string(r[0]), Name: string(r[1]), Access: access})
 	}
 	return out
 }
