@@ -193,8 +193,10 @@ func columnUses(n *pg.Node, version int32) ([]ColumnUse, bool) {
 type NamedRef struct{ Kind, Name string }
 
 // NamedRuns lists what a statement runs by name, wherever in it: a plain
-// EXECUTE, EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS EXECUTE, FETCH (not
-// MOVE, which returns no rows). ok is false when the text does not parse.
+// EXECUTE, EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS EXECUTE, FETCH, and
+// MOVE, which returns no rows but runs the cursor's statement all the
+// same (a portal's DELETE … RETURNING runs to completion at its first
+// MOVE). ok is false when the text does not parse.
 func NamedRuns(text string) (refs []NamedRef, ok bool) {
 	tree, err := pg.Parse(text)
 	if err != nil {
@@ -206,9 +208,7 @@ func NamedRuns(text string) (refs []NamedRef, ok bool) {
 		case *pg.ExecuteStmt:
 			refs = append(refs, NamedRef{"prepared statement", x.Name})
 		case *pg.FetchStmt:
-			if !x.Ismove {
-				refs = append(refs, NamedRef{"cursor", x.Portalname})
-			}
+			refs = append(refs, NamedRef{"cursor", x.Portalname})
 		}
 		eachChild(m, func(_ protoreflect.FieldDescriptor, child protoreflect.Message) bool {
 			if n, ok := child.Interface().(*pg.Node); ok {

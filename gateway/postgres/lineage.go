@@ -160,6 +160,16 @@ func (c *sessionCatalog) forget(k string) {
 	}
 }
 
+// tookName reports whether a protocol Parse or Bind ever gave the name to
+// a statement or portal in this session (or too many names were taken to
+// tell: then every name counts).
+func (c *sessionCatalog) tookName(kind, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.forgot[kind+"\x00"+name]
+	return ok || c.forgotAll > 0
+}
+
 // forgetRedefined drops, before a request is decided, the definitions its
 // own PREPARE or DECLARE statements will replace: until the new one is
 // answered (apply), EXECUTE or FETCH of the name, in this request or one

@@ -21,7 +21,7 @@ func (s *session) withNamedRuns(req *celpolicy.PostgresRequest) (_ *celpolicy.Po
 	}
 	runs := false
 	for _, st := range req.Statements {
-		if st.Command == "EXECUTE" || st.Command == "FETCH" {
+		if st.Command == "EXECUTE" || st.Command == "FETCH" || st.Command == "MOVE" {
 			runs = true // perhaps inside EXPLAIN ANALYZE or CREATE TABLE AS
 		}
 	}
@@ -78,6 +78,13 @@ func (s *session) namedRuns(text string, pending map[string]string, depth int) (
 		if !known {
 			if ref.Kind == "prepared statement" {
 				return nil, fmt.Sprintf("EXECUTE %s: the gateway knows no prepared statement of that name (prepare it again through the gateway)", ref.Name)
+			}
+			if s.cat.tookName(ref.Kind, ref.Name) {
+				// A portal bound through the protocol, then forgotten
+				// (DECLARE or CLOSE forget every portal): the upstream may
+				// still hold it, and FETCH or MOVE would run a statement
+				// no rule has judged under this bundle.
+				return nil, fmt.Sprintf("FETCH or MOVE %s: the gateway no longer knows what the portal of that name runs (bind it again through the gateway)", ref.Name)
 			}
 			continue // a cursor a function opened: its call was decided
 		}

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/gatehouse-dev/gatehouse/gateway/approval"
 	"github.com/gatehouse-dev/gatehouse/gateway/recorder"
@@ -350,4 +352,46 @@ func TestPlainInsertNotJudgedAsAnUpdate(t *testing.T) {
 	if _, err := simple(c, "INSERT INTO parents VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 2"); pgCode(err) != "42501" {
 		t.Fatalf("an upsert that may cascade into kids: %v", err)
 	}
+}
+
+// TestMoveAndFetchRunWhatThePortalRuns: SQL MOVE and FETCH of a portal
+// bound through the protocol run its statement: a DELETE … RETURNING
+// portal runs to completion at its first MOVE. Neither may skip the review
+// its Execute would need, whether the gateway still knows the portal
+// (MOVE is judged by its statement, as FETCH is) or forgot it when a
+// DECLARE in the transaction made it forget every portal (refused: the
+// upstream may still hold it).
+func TestMoveAndFetchRunWhatThePortalRuns(t *testing.T) {
+	e := startReviewWritesEnv(t, "")
+	before := rowsIn(t, e, "orders")
+	conn, fe := rawSession(t, e, "dev")
+	bindDelete := func(stmt string) {
+		t.Helper()
+		send(t, fe, &pgproto3.Query{String: "BEGIN"})
+		collect(t, conn, fe, 5*time.Second)
+		send(t, fe, &pgproto3.Parse{Name: stmt, Query: "DELETE FROM orders WHERE id > $1 RETURNING id"},
+			&pgproto3.Bind{DestinationPortal: "x", PreparedStatement: stmt, Parameters: [][]byte{[]byte("0")}}, &pgproto3.Sync{})
+		if tr, _, _ := collect(t, conn, fe, 5*time.Second); strings.Join(tr, " ") != "ParseComplete BindComplete Z(T)" {
+			t.Fatalf("Parse and Bind of a DELETE that needs review at Execute: %v", tr)
+		}
+	}
+	run := func(sql, want string) {
+		t.Helper()
+		send(t, fe, &pgproto3.Query{String: sql})
+		tr, _, _ := collect(t, conn, fe, 5*time.Second)
+		send(t, fe, &pgproto3.Query{String: "COMMIT"})
+		collect(t, conn, fe, 5*time.Second)
+		if got := strings.Join(tr, " "); !strings.Contains(got, "E(42501:") || !strings.Contains(got, want) {
+			t.Fatalf("%s: %v, want a refusal naming %q", sql, tr, want)
+		}
+		if n := rowsIn(t, e, "orders"); n != before {
+			t.Fatalf("%s ran the DELETE without approval: %d rows left of %d", sql, n, before)
+		}
+	}
+	bindDelete("d1")
+	run("MOVE ALL x", "DBA")
+	bindDelete("d2")
+	send(t, fe, &pgproto3.Query{String: "DECLARE gh_other CURSOR FOR SELECT 1"})
+	collect(t, conn, fe, 5*time.Second)
+	run("FETCH ALL x", "no longer knows what the portal")
 }
