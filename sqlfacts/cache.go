@@ -155,7 +155,9 @@ func cacheable(stmts []Statement) bool {
 	default:
 		return false
 	}
-	return !slices.Contains(st.Functions, "set_config")
+	// set_config's setting, and what a dynamicSQL built-in reads, are
+	// constants.
+	return !slices.ContainsFunc(st.Functions, func(f string) bool { return f == "set_config" || RunsSQL(f) })
 }
 
 // cachedQuery is Query's lookup: the facts of a text whose shape was

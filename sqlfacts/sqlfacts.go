@@ -161,7 +161,7 @@ func Query(sql string) *celpolicy.PostgresRequest {
 	} else if key != "" {
 		stmts, byConstant, err := analyze(sql, "", 0)
 		if err != nil {
-			return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
+			return deniedRequest(err)
 		}
 		if !byConstant && cacheable(stmts) && stmts[0].Fingerprint == fingerprintOf(key) {
 			factsCache.put(key, cloneStatement(stmts[0]))
@@ -171,9 +171,20 @@ func Query(sql string) *celpolicy.PostgresRequest {
 	}
 	stmts, err := Analyze(sql)
 	if err != nil {
-		return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: err.Error() + "; SQL that cannot be parsed is denied"}
+		return deniedRequest(err)
 	}
 	return &celpolicy.PostgresRequest{Kind: "query", Statements: stmts}
+}
+
+// deniedRequest is the request for SQL that cannot be judged: it does not
+// parse, or what it reads cannot be known (OpaqueError).
+func deniedRequest(err error) *celpolicy.PostgresRequest {
+	problem := err.Error() + "; SQL that cannot be parsed is denied"
+	var oe *OpaqueError
+	if errors.As(err, &oe) {
+		problem = Refused + oe.Message
+	}
+	return &celpolicy.PostgresRequest{Kind: "query", Statements: []Statement{}, Problem: problem}
 }
 
 // columnUses is a statement's column uses as far as they resolve without a
@@ -193,10 +204,10 @@ func columnUses(n *pg.Node, version int32) ([]ColumnUse, bool) {
 type NamedRef struct{ Kind, Name string }
 
 // NamedRuns lists what a statement runs by name, wherever in it: a plain
-// EXECUTE, EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS EXECUTE, FETCH, and
-// MOVE, which returns no rows but runs the cursor's statement all the
-// same (a portal's DELETE … RETURNING runs to completion at its first
-// MOVE). ok is false when the text does not parse.
+// EXECUTE, EXPLAIN ANALYZE EXECUTE, CREATE TABLE AS EXECUTE, FETCH,
+// cursor_to_xml, and MOVE, which returns no rows but runs the cursor's
+// statement all the same (a portal's DELETE … RETURNING runs to completion
+// at its first MOVE). ok is false when the text does not parse.
 func NamedRuns(text string) (refs []NamedRef, ok bool) {
 	tree, err := pg.Parse(text)
 	if err != nil {
@@ -209,6 +220,16 @@ func NamedRuns(text string) (refs []NamedRef, ok bool) {
 			refs = append(refs, NamedRef{"prepared statement", x.Name})
 		case *pg.FetchStmt:
 			refs = append(refs, NamedRef{"cursor", x.Portalname})
+		case *pg.FuncCall:
+			// cursor_to_xml('c', …) fetches from c (one whose name is not
+			// a constant is refused: dynamicCall).
+			if name := names(x.Funcname); len(name) > 0 {
+				if kind, i := dynamicArg(name[len(name)-1], len(x.Args)); kind == "cursor" {
+					if c, ok := constantText(x.Args, i); ok {
+						refs = append(refs, NamedRef{"cursor", c})
+					}
+				}
+			}
 		}
 		eachChild(m, func(_ protoreflect.FieldDescriptor, child protoreflect.Message) bool {
 			if n, ok := child.Interface().(*pg.Node); ok {

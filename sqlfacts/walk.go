@@ -371,6 +371,9 @@ func (w *walker) walk(m protoreflect.Message, access string, sc *scope) {
 			if s := x.Funcname[len(x.Funcname)-1].GetString_(); s != nil {
 				w.funcs[s.Sval] = true
 				w.call(x.Funcname)
+				if qn := names(x.Funcname); len(qn) == 1 || qn[len(qn)-2] == "pg_catalog" {
+					w.dynamicCall(s.Sval, x.Args, sc)
+				}
 				if s.Sval == "set_config" && w.setting == "" {
 					// set_config('name', value, is_local) changes a
 					// setting like SET does; a name that is not a

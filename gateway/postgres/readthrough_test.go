@@ -90,3 +90,42 @@ func TestViewAsABoundaryCanBeAllowed(t *testing.T) {
 	vals, err := simple(c, "SELECT * FROM gh_all")
 	mustBeDenied(t, vals, err, "SELECT * FROM gh_all")
 }
+
+// TestDeniedTableNotReadByBuiltins: built-ins that run SQL or read a table
+// named in their arguments (query_to_xml, table_to_xml, ts_stat,
+// cursor_to_xml) read payments as surely as a SELECT does, for a caller no
+// mask covers; a rule that denies payments by name must see it. Those
+// whose reach cannot be known (a schema's or the database's every table, a
+// query that is not a constant) are refused.
+func TestDeniedTableNotReadByBuiltins(t *testing.T) {
+	e := startReviewWritesEnv(t, "")
+	e.pg.Exec(t, "orders", "INSERT INTO payments (order_id, amount) VALUES (1, 42.42)")
+	c := e.connect(t, "dev")
+	mustRun(t, c, "BEGIN", "DECLARE gh_c CURSOR FOR SELECT * FROM payments")
+	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+noPaymentsRule)
+	for _, q := range []string{
+		"SELECT query_to_xml('select * from payments', true, false, '')",
+		"SELECT table_to_xml('payments', true, false, '')",
+		"SELECT table_to_xml('public.payments'::regclass, true, false, '')",
+		"SELECT * FROM ts_stat('select to_tsvector(amount::text) from payments')",
+		"SELECT cursor_to_xml('gh_c', 10, true, false, '')",
+	} {
+		vals, err := simple(c, q)
+		mustBeDenied(t, vals, err, q)
+	}
+	mustRun(t, c, "ROLLBACK")
+	for _, q := range []string{
+		"SELECT schema_to_xml('public', true, false, '')",
+		"SELECT database_to_xml(true, false, '')",
+		"SELECT query_to_xml(current_setting('application_name'), true, false, '')",
+	} {
+		vals, err := simple(c, q)
+		if pgCode(err) != "42501" || !strings.Contains(err.Error(), "refused by the gateway") {
+			t.Fatalf("%s: got rows %q, error %v; want the gateway's refusal", q, vals, err)
+		}
+	}
+	// What reaches no payments still runs.
+	if vals, err := simple(c, "SELECT table_to_xml('orders', true, false, '')"); err != nil || len(vals) != 1 {
+		t.Fatalf("table_to_xml of orders: %q %v", vals, err)
+	}
+}
