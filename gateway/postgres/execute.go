@@ -170,11 +170,19 @@ func (s *session) functionCall(m *pgproto3.FunctionCall) {
 		d.Masks = nil
 		s.cs.Tally(false)
 	}
-	if d.Effect == bundle.EffectAllow && err == nil && hasColumnMasks(d) && (fn.schema != "pg_catalog" || sqlfacts.RunsSQL(fn.name)) {
+	if d.Effect == bundle.EffectAllow && err == nil && fn.schema == "pg_catalog" && sqlfacts.RunsSQL(fn.name) {
+		// The call is decided by its name; what the SQL or table its
+		// arguments name reads (a table a rule denies) is not seen.
+		d.Effect = bundle.EffectDeny
+		d.Reasons = []string{sqlfacts.Refused + fmt.Sprintf("function %s.%s runs SQL (or reads a table or cursor) named by its arguments, which a fast-path call's decision cannot see; call it with SELECT, where what it reads is judged", fn.schema, fn.name)}
+		d.Masks = nil
+		s.cs.Tally(false)
+	}
+	if d.Effect == bundle.EffectAllow && err == nil && hasColumnMasks(d) && fn.schema != "pg_catalog" {
 		// What a user function reads is unknown: while masks apply, its
 		// result could carry a masked value no plan can follow.
 		d.Effect = bundle.EffectDeny
-		d.Reasons = []string{sqlfacts.Refused + fmt.Sprintf("function %s.%s is not built in (or runs SQL given as text): while masks apply, every value's origin must be known", fn.schema, fn.name)}
+		d.Reasons = []string{sqlfacts.Refused + fmt.Sprintf("function %s.%s is not built in: while masks apply, every value's origin must be known", fn.schema, fn.name)}
 		d.Masks = nil
 		s.cs.Tally(false)
 	}

@@ -207,3 +207,30 @@ policy "billing" {`, 1))
 		t.Fatalf("fast-path pg_stat_get_backend_activity: %#v", msgs)
 	}
 }
+
+// TestFastPathDynamicSQLRefused: a fast-path call is decided by the
+// function's name alone, but query_to_xml and its kin read what their
+// arguments name (payments, under a rule that denies it): such a call is
+// refused for every caller, masks or not; with SELECT, what it reads is
+// judged.
+func TestFastPathDynamicSQLRefused(t *testing.T) {
+	e := startReviewWritesEnv(t, noPaymentsRule)
+	e.pg.Exec(t, "orders", "INSERT INTO payments (order_id, amount) VALUES (1, 42.42)")
+	var oid uint32
+	if err := e.pg.Conn(t, "orders").QueryRow(context.Background(), "SELECT 'query_to_xml(text, boolean, boolean, text)'::regprocedure::oid").Scan(&oid); err != nil {
+		t.Fatal(err)
+	}
+	_, fe := rawSession(t, e, "dev")
+	fe.Send(&pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{0},
+		Arguments: [][]byte{[]byte("select * from payments"), []byte("t"), []byte("f"), []byte("")}, ResultFormatCode: 0})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msgs := until(t, fe)
+	if er, ok := msgs[0].(*pgproto3.ErrorResponse); !ok || er.Code != "42501" || !strings.Contains(er.Message, "call it with SELECT") {
+		if r, ok := msgs[0].(*pgproto3.FunctionCallResponse); ok {
+			t.Fatalf("fast-path query_to_xml read payments: %s", r.Result)
+		}
+		t.Fatalf("fast-path query_to_xml: %#v", msgs[0])
+	}
+}
