@@ -95,9 +95,13 @@ const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
 )` + reachedRows
 
 // viewReadSQL lists the relation named $1 (found in the schemas $2; its
-// row has target true) and, when it is a view or a materialized view, the
-// relations its definition reads, through other views, transitively.
+// row has target true) and the relations a read of it reads: a view's or
+// materialized view's the relations its definition reads, and an
+// inherited or partitioned table's descendants (whose rows a SELECT of
+// it returns), transitively.
 const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
+  SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
+  UNION ALL
   ` + viewEdges + `
 )` + reachedRows
 
@@ -138,8 +142,8 @@ func readThroughKey(schemas []string, name string) string {
 }
 
 // readThrough returns the relations a read of the relation reaches
-// through view definitions (none for a table, or a name the catalog does
-// not have), cached like the catalog's other answers: a view made or
+// through view definitions and inheritance (none for a plain table, or a
+// name the catalog does not have), cached like the catalog's other answers: a view made or
 // changed through the gateway resets the cache at once, one made directly
 // on the database is seen within catalogTTL.
 func (c *catalogs) readThrough(resource string, schemas []string, name string) ([]celpolicy.Table, error) {

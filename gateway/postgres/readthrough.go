@@ -14,7 +14,11 @@ import (
 // by the caller while it was still allowed, or by anyone. So before a
 // request is decided, each relation a statement reads is looked up, and
 // the relations its definition reads, through views, transitively, are
-// added to the statement as read, with via naming the view.
+// added to the statement as read, with via naming the view. So are an
+// inherited or partitioned table's descendants, whose rows a read of it
+// returns: ALTER TABLE payments INHERIT mine, made while allowed, would
+// otherwise read payments through mine. (ONLY is not told apart: its
+// descendants are listed too.)
 //
 // The shared catalog cannot see a session's temporary views: for those,
 // the session keeps what its CREATE VIEW read (viewReads), under the

@@ -33,7 +33,8 @@ func mustBeDenied(t *testing.T, vals []string, err error, sql string) {
 // TestDeniedTableNotReadThroughAView: a rule that denies a table by name
 // must see it read through a view. A caller allowed to create views made
 // some over payments before the rule came (a view, a temporary view, one
-// renamed since, a materialized view, views over views); once it does,
+// renamed since, a materialized view, views over views, a table payments
+// inherits from); once it does,
 // reading any of them, or refreshing the materialized view, is denied,
 // through the simple protocol and through a statement prepared before.
 func TestDeniedTableNotReadThroughAView(t *testing.T) {
@@ -49,7 +50,10 @@ func TestDeniedTableNotReadThroughAView(t *testing.T) {
 		"CREATE TEMP VIEW gh_tpay2 AS SELECT * FROM gh_tpay",
 		"CREATE TEMP VIEW gh_old AS SELECT * FROM payments",
 		"ALTER VIEW gh_old RENAME TO gh_new",
-		"CREATE MATERIALIZED VIEW gh_mpay AS SELECT * FROM payments")
+		"CREATE MATERIALIZED VIEW gh_mpay AS SELECT * FROM payments",
+		"CREATE TABLE gh_parent (id int, order_id int, amount numeric)",
+		"ALTER TABLE payments INHERIT gh_parent",
+		"CREATE VIEW gh_inherited AS SELECT * FROM gh_parent")
 	conn, fe := rawSession(t, e, "analytics-job")
 	send(t, fe, &pgproto3.Parse{Name: "p", Query: "SELECT amount FROM gh_pay2"}, &pgproto3.Sync{})
 	collect(t, conn, fe, 5*time.Second)
@@ -60,6 +64,7 @@ func TestDeniedTableNotReadThroughAView(t *testing.T) {
 		"SELECT * FROM gh_tpay", "SELECT * FROM pg_temp.gh_tpay2", "SELECT * FROM gh_new",
 		"SELECT * FROM gh_mpay", "REFRESH MATERIALIZED VIEW gh_mpay",
 		"COPY (SELECT * FROM gh_pay) TO STDOUT", "SELECT (SELECT max(amount) FROM gh_pay2)",
+		"SELECT * FROM gh_parent", "SELECT * FROM gh_inherited",
 	} {
 		vals, err := simple(c, q)
 		mustBeDenied(t, vals, err, q)
