@@ -48,6 +48,10 @@ type RelationInfo struct {
 	Open    bool
 	// View is the SELECT of a view or materialized view.
 	View string
+	// Descendants are an inherited or partitioned table's children, and
+	// theirs, as QualifiedName: a read of the table returns their rows, so
+	// each column carries their same-named columns' values too.
+	Descendants []string
 }
 
 // FunctionInfo describes what a call to a function name may run. When a

@@ -166,7 +166,13 @@ func (w *lw) base(schema, name string) *lrange {
 		}
 	}
 	for _, col := range info.Columns {
-		r.cols = append(r.cols, lcol{name: col, srcs: []Source{{Column: q + "." + quote(col)}}})
+		srcs := []Source{{Column: q + "." + quote(col)}}
+		for _, d := range info.Descendants {
+			// Inherited columns keep their parent's name. ONLY is not
+			// told apart: more sources only mask or refuse more.
+			srcs = append(srcs, Source{Column: d + "." + quote(col)})
+		}
+		r.cols = append(r.cols, lcol{name: col, srcs: srcs})
 	}
 	return r
 }

@@ -95,3 +95,33 @@ func TestLineageGeneratedColumns(t *testing.T) {
 		})
 	}
 }
+
+// parentCatalog is a static catalog where public.parent is inherited by
+// public.customers.
+type parentCatalog struct{ *sqlfacts.StaticCatalog }
+
+func (c parentCatalog) Relation(schema, name string) (*sqlfacts.RelationInfo, error) {
+	info, err := c.StaticCatalog.Relation(schema, name)
+	if info != nil && name == "parent" {
+		info.Columns, info.Open = []string{"id", "email"}, false
+		info.Descendants = []string{sqlfacts.QualifiedName("public", "customers")}
+	}
+	return info, err
+}
+
+// TestLineageThroughDescendants: a read of an inherited table returns its
+// descendants' rows, so each of its columns carries their same-named
+// columns' values.
+func TestLineageThroughDescendants(t *testing.T) {
+	lins, err := sqlfacts.LineageOf("SELECT p.email, id FROM parent p", parentCatalog{sqlfacts.NewStaticCatalog(nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range lins[0].Outputs[0].Sources {
+		got = append(got, s.Column)
+	}
+	if strings.Join(got, " ") != "public.parent.email public.customers.email" {
+		t.Fatalf("sources of parent.email: %q", got)
+	}
+}

@@ -263,15 +263,28 @@ func (c *catalogs) fastPathFunction(resource string, oid uint32) (fastPathFunc, 
 }
 
 // relationSQL resolves a relation name in a list of schemas, first match
-// wins, as the search path does. Names are parameters: no caller text is
-// ever part of the gateway's own SQL.
+// wins, as the search path does, with its inheritance and partition
+// descendants (schemas and names, in the same order). Names are
+// parameters: no caller text is ever part of the gateway's own SQL.
 const relationSQL = `SELECT n.nspname, c.relname, c.relkind::text,
        coalesce(CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, ''),
        coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY a.attnum), ',')
-                 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+                 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), ''),
+       coalesce(d.schemas, ''), coalesce(d.names, '')
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
+LEFT JOIN LATERAL (
+  WITH RECURSIVE below(oid) AS (
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid
+    UNION
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN below b ON i.inhparent = b.oid
+  )
+  SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(dn.nspname) ORDER BY dc.oid), ',') AS schemas,
+         pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(dc.relname) ORDER BY dc.oid), ',') AS names
+  FROM below JOIN pg_catalog.pg_class dc ON dc.oid = below.oid
+  JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
+) d ON true
 WHERE c.relname = $1
 ORDER BY s.ord LIMIT 1`
 
@@ -382,6 +395,20 @@ func relationOf(rows [][][]byte) (*sqlfacts.RelationInfo, error) {
 	var err error
 	if info.Columns, err = splitIdentList(string(r[4])); err != nil {
 		return nil, err
+	}
+	schemas, err := splitIdentList(string(r[5]))
+	if err != nil {
+		return nil, err
+	}
+	names, err := splitIdentList(string(r[6]))
+	if err != nil {
+		return nil, err
+	}
+	if len(schemas) != len(names) {
+		return nil, fmt.Errorf("the descendants of %s.%s could not be read (%d schemas, %d names)", info.Schema, info.Name, len(schemas), len(names))
+	}
+	for i := range names {
+		info.Descendants = append(info.Descendants, sqlfacts.QualifiedName(schemas[i], names[i]))
 	}
 	return info, nil
 }

@@ -90,8 +90,12 @@ func (c *sessionCatalog) Relation(schema, name string) (*sqlfacts.RelationInfo, 
 	switch {
 	case mine == nil:
 		return shared, nil
-	case shared == nil || (shared.Schema == mine.Schema && shared.Name == mine.Name):
+	case shared == nil:
 		return mine, nil
+	case shared.Schema == mine.Schema && shared.Name == mine.Name:
+		// The catalog's answer, once it has one, is the fuller: what
+		// has been made to inherit from the table since it was created.
+		return shared, nil
 	}
 	// Which one the statement reads depends on whether this session's
 	// relation still exists: no lineage can be sure.

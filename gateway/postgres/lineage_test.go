@@ -206,3 +206,25 @@ func TestForgottenNamesBounded(t *testing.T) {
 		t.Error("a PREPARE sent before a Parse took its name was applied")
 	}
 }
+
+// TestMaskedColumnsThroughAParentTable: a SELECT of an inherited table
+// returns its children's rows. A table customers was made to inherit from
+// (by the caller, before masks applied to it, or by a DBA directly on the
+// database) reads customers' masked columns under its own column names:
+// they are masked as customers' are, and computing over them is refused.
+func TestMaskedColumnsThroughAParentTable(t *testing.T) {
+	e := startEnv(t)
+	withMasks := developerPolicy(e)
+	e.publish(t, withMasks[:strings.Index(withMasks, `mask "email"`)]+withMasks[strings.Index(withMasks, `policy "dev"`):])
+	c := e.connect(t, "analytics-job")
+	mustRun(t, c, "CREATE TABLE gh_parent (id int, name text, email text, card_number text)", "ALTER TABLE customers INHERIT gh_parent")
+	e.pg.Exec(t, "orders", "CREATE TABLE dba_parent (id int, name text, email text, card_number text); CREATE TABLE dba_mid () INHERITS (dba_parent); ALTER TABLE customers INHERIT dba_mid; GRANT SELECT ON dba_parent TO gatehouse")
+	e.publish(t, withMasks)
+	for _, q := range []string{"SELECT email, card_number FROM gh_parent", "SELECT * FROM dba_parent", "SELECT p.email FROM gh_parent p JOIN orders o ON o.customer_id = p.id"} {
+		vals, err := simple(c, q)
+		if err != nil || len(vals) == 0 || inClear(vals) {
+			t.Fatalf("%s: %q %v; want the masked values", q, vals, err)
+		}
+	}
+	mustBeRefused(t, c, "SELECT id FROM gh_parent WHERE email LIKE 'jane%'", "public.customers.email is masked")
+}
