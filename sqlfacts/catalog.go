@@ -52,6 +52,10 @@ type RelationInfo struct {
 	// theirs, as QualifiedName: a read of the table returns their rows, so
 	// each column carries their same-named columns' values too.
 	Descendants []string
+	// Ancestors are the tables it inherits from (a partition's parent),
+	// and theirs: an inherited column is the ancestor's, so a mask on the
+	// ancestor's column covers it here too.
+	Ancestors []string
 }
 
 // FunctionInfo describes what a call to a function name may run. When a

@@ -220,16 +220,25 @@ func (w *lw) alters(schema, name string) {
 	if name == "" {
 		return
 	}
+	r := w.relation(schema, name)
 	if schema == "" {
-		if r := w.relation(schema, name); r != nil {
+		if r != nil {
 			schema, name = r.Schema, r.Name
 		} else {
 			schema = "public"
 		}
 	}
-	q := QualifiedName(schema, name)
-	if !slices.Contains(w.out.Alters, q) {
-		w.out.Alters = append(w.out.Alters, q)
+	altered := []string{QualifiedName(schema, name)}
+	if r != nil {
+		// A partition's or child's inherited columns are its ancestors':
+		// changing it (a generated column over one) changes what they
+		// hold.
+		altered = append(altered, r.Ancestors...)
+	}
+	for _, q := range altered {
+		if !slices.Contains(w.out.Alters, q) {
+			w.out.Alters = append(w.out.Alters, q)
+		}
 	}
 }
 

@@ -167,9 +167,10 @@ func (w *lw) base(schema, name string) *lrange {
 	}
 	for _, col := range info.Columns {
 		srcs := []Source{{Column: q + "." + quote(col)}}
-		for _, d := range info.Descendants {
-			// Inherited columns keep their parent's name. ONLY is not
-			// told apart: more sources only mask or refuse more.
+		for _, d := range slices.Concat(info.Descendants, info.Ancestors) {
+			// Inherited columns keep their parent's name (a child's own
+			// columns have no ancestor's of that name: harmless). ONLY
+			// is not told apart: more sources only mask or refuse more.
 			srcs = append(srcs, Source{Column: d + "." + quote(col)})
 		}
 		r.cols = append(r.cols, lcol{name: col, srcs: srcs})

@@ -102,16 +102,20 @@ type parentCatalog struct{ *sqlfacts.StaticCatalog }
 
 func (c parentCatalog) Relation(schema, name string) (*sqlfacts.RelationInfo, error) {
 	info, err := c.StaticCatalog.Relation(schema, name)
-	if info != nil && name == "parent" {
+	switch {
+	case info != nil && name == "parent":
 		info.Columns, info.Open = []string{"id", "email"}, false
 		info.Descendants = []string{sqlfacts.QualifiedName("public", "customers")}
+	case info != nil && name == "customers_2024":
+		info.Columns, info.Open = []string{"id", "email"}, false
+		info.Ancestors = []string{sqlfacts.QualifiedName("public", "customers")}
 	}
 	return info, err
 }
 
 // TestLineageThroughDescendants: a read of an inherited table returns its
 // descendants' rows, so each of its columns carries their same-named
-// columns' values.
+// columns' values; a partition's inherited columns are its ancestors'.
 func TestLineageThroughDescendants(t *testing.T) {
 	lins, err := sqlfacts.LineageOf("SELECT p.email, id FROM parent p", parentCatalog{sqlfacts.NewStaticCatalog(nil)}, nil)
 	if err != nil {
@@ -123,5 +127,17 @@ func TestLineageThroughDescendants(t *testing.T) {
 	}
 	if strings.Join(got, " ") != "public.parent.email public.customers.email" {
 		t.Fatalf("sources of parent.email: %q", got)
+	}
+	// A partition's inherited column is its ancestor's.
+	lins, err = sqlfacts.LineageOf("SELECT email FROM customers_2024", parentCatalog{sqlfacts.NewStaticCatalog(nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, s := range lins[0].Outputs[0].Sources {
+		got = append(got, s.Column)
+	}
+	if strings.Join(got, " ") != "public.customers_2024.email public.customers.email" {
+		t.Fatalf("sources of customers_2024.email: %q", got)
 	}
 }

@@ -264,13 +264,14 @@ func (c *catalogs) fastPathFunction(resource string, oid uint32) (fastPathFunc, 
 
 // relationSQL resolves a relation name in a list of schemas, first match
 // wins, as the search path does, with its inheritance and partition
-// descendants (schemas and names, in the same order). Names are
+// descendants, then its ancestors (each as schemas and names, in the same
+// order). Names are
 // parameters: no caller text is ever part of the gateway's own SQL.
 const relationSQL = `SELECT n.nspname, c.relname, c.relkind::text,
        coalesce(CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, ''),
        coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY a.attnum), ',')
                  FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), ''),
-       coalesce(d.schemas, ''), coalesce(d.names, '')
+       coalesce(d.schemas, ''), coalesce(d.names, ''), coalesce(a.schemas, ''), coalesce(a.names, '')
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
@@ -285,6 +286,17 @@ LEFT JOIN LATERAL (
   FROM below JOIN pg_catalog.pg_class dc ON dc.oid = below.oid
   JOIN pg_catalog.pg_namespace dn ON dn.oid = dc.relnamespace
 ) d ON true
+LEFT JOIN LATERAL (
+  WITH RECURSIVE above(oid) AS (
+    SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid
+    UNION
+    SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN above b ON i.inhrelid = b.oid
+  )
+  SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(an.nspname) ORDER BY ac.oid), ',') AS schemas,
+         pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(ac.relname) ORDER BY ac.oid), ',') AS names
+  FROM above JOIN pg_catalog.pg_class ac ON ac.oid = above.oid
+  JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
+) a ON true
 WHERE c.relname = $1
 ORDER BY s.ord LIMIT 1`
 
@@ -396,21 +408,33 @@ func relationOf(rows [][][]byte) (*sqlfacts.RelationInfo, error) {
 	if info.Columns, err = splitIdentList(string(r[4])); err != nil {
 		return nil, err
 	}
-	schemas, err := splitIdentList(string(r[5]))
+	if info.Descendants, err = qualifiedNames(r[5], r[6]); err != nil {
+		return nil, fmt.Errorf("the descendants of %s.%s: %w", info.Schema, info.Name, err)
+	}
+	if info.Ancestors, err = qualifiedNames(r[7], r[8]); err != nil {
+		return nil, fmt.Errorf("the ancestors of %s.%s: %w", info.Schema, info.Name, err)
+	}
+	return info, nil
+}
+
+// qualifiedNames pairs a list of schemas with a list of names.
+func qualifiedNames(schemaList, nameList []byte) ([]string, error) {
+	schemas, err := splitIdentList(string(schemaList))
 	if err != nil {
 		return nil, err
 	}
-	names, err := splitIdentList(string(r[6]))
+	names, err := splitIdentList(string(nameList))
 	if err != nil {
 		return nil, err
 	}
 	if len(schemas) != len(names) {
-		return nil, fmt.Errorf("the descendants of %s.%s could not be read (%d schemas, %d names)", info.Schema, info.Name, len(schemas), len(names))
+		return nil, fmt.Errorf("%d schemas for %d names", len(schemas), len(names))
 	}
+	var out []string
 	for i := range names {
-		info.Descendants = append(info.Descendants, sqlfacts.QualifiedName(schemas[i], names[i]))
+		out = append(out, sqlfacts.QualifiedName(schemas[i], names[i]))
 	}
-	return info, nil
+	return out, nil
 }
 
 // functionOf reads functionSQL's answer: every candidate of the name, the

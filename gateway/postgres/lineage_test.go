@@ -228,3 +228,28 @@ func TestMaskedColumnsThroughAParentTable(t *testing.T) {
 	}
 	mustBeRefused(t, c, "SELECT id FROM gh_parent WHERE email LIKE 'jane%'", "public.customers.email is masked")
 }
+
+// TestMaskedColumnsOfAPartition: a partition's (or child's) inherited
+// columns are its parent's. With customers partitioned by a DBA (in two
+// levels), a caller reading a partition directly gets customers' masks,
+// and may not change the partition's definition (a column copying email).
+func TestMaskedColumnsOfAPartition(t *testing.T) {
+	e := startEnv(t)
+	e.pg.Exec(t, "orders", `ALTER TABLE orders DROP CONSTRAINT orders_customer_id_fkey;
+ALTER TABLE customers RENAME TO customers_old;
+CREATE TABLE customers (id int, name text, email text, card_number text) PARTITION BY RANGE (id);
+CREATE TABLE customers_low PARTITION OF customers FOR VALUES FROM (0) TO (100) PARTITION BY RANGE (id);
+CREATE TABLE customers_low_a PARTITION OF customers_low FOR VALUES FROM (0) TO (100);
+INSERT INTO customers SELECT * FROM customers_old;
+ALTER TABLE customers OWNER TO gatehouse; ALTER TABLE customers_low OWNER TO gatehouse; ALTER TABLE customers_low_a OWNER TO gatehouse`)
+	e.publish(t, developerPolicy(e))
+	c := e.connect(t, "analytics-job")
+	for _, q := range []string{"SELECT email, card_number FROM customers_low", "SELECT * FROM customers_low_a", "SELECT email FROM customers"} {
+		vals, err := simple(c, q)
+		if err != nil || len(vals) == 0 || inClear(vals) {
+			t.Fatalf("%s: %q %v; want the masked values", q, vals, err)
+		}
+	}
+	mustBeRefused(t, c, "SELECT id FROM customers_low WHERE card_number LIKE '4%'", "public.customers.card_number is masked")
+	mustBeRefused(t, c, "ALTER TABLE customers_low_a ADD COLUMN gh_copy text GENERATED ALWAYS AS (email) STORED", "public.customers has masked columns")
+}
