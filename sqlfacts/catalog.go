@@ -56,6 +56,13 @@ type RelationInfo struct {
 	// and theirs: an inherited column is the ancestor's, so a mask on the
 	// ancestor's column covers it here too.
 	Ancestors []string
+	// Unique are the columns a unique index or exclusion constraint
+	// checks ("*": every column, for one over expressions or with a
+	// predicate), and References each foreign key column's referenced
+	// columns (ColumnName): whether a write of a value fails, or which
+	// row ON CONFLICT finds, says whether the value is there.
+	Unique     []string
+	References map[string][]string
 }
 
 // FunctionInfo describes what a call to a function name may run. When a

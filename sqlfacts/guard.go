@@ -243,7 +243,9 @@ func (g *Guard) find(ms []masked, column string) (masked, bool) {
 
 // clauseNames says each clause in words, for refusals.
 var clauseNames = map[string]string{
-	"where": "a WHERE condition", "join": "a join condition", "group": "GROUP BY", "having": "HAVING",
+	"unique":    "a write checked by a unique index or exclusion constraint (whether it fails, or which row ON CONFLICT finds, says whether the value is there)",
+	"reference": "a foreign key's check of a written value (whether it fails says whether the value is there)",
+	"where":     "a WHERE condition", "join": "a join condition", "group": "GROUP BY", "having": "HAVING",
 	"order": "ORDER BY", "window": "a window's PARTITION BY or ORDER BY", "distinct": "DISTINCT",
 	"set": "UNION, INTERSECT or EXCEPT (which compare rows)", "case": "a CASE condition", "filter": "an aggregate's FILTER",
 	"limit": "LIMIT or OFFSET", "expression": "a computation (an operator, a function, a cast)",

@@ -353,9 +353,11 @@ func (w *lw) written(r *lrange, assigned map[string][]Source) *lrange {
 	out.cols = slices.Clone(r.cols)
 	// By name, so that flows (and the refusal that names the
 	// first masked one) come out the same every time.
+	info := w.checkedWrites(r)
 	for _, col := range slices.Sorted(maps.Keys(assigned)) {
 		srcs := assigned[col]
 		w.flow(columnOf(r, col), srcs)
+		w.checkedWrite(r, info, col)
 		found := false
 		for i := range out.cols {
 			if out.cols[i].name == col {
@@ -368,6 +370,36 @@ func (w *lw) written(r *lrange, assigned map[string][]Source) *lrange {
 		}
 	}
 	return &out
+}
+
+// checkedWrites is what the catalog says of a written table's unique
+// indexes and foreign keys, or nil.
+func (w *lw) checkedWrites(r *lrange) *RelationInfo {
+	if r.name == "" {
+		return nil
+	}
+	return w.relation(r.schema, r.name)
+}
+
+// checkedWrite records a written column that a unique index, an exclusion
+// constraint or a foreign key checks as a use of the column (or of the one
+// it references): whether the write fails, or which row an ON CONFLICT
+// finds, answers whether the value written is there, as WHERE col = value
+// would.
+func (w *lw) checkedWrite(r *lrange, info *RelationInfo, col string) {
+	if info == nil {
+		return
+	}
+	if slices.Contains(info.Unique, col) || slices.Contains(info.Unique, "*") {
+		srcs := []Source{{Column: columnOf(r, col)}}
+		for _, a := range info.Ancestors {
+			srcs = append(srcs, Source{Column: a + "." + quote(col)})
+		}
+		w.use(srcs, "unique")
+	}
+	for _, ref := range info.References[col] {
+		w.use([]Source{{Column: ref}}, "reference")
+	}
 }
 
 func (w *lw) insert(s *pg.InsertStmt, parent *frame, ctes *cteScope) []Output {
@@ -607,7 +639,20 @@ func (w *lw) copy(s *pg.CopyStmt) {
 		w.out.Outputs = w.query(s.Query, nil, nil)
 		return
 	}
-	if s.Relation == nil || s.IsFrom {
+	if s.Relation == nil {
+		return
+	}
+	if s.IsFrom {
+		// COPY FROM writes its columns as INSERT does.
+		t := w.target(s.Relation)
+		info := w.checkedWrites(t)
+		cols := names(s.Attlist)
+		if len(cols) == 0 {
+			cols = t.names()
+		}
+		for _, c := range cols {
+			w.checkedWrite(t, info, c)
+		}
 		return
 	}
 	r := w.base(s.Relation.Schemaname, s.Relation.Relname)

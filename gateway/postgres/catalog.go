@@ -265,13 +265,23 @@ func (c *catalogs) fastPathFunction(resource string, oid uint32) (fastPathFunc, 
 // relationSQL resolves a relation name in a list of schemas, first match
 // wins, as the search path does, with its inheritance and partition
 // descendants, then its ancestors (each as schemas and names, in the same
-// order). Names are
+// order), the columns a unique index or exclusion constraint checks ("*"
+// for one over expressions or with a predicate), and its foreign keys'
+// columns with the columns they reference (four lists in one order). Names are
 // parameters: no caller text is ever part of the gateway's own SQL.
 const relationSQL = `SELECT n.nspname, c.relname, c.relkind::text,
        coalesce(CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END, ''),
        coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(a.attname) ORDER BY a.attnum), ',')
                  FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), ''),
-       coalesce(d.schemas, ''), coalesce(d.names, ''), coalesce(a.schemas, ''), coalesce(a.names, '')
+       coalesce(d.schemas, ''), coalesce(d.names, ''), coalesce(a.schemas, ''), coalesce(a.names, ''),
+       coalesce((SELECT pg_catalog.array_to_string(pg_catalog.array_agg(DISTINCT x.n), ',') FROM (
+         SELECT pg_catalog.quote_ident(ia.attname) AS n FROM pg_catalog.pg_index i
+         JOIN pg_catalog.pg_attribute ia ON ia.attrelid = i.indrelid AND ia.attnum = ANY (i.indkey::pg_catalog.int2[])
+         WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)
+         UNION
+         SELECT pg_catalog.quote_ident('*') FROM pg_catalog.pg_index i
+         WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion) AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)) x), ''),
+       coalesce(f.cols, ''), coalesce(f.schemas, ''), coalesce(f.tables, ''), coalesce(f.refcols, '')
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.unnest($2::text[]) WITH ORDINALITY AS s(nsp, ord) ON s.nsp = n.nspname
@@ -297,6 +307,19 @@ LEFT JOIN LATERAL (
   FROM above JOIN pg_catalog.pg_class ac ON ac.oid = above.oid
   JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace
 ) a ON true
+LEFT JOIN LATERAL (
+  SELECT pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(la.attname) ORDER BY k.con, k.i), ',') AS cols,
+         pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(rn.nspname) ORDER BY k.con, k.i), ',') AS schemas,
+         pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(rc.relname) ORDER BY k.con, k.i), ',') AS tables,
+         pg_catalog.array_to_string(pg_catalog.array_agg(pg_catalog.quote_ident(ra.attname) ORDER BY k.con, k.i), ',') AS refcols
+  FROM (SELECT con.oid AS con, con.conrelid, con.confrelid, u.l, u.r, u.i
+        FROM pg_catalog.pg_constraint con, ROWS FROM (pg_catalog.unnest(con.conkey), pg_catalog.unnest(con.confkey)) WITH ORDINALITY AS u(l, r, i)
+        WHERE con.conrelid = c.oid AND con.contype = 'f') k
+  JOIN pg_catalog.pg_attribute la ON la.attrelid = k.conrelid AND la.attnum = k.l
+  JOIN pg_catalog.pg_class rc ON rc.oid = k.confrelid
+  JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+  JOIN pg_catalog.pg_attribute ra ON ra.attrelid = k.confrelid AND ra.attnum = k.r
+) f ON true
 WHERE c.relname = $1
 ORDER BY s.ord LIMIT 1`
 
@@ -414,7 +437,36 @@ func relationOf(rows [][][]byte) (*sqlfacts.RelationInfo, error) {
 	if info.Ancestors, err = qualifiedNames(r[7], r[8]); err != nil {
 		return nil, fmt.Errorf("the ancestors of %s.%s: %w", info.Schema, info.Name, err)
 	}
+	if info.Unique, err = splitIdentList(string(r[9])); err != nil {
+		return nil, err
+	}
+	if info.References, err = references(r[10], r[11], r[12], r[13]); err != nil {
+		return nil, fmt.Errorf("the foreign keys of %s.%s: %w", info.Schema, info.Name, err)
+	}
 	return info, nil
+}
+
+// references pairs foreign key columns with the columns they reference.
+func references(colList, schemaList, tableList, refList []byte) (map[string][]string, error) {
+	var lists [4][]string
+	for i, l := range [][]byte{colList, schemaList, tableList, refList} {
+		var err error
+		if lists[i], err = splitIdentList(string(l)); err != nil {
+			return nil, err
+		}
+	}
+	n := len(lists[0])
+	if len(lists[1]) != n || len(lists[2]) != n || len(lists[3]) != n {
+		return nil, fmt.Errorf("lists of %d, %d, %d and %d", n, len(lists[1]), len(lists[2]), len(lists[3]))
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	out := map[string][]string{}
+	for i := range n {
+		out[lists[0][i]] = append(out[lists[0][i]], sqlfacts.ColumnName(lists[1][i], lists[2][i], lists[3][i]))
+	}
+	return out, nil
 }
 
 // qualifiedNames pairs a list of schemas with a list of names.

@@ -138,3 +138,27 @@ func TestTsRewriteWithQueryTextIsOpaque(t *testing.T) {
 	mustBeRefused(t, c, `SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, quote_literal(card_number || '' '' || email)::tsquery FROM customers WHERE id = 1')`,
 		"runs SQL")
 }
+
+// TestUniqueIndexOnMaskedColumnIsAnOracle: a write of a guess into a
+// masked column that a unique index checks answers whether the value is
+// there (the write fails, ON CONFLICT DO NOTHING returns no row), and ON
+// CONFLICT (email) DO UPDATE … RETURNING id even says whose it is: WHERE
+// email = guess by another name. So is a write into a column whose foreign
+// key references a masked one. Each is refused while the mask applies.
+func TestUniqueIndexOnMaskedColumnIsAnOracle(t *testing.T) {
+	e := startEnv(t)
+	e.pg.Exec(t, "orders", "CREATE UNIQUE INDEX ON customers (email); CREATE TABLE contacts (id int, email text REFERENCES customers (email)); ALTER TABLE contacts OWNER TO gatehouse")
+	e.publish(t, developerPolicy(e))
+	c := e.connect(t, "analytics-job")
+	for _, q := range []string{
+		"INSERT INTO customers (id, email) VALUES (50, 'jane.doe@example.com') ON CONFLICT DO NOTHING RETURNING id",
+		"INSERT INTO customers (id, email) VALUES (53, 'raj@example.org') ON CONFLICT (email) DO UPDATE SET name = 'hit' RETURNING id",
+		"UPDATE customers SET email = 'jane.doe@example.com' WHERE id = 2",
+		"INSERT INTO contacts VALUES (1, 'raj@example.org')",
+		"COPY customers (id, email) FROM STDIN",
+	} {
+		mustBeRefused(t, c, q, "public.customers.email is masked")
+	}
+	// Columns no unique index or foreign key checks are written as before.
+	mustRun(t, c, "UPDATE customers SET name = 'Jane' WHERE id = 1", "INSERT INTO customers (id, name) VALUES (60, 'New')")
+}
