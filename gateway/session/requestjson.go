@@ -93,6 +93,7 @@ func appendStatement(b []byte, s celpolicy.Statement) []byte {
 		b = recorder.AppendString(b, t.Name)
 		b = append(b, `,"access":`...)
 		b = recorder.AppendString(b, t.Access)
+		b = appendOmitEmpty(b, "via", t.Via)
 		return append(b, '}')
 	})
 	b = append(b, `,"functions":`...)

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 
 	"github.com/gatehouse-dev/gatehouse/bundle"
@@ -27,7 +28,7 @@ func jsonCase(t testing.TB, sql, s string, flags uint8) (*celpolicy.PostgresRequ
 		st := &req.Statements[0]
 		st.Setting, st.CopyDirection, st.CopyTarget, st.Locking, st.Language, st.Via = s, "to", s, "FOR UPDATE", s, s
 		st.SetOperation = true
-		st.Tables = append(st.Tables, celpolicy.Table{Schema: s, Name: s, Access: "read"})
+		st.Tables = append(st.Tables, celpolicy.Table{Schema: s, Name: s, Access: "read", Via: s})
 		st.Calls = append(st.Calls, celpolicy.Call{Name: s, Schema: "", Volatility: "volatile", Builtin: true})
 		st.ColumnUses = append(st.ColumnUses, celpolicy.ColumnUse{Column: s, Clause: "where"})
 		st.Functions = []string{}
@@ -103,6 +104,49 @@ func TestRequestJSONMatchesMarshal(t *testing.T) {
 	want, _ := json.Marshal(ssh)
 	if got := marshalRequest(ssh); !bytes.Equal(got, want) {
 		t.Fatalf("ssh request: got %s, want %s", got, want)
+	}
+}
+
+// TestRequestJSONKnowsEveryField fills every field of a request and a
+// decision, so that a field added to the types and not to the appenders
+// fails here rather than go missing from recordings.
+func TestRequestJSONKnowsEveryField(t *testing.T) {
+	var req celpolicy.PostgresRequest
+	fill(reflect.ValueOf(&req).Elem(), odd)
+	var d celpolicy.Decision
+	fill(reflect.ValueOf(&d).Elem(), odd)
+	d.Approvals = nil // a decision that needs approvals goes through json.Marshal
+	d.Masks[0].Target = celpolicy.MaskTarget{Column: odd}
+	checkJSON(t, &req, d)
+}
+
+// fill sets every exported field json writes to a value that is not its
+// zero: strings to s, numbers, true, and lists of one filled element.
+func fill(v reflect.Value, s string) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(s)
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Int, reflect.Int64:
+		v.SetInt(7)
+	case reflect.Uint64:
+		v.SetUint(9)
+	case reflect.Slice:
+		l := reflect.MakeSlice(v.Type(), 1, 1)
+		fill(l.Index(0), s)
+		v.Set(l)
+	case reflect.Pointer:
+		p := reflect.New(v.Type().Elem())
+		fill(p.Elem(), s)
+		v.Set(p)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if f.IsExported() && f.Tag.Get("json") != "-" {
+				fill(v.Field(i), s)
+			}
+		}
 	}
 }
 
