@@ -3,6 +3,8 @@ package sqlfacts
 import (
 	"strings"
 	"testing"
+
+	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
 func TestRedactSecrets(t *testing.T) {
@@ -54,10 +56,12 @@ func FuzzRedactSecrets(f *testing.F) {
 		if out == sql {
 			return
 		}
-		if _, err := Analyze(sql); err != nil {
+		// PostgreSQL's parser, as RedactSecrets uses it (Analyze also
+		// refuses text it would not forward, such as a NUL byte).
+		if _, err := pg.Parse(sql); err != nil {
 			t.Fatalf("text that does not parse was changed: %q -> %q", sql, out)
 		}
-		if _, err := Analyze(out); err != nil {
+		if _, err := pg.Parse(out); err != nil {
 			t.Fatalf("redacted text does not parse: %q -> %q: %v", sql, out, err)
 		}
 		if strings.Count(out, Redacted) == 0 {
