@@ -66,6 +66,12 @@ kubernetes_cluster "prod" {
 
 func startClusterGateway(t *testing.T, c *kubecluster.Cluster, policy string) *clusterGateway {
 	t.Helper()
+	return startClusterGatewayWith(t, c, policy, Config{TLS: &tls.Config{}})
+}
+
+// startClusterGatewayWith is startClusterGateway with the proxy's config.
+func startClusterGatewayWith(t *testing.T, c *kubecluster.Cluster, policy string, cfg Config) *clusterGateway {
+	t.Helper()
 	t.Setenv("K8S_TOKEN", c.AdminToken)
 	a := &clusterGateway{t: t, c: c, iss: oidctest.Start(t)}
 	key, _ := bundle.GenerateKey()
@@ -81,7 +87,7 @@ func startClusterGateway(t *testing.T, c *kubecluster.Cluster, policy string) *c
 	a.rec = rec
 	t.Cleanup(func() { rec.Close() })
 	core := session.New(a.store, session.WithRecorder(rec), session.WithLogger(slog.New(slog.DiscardHandler)))
-	s, err := New(Config{TLS: &tls.Config{}}, core, WithSecrets(secrets.Resolver{}), WithLogger(slog.New(slog.DiscardHandler)))
+	s, err := New(cfg, core, WithSecrets(secrets.Resolver{}), WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

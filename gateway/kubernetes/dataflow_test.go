@@ -3,8 +3,11 @@ package kubernetes
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -337,5 +340,122 @@ func TestWritesThroughLists(t *testing.T) {
 	code, body = g.do("PATCH", path, `{"spec":{"containers":[{"name":"a","image":"busybox:2"}]}}`, ct)
 	if code != 200 || strings.Contains(body, "s3cr3t") {
 		t.Errorf("a patch of the image: %d %.300s", code, body)
+	}
+}
+
+// TestWatchMaskedFromTheSwap: a watch must not deliver, after a bundle
+// that masks what it carries is in force, an event the new masks hide,
+// however long the re-check takes to come round. Here the re-check is an
+// hour away: the event after the swap is masked, or the watch ends.
+func TestWatchMaskedFromTheSwap(t *testing.T) {
+	const hidden = "hunter2-in-the-window"
+	c := kubetest.Start(t)
+	g := startClusterGatewayWith(t, c, secretReaderPolicy, Config{TLS: &tls.Config{}, RecheckEvery: time.Hour})
+	for _, first := range []string{"", maskedSecretsHash} {
+		if first != "" {
+			g.apply(secretReaderPolicy + first)
+		}
+		req, _ := http.NewRequest("GET", g.gw.URL+"/k8s/prod/api/v1/namespaces/default/secrets?watch=1&resourceVersion=0", nil)
+		req.Header.Set("Authorization", "Bearer "+g.iss.Token(t, "dev", "gatehouse"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("the watch: %d", resp.StatusCode)
+		}
+		g.apply(secretReaderPolicy + maskedSecrets)
+		name := "window" + strconv.Itoa(len(first))
+		_, err = c.AdminClient().CoreV1().Secrets("default").Create(context.Background(), &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Data:       map[string][]byte{"password": []byte(hidden)},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 1)
+		go func() {
+			var all strings.Builder
+			br := bufio.NewReader(resp.Body)
+			for {
+				l, err := br.ReadString('\n')
+				all.WriteString(l)
+				if err != nil || strings.Contains(l, `"`+name+`"`) {
+					got <- all.String()
+					return
+				}
+			}
+		}()
+		select {
+		case s := <-got:
+			if strings.Contains(s, base64.StdEncoding.EncodeToString([]byte(hidden))) {
+				t.Errorf("a watch opened under masks %q showed a value the bundle in force masks: %.400s", first, s)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("the watch opened under masks %q neither ended nor delivered the event", first)
+		}
+		resp.Body.Close()
+	}
+}
+
+// maskedSecretsHash masks the same field as maskedSecrets, another way.
+const maskedSecretsHash = `
+mask "secret-values" {
+  resources = ["prod"]
+  fields    = ["secrets/data"]
+  method    = "null"
+}
+`
+
+// TestPatchDirectivesReachMaskedFields: a strategic merge patch names a
+// list's elements in directives beside the list ($deleteFromPrimitiveList/
+// finalizers, $setElementOrder/finalizers): deleting a guessed value
+// changes the object (a new resourceVersion) only when the hidden list
+// holds it. Such a patch sets the masked field as surely as one that
+// names it, and is refused.
+func TestPatchDirectivesReachMaskedFields(t *testing.T) {
+	const hidden = "example.com/s3cr3t-finalizer"
+	c := kubetest.Start(t)
+	ctx := context.Background()
+	_, err := c.AdminClient().CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "cm", Finalizers: []string{hidden, "example.com/other"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = c.AdminClient().CoreV1().ConfigMaps("default").Patch(context.Background(), "cm", "application/merge-patch+json",
+			[]byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+	})
+	g := startClusterGateway(t, c, `
+policy "all" {
+  resources  = ["prod"]
+  identities = ["dev"]
+  rule "rw" {
+    effect = "allow"
+    when   = "request.resource == 'configmaps' && request.verb in ['get', 'patch']"
+    reason = "read and patch"
+  }
+}
+mask "finalizers" {
+  resources = ["prod"]
+  fields    = ["configmaps/metadata.finalizers"]
+  method    = "redact"
+}
+`)
+	ct := map[string]string{"Content-Type": "application/strategic-merge-patch+json"}
+	for _, body := range []string{
+		`{"metadata":{"$deleteFromPrimitiveList/finalizers":["` + hidden + `"]}}`,
+		`{"metadata":{"$setElementOrder/finalizers":["` + hidden + `","example.com/other"]}}`,
+	} {
+		before, err := c.AdminClient().CoreV1().ConfigMaps("default").Get(ctx, "cm", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, resp := g.do("PATCH", "/api/v1/namespaces/default/configmaps/cm", body, ct)
+		after, _ := c.AdminClient().CoreV1().ConfigMaps("default").Get(ctx, "cm", metav1.GetOptions{})
+		if code != http.StatusForbidden || !strings.Contains(resp, "masks hide") {
+			t.Errorf("%s: %d %.300s (resourceVersion %s, then %s)", body, code, resp, before.ResourceVersion, after.ResourceVersion)
+		}
 	}
 }

@@ -252,7 +252,14 @@ func (c *call) forward(w http.ResponseWriter, r *http.Request) {
 				rec, err = c.recordStream(resp)
 				return err
 			}
-			return c.masks.response(resp, c.srv.cfg.MaxBody, c.attrs.Request.Verb == "watch")
+			watch := c.attrs.Request.Verb == "watch"
+			if err := c.masks.response(resp, c.srv.cfg.MaxBody, watch); err != nil {
+				return err
+			}
+			if watch && resp.StatusCode < 300 {
+				resp.Body = newWatchGate(c, resp.Body)
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {

@@ -71,15 +71,23 @@ func (m *masker) writes(r *http.Request) string {
 // a parent it replaces with something that is not an object (null, a
 // string). A path crosses lists as masks do: a list reaches it when one
 // of its elements does, and an element that is not an object counts.
+//
+// A strategic merge patch also names a list's elements in directives
+// beside it: $deleteFromPrimitiveList/finalizers deletes the values it
+// lists, and $setElementOrder/finalizers orders them, so whether the
+// object changes tells whether the hidden list holds a guessed value.
+// Such a directive reaches the list as the list itself does.
 func reaches(obj map[string]any, path []string) bool {
-	v, ok := obj[path[0]]
-	if !ok {
-		return false
+	for _, k := range []string{path[0], "$deleteFromPrimitiveList/" + path[0], "$setElementOrder/" + path[0]} {
+		v, ok := obj[k]
+		if !ok {
+			continue
+		}
+		if len(path) == 1 || reachesIn(v, path[1:]) {
+			return true
+		}
 	}
-	if len(path) == 1 {
-		return true
-	}
-	return reachesIn(v, path[1:])
+	return false
 }
 
 // reachesIn reports whether v (an object, a list's elements) reaches path.
