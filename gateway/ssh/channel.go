@@ -96,7 +96,7 @@ func (c *conn) forward(ctx context.Context, nch gossh.NewChannel) {
 		_ = nch.Reject(gossh.ConnectionFailed, "gatehouse: malformed direct-tcpip request")
 		return
 	}
-	if err := canonicalHost(p.DestAddr); err != nil {
+	if err := destinationHost(p.DestAddr); err != nil {
 		// Decided as written, resolved by the host as it reads it: only
 		// one spelling of an address passes (forwardhost.go).
 		_ = nch.Reject(gossh.Prohibited, "gatehouse: forward refused: "+err.Error())

@@ -73,3 +73,62 @@ func TestForwardHostSpelledOtherwise(t *testing.T) {
 		t.Errorf("a forward to 127.0.0.2 (nothing listens): %v", err)
 	}
 }
+
+// TestForwardHostOtherSpellingsStillRefused: an IPv6 zone (::1%1) names
+// the address the rule names, and the host connects to it; the
+// unspecified addresses (0.0.0.0, ::) connect to the host itself; an
+// empty destination is no address. The gateway
+// refuses each before deciding, so none reaches the bastion's own service.
+func TestForwardHostOtherSpellingsStillRefused(t *testing.T) {
+	e := startEnv(t)
+	e.publishWithoutNoForwarding(t, noLocalForwardRule)
+	c := e.dial(t, "dev")
+	for _, network := range []string{"tcp4", "tcp6"} {
+		addr := "127.0.0.1:0"
+		if network == "tcp6" {
+			addr = "[::1]:0"
+		}
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			t.Logf("%s: %v", network, err)
+			continue
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = io.WriteString(conn, "the bastion's own service\n")
+				conn.Close()
+			}
+		}()
+		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		hosts := []string{"", "0.0.0.0"}
+		if network == "tcp6" {
+			hosts = []string{"::1%lo", "::1%1", "::"}
+		}
+		for _, host := range hosts {
+			// Opened by hand: net.JoinHostPort would bracket the host.
+			p, _ := strconv.Atoi(port)
+			ch, reqs, err := c.OpenChannel("direct-tcpip", gossh.Marshal(&struct {
+				DestAddr string
+				DestPort uint32
+				OrigAddr string
+				OrigPort uint32
+			}{host, uint32(p), "127.0.0.1", 50000}))
+			if err == nil {
+				go gossh.DiscardRequests(reqs)
+				b, _ := io.ReadAll(ch)
+				ch.Close()
+				t.Errorf("a forward to %q was relayed: %q", host, b)
+				continue
+			}
+			var oce *gossh.OpenChannelError
+			if !errors.As(err, &oce) || oce.Reason != gossh.Prohibited || !strings.Contains(err.Error(), "gatehouse: forward refused") {
+				t.Errorf("a forward to %q: %v", host, err)
+			}
+		}
+	}
+}

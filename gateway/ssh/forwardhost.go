@@ -22,6 +22,10 @@ func canonicalHost(host string) error {
 		return nil // a remote forward's "all addresses", as OpenSSH spells it
 	}
 	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			// ::1%1 is ::1 to the host: a rule on ::1 would not see it.
+			return fmt.Errorf("the host %q names an IPv6 zone, which the gateway does not take: the address with and without it is one address to the host", host)
+		}
 		c := a.Unmap().String()
 		if c != host {
 			return fmt.Errorf("the host %q is not written in canonical form: write %q", host, c)
@@ -61,4 +65,23 @@ func numericLabel(s string) bool {
 		}
 	}
 	return true
+}
+
+// destinationHost checks a direct-tcpip destination: canonical as
+// canonicalHost says, and an address the host connects to as written. The
+// empty host and the unspecified addresses (0.0.0.0, ::) are a remote
+// forward's "all addresses", but as a destination the host's kernel
+// connects them to the host itself, as 127.0.0.1 or ::1: a rule that names
+// the loopback must not be stepped around by them.
+func destinationHost(host string) error {
+	if host == "" {
+		return fmt.Errorf("the destination host is empty")
+	}
+	if err := canonicalHost(host); err != nil {
+		return err
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.IsUnspecified() {
+		return fmt.Errorf("the host %q is the unspecified address, which connects to the SSH host itself: name the address to reach", host)
+	}
+	return nil
 }
