@@ -137,3 +137,56 @@ func TestScpFileContentsNotRecorded(t *testing.T) {
 		t.Errorf("the transfers are not in the recording (%d)", ran)
 	}
 }
+
+// TestProgramNamedScpStillRecorded: whoever can run commands can put any
+// program at a path ending in scp (/tmp/x/scp, ./scp). Taking it for
+// scp's end of a transfer would keep its output out of the recording:
+// another program's output hidden behind the name. Only scp as the host
+// finds it by name, or in a system directory, counts.
+func TestProgramNamedScpStillRecorded(t *testing.T) {
+	const said = "output a recording must keep"
+	e := startEnv(t)
+	e.publish(t, `
+policy "any" {
+  resources  = ["bastion"]
+  identities = ["ops"]
+  rule "any" {
+    effect = "allow"
+    on     = ["exec"]
+    reason = "ops may run commands"
+  }
+}
+`)
+	c := e.dial(t, "ops")
+	dir := fmt.Sprintf("/tmp/gatehouse-notscp-%d", time.Now().UnixNano())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	for _, cmd := range []string{
+		"mkdir -p " + dir + " && ln -sf /bin/echo " + dir + "/scp && ln -sf /bin/echo " + dir + "/rsync",
+		dir + "/scp -t " + said,
+		dir + "/rsync --server " + said,
+	} {
+		s, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := s.Output(cmd)
+		if err != nil {
+			t.Fatalf("%s: %v %s", cmd, err, out)
+		}
+	}
+	c.Close()
+	waitSealed(t, e, 1)
+	kept := 0
+	for _, evs := range e.recordings(t) {
+		for _, ev := range evs {
+			for _, f := range ev.Frames {
+				if strings.Contains(f.Data, said) {
+					kept++
+				}
+			}
+		}
+	}
+	if kept < 2 {
+		t.Errorf("the output of programs named scp and rsync outside a system directory: %d of 2 kept", kept)
+	}
+}

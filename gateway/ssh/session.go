@@ -319,9 +319,12 @@ func programRequest(r *gossh.Request) (*celpolicy.SSHRequest, string, bool) {
 // command; the file's bytes are the command's input or output. Like sftp's, they
 // are counted, not kept: a recording is an audit trail, not a file store,
 // and the files copied are often keys. Only a simple command counts, so
-// that no other program's output hides behind the name.
+// that no other program's output hides behind the name; and only the
+// program as the host finds it by name, or in a system directory
+// (systemProgram), since whoever runs commands can put any program at
+// /tmp/x/scp or ./scp.
 func fileTransfer(req *celpolicy.SSHRequest) bool {
-	if req.Kind != "exec" || !req.Simple || len(req.Argv) == 0 {
+	if req.Kind != "exec" || !req.Simple || len(req.Argv) == 0 || !systemProgram(req.Argv[0]) {
 		return false
 	}
 	switch path.Base(req.Argv[0]) {
@@ -340,6 +343,20 @@ func fileTransfer(req *celpolicy.SSHRequest) bool {
 		return true
 	}
 	return false
+}
+
+// systemDirs are where a distribution installs scp, rsync and
+// sftp-server: directories only root writes.
+var systemDirs = []string{"/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin",
+	"/usr/lib/openssh", "/usr/libexec/openssh", "/usr/lib/ssh", "/usr/libexec"}
+
+// systemProgram reports whether a command's program is named bare (the
+// host looks it up in PATH) or by its path in a system directory.
+func systemProgram(argv0 string) bool {
+	if !strings.Contains(argv0, "/") {
+		return true
+	}
+	return strings.HasPrefix(argv0, "/") && slices.Contains(systemDirs, path.Dir(argv0))
 }
 
 // refuse gives the caller the refusal on stderr and exit status 126, and
