@@ -138,7 +138,7 @@ reference to the DSN (env:NAME or file:/path), never the DSN itself.`,
 				case s.Crashed:
 					sealed = "crashed"
 				}
-				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", approval.Printable(s.Session), s.Started.UTC().Format("2006-01-02 15:04:05"), approval.Printable(s.Identity), approval.Printable(s.Resource), s.Events, sealed)
+				fmt.Fprintf(w, "%-38s %-20s %-20s %-12s %6d  %s\n", flat(s.Session), s.Started.UTC().Format("2006-01-02 15:04:05"), flat(s.Identity), flat(s.Resource), s.Events, sealed)
 			}
 			return nil
 		},
@@ -177,11 +177,12 @@ func recorderKeys(dataDir string, keys ...string) (bundle.Keyring, error) {
 }
 
 // writeTimeline prints a recording for people. Every recorded string goes
-// through approval.Printable: a recording holds what callers, tokens and
-// servers sent (an error message quotes the caller's SQL), and an escape
-// sequence printed as it is would act on the auditor's terminal.
+// through flat: a recording holds what callers, tokens and servers sent
+// (an error message quotes the caller's SQL), and an escape sequence
+// printed as it is would act on the auditor's terminal, a line break
+// would print a timeline line the recording does not hold.
 func writeTimeline(w io.Writer, evs []recorder.Event) {
-	pr := approval.Printable
+	pr := flat
 	for _, ev := range evs {
 		ts := ev.Time.UTC().Format("15:04:05.000")
 		switch ev.Type {
@@ -207,7 +208,7 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			}
 			fmt.Fprintln(w)
 			if len(ev.Params) > 0 {
-				fmt.Fprintf(w, "%14s parameters: %s\n", "", approval.Printable(strings.Join(ev.Params, ", ")))
+				fmt.Fprintf(w, "%14s parameters: %s\n", "", pr(strings.Join(ev.Params, ", ")))
 			}
 			if ev.Approval != "" {
 				fmt.Fprintf(w, "%14s approval request %s (%s)\n", "", pr(ev.Approval), pr(ev.ApprovalHash))
@@ -225,9 +226,9 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 			fmt.Fprintf(w, "%14s output: %d byte(s) in %d frame(s)\n", "", n, len(ev.Frames))
 		case recorder.TypeServer:
 			if ev.Kind == "notification" {
-				fmt.Fprintf(w, "%s  NOTIFY %s: %s\n", ts, approval.Printable(ev.Channel), approval.Printable(ev.Text))
+				fmt.Fprintf(w, "%s  NOTIFY %s: %s\n", ts, pr(ev.Channel), pr(ev.Text))
 			} else {
-				fmt.Fprintf(w, "%s  SERVER %s\n", ts, approval.Printable(ev.Text))
+				fmt.Fprintf(w, "%s  SERVER %s\n", ts, pr(ev.Text))
 			}
 		case recorder.TypeRecheck:
 			fmt.Fprintf(w, "%s  RECHK  judged again by bundle revision %d (%s): %s\n", ts, ev.BundleRevision, pr(ev.BundleDigest), pr(ev.Identity))
@@ -268,6 +269,14 @@ func writeTimeline(w io.Writer, evs []recorder.Event) {
 		}
 	}
 }
+
+// flat is a recorded string for one line of a listing: approval.Printable,
+// with the line breaks and tabs it keeps escaped too.
+func flat(s string) string {
+	return flatBreaks.Replace(approval.Printable(s))
+}
+
+var flatBreaks = strings.NewReplacer("\n", `\u{000A}`, "\t", `\u{0009}`)
 
 // sinceTime reads a --since flag: a number of days (14d), a duration
 // (36h, 90m) before now, or an RFC 3339 time. Empty is the zero time

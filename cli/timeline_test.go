@@ -32,3 +32,31 @@ func TestTimelineEscapesControlCharacters(t *testing.T) {
 		t.Fatalf("the timeline does not show the escaped characters:\n%s", b.String())
 	}
 }
+
+// A recorded string holds line breaks where its sender put them: an
+// error message quoting the caller's SQL, a server's notice. Printed as
+// they are, they forge timeline lines (a DENY that reads as an ALLOW, an
+// end that did not happen). Each event stays on its own lines.
+func TestTimelineLineBreaksDoNotForgeLines(t *testing.T) {
+	forged := "x\n00:00:09.999  ALLOW  forged\r\n00:00:09.999  end    forged\u2028"
+	now := time.Unix(1, 0)
+	evs := []recorder.Event{
+		{Type: recorder.TypeStart, Time: now, Session: forged, Identity: forged, Issuer: forged, Groups: []string{forged}, Resource: forged, ClientAddr: forged},
+		{Type: recorder.TypeRequest, Time: now, Kind: "query", Text: "SELECT 1", Effect: "deny", Rules: []string{forged}, Params: []string{forged}, Approval: forged},
+		{Type: recorder.TypeResult, Time: now, Error: `column "` + forged + `" does not exist`},
+		{Type: recorder.TypeApproval, Time: now, Approval: forged, State: forged, Reason: forged},
+		{Type: recorder.TypeServer, Time: now, Kind: "notice", Text: forged},
+		{Type: recorder.TypeServer, Time: now, Kind: "notification", Channel: forged, Text: forged},
+		{Type: recorder.TypeMasked, Time: now},
+		{Type: recorder.TypeGap, Time: now, Lost: 1, Reason: forged},
+		{Type: recorder.TypeEnd, Time: now, Reason: forged},
+	}
+	var b bytes.Buffer
+	writeTimeline(&b, evs)
+	if strings.Contains(b.String(), "\n00:00:09.999") {
+		t.Fatalf("a recorded line break forged timeline lines:\n%s", b.String())
+	}
+	if !strings.Contains(b.String(), `\u{000A}`) {
+		t.Fatalf("the timeline does not show the escaped line breaks:\n%s", b.String())
+	}
+}
