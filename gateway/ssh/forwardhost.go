@@ -32,6 +32,12 @@ func canonicalHost(host string) error {
 		}
 		return nil
 	}
+	if i := strings.IndexFunc(host, notHostNameRune); i >= 0 {
+		// A space, a NUL, a % or a slash is in no host name, and libcs
+		// differ on what they make of one: older inet_aton reads
+		// "127.0.0.1 x" as 127.0.0.1, and C stops at a NUL.
+		return fmt.Errorf("the host %q holds %q, which no host name or address holds", host, host[i:i+1])
+	}
 	name := strings.ToLower(strings.TrimSuffix(host, "."))
 	labels := strings.Split(name, ".")
 	if last := labels[len(labels)-1]; numericLabel(last) {
@@ -43,6 +49,12 @@ func canonicalHost(host string) error {
 		return fmt.Errorf("the host %q is not written in canonical form: write %q", host, name)
 	}
 	return nil
+}
+
+// notHostNameRune reports whether r is outside what host names are
+// written with: letters, digits, '.', '-' and '_'.
+func notHostNameRune(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_')
 }
 
 // numericLabel reports whether a label reads as a number to inet_aton:
