@@ -329,20 +329,36 @@ func fileTransfer(req *celpolicy.SSHRequest) bool {
 	}
 	switch path.Base(req.Argv[0]) {
 	case "scp":
-		for _, a := range req.Argv[1:] {
-			if a == "--" {
-				break
-			}
-			if strings.HasPrefix(a, "-") && strings.ContainsAny(a, "tf") {
-				return true
-			}
-		}
+		return scpHostEnd(req.Argv[1:])
 	case "rsync":
 		return slices.Contains(req.Argv[1:], "--server")
 	case "sftp-server":
 		return true
 	}
 	return false
+}
+
+// scpHostEnd reports whether scp's arguments are those of the host's end
+// of a transfer, as an OpenSSH client sends them: options from -v, -r,
+// -p, -d, -t and -f only (alone or together), one of them -t or -f, then
+// the paths. Any other option is refused as a transfer: -S runs a program
+// of the caller's choice as ssh, and an option that merely holds a t or
+// an f (-oStrictHostKeyChecking=no) is not -t. scp stops reading options
+// at its first operand.
+func scpHostEnd(args []string) bool {
+	mode := false
+	for _, a := range args {
+		if a == "--" || !strings.HasPrefix(a, "-") || a == "-" {
+			break
+		}
+		if strings.Trim(a[1:], "vrpdtf") != "" {
+			return false
+		}
+		if strings.ContainsAny(a, "tf") {
+			mode = true
+		}
+	}
+	return mode
 }
 
 // systemDirs are where a distribution installs scp, rsync and
