@@ -8,6 +8,7 @@ import (
 	pg "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // A write reaches tables the statement does not name: a partitioned or
@@ -99,11 +100,25 @@ const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
 // materialized view's the relations its definition reads, and an
 // inherited or partitioned table's descendants (whose rows a SELECT of
 // it returns), transitively.
+//
+// A view's definition is listed too (the fourth column): the SQL a
+// built-in such as query_to_xml runs is a string to the catalog, so the
+// view's dependencies do not show what it reads.
 const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
   SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
   UNION ALL
   ` + viewEdges + `
-)` + reachedRows
+), reach(oid) AS (
+  SELECT oid FROM target
+  UNION
+  SELECT e.child FROM edges e JOIN reach r ON e.parent = r.oid
+)
+SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target),
+  CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+FROM reach
+JOIN pg_catalog.pg_class c ON c.oid = reach.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ORDER BY 3 DESC, 1, 2`
 
 // schemaTablesSQL lists the relations in the schemas $1.
 const schemaTablesSQL = `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
@@ -146,28 +161,73 @@ func readThroughKey(schemas []string, name string) string {
 // name the catalog does not have), cached like the catalog's other answers: a view made or
 // changed through the gateway resets the cache at once, one made directly
 // on the database is seen within catalogTTL.
-func (c *catalogs) readThrough(resource string, schemas []string, name string) ([]celpolicy.Table, error) {
+//
+// dynamic are the relations named only in the SQL text a reached view
+// gives a built-in (query_to_xml('SELECT * FROM payments', …)): what a
+// read of them reaches in turn is the caller's to add. A view whose
+// definition cannot be analysed, or runs SQL that cannot be known, is an
+// error: the read is refused.
+func (c *catalogs) readThrough(resource string, schemas []string, name string) (reached, dynamic []celpolicy.Table, _ error) {
 	cat, res, err := c.get(resource)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer cat.mu.Unlock()
 	key := readThroughKey(schemas, name)
 	if e, ok := cat.reach[key]; ok && time.Since(e.at) < catalogTTL {
-		return e.v, nil
+		return e.v, cat.reach[key+"\x00dynamic"].v, nil
 	}
 	rows, err := cat.query(c, res, viewReadSQL, name, textArray(schemas))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []celpolicy.Table
 	if len(rows) > 0 && string(rows[0][2]) == "t" {
-		out = tablesOf(rows[1:], "read")
-		for i := range out {
-			out[i].Via = string(rows[0][0]) + "." + string(rows[0][1])
+		via := string(rows[0][0]) + "." + string(rows[0][1])
+		reached = tablesOf(rows[1:], "read")
+		for i := range reached {
+			reached[i].Via = via
+		}
+		for _, r := range rows {
+			if r[3] == nil {
+				continue
+			}
+			got, err := dynamicReads(string(r[0])+"."+string(r[1]), string(r[3]))
+			if err != nil {
+				return nil, nil, err
+			}
+			for _, t := range got {
+				t.Via = via
+				if !hasTable(reached, t) && !hasTable(dynamic, t) {
+					dynamic = append(dynamic, t)
+				}
+			}
 		}
 	}
-	cat.reach[key] = cached[[]celpolicy.Table]{v: out, at: time.Now()}
+	now := time.Now()
+	cat.reach[key] = cached[[]celpolicy.Table]{v: reached, at: now}
+	cat.reach[key+"\x00dynamic"] = cached[[]celpolicy.Table]{v: dynamic, at: now}
+	return reached, dynamic, nil
+}
+
+// dynamicReads are the relations a view's definition reads through the
+// SQL it gives built-ins (sqlfacts' statements via query_to_xml, …), as
+// read; an error when the definition cannot be analysed, or what such a
+// call runs cannot be known.
+func dynamicReads(view, def string) ([]celpolicy.Table, error) {
+	stmts, err := sqlfacts.Analyze(def)
+	if err != nil {
+		return nil, fmt.Errorf("the definition of view %s cannot be judged: %w", view, err)
+	}
+	var out []celpolicy.Table
+	for _, st := range stmts {
+		if st.Via == "" {
+			continue // the view's own query: its tables are its dependencies
+		}
+		for _, t := range st.Tables {
+			t.Access = "read"
+			out = append(out, t)
+		}
+	}
 	return out, nil
 }
 

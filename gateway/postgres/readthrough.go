@@ -80,6 +80,14 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 // readThrough is what a read of t reaches through views: the session's own
 // (temporary) views' recorded reads, and the shared catalog's.
 func (s *session) readThrough(t celpolicy.Table) ([]celpolicy.Table, error) {
+	return s.readThroughDepth(t, 0)
+}
+
+// maxDynamicDepth bounds how many views deep readThrough follows the SQL
+// views give built-ins (a view over query_to_xml of a view over …).
+const maxDynamicDepth = 8
+
+func (s *session) readThroughDepth(t celpolicy.Table, depth int) ([]celpolicy.Table, error) {
 	out := s.cat.viewReadsOf(t.Schema, t.Name)
 	if t.Schema == "pg_temp" {
 		return out, nil
@@ -88,8 +96,28 @@ func (s *session) readThrough(t celpolicy.Table) ([]celpolicy.Table, error) {
 	if t.Schema == "" || t.Schema == "public" {
 		schemas = s.cat.searchPath
 	}
-	got, err := s.srv.catalog.readThrough(s.cat.resource, schemas, t.Name)
-	return append(out, got...), err
+	got, dynamic, err := s.srv.catalog.readThrough(s.cat.resource, schemas, t.Name)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, got...)
+	// What a view reads through a built-in's SQL is named there, not in
+	// its dependencies: those names are read through in turn.
+	for _, d := range dynamic {
+		if depth >= maxDynamicDepth {
+			return nil, fmt.Errorf("views run SQL through built-ins (query_to_xml, …) nested more than %d deep", maxDynamicDepth)
+		}
+		out = append(out, d)
+		more, err := s.readThroughDepth(celpolicy.Table{Schema: d.Schema, Name: d.Name, Access: "read"}, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range more {
+			m.Via = d.Via
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // viewReadsOf lists what the session's own views of that name read: the

@@ -134,3 +134,40 @@ func TestDeniedTableNotReadByBuiltins(t *testing.T) {
 		t.Fatalf("table_to_xml of orders: %q %v", vals, err)
 	}
 }
+
+// TestDeniedTableNotReadThroughAViewOfABuiltin: a view can read payments
+// through the SQL it gives query_to_xml or table_to_xml, which the
+// catalog keeps as a string, not as a dependency. Reading such a view (or
+// a view over it), made before the rule or by anyone, must be judged with
+// what that SQL reads; a view whose built-in runs SQL that cannot be known
+// is refused.
+func TestDeniedTableNotReadThroughAViewOfABuiltin(t *testing.T) {
+	e := startReviewWritesEnv(t, "")
+	e.pg.Exec(t, "orders", `INSERT INTO payments (order_id, amount) VALUES (1, 42.42);
+		CREATE VIEW gh_qx AS SELECT query_to_xml('select * from payments', true, false, '') AS x;
+		CREATE VIEW gh_over AS SELECT * FROM gh_qx;
+		CREATE VIEW gh_tx AS SELECT table_to_xml('public.payments', true, false, '') AS x;
+		CREATE VIEW gh_pay AS SELECT * FROM payments;
+		CREATE VIEW gh_qv AS SELECT query_to_xml('select * from gh_pay', true, false, '') AS x;
+		CREATE VIEW gh_dyn AS SELECT query_to_xml(current_setting('application_name'), true, false, '') AS x;
+		CREATE MATERIALIZED VIEW gh_mx AS SELECT query_to_xml('select * from payments', true, false, '') AS x;
+		CREATE VIEW gh_ok AS SELECT query_to_xml('select id from orders', true, false, '') AS x;
+		ALTER VIEW gh_qx OWNER TO gatehouse; ALTER VIEW gh_over OWNER TO gatehouse; ALTER VIEW gh_tx OWNER TO gatehouse;
+		ALTER VIEW gh_pay OWNER TO gatehouse; ALTER VIEW gh_qv OWNER TO gatehouse; ALTER VIEW gh_dyn OWNER TO gatehouse;
+		ALTER MATERIALIZED VIEW gh_mx OWNER TO gatehouse; ALTER VIEW gh_ok OWNER TO gatehouse`)
+	c := e.connect(t, "dev")
+	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+noPaymentsRule)
+	for _, q := range []string{
+		"SELECT * FROM gh_qx", "SELECT * FROM gh_over", "SELECT * FROM gh_tx", "SELECT * FROM gh_qv",
+		"SELECT * FROM gh_mx", "REFRESH MATERIALIZED VIEW gh_mx",
+	} {
+		vals, err := simple(c, q)
+		mustBeDenied(t, vals, err, q)
+	}
+	if vals, err := simple(c, "SELECT * FROM gh_dyn"); pgCode(err) != "42501" || !strings.Contains(err.Error(), "not a constant") {
+		t.Fatalf("a view over query_to_xml of SQL that is not a constant: rows %q, error %v; want the gateway's refusal", vals, err)
+	}
+	if vals, err := simple(c, "SELECT * FROM gh_ok"); err != nil || len(vals) != 1 {
+		t.Fatalf("a view over query_to_xml of orders: %q %v", vals, err)
+	}
+}
