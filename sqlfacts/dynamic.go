@@ -47,6 +47,17 @@ func dynamicArg(name string, nargs int) (kind string, arg int) {
 	return "", 0
 }
 
+// DynamicFunctions are the names of the built-ins (in pg_catalog) that
+// run SQL or read tables named by their arguments (dynamicArg).
+func DynamicFunctions() []string {
+	return []string{
+		"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite",
+		"table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+		"schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema",
+		"database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+	}
+}
+
 // dynamicCall adds what a call of a dynamicSQL built-in reads to the
 // analysis: nested statements for the SQL it runs, or the table it reads
 // to the calling statement.

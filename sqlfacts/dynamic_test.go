@@ -72,3 +72,15 @@ func TestDynamicSQLReadsAreFacts(t *testing.T) {
 		}
 	}
 }
+
+// TestDynamicFunctionsAreTheDynamicArgs: the gateway looks for views that
+// call DynamicFunctions; each must be one the analysis knows, refusing a
+// call whose argument is not a constant.
+func TestDynamicFunctionsAreTheDynamicArgs(t *testing.T) {
+	for _, name := range sqlfacts.DynamicFunctions() {
+		req := sqlfacts.Query("SELECT pg_catalog." + name + "(current_setting('a'), current_setting('b'))")
+		if !strings.HasPrefix(req.Problem, sqlfacts.Refused) {
+			t.Errorf("%s is listed, but a call of it with arguments that are not constants is not refused: %q", name, req.Problem)
+		}
+	}
+}

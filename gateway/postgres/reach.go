@@ -101,9 +101,11 @@ const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
 // inherited or partitioned table's descendants (whose rows a SELECT of
 // it returns), transitively.
 //
-// A view's definition is listed too (the fourth column): the SQL a
-// built-in such as query_to_xml runs is a string to the catalog, so the
-// view's dependencies do not show what it reads.
+// A view's definition is listed too (the fourth column) when it calls one
+// of the built-ins $3 (sqlfacts.DynamicFunctions): the SQL such a built-in
+// runs is a string to the catalog, so the view's dependencies do not show
+// what it reads. (Only then: pg_get_viewdef locks the relations the view
+// reads, and would wait behind another session's ALTER TABLE of them.)
 const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
   SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits
   UNION ALL
@@ -114,7 +116,12 @@ const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
   SELECT e.child FROM edges e JOIN reach r ON e.parent = r.oid
 )
 SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target),
-  CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+  CASE WHEN c.relkind IN ('v', 'm') AND EXISTS (
+    SELECT FROM pg_catalog.pg_rewrite r, pg_catalog.pg_proc p
+    WHERE r.ev_class = c.oid AND p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+      AND p.proname = ANY ($3::text[])
+      AND pg_catalog.strpos(r.ev_action::text, ':funcid ' || p.oid || ' ') > 0)
+  THEN pg_catalog.pg_get_viewdef(c.oid) END
 FROM reach
 JOIN pg_catalog.pg_class c ON c.oid = reach.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -177,7 +184,7 @@ func (c *catalogs) readThrough(resource string, schemas []string, name string) (
 	if e, ok := cat.reach[key]; ok && time.Since(e.at) < catalogTTL {
 		return e.v, cat.reach[key+"\x00dynamic"].v, nil
 	}
-	rows, err := cat.query(c, res, viewReadSQL, name, textArray(schemas))
+	rows, err := cat.query(c, res, viewReadSQL, name, textArray(schemas), dynamicFunctions)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -208,6 +215,9 @@ func (c *catalogs) readThrough(resource string, schemas []string, name string) (
 	cat.reach[key+"\x00dynamic"] = cached[[]celpolicy.Table]{v: dynamic, at: now}
 	return reached, dynamic, nil
 }
+
+// dynamicFunctions is sqlfacts.DynamicFunctions as a parameter.
+var dynamicFunctions = textArray(sqlfacts.DynamicFunctions())
 
 // dynamicReads are the relations a view's definition reads through the
 // SQL it gives built-ins (sqlfacts' statements via query_to_xml, …), as
