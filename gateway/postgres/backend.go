@@ -282,6 +282,11 @@ func (s *session) readyForQuery(m *pgproto3.ReadyForQuery, h *slot) (pgproto3.Ba
 	s.txStatus.Store(uint32(m.TxStatus))
 	if m.TxStatus == 'I' {
 		s.names.endTransaction()
+		if s.cat != nil && s.cat.endTransaction() {
+			// What the catalog was asked while the transaction's DDL was
+			// uncommitted is stale now that it has ended.
+			s.srv.catalog.invalidate(s.cat.resource)
+		}
 	}
 	return m, true, true
 }

@@ -247,11 +247,25 @@ func (s *session) bind(m *pgproto3.Bind) error {
 func (s *session) effectsOf(req *celpolicy.PostgresRequest) []*effects {
 	var out []*effects
 	any := false
+	var pending map[string][]celpolicy.Table // what earlier statements carry
 	for _, st := range req.Statements {
 		if st.Via != "" {
 			continue
 		}
 		e := s.cat.effectsOf(st)
+		if e != nil && e.carry != nil {
+			// Asked before it runs (the request's read-through asked the
+			// same, so an error refused it already).
+			e.carryKeys, e.carryReads, _ = s.carriedReads(*e.carry, pending)
+			if len(e.carryReads) > 0 {
+				if pending == nil {
+					pending = map[string][]celpolicy.Table{}
+				}
+				for _, k := range e.carryKeys {
+					pending[k] = append(pending[k], e.carryReads...)
+				}
+			}
+		}
 		any = any || e != nil
 		out = append(out, e)
 	}

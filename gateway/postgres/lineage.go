@@ -38,15 +38,19 @@ type sessionCatalog struct {
 	// views' names ("schema\x00name", and "\x00name" for a name the
 	// session's unqualified references reach), so that a read through a
 	// temporary view the shared catalog cannot see is still judged with
-	// them (withReadsThroughViews). Entries are never dropped: a name
-	// reused for another relation only lists more tables.
+	// them (withReadsThroughViews); and what the session's renames and
+	// INHERIT or ATTACH PARTITION made a name reach (carriedBy). Entries
+	// are never dropped: a name reused for another relation only lists
+	// more tables.
 	viewReads map[string][]celpolicy.Table
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
 	generation uint64 // the shared catalog's, when lineage was filled
-	local      uint64 // bumped by this session's own definitions
-	cachedAt   uint64
+	// ddlInTx: DDL succeeded since the last end of a transaction.
+	ddlInTx  bool
+	local    uint64 // bumped by this session's own definitions
+	cachedAt uint64
 }
 
 // maxForgot bounds how many names a session's catalog remembers taking:
@@ -124,6 +128,18 @@ func (c *sessionCatalog) createdHere(schema, name string) bool {
 // UserOperator implements sqlfacts.OperatorCatalog.
 func (c *sessionCatalog) UserOperator(name string) (bool, error) {
 	return c.srv.catalog.userOperator(c.resource, name)
+}
+
+// endTransaction reports whether DDL succeeded since the last end of a
+// transaction (a ReadyForQuery outside one), and forgets it: until then
+// the shared catalog's connection could not see it, and may have cached
+// what it saw instead.
+func (c *sessionCatalog) endTransaction() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	was := c.ddlInTx
+	c.ddlInTx = false
+	return was
 }
 
 // epoch changes whenever the session's view of the catalog may have: the
@@ -264,6 +280,11 @@ type effects struct {
 	viewReads []celpolicy.Table
 	// renamed: an ALTER … RENAME TO of a relation (renamedRelation).
 	renamed *renaming
+	// carry: what the statement makes a name reach (carriedBy), with
+	// carryKeys and carryReads asked before it ran (carriedReads).
+	carry      *carrying
+	carryKeys  []string
+	carryReads []celpolicy.Table
 	// stamp orders the statement, when it was sent, with forgetNamed: a
 	// definition sent before a Parse or Bind took its name is not applied
 	// when its answer comes after.
@@ -292,8 +313,11 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 		e.view, e.viewReads = v, reads
 	}
 	if strings.HasPrefix(st.Command, "ALTER ") {
-		if schema, from, to, ok := renamedRelation(st.Text); ok {
-			e.renamed = &renaming{schema: schema, from: from, to: to}
+		if r, ok := renamedRelation(st.Text); ok {
+			e.renamed = &r
+		}
+		if c, ok := carriedBy(st); ok {
+			e.carry = &c
 		}
 	}
 	lins, err := c.lineageOf(st.Text)
@@ -335,6 +359,7 @@ func (c *sessionCatalog) apply(e *effects) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.ddlInTx = c.ddlInTx || e.ddl
 	c.local++
 	c.applyViewReads(e)
 	if k := definedKey(e.defines); k != "" && c.forgot[k] < e.stamp && c.forgotAll < e.stamp {
@@ -392,8 +417,9 @@ func planOf(p *celpolicy.MaskPlan, i int) *celpolicy.StatementMasks {
 	return &p.Statements[i]
 }
 
-// renaming is an ALTER TABLE|VIEW … RENAME TO: schema as written.
-type renaming struct{ schema, from, to string }
+// renaming is an ALTER TABLE|VIEW … RENAME TO or SET SCHEMA: schema as
+// written, toSchema "" unless moved.
+type renaming struct{ schema, from, toSchema, to string }
 
 // applyViewReads records what a view the session created reads, and
 // carries it to a view's new name. c.mu is held.
@@ -405,6 +431,9 @@ func (c *sessionCatalog) applyViewReads(e *effects) {
 			// keep both, so that neither is missed.
 			c.addViewReads("\x00"+e.view.Name, e.viewReads)
 		}
+	}
+	for _, k := range e.carryKeys {
+		c.addViewReads(k, e.carryReads)
 	}
 	if r := e.renamed; r != nil {
 		schemas := []string{r.schema, ""}
@@ -418,9 +447,8 @@ func (c *sessionCatalog) applyViewReads(e *effects) {
 		if len(reads) == 0 {
 			return
 		}
-		c.addViewReads("\x00"+r.to, reads)
-		if r.schema != "" {
-			c.addViewReads(r.schema+"\x00"+r.to, reads)
+		for _, k := range r.newKeys(c.searchPath) {
+			c.addViewReads(k, reads)
 		}
 	}
 }

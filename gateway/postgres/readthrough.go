@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
 
@@ -44,6 +46,10 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 		return req, ""
 	}
 	var out *celpolicy.PostgresRequest
+	// moved are what earlier statements of the request make a name reach
+	// (carriedBy), by the name's key: the catalog does not show it until
+	// they have run, and their transaction has committed.
+	var moved map[string][]celpolicy.Table
 	for i, st := range req.Statements {
 		var add []celpolicy.Table
 		for _, t := range st.Tables {
@@ -54,9 +60,27 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 			if err != nil {
 				return req, fmt.Sprintf("the relations a read of %s reaches through views could not be read from the catalog (%v)", t.Name, err)
 			}
+			got = append(got, moved[t.Schema+"\x00"+t.Name]...)
+			if t.Schema == "" || t.Schema == "public" || t.Schema == "pg_temp" {
+				got = append(got, moved["\x00"+t.Name]...)
+			}
 			for _, b := range got {
 				if !hasTable(st.Tables, b) && !hasTable(add, b) {
 					add = append(add, b)
+				}
+			}
+		}
+		if c, ok := carriedBy(st); ok {
+			keys, reads, err := s.carriedReads(c, moved)
+			if err != nil {
+				return req, fmt.Sprintf("the relations a read of %s reaches through views could not be read from the catalog (%v)", c.from, err)
+			}
+			if len(reads) > 0 {
+				if moved == nil {
+					moved = map[string][]celpolicy.Table{}
+				}
+				for _, k := range keys {
+					moved[k] = append(moved[k], reads...)
 				}
 			}
 		}
@@ -162,21 +186,125 @@ func viewDefinition(st celpolicy.Statement) (view celpolicy.Table, reads []celpo
 	return view, reads, true
 }
 
-// renamedRelation reads ALTER TABLE|VIEW|MATERIALIZED VIEW … RENAME TO:
-// the relation's schema as written ("" when unqualified), old and new
-// names.
-func renamedRelation(text string) (schema, from, to string, ok bool) {
+// renamedRelation reads ALTER TABLE|VIEW|MATERIALIZED VIEW … RENAME TO
+// and … SET SCHEMA: the relation's schema as written ("" when
+// unqualified) and name, and its new schema ("" when unchanged) and name.
+func renamedRelation(text string) (r renaming, ok bool) {
 	tree, err := pg.Parse(text)
 	if err != nil || len(tree.Stmts) != 1 {
-		return "", "", "", false
+		return renaming{}, false
 	}
-	rs := tree.Stmts[0].Stmt.GetRenameStmt()
-	if rs == nil || rs.Relation == nil {
-		return "", "", "", false
+	relation := func(t pg.ObjectType) bool {
+		return t == pg.ObjectType_OBJECT_TABLE || t == pg.ObjectType_OBJECT_VIEW || t == pg.ObjectType_OBJECT_MATVIEW
 	}
-	switch rs.RenameType {
-	case pg.ObjectType_OBJECT_TABLE, pg.ObjectType_OBJECT_VIEW, pg.ObjectType_OBJECT_MATVIEW:
-		return rs.Relation.Schemaname, rs.Relation.Relname, rs.Newname, true
+	if rs := tree.Stmts[0].Stmt.GetRenameStmt(); rs != nil && rs.Relation != nil && relation(rs.RenameType) {
+		return renaming{schema: rs.Relation.Schemaname, from: rs.Relation.Relname, to: rs.Newname}, true
 	}
-	return "", "", "", false
+	if as := tree.Stmts[0].Stmt.GetAlterObjectSchemaStmt(); as != nil && as.Relation != nil && relation(as.ObjectType) {
+		return renaming{schema: as.Relation.Schemaname, from: as.Relation.Relname, toSchema: as.Newschema, to: as.Relation.Relname}, true
+	}
+	return renaming{}, false
+}
+
+// A statement can make a name reach what the shared catalog does not
+// show until its transaction commits (its own connection sees only what
+// is committed): ALTER VIEW v RENAME TO w, or SET SCHEMA, makes w read
+// what v read; ALTER TABLE payments INHERIT p, or ALTER TABLE p ATTACH
+// PARTITION payments, makes a read of p read payments. So what the name
+// reaches is asked before the statement runs, and kept by the session
+// (viewReads) once it succeeded, for later statements, as for the
+// session's own views; and within one request, for the statements behind
+// it (withReadsThroughViews). The session keeps it after a ROLLBACK too:
+// a later read of the name is judged with more than it reads, never less.
+
+// carrying is what a statement carries: what a read of from (schema as
+// written) reaches, a read of to (in toSchema, "" as written) reaches
+// too. self: from itself is read through to (a new child).
+type carrying struct {
+	renaming
+	self bool
+}
+
+// carriedBy reads a statement that makes a name reach more: a relation's
+// rename or move, or a table made a child of another.
+func carriedBy(st celpolicy.Statement) (carrying, bool) {
+	if !strings.HasPrefix(st.Command, "ALTER ") {
+		return carrying{}, false
+	}
+	if r, ok := renamedRelation(st.Text); ok {
+		return carrying{renaming: r}, true
+	}
+	tree, err := pg.Parse(st.Text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return carrying{}, false
+	}
+	at := tree.Stmts[0].Stmt.GetAlterTableStmt()
+	if at == nil || at.Relation == nil {
+		return carrying{}, false
+	}
+	for _, c := range at.Cmds {
+		cmd := c.GetAlterTableCmd()
+		if cmd == nil {
+			continue
+		}
+		switch cmd.Subtype {
+		case pg.AlterTableType_AT_AddInherit:
+			if p := cmd.Def.GetRangeVar(); p != nil {
+				return carrying{renaming: renaming{schema: at.Relation.Schemaname, from: at.Relation.Relname, toSchema: p.Schemaname, to: p.Relname}, self: true}, true
+			}
+		case pg.AlterTableType_AT_AttachPartition:
+			if pc := cmd.Def.GetPartitionCmd(); pc != nil && pc.Name != nil {
+				return carrying{renaming: renaming{schema: pc.Name.Schemaname, from: pc.Name.Relname, toSchema: at.Relation.Schemaname, to: at.Relation.Relname}, self: true}, true
+			}
+		}
+	}
+	return carrying{}, false
+}
+
+// carriedReads is what c makes its new name reach, asked of the catalog
+// (and of pending, what earlier statements of the request carried) before
+// it runs, with the keys (viewReads') it is read by.
+func (s *session) carriedReads(c carrying, pending map[string][]celpolicy.Table) (keys []string, reads []celpolicy.Table, _ error) {
+	from := celpolicy.Table{Schema: c.schema, Name: c.from, Access: "read"}
+	got, err := s.readThrough(from)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.self {
+		via := c.toSchema
+		if via == "" {
+			via = "public"
+		}
+		from.Via = via + "." + c.to
+		reads = append(reads, from)
+		for _, t := range got {
+			t.Via = from.Via
+			reads = append(reads, t)
+		}
+	} else {
+		reads = got
+	}
+	reads = append(reads, pending[c.schema+"\x00"+c.from]...)
+	if c.schema == "" || c.schema == "public" || c.schema == "pg_temp" {
+		reads = append(reads, pending["\x00"+c.from]...)
+	}
+	return c.newKeys(s.cat.searchPath), reads, nil
+}
+
+// newKeys are the keys (as viewReads') a relation is read by under its
+// new name: toSchema's (or, "" for unchanged, the schema as written), and
+// the unqualified name when that schema is on the search path.
+func (r renaming) newKeys(searchPath []string) []string {
+	schema := r.toSchema
+	if schema == "" {
+		schema = r.schema
+	}
+	if schema == "" {
+		return []string{"\x00" + r.to}
+	}
+	keys := []string{schema + "\x00" + r.to}
+	if schema == "public" || schema == "pg_temp" || slices.Contains(searchPath, schema) {
+		keys = append(keys, "\x00"+r.to)
+	}
+	return keys
 }
