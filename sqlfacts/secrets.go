@@ -20,11 +20,13 @@ const Redacted = "'[redacted]'"
 // The statement still runs as sent; only its text at rest is redacted.
 //
 // What counts, found in the parse tree, never by matching text:
-//   - the value of an option named password (role options, generic
-//     options of user mappings, servers and foreign tables);
+//   - the value of an option named password or sslpassword (role
+//     options, generic options of user mappings, servers and foreign
+//     tables);
 //   - a subscription's CONNECTION string;
-//   - the first argument of a dblink function, when it is a connection
-//     string (it holds "=" or "://") rather than a connection's name.
+//   - the first argument of a dblink function, and the second of
+//     dblink_connect(name, connstr), when it is a connection string (it
+//     holds "=" or "://") rather than a connection's name.
 //
 // The constants are then found with PostgreSQL's own scanner, by the
 // locations the parser gives. Text that does not parse is returned as it
@@ -115,13 +117,11 @@ type secretFinder struct {
 func (f *secretFinder) visit(m protoreflect.Message) {
 	switch n := m.Interface().(type) {
 	case *pg.DefElem:
-		if strings.EqualFold(n.Defname, "password") {
+		if isPasswordOption(n.Defname) {
 			f.options = append(f.options, n.Location)
 		}
 	case *pg.FuncCall:
-		if loc, ok := dblinkConnString(n); ok {
-			f.constants = append(f.constants, loc)
-		}
+		f.constants = append(f.constants, dblinkConnStrings(n)...)
 	case *pg.CreateSubscriptionStmt, *pg.AlterSubscriptionStmt:
 		start := f.stmt.StmtLocation
 		end := start + f.stmt.StmtLen
@@ -144,19 +144,41 @@ func (f *secretFinder) visit(m protoreflect.Message) {
 	})
 }
 
-// dblinkConnString is the location of a dblink function's first argument
-// when it is a connection string given as a constant.
-func dblinkConnString(n *pg.FuncCall) (int32, bool) {
+// isPasswordOption reports whether an option's value is a password:
+// password itself, and libpq's sslpassword (a user mapping's option too).
+func isPasswordOption(name string) bool {
+	return strings.EqualFold(name, "password") || strings.EqualFold(name, "sslpassword")
+}
+
+// dblinkConnStrings are the locations of a dblink function's connection
+// strings given as constants (cast or not): its first argument, when it
+// is one (it holds "=" or "://") rather than a connection's name, and
+// dblink_connect's second, dblink_connect(name, connstr).
+func dblinkConnStrings(n *pg.FuncCall) []int32 {
 	if len(n.Funcname) == 0 || len(n.Args) == 0 {
-		return 0, false
+		return nil
 	}
 	name := strings.ToLower(n.Funcname[len(n.Funcname)-1].GetString_().GetSval())
-	c := n.Args[0].GetAConst()
-	if !strings.HasPrefix(name, "dblink") || c == nil || c.GetSval() == nil {
-		return 0, false
+	if !strings.HasPrefix(name, "dblink") {
+		return nil
 	}
-	conn := c.GetSval().Sval
-	return c.Location, strings.Contains(conn, "=") || strings.Contains(conn, "://")
+	var out []int32
+	for i, a := range n.Args {
+		if i > 1 || i == 1 && name != "dblink_connect" && name != "dblink_connect_u" {
+			break
+		}
+		if tc := a.GetTypeCast(); tc != nil {
+			a = tc.Arg
+		}
+		c := a.GetAConst()
+		if c == nil || c.GetSval() == nil {
+			continue
+		}
+		if conn := c.GetSval().Sval; strings.Contains(conn, "=") || strings.Contains(conn, "://") {
+			out = append(out, c.Location)
+		}
+	}
+	return out
 }
 
 // spans turns what the tree said into the byte ranges of string

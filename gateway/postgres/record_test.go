@@ -259,6 +259,9 @@ policy "roles" {
 	if _, err := c.Exec(ctx, "ALTER ROLE gh_redact_role PASSWORD E'hunter3-\\'topsecret'", pgx.QueryExecModeExec); err != nil {
 		t.Fatal(err)
 	}
+	// dblink_connect(name, connstr): the connection string is the second
+	// argument (it fails upstream without dblink; it is recorded first).
+	_, _ = c.Exec(ctx, "SELECT dblink_connect('gh_c', 'host=127.0.0.1 password=topsecret-4')", pgx.QueryExecModeSimpleProtocol)
 	c.Close(ctx)
 	var set bool
 	if err := e.pg.Conn(t, "orders").QueryRow(ctx, "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = 'gh_redact_role'").Scan(&set); err != nil || !set {
