@@ -40,6 +40,7 @@ type catalog struct {
 	functions map[string]cached[*sqlfacts.FunctionInfo]
 	operators map[string]cached[bool] // name -> defined outside pg_catalog
 	reach     map[string]cached[[]celpolicy.Table]
+	views     map[string]cached[readThroughs]
 	// generation counts invalidations, for the sessions' lineage and
 	// decision caches; read without the lock.
 	generation atomic.Uint64
@@ -89,6 +90,7 @@ func (cat *catalog) reset() {
 	cat.relations, cat.functions = map[string]cached[*sqlfacts.RelationInfo]{}, map[string]cached[*sqlfacts.FunctionInfo]{}
 	cat.operators = map[string]cached[bool]{}
 	cat.reach = map[string]cached[[]celpolicy.Table]{}
+	cat.views = map[string]cached[readThroughs]{}
 	cat.generation.Add(1)
 }
 

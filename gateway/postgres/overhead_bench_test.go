@@ -354,8 +354,8 @@ func (r *overheadRig) session(b testing.TB, sync bool) *benchSession {
 	searchPath := []string{"pg_catalog", "public"}
 	cat.relations[strings.Join(searchPath, "\x00")+"\x01customers"] = cached[*sqlfacts.RelationInfo]{at: time.Now().Add(time.Hour),
 		v: &sqlfacts.RelationInfo{Schema: "public", Name: "customers", Kind: "table", Columns: []string{"id", "name", "email", "card_number"}}}
-	cat.operators["="] = cached[bool]{v: false, at: time.Now().Add(time.Hour)}                                    // built in only
-	cat.reach[readThroughKey(searchPath, "customers")] = cached[[]celpolicy.Table]{at: time.Now().Add(time.Hour)} // a table, no view
+	cat.operators["="] = cached[bool]{v: false, at: time.Now().Add(time.Hour)}                               // built in only
+	cat.views[readThroughKey(searchPath, "customers")] = cached[readThroughs]{at: time.Now().Add(time.Hour)} // a table, no view
 	srv.catalog.by["orders"] = cat
 	var s *session
 	cs, ref := c.Admit(context.Background(), core.Admission{Protocol: Protocol, Kind: bundle.KindPostgres, Resource: "orders",

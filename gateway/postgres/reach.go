@@ -101,7 +101,10 @@ const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
 // inherited or partitioned table's descendants (whose rows a SELECT of
 // it returns), transitively.
 //
-// A view's definition is listed too (the fourth column) when it calls one
+// The functions that are not built in a reached view calls are listed too
+// (the fourth column is their volatility): a rule that denies calls of
+// user functions must see one a view calls. A view's definition is listed
+// (the fifth column) when it calls one
 // of the built-ins $3 (sqlfacts.DynamicFunctions): the SQL such a built-in
 // runs is a string to the catalog, so the view's dependencies do not show
 // what it reads. (Only then: pg_get_viewdef locks the relations the view
@@ -115,7 +118,7 @@ const viewReadSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
   UNION
   SELECT e.child FROM edges e JOIN reach r ON e.parent = r.oid
 )
-SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target),
+SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target), NULL,
   CASE WHEN c.relkind IN ('v', 'm') AND EXISTS (
     SELECT FROM pg_catalog.pg_rewrite r, pg_catalog.pg_proc p
     WHERE r.ev_class = c.oid AND p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
@@ -125,6 +128,15 @@ SELECT n.nspname, c.relname, reach.oid IN (SELECT oid FROM target),
 FROM reach
 JOIN pg_catalog.pg_class c ON c.oid = reach.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+UNION ALL
+SELECT DISTINCT n.nspname, p.proname, false, p.provolatile::text, NULL
+FROM reach
+JOIN pg_catalog.pg_rewrite r ON r.ev_class = reach.oid AND r.rulename = '_RETURN'
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+ AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname <> 'pg_catalog'
 ORDER BY 3 DESC, 1, 2`
 
 // schemaTablesSQL lists the relations in the schemas $1.
@@ -169,51 +181,64 @@ func readThroughKey(schemas []string, name string) string {
 // changed through the gateway resets the cache at once, one made directly
 // on the database is seen within catalogTTL.
 //
-// dynamic are the relations named only in the SQL text a reached view
-// gives a built-in (query_to_xml('SELECT * FROM payments', …)): what a
-// read of them reaches in turn is the caller's to add. A view whose
+// It also lists the relations named only in the SQL text a reached view
+// gives a built-in (query_to_xml('SELECT * FROM payments', …)), and the
+// functions that are not built in that reached views call. A view whose
 // definition cannot be analysed, or runs SQL that cannot be known, is an
 // error: the read is refused.
-func (c *catalogs) readThrough(resource string, schemas []string, name string) (reached, dynamic []celpolicy.Table, _ error) {
+func (c *catalogs) readThrough(resource string, schemas []string, name string) (_ readThroughs, _ error) {
 	cat, res, err := c.get(resource)
 	if err != nil {
-		return nil, nil, err
+		return readThroughs{}, err
 	}
 	defer cat.mu.Unlock()
 	key := readThroughKey(schemas, name)
-	if e, ok := cat.reach[key]; ok && time.Since(e.at) < catalogTTL {
-		return e.v, cat.reach[key+"\x00dynamic"].v, nil
+	if e, ok := cat.views[key]; ok && time.Since(e.at) < catalogTTL {
+		return e.v, nil
 	}
 	rows, err := cat.query(c, res, viewReadSQL, name, textArray(schemas), dynamicFunctions)
 	if err != nil {
-		return nil, nil, err
+		return readThroughs{}, err
 	}
+	var out readThroughs
 	if len(rows) > 0 && string(rows[0][2]) == "t" {
 		via := string(rows[0][0]) + "." + string(rows[0][1])
-		reached = tablesOf(rows[1:], "read")
-		for i := range reached {
-			reached[i].Via = via
-		}
-		for _, r := range rows {
-			if r[3] == nil {
+		for _, r := range rows[1:] {
+			if r[3] != nil { // a function a view calls
+				out.calls = append(out.calls, celpolicy.Call{Schema: string(r[0]), Name: string(r[1]), Volatility: sqlfacts.VolatilityName(string(r[3]))})
 				continue
 			}
-			got, err := dynamicReads(string(r[0])+"."+string(r[1]), string(r[3]))
+			out.reached = append(out.reached, celpolicy.Table{Schema: string(r[0]), Name: string(r[1]), Access: "read", Via: via})
+		}
+		for _, r := range rows {
+			if r[4] == nil {
+				continue
+			}
+			got, err := dynamicReads(string(r[0])+"."+string(r[1]), string(r[4]))
 			if err != nil {
-				return nil, nil, err
+				return readThroughs{}, err
 			}
 			for _, t := range got {
 				t.Via = via
-				if !hasTable(reached, t) && !hasTable(dynamic, t) {
-					dynamic = append(dynamic, t)
+				if !hasTable(out.reached, t) && !hasTable(out.dynamic, t) {
+					out.dynamic = append(out.dynamic, t)
 				}
 			}
 		}
 	}
-	now := time.Now()
-	cat.reach[key] = cached[[]celpolicy.Table]{v: reached, at: now}
-	cat.reach[key+"\x00dynamic"] = cached[[]celpolicy.Table]{v: dynamic, at: now}
-	return reached, dynamic, nil
+	cat.views[key] = cached[readThroughs]{v: out, at: time.Now()}
+	return out, nil
+}
+
+// readThroughs is what a read of a relation reaches (catalogs.readThrough).
+type readThroughs struct {
+	// reached are the relations views and inheritance reach.
+	reached []celpolicy.Table
+	// dynamic are the relations named only in the SQL a reached view
+	// gives a built-in: what a read of them reaches is the caller's to add.
+	dynamic []celpolicy.Table
+	// calls are the functions, not built in, that reached views call.
+	calls []celpolicy.Call
 }
 
 // dynamicFunctions is sqlfacts.DynamicFunctions as a parameter.

@@ -8,6 +8,7 @@ import (
 	pg "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // A read through a view reads the view's tables: a rule that denies
@@ -52,13 +53,19 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 	var moved map[string][]celpolicy.Table
 	for i, st := range req.Statements {
 		var add []celpolicy.Table
+		var calls []celpolicy.Call // what views call
 		for _, t := range st.Tables {
 			if t.Via != "" || (t.Access != "read" && st.Command != "REFRESH MATERIALIZED VIEW") {
 				continue
 			}
-			got, err := s.readThrough(t)
+			got, more, err := s.readThrough(t)
 			if err != nil {
 				return req, fmt.Sprintf("the relations a read of %s reaches through views could not be read from the catalog (%v)", t.Name, err)
+			}
+			for _, c := range more {
+				if !slices.Contains(st.Calls, c) && !slices.Contains(calls, c) {
+					calls = append(calls, c)
+				}
 			}
 			got = append(got, moved[t.Schema+"\x00"+t.Name]...)
 			if t.Schema == "" || t.Schema == "public" || t.Schema == "pg_temp" {
@@ -84,7 +91,7 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 				}
 			}
 		}
-		if len(add) == 0 {
+		if len(add) == 0 && len(calls) == 0 {
 			continue
 		}
 		if out == nil {
@@ -94,6 +101,19 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 			out = &cp
 		}
 		out.Statements[i].Tables = append(append([]celpolicy.Table(nil), st.Tables...), add...)
+		if len(calls) > 0 {
+			// A function a view calls runs as surely as one called by
+			// name: rules about calls, functions and volatility see it.
+			ost := &out.Statements[i]
+			ost.Calls = append(slices.Clone(st.Calls), calls...)
+			ost.Functions = slices.Clone(st.Functions)
+			for _, c := range calls {
+				if !slices.Contains(ost.Functions, c.Name) {
+					ost.Functions = append(ost.Functions, c.Name)
+				}
+			}
+			ost.VolatileFunctions = sqlfacts.VolatileFunctions(ost.Calls)
+		}
 	}
 	if out == nil {
 		return req, ""
@@ -102,8 +122,9 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 }
 
 // readThrough is what a read of t reaches through views: the session's own
-// (temporary) views' recorded reads, and the shared catalog's.
-func (s *session) readThrough(t celpolicy.Table) ([]celpolicy.Table, error) {
+// (temporary) views' recorded reads, and the shared catalog's; calls are
+// the functions, not built in, the catalog's views call.
+func (s *session) readThrough(t celpolicy.Table) (_ []celpolicy.Table, calls []celpolicy.Call, _ error) {
 	return s.readThroughDepth(t, 0)
 }
 
@@ -111,37 +132,39 @@ func (s *session) readThrough(t celpolicy.Table) ([]celpolicy.Table, error) {
 // views give built-ins (a view over query_to_xml of a view over …).
 const maxDynamicDepth = 8
 
-func (s *session) readThroughDepth(t celpolicy.Table, depth int) ([]celpolicy.Table, error) {
+func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.Table, calls []celpolicy.Call, _ error) {
 	out := s.cat.viewReadsOf(t.Schema, t.Name)
 	if t.Schema == "pg_temp" {
-		return out, nil
+		return out, nil, nil
 	}
 	schemas := []string{t.Schema}
 	if t.Schema == "" || t.Schema == "public" {
 		schemas = s.cat.searchPath
 	}
-	got, dynamic, err := s.srv.catalog.readThrough(s.cat.resource, schemas, t.Name)
+	got, err := s.srv.catalog.readThrough(s.cat.resource, schemas, t.Name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out = append(out, got...)
+	out = append(out, got.reached...)
+	calls = append(calls, got.calls...)
 	// What a view reads through a built-in's SQL is named there, not in
 	// its dependencies: those names are read through in turn.
-	for _, d := range dynamic {
+	for _, d := range got.dynamic {
 		if depth >= maxDynamicDepth {
-			return nil, fmt.Errorf("views run SQL through built-ins (query_to_xml, …) nested more than %d deep", maxDynamicDepth)
+			return nil, nil, fmt.Errorf("views run SQL through built-ins (query_to_xml, …) nested more than %d deep", maxDynamicDepth)
 		}
 		out = append(out, d)
-		more, err := s.readThroughDepth(celpolicy.Table{Schema: d.Schema, Name: d.Name, Access: "read"}, depth+1)
+		more, moreCalls, err := s.readThroughDepth(celpolicy.Table{Schema: d.Schema, Name: d.Name, Access: "read"}, depth+1)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, m := range more {
 			m.Via = d.Via
 			out = append(out, m)
 		}
+		calls = append(calls, moreCalls...)
 	}
-	return out, nil
+	return out, calls, nil
 }
 
 // viewReadsOf lists what the session's own views of that name read: the
@@ -266,7 +289,7 @@ func carriedBy(st celpolicy.Statement) (carrying, bool) {
 // it runs, with the keys (viewReads') it is read by.
 func (s *session) carriedReads(c carrying, pending map[string][]celpolicy.Table) (keys []string, reads []celpolicy.Table, _ error) {
 	from := celpolicy.Table{Schema: c.schema, Name: c.from, Access: "read"}
-	got, err := s.readThrough(from)
+	got, _, err := s.readThrough(from)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -241,3 +241,37 @@ func TestDeniedTableNotReadThroughAParentMadeInATransaction(t *testing.T) {
 	vals, err := simple(other, "SELECT amount FROM gh_q")
 	mustBeDenied(t, vals, err, "SELECT amount FROM gh_q (after another session's COMMIT)")
 }
+
+// TestUserFunctionNotCalledThroughAView: a policy that protects tables by
+// name denies calls of user functions too (what their bodies read is not
+// known). A view over such a function, made before the rule or by anyone,
+// calls it as surely as SELECT f() does: reading the view, or a view over
+// it, must be judged with the call.
+func TestUserFunctionNotCalledThroughAView(t *testing.T) {
+	e := startReviewWritesEnv(t, "")
+	e.pg.Exec(t, "orders", `INSERT INTO payments (order_id, amount) VALUES (1, 42.42);
+		CREATE FUNCTION gh_sum() RETURNS numeric LANGUAGE sql STABLE AS 'SELECT sum(amount) FROM payments';
+		CREATE VIEW gh_fv AS SELECT gh_sum() AS s; ALTER VIEW gh_fv OWNER TO gatehouse;
+		CREATE VIEW gh_fv2 AS SELECT * FROM gh_fv; ALTER VIEW gh_fv2 OWNER TO gatehouse;
+		CREATE VIEW gh_plain AS SELECT lower('A') AS a; ALTER VIEW gh_plain OWNER TO gatehouse`)
+	c := e.connect(t, "dev")
+	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+`
+policy "no-user-functions" {
+  resources = ["orders"]
+  everyone  = true
+  rule "udf" {
+    effect = "deny"
+    when   = "request.statements.exists(s, s.calls.exists(c, !c.builtin) || 'gh_sum' in s.functions)"
+    reason = "user functions are off limits"
+  }
+}
+`)
+	for _, q := range []string{"SELECT gh_sum()", "SELECT * FROM gh_fv", "SELECT s FROM gh_fv2"} {
+		if vals, err := simple(c, q); pgCode(err) != "42501" || !strings.Contains(err.Error(), "user functions are off limits") {
+			t.Fatalf("%s: got rows %q, error %v; want the no-user-functions rule's denial", q, vals, err)
+		}
+	}
+	if vals, err := simple(c, "SELECT a FROM gh_plain"); err != nil || len(vals) != 1 {
+		t.Fatalf("a view over built-ins only: %q %v", vals, err)
+	}
+}
