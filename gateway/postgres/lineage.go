@@ -47,6 +47,9 @@ type sessionCatalog struct {
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
 	generation uint64 // the shared catalog's, when lineage was filled
+	// schemaAliases are the schemas the session renamed: new name to
+	// old names (a read through the new name is judged with the old's).
+	schemaAliases map[string][]string
 	// ddlInTx: DDL succeeded since the last end of a transaction.
 	ddlInTx  bool
 	local    uint64 // bumped by this session's own definitions
@@ -285,6 +288,8 @@ type effects struct {
 	carry      *carrying
 	carryKeys  []string
 	carryReads []celpolicy.Table
+	// schemaFrom and schemaTo: an ALTER SCHEMA … RENAME TO.
+	schemaFrom, schemaTo string
 	// stamp orders the statement, when it was sent, with forgetNamed: a
 	// definition sent before a Parse or Bind took its name is not applied
 	// when its answer comes after.
@@ -318,6 +323,9 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 		}
 		if c, ok := carriedBy(st); ok {
 			e.carry = &c
+		}
+		if from, to, ok := renamedSchema(st.Text); ok {
+			e.schemaFrom, e.schemaTo = from, to
 		}
 	}
 	lins, err := c.lineageOf(st.Text)
@@ -434,6 +442,14 @@ func (c *sessionCatalog) applyViewReads(e *effects) {
 	}
 	for _, k := range e.carryKeys {
 		c.addViewReads(k, e.carryReads)
+	}
+	if e.schemaFrom != "" {
+		if c.schemaAliases == nil || len(c.schemaAliases) >= maxSchemaAliases {
+			c.schemaAliases = map[string][]string{}
+		}
+		if !slices.Contains(c.schemaAliases[e.schemaTo], e.schemaFrom) {
+			c.schemaAliases[e.schemaTo] = append(c.schemaAliases[e.schemaTo], e.schemaFrom)
+		}
 	}
 	if r := e.renamed; r != nil {
 		schemas := []string{r.schema, ""}

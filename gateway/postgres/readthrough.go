@@ -77,6 +77,9 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 				}
 			}
 		}
+		if i > 0 && len(st.Tables) > 0 && renamesSchema(req.Statements[:i]) {
+			return req, "a statement follows ALTER SCHEMA … RENAME TO in the same query; what it reads through the renamed schema cannot be known until the rename has run: send the rename in a query of its own"
+		}
 		if c, ok := carriedBy(st); ok {
 			keys, reads, err := s.carriedReads(c, moved)
 			if err != nil {
@@ -144,6 +147,19 @@ func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.
 	got, err := s.srv.catalog.readThrough(s.cat.resource, schemas, t.Name)
 	if err != nil {
 		return nil, nil, err
+	}
+	// A schema the session renamed is known to the catalog by its old
+	// name until the transaction commits: the old name's relation is read
+	// through too.
+	for _, old := range s.cat.schemaAliasesOf(schemas) {
+		out = append(out, s.cat.viewReadsOf(old, t.Name)...)
+		more, err := s.srv.catalog.readThrough(s.cat.resource, []string{old}, t.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		got.reached = append(got.reached, more.reached...)
+		got.dynamic = append(got.dynamic, more.dynamic...)
+		got.calls = append(got.calls, more.calls...)
 	}
 	out = append(out, got.reached...)
 	calls = append(calls, got.calls...)
@@ -330,4 +346,63 @@ func (r renaming) newKeys(searchPath []string) []string {
 		keys = append(keys, "\x00"+r.to)
 	}
 	return keys
+}
+
+// renamedSchema reads ALTER SCHEMA … RENAME TO: the old and new names.
+func renamedSchema(text string) (from, to string, ok bool) {
+	if !containsFoldASCII(text, "schema") {
+		return "", "", false
+	}
+	tree, err := pg.Parse(text)
+	if err != nil || len(tree.Stmts) != 1 {
+		return "", "", false
+	}
+	rs := tree.Stmts[0].Stmt.GetRenameStmt()
+	if rs == nil || rs.RenameType != pg.ObjectType_OBJECT_SCHEMA {
+		return "", "", false
+	}
+	return rs.Subname, rs.Newname, true
+}
+
+// renamesSchema reports whether any of stmts renames a schema.
+func renamesSchema(stmts []celpolicy.Statement) bool {
+	for _, st := range stmts {
+		if _, _, ok := renamedSchema(st.Text); ok && st.Via == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFoldASCII reports whether s holds w (lower case ASCII) in any case.
+func containsFoldASCII(s, w string) bool {
+	return strings.Contains(strings.ToLower(s), w)
+}
+
+// maxSchemaAliases bounds the schema renames a session remembers.
+const maxSchemaAliases = 256
+
+// schemaAliasesOf lists the names the session's schema renames gave the
+// schemas before (transitively), the schemas themselves left out.
+func (c *sessionCatalog) schemaAliasesOf(schemas []string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range schemas {
+		seen[s] = true
+	}
+	work := slices.Clone(schemas)
+	for len(work) > 0 && len(out) < maxSchemaAliases {
+		s := work[0]
+		work = work[1:]
+		for _, old := range c.schemaAliases[s] {
+			if !seen[old] {
+				seen[old] = true
+				out = append(out, old)
+				work = append(work, old)
+			}
+		}
+	}
+	return out
 }

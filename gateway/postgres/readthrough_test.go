@@ -176,7 +176,8 @@ func TestDeniedTableNotReadThroughAViewOfABuiltin(t *testing.T) {
 // catalog sees a rename (or SET SCHEMA) only once its transaction commits,
 // so a view over payments, made by anyone, renamed in an open transaction
 // or earlier in the same query, or moved to another schema, or swapped
-// into a plain table's name, must still be judged with what it reads.
+// into a plain table's name, or in a schema renamed, must still be judged
+// with what it reads.
 func TestDeniedTableNotReadThroughAViewRenamedInATransaction(t *testing.T) {
 	e := startReviewWritesEnv(t, "")
 	e.pg.Exec(t, "orders", `INSERT INTO payments (order_id, amount) VALUES (1, 42.42); CREATE SCHEMA s2; GRANT ALL ON SCHEMA s2 TO PUBLIC;
@@ -199,6 +200,25 @@ func TestDeniedTableNotReadThroughAViewRenamedInATransaction(t *testing.T) {
 		vals, err := simple(c, q)
 		mustBeDenied(t, vals, err, strings.Join(steps, "; "))
 		mustRun(t, c, "ROLLBACK")
+	}
+	// A schema renamed: its views are the catalog's under the old name
+	// until the COMMIT.
+	e.pg.Exec(t, "orders", `CREATE SCHEMA s3 AUTHORIZATION gatehouse; CREATE VIEW s3.gh_v AS SELECT * FROM payments; ALTER VIEW s3.gh_v OWNER TO gatehouse;
+		CREATE SCHEMA s5 AUTHORIZATION gatehouse; CREATE TABLE s5.gh_v (id int, order_id int, amount numeric); ALTER TABLE s5.gh_v OWNER TO gatehouse`)
+	for _, steps := range [][]string{
+		{"ALTER SCHEMA s3 RENAME TO s4", "SELECT amount FROM s4.gh_v"},
+		{"ALTER SCHEMA s3 RENAME TO s4", "ALTER SCHEMA s4 RENAME TO s6", "SELECT amount FROM s6.gh_v"},
+		{"ALTER SCHEMA s5 RENAME TO s7", "ALTER SCHEMA s3 RENAME TO s5", "SELECT amount FROM s5.gh_v"},
+	} {
+		mustRun(t, c, "BEGIN")
+		mustRun(t, c, steps[:len(steps)-1]...)
+		q := steps[len(steps)-1]
+		vals, err := simple(c, q)
+		mustBeDenied(t, vals, err, strings.Join(steps, "; "))
+		mustRun(t, c, "ROLLBACK")
+	}
+	if vals, err := simple(c, "ALTER SCHEMA s3 RENAME TO s8; SELECT amount FROM s8.gh_v"); pgCode(err) != "42501" || !strings.Contains(err.Error(), "in a query of its own") {
+		t.Fatalf("a schema renamed earlier in the same query: rows %q, error %v; want the gateway's refusal", vals, err)
 	}
 	// A plain table renamed reads as before.
 	e.pg.Exec(t, "orders", "CREATE TABLE gh_plain (id int); ALTER TABLE gh_plain OWNER TO gatehouse")
