@@ -324,7 +324,7 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 		if c, ok := carriedBy(st); ok {
 			e.carry = &c
 		}
-		if from, to, ok := renamedSchema(st.Text); ok {
+		if from, to, ok := renamedSchema(st); ok {
 			e.schemaFrom, e.schemaTo = from, to
 		}
 	}

@@ -51,6 +51,7 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 	// (carriedBy), by the name's key: the catalog does not show it until
 	// they have run, and their transaction has committed.
 	var moved map[string][]celpolicy.Table
+	schemaRenamed := false // by an earlier statement of the request
 	for i, st := range req.Statements {
 		var add []celpolicy.Table
 		var calls []celpolicy.Call // what views call
@@ -77,8 +78,11 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 				}
 			}
 		}
-		if i > 0 && len(st.Tables) > 0 && renamesSchema(req.Statements[:i]) {
+		if schemaRenamed && len(st.Tables) > 0 {
 			return req, "a statement follows ALTER SCHEMA … RENAME TO in the same query; what it reads through the renamed schema cannot be known until the rename has run: send the rename in a query of its own"
+		}
+		if _, _, ok := renamedSchema(st); ok {
+			schemaRenamed = true
 		}
 		if c, ok := carriedBy(st); ok {
 			keys, reads, err := s.carriedReads(c, moved)
@@ -349,11 +353,11 @@ func (r renaming) newKeys(searchPath []string) []string {
 }
 
 // renamedSchema reads ALTER SCHEMA … RENAME TO: the old and new names.
-func renamedSchema(text string) (from, to string, ok bool) {
-	if !containsFoldASCII(text, "schema") {
+func renamedSchema(st celpolicy.Statement) (from, to string, ok bool) {
+	if st.Via != "" || !strings.HasPrefix(st.Command, "ALTER ") {
 		return "", "", false
 	}
-	tree, err := pg.Parse(text)
+	tree, err := pg.Parse(st.Text)
 	if err != nil || len(tree.Stmts) != 1 {
 		return "", "", false
 	}
@@ -362,21 +366,6 @@ func renamedSchema(text string) (from, to string, ok bool) {
 		return "", "", false
 	}
 	return rs.Subname, rs.Newname, true
-}
-
-// renamesSchema reports whether any of stmts renames a schema.
-func renamesSchema(stmts []celpolicy.Statement) bool {
-	for _, st := range stmts {
-		if _, _, ok := renamedSchema(st.Text); ok && st.Via == "" {
-			return true
-		}
-	}
-	return false
-}
-
-// containsFoldASCII reports whether s holds w (lower case ASCII) in any case.
-func containsFoldASCII(s, w string) bool {
-	return strings.Contains(strings.ToLower(s), w)
 }
 
 // maxSchemaAliases bounds the schema renames a session remembers.
