@@ -256,15 +256,21 @@ func (s *session) effectsOf(req *celpolicy.PostgresRequest) []*effects {
 		if e != nil && e.carry != nil {
 			// Asked before it runs (the request's read-through asked the
 			// same, so an error refused it already).
-			e.carryKeys, e.carryReads, _ = s.carriedReads(*e.carry, pending)
-			if len(e.carryReads) > 0 {
+			keys, reads, _ := s.carriedReads(*e.carry, pending)
+			if len(reads) > 0 {
 				if pending == nil {
 					pending = map[string][]celpolicy.Table{}
 				}
-				for _, k := range e.carryKeys {
-					pending[k] = append(pending[k], e.carryReads...)
+				for _, k := range keys {
+					pending[k] = append(pending[k], reads...)
 				}
+				// Kept now, not once it succeeded: a statement pipelined
+				// behind it is judged before its answer comes.
+				s.cat.carry(keys, reads)
 			}
+		}
+		if e != nil && e.schemaFrom != "" {
+			s.cat.carrySchema(e.schemaFrom, e.schemaTo)
 		}
 		any = any || e != nil
 		out = append(out, e)

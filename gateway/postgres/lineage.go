@@ -283,12 +283,11 @@ type effects struct {
 	viewReads []celpolicy.Table
 	// renamed: an ALTER … RENAME TO of a relation (renamedRelation).
 	renamed *renaming
-	// carry: what the statement makes a name reach (carriedBy), with
-	// carryKeys and carryReads asked before it ran (carriedReads).
-	carry      *carrying
-	carryKeys  []string
-	carryReads []celpolicy.Table
-	// schemaFrom and schemaTo: an ALTER SCHEMA … RENAME TO.
+	// carry: what the statement makes a name reach (carriedBy); kept by
+	// the session when it is sent (sessionCatalog.carry).
+	carry *carrying
+	// schemaFrom and schemaTo: an ALTER SCHEMA … RENAME TO, kept when it
+	// is sent (sessionCatalog.carrySchema).
 	schemaFrom, schemaTo string
 	// stamp orders the statement, when it was sent, with forgetNamed: a
 	// definition sent before a Parse or Bind took its name is not applied
@@ -438,17 +437,6 @@ func (c *sessionCatalog) applyViewReads(e *effects) {
 			// Another schema's view of the same name may be there too:
 			// keep both, so that neither is missed.
 			c.addViewReads("\x00"+e.view.Name, e.viewReads)
-		}
-	}
-	for _, k := range e.carryKeys {
-		c.addViewReads(k, e.carryReads)
-	}
-	if e.schemaFrom != "" {
-		if c.schemaAliases == nil || len(c.schemaAliases) >= maxSchemaAliases {
-			c.schemaAliases = map[string][]string{}
-		}
-		if !slices.Contains(c.schemaAliases[e.schemaTo], e.schemaFrom) {
-			c.schemaAliases[e.schemaTo] = append(c.schemaAliases[e.schemaTo], e.schemaFrom)
 		}
 	}
 	if r := e.renamed; r != nil {

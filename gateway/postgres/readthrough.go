@@ -255,9 +255,9 @@ func renamedRelation(text string) (r renaming, ok bool) {
 // what v read; ALTER TABLE payments INHERIT p, or ALTER TABLE p ATTACH
 // PARTITION payments, makes a read of p read payments. So what the name
 // reaches is asked before the statement runs, and kept by the session
-// (viewReads) once it succeeded, for later statements, as for the
-// session's own views; and within one request, for the statements behind
-// it (withReadsThroughViews). The session keeps it after a ROLLBACK too:
+// (viewReads) when it is sent, for later statements (pipelined ones too),
+// as for the session's own views; and within one request, for the
+// statements behind it (withReadsThroughViews). The session keeps it after a ROLLBACK too:
 // a later read of the name is judged with more than it reads, never less.
 
 // carrying is what a statement carries: what a read of from (schema as
@@ -370,6 +370,33 @@ func renamedSchema(st celpolicy.Statement) (from, to string, ok bool) {
 
 // maxSchemaAliases bounds the schema renames a session remembers.
 const maxSchemaAliases = 256
+
+// carry keeps what a statement sent makes names reach (carriedBy), under
+// their keys, before it has run: a statement pipelined behind it is
+// judged before its answer comes. Should it fail, the names only list
+// more than they read.
+func (c *sessionCatalog) carry(keys []string, reads []celpolicy.Table) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
+		c.addViewReads(k, reads)
+	}
+	c.local++
+}
+
+// carrySchema keeps a schema rename sent (new name to old), before it has
+// run, as carry does.
+func (c *sessionCatalog) carrySchema(from, to string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.schemaAliases == nil || len(c.schemaAliases) >= maxSchemaAliases {
+		c.schemaAliases = map[string][]string{}
+	}
+	if !slices.Contains(c.schemaAliases[to], from) {
+		c.schemaAliases[to] = append(c.schemaAliases[to], from)
+	}
+	c.local++
+}
 
 // schemaAliasesOf lists the names the session's schema renames gave the
 // schemas before (transitively), the schemas themselves left out.

@@ -220,6 +220,16 @@ func TestDeniedTableNotReadThroughAViewRenamedInATransaction(t *testing.T) {
 	if vals, err := simple(c, "ALTER SCHEMA s3 RENAME TO s8; SELECT amount FROM s8.gh_v"); pgCode(err) != "42501" || !strings.Contains(err.Error(), "in a query of its own") {
 		t.Fatalf("a schema renamed earlier in the same query: rows %q, error %v; want the gateway's refusal", vals, err)
 	}
+	// Pipelined behind the rename, in the extended protocol: judged
+	// before the rename's answer comes.
+	conn, fe := rawSession(t, e, "dev")
+	send(t, fe, &pgproto3.Query{String: "BEGIN"})
+	collect(t, conn, fe, 5*time.Second)
+	send(t, fe, &pgproto3.Parse{Query: "ALTER VIEW gh_pay RENAME TO gh_piped"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Parse{Query: "SELECT amount FROM gh_piped"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if tr, vals, _ := collect(t, conn, fe, 5*time.Second); len(vals) != 0 || !strings.Contains(strings.Join(tr, " "), "payments are off limits") {
+		t.Fatalf("a read pipelined behind the rename: %v %q", tr, vals)
+	}
 	// A plain table renamed reads as before.
 	e.pg.Exec(t, "orders", "CREATE TABLE gh_plain (id int); ALTER TABLE gh_plain OWNER TO gatehouse")
 	mustRun(t, c, "BEGIN", "ALTER TABLE gh_plain RENAME TO gh_plain_y", "SELECT * FROM gh_plain_y", "ROLLBACK")
