@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -244,15 +245,43 @@ func (s *session) bind(m *pgproto3.Bind) error {
 
 // effectsOf lists, per statement sent, what it changes in the session's
 // view of the catalog when it succeeds.
+// builtinReads are what a CREATE VIEW's built-ins read (the statements
+// via query_to_xml, … that follow it in the request, nested: rest), as
+// read through the view. A temporary view's are the only record of them:
+// the shared catalog cannot see its definition.
+func builtinReads(view celpolicy.Table, rest []celpolicy.Statement) []celpolicy.Table {
+	var out []celpolicy.Table
+	for _, n := range rest {
+		if n.Via == "" {
+			break
+		}
+		if !slices.Contains(sqlfacts.DynamicFunctions(), n.Via) {
+			continue
+		}
+		for _, t := range n.Tables {
+			if t.Access == "read" {
+				if t.Via == "" {
+					t.Via = view.Schema + "." + view.Name
+				}
+				out = append(out, t)
+			}
+		}
+	}
+	return out
+}
+
 func (s *session) effectsOf(req *celpolicy.PostgresRequest) []*effects {
 	var out []*effects
 	any := false
 	var pending map[string][]celpolicy.Table // what earlier statements carry
-	for _, st := range req.Statements {
+	for i, st := range req.Statements {
 		if st.Via != "" {
 			continue
 		}
 		e := s.cat.effectsOf(st)
+		if e != nil && e.view.Name != "" {
+			e.viewReads = append(e.viewReads, builtinReads(e.view, req.Statements[i+1:])...)
+		}
 		if e != nil && e.carry != nil {
 			// Asked before it runs (the request's read-through asked the
 			// same, so an error refused it already).
