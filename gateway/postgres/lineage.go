@@ -43,6 +43,9 @@ type sessionCatalog struct {
 	// are never dropped: a name reused for another relation only lists
 	// more tables.
 	viewReads map[string][]celpolicy.Table
+	// viewCalls are the functions, not built in, the session's own views
+	// call, by the same keys as viewReads.
+	viewCalls map[string][]celpolicy.Call
 	// lineage caches a statement's lineage, valid while neither the
 	// shared catalog nor this session's definitions change.
 	lineage    map[string][]sqlfacts.Lineage
@@ -69,7 +72,8 @@ func newSessionCatalog(srv *Server, resource string, searchPath []string) *sessi
 	}
 	return &sessionCatalog{srv: srv, resource: resource, searchPath: searchPath,
 		named: map[string]string{}, forgot: map[string]uint64{}, created: map[string]*sqlfacts.RelationInfo{},
-		proposed: map[string]bool{}, lineage: map[string][]sqlfacts.Lineage{}, viewReads: map[string][]celpolicy.Table{}}
+		proposed: map[string]bool{}, lineage: map[string][]sqlfacts.Lineage{}, viewReads: map[string][]celpolicy.Table{},
+		viewCalls: map[string][]celpolicy.Call{}}
 }
 
 // Relation implements sqlfacts.Catalog.
@@ -281,6 +285,8 @@ type effects struct {
 	// view and viewReads: a CREATE VIEW's view and what it reads.
 	view      celpolicy.Table
 	viewReads []celpolicy.Table
+	// viewCalls: the functions, not built in, a CREATE VIEW's view calls.
+	viewCalls []celpolicy.Call
 	// renamed: an ALTER … RENAME TO of a relation (renamedRelation).
 	renamed *renaming
 	// carry: what the statement makes a name reach (carriedBy); kept by
@@ -315,6 +321,11 @@ func (c *sessionCatalog) effectsOf(st celpolicy.Statement) *effects {
 	c.mu.Unlock()
 	if v, reads, ok := viewDefinition(st); ok {
 		e.view, e.viewReads = v, reads
+		for _, call := range st.Calls {
+			if !call.Builtin {
+				e.viewCalls = append(e.viewCalls, call)
+			}
+		}
 	}
 	if strings.HasPrefix(st.Command, "ALTER ") {
 		if r, ok := renamedRelation(st.Text); ok {
@@ -439,20 +450,35 @@ func (c *sessionCatalog) applyViewReads(e *effects) {
 			c.addViewReads("\x00"+e.view.Name, e.viewReads)
 		}
 	}
+	if e.viewCalls != nil {
+		c.addViewCalls(e.view.Schema+"\x00"+e.view.Name, e.viewCalls)
+		if e.view.Schema == "pg_temp" || slices.Contains(c.searchPath, e.view.Schema) {
+			c.addViewCalls("\x00"+e.view.Name, e.viewCalls)
+		}
+	}
 	if r := e.renamed; r != nil {
 		schemas := []string{r.schema, ""}
 		if r.schema == "" {
 			schemas = []string{"public", "pg_temp", ""}
 		}
 		var reads []celpolicy.Table
+		var calls []celpolicy.Call
 		for _, schema := range schemas {
 			reads = append(reads, c.viewReads[schema+"\x00"+r.from]...)
-		}
-		if len(reads) == 0 {
-			return
+			calls = append(calls, c.viewCalls[schema+"\x00"+r.from]...)
 		}
 		for _, k := range r.newKeys(c.searchPath) {
 			c.addViewReads(k, reads)
+			c.addViewCalls(k, calls)
+		}
+	}
+}
+
+// addViewCalls adds to a name's recorded calls the ones it lacks.
+func (c *sessionCatalog) addViewCalls(key string, calls []celpolicy.Call) {
+	for _, f := range calls {
+		if !slices.Contains(c.viewCalls[key], f) {
+			c.viewCalls[key] = append(c.viewCalls[key], f)
 		}
 	}
 }

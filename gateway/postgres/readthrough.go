@@ -140,9 +140,9 @@ func (s *session) readThrough(t celpolicy.Table) (_ []celpolicy.Table, calls []c
 const maxDynamicDepth = 8
 
 func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.Table, calls []celpolicy.Call, _ error) {
-	out := s.cat.viewReadsOf(t.Schema, t.Name)
+	out, calls := s.cat.viewReadsOf(t.Schema, t.Name)
 	if t.Schema == "pg_temp" {
-		return out, nil, nil
+		return out, calls, nil
 	}
 	schemas := []string{t.Schema}
 	if t.Schema == "" || t.Schema == "public" {
@@ -156,7 +156,9 @@ func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.
 	// name until the transaction commits: the old name's relation is read
 	// through too.
 	for _, old := range s.cat.schemaAliasesOf(schemas) {
-		out = append(out, s.cat.viewReadsOf(old, t.Name)...)
+		reads, oldCalls := s.cat.viewReadsOf(old, t.Name)
+		out = append(out, reads...)
+		calls = append(calls, oldCalls...)
 		more, err := s.srv.catalog.readThrough(s.cat.resource, []string{old}, t.Name)
 		if err != nil {
 			return nil, nil, err
@@ -187,18 +189,21 @@ func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.
 	return out, calls, nil
 }
 
-// viewReadsOf lists what the session's own views of that name read: the
-// qualified name's, and for a name written unqualified (or in pg_temp),
-// the unqualified one's, since a temporary view comes first on the
-// search path.
-func (c *sessionCatalog) viewReadsOf(schema, name string) []celpolicy.Table {
+// viewReadsOf lists what the session's own views of that name read, and
+// the functions (not built in) they call: the qualified name's, and for a
+// name written unqualified (or in pg_temp), the unqualified one's, since
+// a temporary view comes first on the search path.
+func (c *sessionCatalog) viewReadsOf(schema, name string) ([]celpolicy.Table, []celpolicy.Call) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := c.viewReads[schema+"\x00"+name]
+	// Copies: the caller appends to them.
+	out := slices.Clone(c.viewReads[schema+"\x00"+name])
+	calls := slices.Clone(c.viewCalls[schema+"\x00"+name])
 	if schema == "" || schema == "public" || schema == "pg_temp" {
-		out = append(append([]celpolicy.Table(nil), out...), c.viewReads["\x00"+name]...)
+		out = append(out, c.viewReads["\x00"+name]...)
+		calls = append(calls, c.viewCalls["\x00"+name]...)
 	}
-	return out
+	return out, calls
 }
 
 // viewDefinition is what a CREATE VIEW or CREATE MATERIALIZED VIEW

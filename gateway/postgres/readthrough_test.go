@@ -290,6 +290,9 @@ func TestUserFunctionNotCalledThroughAView(t *testing.T) {
 		CREATE VIEW gh_fv2 AS SELECT * FROM gh_fv; ALTER VIEW gh_fv2 OWNER TO gatehouse;
 		CREATE VIEW gh_plain AS SELECT lower('A') AS a; ALTER VIEW gh_plain OWNER TO gatehouse`)
 	c := e.connect(t, "dev")
+	// Temporary views the shared catalog cannot see, made before the rule.
+	mustRun(t, c, "CREATE TEMP VIEW gh_tf AS SELECT gh_sum() AS s", "CREATE TEMP VIEW gh_tf2 AS SELECT * FROM gh_tf",
+		"ALTER VIEW gh_tf2 RENAME TO gh_tf3")
 	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+`
 policy "no-user-functions" {
   resources = ["orders"]
@@ -301,7 +304,7 @@ policy "no-user-functions" {
   }
 }
 `)
-	for _, q := range []string{"SELECT gh_sum()", "SELECT * FROM gh_fv", "SELECT s FROM gh_fv2"} {
+	for _, q := range []string{"SELECT gh_sum()", "SELECT * FROM gh_fv", "SELECT s FROM gh_fv2", "SELECT * FROM gh_tf", "SELECT * FROM gh_tf3"} {
 		if vals, err := simple(c, q); pgCode(err) != "42501" || !strings.Contains(err.Error(), "user functions are off limits") {
 			t.Fatalf("%s: got rows %q, error %v; want the no-user-functions rule's denial", q, vals, err)
 		}
