@@ -336,6 +336,11 @@ func (s *session) carriedReads(c carrying, pending map[string][]celpolicy.Table)
 	if c.schema == "" || c.schema == "public" || c.schema == "pg_temp" {
 		reads = append(reads, pending["\x00"+c.from]...)
 	}
+	if c.self {
+		// The parent is named on its own: unqualified, it is found on
+		// the search path, whatever the child's schema.
+		return renaming{schema: c.toSchema, to: c.to}.newKeys(s.cat.searchPath), reads, nil
+	}
 	return c.newKeys(s.cat.searchPath), reads, nil
 }
 

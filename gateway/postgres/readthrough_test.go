@@ -249,16 +249,24 @@ func TestDeniedTableNotReadThroughAParentMadeInATransaction(t *testing.T) {
 	e.pg.Exec(t, "orders", `INSERT INTO payments (order_id, amount) VALUES (1, 42.42); ALTER TABLE payments OWNER TO gatehouse;
 		CREATE TABLE gh_p (id int, order_id int, amount numeric); ALTER TABLE gh_p OWNER TO gatehouse;
 		CREATE TABLE gh_q (id int, order_id int, amount numeric); ALTER TABLE gh_q OWNER TO gatehouse;
-		CREATE TABLE gh_pp (id int, order_id int, amount numeric) PARTITION BY RANGE (id); ALTER TABLE gh_pp OWNER TO gatehouse`)
+		CREATE TABLE gh_pp (id int, order_id int, amount numeric) PARTITION BY RANGE (id); ALTER TABLE gh_pp OWNER TO gatehouse;
+		CREATE TABLE gh_p3 (id int, order_id int, amount numeric); ALTER TABLE gh_p3 OWNER TO gatehouse;
+		CREATE TABLE gh_p4 (id int, order_id int, amount numeric); ALTER TABLE gh_p4 OWNER TO gatehouse;
+		CREATE SCHEMA gh_s AUTHORIZATION gatehouse; CREATE TABLE gh_s.payments (id int, order_id int, amount numeric); ALTER TABLE gh_s.payments OWNER TO gatehouse;
+		INSERT INTO gh_s.payments VALUES (1, 1, 42.42)`)
 	c := e.connect(t, "dev")
 	readOnly := strings.Replace(noPaymentsRule, "t.name == 'payments'", "t.name == 'payments' && t.access == 'read'", 1)
 	e.publish(t, e.policyF(e.issuer.URL, e.pg.Addr())+readOnly)
 	// Decided (and its decision cached) while gh_p had no children.
 	mustRun(t, c, "SELECT amount FROM gh_p", "SELECT amount FROM gh_p")
+	// Each case names its own parent: a parent stays judged with what a
+	// rolled-back INHERIT gave it, for the rest of the session.
 	for _, steps := range [][]string{
 		{"ALTER TABLE payments INHERIT gh_p", "SELECT amount FROM gh_p"},
 		{"ALTER TABLE gh_pp ATTACH PARTITION payments FOR VALUES FROM (0) TO (100)", "SELECT amount FROM gh_pp"},
 		{"ALTER TABLE payments INHERIT gh_p; SELECT amount FROM gh_p"},
+		{"ALTER TABLE public.payments INHERIT gh_p3", "SELECT amount FROM gh_p3"},
+		{"ALTER TABLE gh_s.payments INHERIT gh_p4", "SELECT amount FROM gh_p4"},
 	} {
 		mustRun(t, c, "BEGIN")
 		mustRun(t, c, steps[:len(steps)-1]...)
