@@ -93,6 +93,10 @@ type journal struct {
 	// writing zeros ahead buys nothing (tmpfs).
 	off, zeroed int64
 	chunk       int64
+	// direct says batches are written with direct I/O (direct.go); dbuf
+	// is its aligned scratch buffer, holding the block under off first.
+	direct bool
+	dbuf   []byte
 
 	// cmu guards the group commit.
 	cmu     sync.Mutex
@@ -124,6 +128,8 @@ func openJournal(r *Recorder) (*journal, error) {
 		j.chunk = zeroChunk
 		if onTmpfs(f) {
 			j.chunk = 0
+		} else {
+			j.direct = setDirect(f, true)
 		}
 		err = r.sync(f)
 		if err == nil {

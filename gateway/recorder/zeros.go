@@ -13,8 +13,8 @@ import (
 // of zeros take about 0.3 ms to write here, once per 800 or so entries.
 const zeroChunk = 256 << 10
 
-// zeros is a chunk of zeros to write ahead.
-var zeros = make([]byte, zeroChunk)
+// zeros is a chunk of zeros to write ahead, aligned for direct I/O.
+var zeros = alignedBuffer(zeroChunk)
 
 // writeFile writes a batch at the journal's end, and zeros ahead of it
 // when it reaches past the zeros already there. A failed batch write is
@@ -22,15 +22,23 @@ var zeros = make([]byte, zeroChunk)
 // was written); zeros that do not fit are given back, and the batch stays
 // written. fmu is held.
 func (j *journal) writeFile(batch []byte) error {
+	if j.direct {
+		return j.writeDirect(batch)
+	}
 	n, err := j.f.WriteAt(batch, j.off)
 	if err != nil {
 		return err
 	}
 	j.off += int64(n)
-	if j.chunk == 0 || j.off <= j.zeroed {
+	return j.zeroAhead(j.off)
+}
+
+// zeroAhead writes zeros from `from`, where the file's written bytes end,
+// to the next chunk boundary, when from is past the zeros already there.
+func (j *journal) zeroAhead(from int64) error {
+	if j.chunk == 0 || from <= j.zeroed {
 		return nil
 	}
-	from := j.off
 	to := (from/j.chunk + 1) * j.chunk
 	if _, err := j.f.WriteAt(zeros[:to-from], from); err != nil {
 		// A full disk: give back what was zeroed; the next batch
