@@ -103,7 +103,10 @@ const reachSQL = `WITH RECURSIVE ` + targetCTE + `, edges(parent, child) AS (
 //
 // The functions that are not built in a reached view calls are listed too
 // (the fourth column is their volatility): a rule that denies calls of
-// user functions must see one a view calls. A view's definition is listed
+// user functions must see one a view calls. An extension's functions are
+// not listed: an administrator installed them with CREATE EXTENSION, as
+// for operators (the pg_stat_statements view calls its extension's
+// pg_stat_statements(), and reading it is judged as reading the view). A view's definition is listed
 // (the fifth column) when it calls one
 // of the built-ins $3 (sqlfacts.DynamicFunctions): the SQL such a built-in
 // runs is a string to the catalog, so the view's dependencies do not show
@@ -136,7 +139,8 @@ JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.r
  AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
 JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname <> 'pg_catalog'
+WHERE n.nspname <> 'pg_catalog' AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e
+  WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = p.oid AND e.deptype = 'e')
 ORDER BY 3 DESC, 1, 2`
 
 // schemaTablesSQL lists the relations in the schemas $1.
