@@ -72,32 +72,48 @@ func RedactSecrets(sql string) string {
 	return b.String()
 }
 
-// mayHoldSecret is RedactSecrets' fast path. Keywords and the names of
-// options are ASCII, in any case; an identifier or a constant spelled with
+// mayHoldSecret is RedactSecrets' fast path, one pass over the text (it
+// runs for every statement recorded). Keywords and the names of options
+// are ASCII, in any case; an identifier or a constant spelled with
 // Unicode escapes (U&"p\0061ssword") is caught by its "U&".
 func mayHoldSecret(sql string) bool {
-	return containsFold(sql, "password") || containsFold(sql, "connection") || containsFold(sql, "dblink") || containsFold(sql, "u&")
-}
-
-// containsFold reports whether s holds ASCII word w (lower case) in any
-// case, without allocating.
-func containsFold(s, w string) bool {
-	for i := 0; i+len(w) <= len(s); i++ {
-		j := 0
-		for ; j < len(w); j++ {
-			c := s[i+j]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != w[j] {
-				break
-			}
+	for i := 0; i < len(sql); i++ {
+		var w string
+		switch sql[i] | 0x20 { // ASCII lower case; other bytes never match
+		case 'p':
+			w = "password"
+		case 'c':
+			w = "connection"
+		case 'd':
+			w = "dblink"
+		case 'u':
+			w = "u&"
+		default:
+			continue
 		}
-		if j == len(w) {
+		if hasFoldAt(sql, i, w) {
 			return true
 		}
 	}
 	return false
+}
+
+// hasFoldAt reports whether s holds ASCII word w (lower case) at i, in
+// any case.
+func hasFoldAt(s string, i int, w string) bool {
+	if len(s)-i < len(w) {
+		return false
+	}
+	for j := 0; j < len(w); j++ {
+		c := s[i+j]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != w[j] {
+			return false
+		}
+	}
+	return true
 }
 
 // secretFinder collects where secrets are, from the parse tree.
