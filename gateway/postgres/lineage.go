@@ -443,7 +443,9 @@ type renaming struct{ schema, from, toSchema, to string }
 // carries it to a view's new name. c.mu is held.
 func (c *sessionCatalog) applyViewReads(e *effects) {
 	if e.viewReads != nil {
-		c.viewReads[e.view.Schema+"\x00"+e.view.Name] = e.viewReads
+		// Added to, not replaced: CREATE OR REPLACE VIEW can be rolled
+		// back (to a savepoint), and the view then reads what it did.
+		c.addViewReads(e.view.Schema+"\x00"+e.view.Name, e.viewReads)
 		if e.view.Schema == "pg_temp" || slices.Contains(c.searchPath, e.view.Schema) {
 			// Another schema's view of the same name may be there too:
 			// keep both, so that neither is missed.

@@ -3,11 +3,13 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 	"github.com/gatehouse-dev/gatehouse/gateway/masking"
 	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
@@ -252,4 +254,22 @@ ALTER TABLE customers OWNER TO gatehouse; ALTER TABLE customers_low OWNER TO gat
 	}
 	mustBeRefused(t, c, "SELECT id FROM customers_low WHERE card_number LIKE '4%'", "public.customers.card_number is masked")
 	mustBeRefused(t, c, "ALTER TABLE customers_low_a ADD COLUMN gh_copy text GENERATED ALWAYS AS (email) STORED", "public.customers has masked columns")
+}
+
+// TestViewReadsKeptWhenAViewIsReplaced: a session's record of what its
+// views read only grows. CREATE OR REPLACE VIEW may be rolled back (ROLLBACK
+// TO SAVEPOINT), and the view then reads what it read before, which the
+// shared catalog cannot show while the first definition is uncommitted: a
+// later read of the view must still be judged with it.
+func TestViewReadsKeptWhenAViewIsReplaced(t *testing.T) {
+	c := newSessionCatalog(nil, "orders", nil)
+	v := celpolicy.Table{Schema: "s", Name: "v", Access: "write"}
+	payments := celpolicy.Table{Schema: "public", Name: "payments", Access: "read", Via: "s.v"}
+	c.apply(&effects{view: v, viewReads: []celpolicy.Table{payments}})
+	// CREATE OR REPLACE VIEW s.v AS SELECT * FROM items, later rolled back.
+	c.apply(&effects{view: v, viewReads: []celpolicy.Table{{Schema: "public", Name: "items", Access: "read", Via: "s.v"}}})
+	got, _ := c.viewReadsOf("s", "v")
+	if !slices.Contains(got, payments) {
+		t.Fatalf("a read of s.v after its definition was replaced reaches %v, not public.payments", got)
+	}
 }
