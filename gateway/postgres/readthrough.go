@@ -163,9 +163,7 @@ func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.
 		if err != nil {
 			return nil, nil, err
 		}
-		got.reached = append(got.reached, more.reached...)
-		got.dynamic = append(got.dynamic, more.dynamic...)
-		got.calls = append(got.calls, more.calls...)
+		got = got.with(more)
 	}
 	out = append(out, got.reached...)
 	calls = append(calls, got.calls...)
@@ -187,6 +185,17 @@ func (s *session) readThroughDepth(t celpolicy.Table, depth int) (_ []celpolicy.
 		calls = append(calls, moreCalls...)
 	}
 	return out, calls, nil
+}
+
+// with is r and more together, in new memory: r's lists are the shared
+// catalog's cached answer, which other sessions read at the same time, and
+// appending to them in place would write past their ends, into memory the
+// next append by another session writes too.
+func (r readThroughs) with(more readThroughs) readThroughs {
+	r.reached = append(slices.Clip(r.reached), more.reached...)
+	r.dynamic = append(slices.Clip(r.dynamic), more.dynamic...)
+	r.calls = append(slices.Clip(r.calls), more.calls...)
+	return r
 }
 
 // viewReadsOf lists what the session's own views of that name read, and

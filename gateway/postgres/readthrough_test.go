@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/gatehouse-dev/gatehouse/celpolicy"
 )
 
 // noPaymentsRule denies every statement that reads or writes payments.
@@ -319,5 +321,36 @@ policy "no-user-functions" {
 	}
 	if vals, err := simple(c, "SELECT a FROM gh_plain"); err != nil || len(vals) != 1 {
 		t.Fatalf("a view over built-ins only: %q %v", vals, err)
+	}
+}
+
+// TestReadThroughsWithLeavesTheCachedAnswer: what a read reaches through a
+// schema the session renamed is added to the catalog's cached answer in
+// new memory. Appended in place, it would write past the cached lists'
+// ends, where another session adding its own at the same time writes too
+// (a data race, and one session's tables in another's request).
+func TestReadThroughsWithLeavesTheCachedAnswer(t *testing.T) {
+	cached := readThroughs{
+		reached: append(make([]celpolicy.Table, 0, 4), celpolicy.Table{Schema: "public", Name: "a", Access: "read"}),
+		dynamic: make([]celpolicy.Table, 0, 4),
+		calls:   make([]celpolicy.Call, 0, 4),
+	}
+	mine := cached.with(readThroughs{
+		reached: []celpolicy.Table{{Schema: "old", Name: "payments", Access: "read"}},
+		dynamic: []celpolicy.Table{{Schema: "old", Name: "d", Access: "read"}},
+		calls:   []celpolicy.Call{{Schema: "old", Name: "f"}},
+	})
+	theirs := cached.with(readThroughs{reached: []celpolicy.Table{{Schema: "other", Name: "items", Access: "read"}}})
+	if len(mine.reached) != 2 || mine.reached[1].Name != "payments" {
+		t.Errorf("one session's reads became %v once another's were added", mine.reached)
+	}
+	if len(theirs.reached) != 2 || theirs.reached[1].Name != "items" {
+		t.Errorf("the other session's reads: %v", theirs.reached)
+	}
+	if len(mine.dynamic) != 1 || len(mine.calls) != 1 {
+		t.Errorf("dynamic %v, calls %v", mine.dynamic, mine.calls)
+	}
+	if got := cached.reached[:cap(cached.reached)][1]; got != (celpolicy.Table{}) {
+		t.Errorf("the cached answer's memory was written: %v", got)
 	}
 }
