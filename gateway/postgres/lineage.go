@@ -53,6 +53,7 @@ type sessionCatalog struct {
 	// schemaAliases are the schemas the session renamed: new name to
 	// old names (a read through the new name is judged with the old's).
 	schemaAliases map[string][]string
+	schemaRenames int // the pairs in schemaAliases
 	// ddlInTx: DDL succeeded since the last end of a transaction.
 	ddlInTx  bool
 	local    uint64 // bumped by this session's own definitions

@@ -52,6 +52,7 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 	// they have run, and their transaction has committed.
 	var moved map[string][]celpolicy.Table
 	schemaRenamed := false // by an earlier statement of the request
+	renames := 0           // schema renames in the request so far
 	for i, st := range req.Statements {
 		var add []celpolicy.Table
 		var calls []celpolicy.Call // what views call
@@ -82,6 +83,10 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 			return req, "a statement follows ALTER SCHEMA … RENAME TO in the same query; what it reads through the renamed schema cannot be known until the rename has run: send the rename in a query of its own"
 		}
 		if _, _, ok := renamedSchema(st); ok {
+			renames++
+			if s.cat.schemaRenamesFull(renames) {
+				return req, fmt.Sprintf("the session has renamed %d schemas, as many as the gateway follows: reconnect to rename more", maxSchemaAliases)
+			}
 			schemaRenamed = true
 		}
 		if c, ok := carriedBy(st); ok {
@@ -387,7 +392,10 @@ func renamedSchema(st celpolicy.Statement) (from, to string, ok bool) {
 	return rs.Subname, rs.Newname, true
 }
 
-// maxSchemaAliases bounds the schema renames a session remembers.
+// maxSchemaAliases bounds the schema renames a session remembers. Past
+// it, a further rename is refused (withReadsThroughViews): forgetting one
+// instead would judge a read through a schema renamed in the open
+// transaction without what the catalog still shows under its old name.
 const maxSchemaAliases = 256
 
 // carry keeps what a statement sent makes names reach (carriedBy), under
@@ -408,13 +416,24 @@ func (c *sessionCatalog) carry(keys []string, reads []celpolicy.Table) {
 func (c *sessionCatalog) carrySchema(from, to string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.schemaAliases == nil || len(c.schemaAliases) >= maxSchemaAliases {
+	if c.schemaAliases == nil {
 		c.schemaAliases = map[string][]string{}
 	}
+	// Never emptied: renames past the bound are refused before they are
+	// sent (schemaRenamesFull).
 	if !slices.Contains(c.schemaAliases[to], from) {
 		c.schemaAliases[to] = append(c.schemaAliases[to], from)
+		c.schemaRenames++
 	}
 	c.local++
+}
+
+// schemaRenamesFull reports whether n more schema renames would pass
+// what the session remembers.
+func (c *sessionCatalog) schemaRenamesFull(n int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.schemaRenames+n > maxSchemaAliases
 }
 
 // schemaAliasesOf lists the names the session's schema renames gave the

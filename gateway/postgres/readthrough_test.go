@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/gatehouse-dev/gatehouse/celpolicy"
+	"github.com/gatehouse-dev/gatehouse/sqlfacts"
 )
 
 // noPaymentsRule denies every statement that reads or writes payments.
@@ -352,5 +355,41 @@ func TestReadThroughsWithLeavesTheCachedAnswer(t *testing.T) {
 	}
 	if got := cached.reached[:cap(cached.reached)][1]; got != (celpolicy.Table{}) {
 		t.Errorf("the cached answer's memory was written: %v", got)
+	}
+}
+
+// TestSchemaRenamesPastTheBoundRefused: a session remembers a bounded
+// number of schema renames, and must not forget one to make room: a read
+// through a schema renamed in the open transaction is judged with what
+// the catalog still shows under its old name, so forgetting it (after
+// enough renames of other schemas, failed ones included) would judge the
+// read without it. A rename past the bound is refused instead, whether
+// the renames come one per query or many in one.
+func TestSchemaRenamesPastTheBoundRefused(t *testing.T) {
+	s := &session{cat: newSessionCatalog(nil, "orders", nil)}
+	s.cat.carrySchema("secret", "mine")
+	refused := false
+	for i := range 2 * maxSchemaAliases {
+		req := sqlfacts.Query(fmt.Sprintf("ALTER SCHEMA nx_%d RENAME TO y_%d", i, i))
+		if _, why := s.withReadsThroughViews(req); why != "" {
+			refused = true
+			break
+		}
+		s.cat.carrySchema(fmt.Sprintf("nx_%d", i), fmt.Sprintf("y_%d", i))
+	}
+	if !refused {
+		t.Errorf("%d schema renames were all allowed", 2*maxSchemaAliases)
+	}
+	if got := s.cat.schemaAliasesOf([]string{"mine"}); !slices.Contains(got, "secret") {
+		t.Errorf("after many renames, a read through mine is judged with %v, not secret", got)
+	}
+
+	var many []string
+	for i := range maxSchemaAliases + 1 {
+		many = append(many, fmt.Sprintf("ALTER SCHEMA nx_%d RENAME TO y_%d", i, i))
+	}
+	fresh := &session{cat: newSessionCatalog(nil, "orders", nil)}
+	if _, why := fresh.withReadsThroughViews(sqlfacts.Query(strings.Join(many, "; "))); why == "" {
+		t.Errorf("%d schema renames in one query were allowed", len(many))
 	}
 }
