@@ -30,7 +30,11 @@ type sessionCatalog struct {
 	stamps    uint64
 	forgot    map[string]uint64
 	forgotAll uint64
-	created   map[string]*sqlfacts.RelationInfo
+	// overflowed are the kinds of which a named statement or portal was
+	// in forgot when it was emptied (tookName): the unnamed ones, which
+	// SQL cannot name, do not count.
+	overflowed map[string]bool
+	created    map[string]*sqlfacts.RelationInfo
 	// proposed are the tables the session has sent a CREATE for,
 	// answered or not (createdHere).
 	proposed map[string]bool
@@ -178,6 +182,14 @@ func (c *sessionCatalog) forget(k string) {
 	defer c.mu.Unlock()
 	c.stamps++
 	if _, ok := c.forgot[k]; !ok && len(c.forgot) >= maxForgot {
+		for taken := range c.forgot {
+			if kind, name, _ := strings.Cut(taken, "\x00"); name != "" {
+				if c.overflowed == nil {
+					c.overflowed = map[string]bool{}
+				}
+				c.overflowed[kind] = true
+			}
+		}
 		clear(c.forgot)
 		c.forgotAll = c.stamps
 	}
@@ -190,12 +202,16 @@ func (c *sessionCatalog) forget(k string) {
 
 // tookName reports whether a protocol Parse or Bind ever gave the name to
 // a statement or portal in this session (or too many names were taken to
-// tell: then every name counts).
+// tell, some of that kind among them: then every name of the kind
+// counts). Only a named one of the kind counts for that: a driver that
+// names each statement anew, and binds the unnamed portal, must not find
+// the cursors its functions return (FETCH ALL IN "<unnamed portal 1>")
+// refused once it has named enough statements.
 func (c *sessionCatalog) tookName(kind, name string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	_, ok := c.forgot[kind+"\x00"+name]
-	return ok || c.forgotAll > 0
+	return ok || c.overflowed[kind]
 }
 
 // forgetRedefined drops, before a request is decided, the definitions its

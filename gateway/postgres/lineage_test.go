@@ -273,3 +273,32 @@ func TestViewReadsKeptWhenAViewIsReplaced(t *testing.T) {
 		t.Fatalf("a read of s.v after its definition was replaced reaches %v, not public.payments", got)
 	}
 }
+
+// TestFunctionCursorsFetchableAfterManyStatementNames: a driver that names
+// every statement anew (pgjdbc's S_1, S_2, …, pgx's statement cache) takes
+// more names than the session remembers. That must not make a cursor a
+// function returned (FETCH ALL IN "<unnamed portal 1>") count as a portal
+// the gateway forgot: only a named portal taken before the record was
+// emptied does that.
+func TestFunctionCursorsFetchableAfterManyStatementNames(t *testing.T) {
+	c := newSessionCatalog(nil, "orders", nil)
+	c.forgetNamed("P:") // the unnamed portal, bound again and again
+	for i := range 2 * maxForgot {
+		c.forgetNamed(fmt.Sprintf("S:S_%d", i))
+		c.forgetNamed("P:")
+	}
+	if c.tookName("cursor", "<unnamed portal 1>") {
+		t.Error("after many statement names, a cursor a function opened counts as a forgotten portal")
+	}
+
+	// A named portal taken before the record was emptied: every cursor
+	// name counts then (fail closed).
+	c = newSessionCatalog(nil, "orders", nil)
+	c.forgetNamed("P:mine")
+	for i := range 2 * maxForgot {
+		c.forgetNamed(fmt.Sprintf("S:S_%d", i))
+	}
+	if !c.tookName("cursor", "mine") || !c.tookName("cursor", "other") {
+		t.Error("a named portal taken before the record was emptied is not counted as taken")
+	}
+}
