@@ -16,6 +16,12 @@ func TestRedactSecrets(t *testing.T) {
 		{"CREATE USER c PASSWORD 's3' \n 'cret'", "CREATE USER c PASSWORD '[redacted]'"},
 		{"ALTER ROLE d PASSWORD U&'s3\\0063ret'", "ALTER ROLE d PASSWORD '[redacted]'"},
 		{"ALTER ROLE e PASSWORD NULL", "ALTER ROLE e PASSWORD NULL"},
+		// An option without a value hides no constant after it, in its
+		// statement or the next: nothing the caller sends is hidden from
+		// the recording or the approvers but a secret.
+		{"ALTER ROLE e PASSWORD NULL VALID UNTIL '2030-01-01'", "ALTER ROLE e PASSWORD NULL VALID UNTIL '2030-01-01'"},
+		{"ALTER ROLE e PASSWORD NULL; DELETE FROM t WHERE note = 'shown'", "ALTER ROLE e PASSWORD NULL; DELETE FROM t WHERE note = 'shown'"},
+		{"ALTER USER MAPPING FOR bob SERVER s OPTIONS (DROP password); SELECT 'shown'", "ALTER USER MAPPING FOR bob SERVER s OPTIONS (DROP password); SELECT 'shown'"},
 		{"CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 's3cret')", "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[redacted]')"},
 		{`ALTER USER MAPPING FOR bob SERVER s OPTIONS (SET "password" 's3cret')`, `ALTER USER MAPPING FOR bob SERVER s OPTIONS (SET "password" '[redacted]')`},
 		{`ALTER USER MAPPING FOR bob SERVER s OPTIONS (ADD U&"p\0061ssword" 's3cret')`, `ALTER USER MAPPING FOR bob SERVER s OPTIONS (ADD U&"p\0061ssword" '[redacted]')`},
