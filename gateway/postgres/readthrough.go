@@ -70,7 +70,7 @@ func (s *session) withReadsThroughViews(req *celpolicy.PostgresRequest) (_ *celp
 				}
 			}
 			got = append(got, moved[t.Schema+"\x00"+t.Name]...)
-			if t.Schema == "" || t.Schema == "public" || t.Schema == "pg_temp" {
+			if s.cat.unqualifiedReaches(t.Schema) {
 				got = append(got, moved["\x00"+t.Name]...)
 			}
 			for _, b := range got {
@@ -205,19 +205,28 @@ func (r readThroughs) with(more readThroughs) readThroughs {
 
 // viewReadsOf lists what the session's own views of that name read, and
 // the functions (not built in) they call: the qualified name's, and for a
-// name written unqualified (or in pg_temp), the unqualified one's, since
-// a temporary view comes first on the search path.
+// name written unqualified (or in pg_temp, or in a schema on the search
+// path), the unqualified one's, since a temporary view comes first on the
+// search path and an unqualified name was recorded for any schema on it.
 func (c *sessionCatalog) viewReadsOf(schema, name string) ([]celpolicy.Table, []celpolicy.Call) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// Copies: the caller appends to them.
 	out := slices.Clone(c.viewReads[schema+"\x00"+name])
 	calls := slices.Clone(c.viewCalls[schema+"\x00"+name])
-	if schema == "" || schema == "public" || schema == "pg_temp" {
+	if c.unqualifiedReaches(schema) {
 		out = append(out, c.viewReads["\x00"+name]...)
 		calls = append(calls, c.viewCalls["\x00"+name]...)
 	}
 	return out, calls
+}
+
+// unqualifiedReaches reports whether a relation named in schema may be
+// the one a name written unqualified reached when the session recorded it
+// ("\x00name" in viewReads): unqualified, in public or pg_temp, or in a
+// schema on the session's search path (newKeys records a name there so).
+func (c *sessionCatalog) unqualifiedReaches(schema string) bool {
+	return schema == "" || schema == "public" || schema == "pg_temp" || slices.Contains(c.searchPath, schema)
 }
 
 // viewDefinition is what a CREATE VIEW or CREATE MATERIALIZED VIEW
@@ -347,7 +356,7 @@ func (s *session) carriedReads(c carrying, pending map[string][]celpolicy.Table)
 		reads = got
 	}
 	reads = append(reads, pending[c.schema+"\x00"+c.from]...)
-	if c.schema == "" || c.schema == "public" || c.schema == "pg_temp" {
+	if s.cat.unqualifiedReaches(c.schema) {
 		reads = append(reads, pending["\x00"+c.from]...)
 	}
 	if c.self {

@@ -393,3 +393,18 @@ func TestSchemaRenamesPastTheBoundRefused(t *testing.T) {
 		t.Errorf("%d schema renames in one query were allowed", len(many))
 	}
 }
+
+// TestCarriedReadsFoundInASchemaOnTheSearchPath: ALTER TABLE payments
+// INHERIT p, with p written unqualified, is kept under the unqualified
+// name until it commits. On a search path with a schema of the session's
+// own (other, public), p may be other.p: a read of other.p in the open
+// transaction must be judged with payments too.
+func TestCarriedReadsFoundInASchemaOnTheSearchPath(t *testing.T) {
+	c := newSessionCatalog(nil, "orders", []string{"pg_catalog", "other", "public"})
+	payments := celpolicy.Table{Schema: "public", Name: "payments", Access: "read", Via: "public.p"}
+	c.carry(renaming{to: "p"}.newKeys(c.searchPath), []celpolicy.Table{payments})
+	got, _ := c.viewReadsOf("other", "p")
+	if !slices.Contains(got, payments) {
+		t.Errorf("a read of other.p reaches %v, not payments", got)
+	}
+}
