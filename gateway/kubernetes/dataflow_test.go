@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -57,19 +58,7 @@ func TestWatchCutWhenANewBundleMasks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 1)
-	go func() {
-		var all strings.Builder
-		br := bufio.NewReader(resp.Body)
-		for {
-			l, err := br.ReadString('\n')
-			all.WriteString(l)
-			if err != nil || strings.Contains(l, `"late"`) {
-				got <- all.String()
-				return
-			}
-		}
-	}()
+	got := watchUntil(resp.Body, `"late"`)
 	select {
 	case s := <-got:
 		if strings.Contains(s, `"late"`) {
@@ -373,19 +362,7 @@ func TestWatchMaskedFromTheSwap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := make(chan string, 1)
-		go func() {
-			var all strings.Builder
-			br := bufio.NewReader(resp.Body)
-			for {
-				l, err := br.ReadString('\n')
-				all.WriteString(l)
-				if err != nil || strings.Contains(l, `"`+name+`"`) {
-					got <- all.String()
-					return
-				}
-			}
-		}()
+		got := watchUntil(resp.Body, `"`+name+`"`)
 		select {
 		case s := <-got:
 			if strings.Contains(s, base64.StdEncoding.EncodeToString([]byte(hidden))) {
@@ -458,4 +435,23 @@ mask "finalizers" {
 			t.Errorf("%s: %d %.300s (resourceVersion %s, then %s)", body, code, resp, before.ResourceVersion, after.ResourceVersion)
 		}
 	}
+}
+
+// watchUntil reads a watch's lines until one holds marker or the stream
+// ends, and then sends everything it read.
+func watchUntil(body io.Reader, marker string) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		var all strings.Builder
+		br := bufio.NewReader(body)
+		for {
+			l, err := br.ReadString('\n')
+			all.WriteString(l)
+			if err != nil || strings.Contains(l, marker) {
+				got <- all.String()
+				return
+			}
+		}
+	}()
+	return got
 }
