@@ -42,16 +42,7 @@ func TestForwardHostSpelledOtherwise(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(conn, "the bastion's own service\n")
-			conn.Close()
-		}
-	}()
+	go serveBastionService(ln)
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	c := e.dial(t, "dev")
 	for _, host := range []string{"127.0.0.1", "127.1", "2130706433", "0x7f.0.0.1", "0177.0.0.1", "::ffff:127.0.0.1", "LOCALHOST", "localhost.", "0:0:0:0:0:0:0:1"} {
@@ -95,16 +86,7 @@ func TestForwardHostOtherSpellingsStillRefused(t *testing.T) {
 			continue
 		}
 		defer ln.Close()
-		go func() {
-			for {
-				conn, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				_, _ = io.WriteString(conn, "the bastion's own service\n")
-				conn.Close()
-			}
-		}()
+		go serveBastionService(ln)
 		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 		hosts := []string{"", "0.0.0.0", "127.0.0.1 x", "127.0.0.1\t", "localhost\x00.example.com", "127.0.0.1%lo"}
 		if network == "tcp6" {
@@ -131,5 +113,18 @@ func TestForwardHostOtherSpellingsStillRefused(t *testing.T) {
 				t.Errorf("a forward to %q: %v", host, err)
 			}
 		}
+	}
+}
+
+// serveBastionService answers every connection to ln with one line, as a
+// service on the bastion itself that forward rules keep callers from.
+func serveBastionService(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = io.WriteString(conn, "the bastion's own service\n")
+		conn.Close()
 	}
 }
